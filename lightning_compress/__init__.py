@@ -1,0 +1,27 @@
+"""lightning_compress: Lightning callbacks that compress networks while they train, and a real compressed artifact.
+
+Public API::
+
+    import lightning_compress as lc
+    lc.save(model, "model.lcz"); model = lc.load("model.lcz"); lc.size_report("model.lcz").print()
+"""
+
+__version__ = "0.1.0"
+
+from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save  # noqa: E402
+from lightning_compress.models import build_model  # noqa: E402
+from lightning_compress.module import ImageClassifier  # noqa: E402
+from lightning_compress.report import SizeReport, size_report  # noqa: E402
+
+__all__ = [
+    "ArtifactError",
+    "CodecSpec",
+    "ImageClassifier",
+    "SizeReport",
+    "__version__",
+    "build_model",
+    "load",
+    "read_artifact",
+    "save",
+    "size_report",
+]

@@ -1,0 +1,149 @@
+"""The ``lcompress`` command: train a zoo model on a datamodule with optional compression callbacks (Hydra).
+
+``lcompress`` trains the dense LeNet-300-100 baseline on Fashion-MNIST; ``lcompress recipe=NAME`` runs a recipe;
+``lcompress -m ...`` runs sweeps. After ``fit`` it tests the final weights, writes the artifact, prints the size
+report, reloads the artifact and re-measures test accuracy from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from lightning_compress.codec.container import load, save
+from lightning_compress.module import evaluate_accuracy
+from lightning_compress.report import size_report
+
+__all__ = ["instantiate_children", "main", "train"]
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_children(node: DictConfig | None) -> list[Any]:
+    """Instantiate every child of ``node`` that has a ``_target_`` (callbacks, loggers, compression methods)."""
+    if not node:
+        return []
+    if not isinstance(node, DictConfig):
+        raise TypeError(f"Expected a mapping of configs with `_target_`, got {type(node).__name__}.")
+    return [instantiate(child) for child in node.values() if isinstance(child, DictConfig) and "_target_" in child]
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", "~/.netrc")).expanduser()
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _prepare_wandb(cfg: DictConfig) -> None:
+    """Go offline (in one line) when W&B is the logger and there is no API key, instead of prompting."""
+    if not cfg.get("logger") or "wandb" not in cfg.logger:
+        return
+    if os.environ.get("WANDB_MODE") or _wandb_has_credentials():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    log.info("W&B: no API key found, logging offline to %s/wandb (upload later with `wandb sync`).",
+             cfg.paths.output_dir)
+
+
+def _finish_wandb() -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run one experiment described by a composed config.
+
+    Returns:
+        ``(metrics, objects)``: every logged metric plus ``fit/wall_s``, ``test/acc_artifact`` and the ``size/...``
+        totals; and the datamodule, module, trainer and artifact path.
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model_overrides = {k: v for k, v in {"num_classes": datamodule.num_classes, "in_shape": list(datamodule.dims)}.items()
+                       if cfg.model.get(k) is None}
+    backbone = instantiate(cfg.model, **model_overrides)
+    module = instantiate(cfg.module, backbone=backbone, num_classes=datamodule.num_classes,
+                         optimizer=cfg.get("optimizer"), scheduler=cfg.get("scheduler"))
+    callbacks = instantiate_children(cfg.get("callbacks")) + instantiate_children(cfg.get("compress"))
+    _prepare_wandb(cfg)
+    loggers: list[Logger] = instantiate_children(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if loggers:
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(hparams, dict)  # noqa: S101 - a DictConfig always converts to a dict
+        for lg in loggers:
+            lg.log_hyperparams(hparams)
+
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, float] = {"fit/wall_s": time.perf_counter() - started}
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    artifact_path: Path | None = None
+    if cfg.artifact.save and trainer.is_global_zero:
+        artifact_path = save(
+            module, Path(cfg.paths.output_dir) / cfg.artifact.name, precision=cfg.artifact.precision,
+            metadata={"task_name": cfg.task_name, "test/acc": metrics.get("test/acc"), "tags": list(cfg.tags)},
+        )
+        report = size_report(artifact_path)
+        report.print(Console())
+        metrics.update(report.summary())
+        if cfg.artifact.verify and cfg.get("test"):
+            datamodule.setup("test")
+            metrics["test/acc_artifact"] = evaluate_accuracy(load(artifact_path), datamodule.test_dataloader())
+            log.info("Artifact %s: %d bytes, ratio %.2fx, test/acc %.4f (reloaded from file: %.4f)", artifact_path,
+                     report.artifact_bytes, report.ratio, metrics.get("test/acc", math.nan),
+                     metrics["test/acc_artifact"])
+        for lg in loggers:
+            report.log_to([lg])
+            if "test/acc_artifact" in metrics:
+                lg.log_metrics({"test/acc_artifact": metrics["test/acc_artifact"]})
+    objects = {"datamodule": datamodule, "module": module, "trainer": trainer, "artifact_path": artifact_path}
+    return metrics, objects
+
+
+def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:
+    """The metric a sweeper optimises.
+
+    Raises:
+        KeyError: naming the missing metric and listing the available ones.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"`optimized_metric` {name!r} was not logged; available: {sorted(metrics)}.")
+    return float(metrics[name])
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``lcompress``; returns ``cfg.optimized_metric`` for sweepers."""
+    try:
+        metrics, _ = train(cfg)
+    finally:
+        _finish_wandb()
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Compressed artifact container and the codecs it stores tensors with."""
+
+from lightning_compress.codec.base import Codec, EncodedTensor, available_codecs, get_codec, register_codec
+from lightning_compress.codec.container import (
+    FORMAT_VERSION,
+    Artifact,
+    ArtifactError,
+    CodecSpec,
+    TensorRecord,
+    load,
+    read_artifact,
+    save,
+)
+from lightning_compress.codec.dense import DenseCodec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Artifact",
+    "ArtifactError",
+    "Codec",
+    "CodecSpec",
+    "DenseCodec",
+    "EncodedTensor",
+    "TensorRecord",
+    "available_codecs",
+    "get_codec",
+    "load",
+    "read_artifact",
+    "register_codec",
+    "save",
+]

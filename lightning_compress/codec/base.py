@@ -1,0 +1,136 @@
+"""Codec interface and registry.
+
+A codec turns one tensor into ``(meta, payload)``: ``meta`` is small JSON-able side information (scales, sizes,
+which variant was chosen) and ``payload`` is the bytes that carry the values. The container
+(:mod:`lightning_compress.codec.container`) stores both; the size report reads them back from the file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = ["Codec", "EncodedTensor", "available_codecs", "get_codec", "register_codec", "tensor_from_bytes", "tensor_to_bytes"]
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One tensor as a codec wrote it.
+
+    Attributes:
+        codec: name of the codec that produced it.
+        shape: shape of the decoded tensor.
+        dtype: dtype name of the decoded tensor (``"float32"``, ``"int64"``, ...).
+        meta: JSON-able side information needed to decode.
+        payload: the encoded bytes.
+    """
+
+    codec: str
+    shape: tuple[int, ...]
+    dtype: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    payload: bytes = b""
+
+
+class Codec(ABC):
+    """Base class of all codecs; subclasses set :attr:`name` and are registered with :func:`register_codec`."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
+        """Encode ``tensor``; ``options`` are codec specific (e.g. ``precision`` for ``dense``)."""
+
+    @abstractmethod
+    def decode(self, encoded: EncodedTensor) -> torch.Tensor:
+        """Return the tensor described by ``encoded`` (on CPU)."""
+
+
+_REGISTRY: dict[str, Codec] = {}
+
+
+def register_codec(codec_cls: type[Codec]) -> type[Codec]:
+    """Class decorator that registers a codec under its ``name``.
+
+    Raises:
+        ValueError: if the name is empty or already taken by another class.
+    """
+    name = codec_cls.name
+    if not name:
+        raise ValueError(f"Codec class {codec_cls.__name__} must set a non-empty `name`.")
+    existing = _REGISTRY.get(name)
+    if existing is not None and type(existing) is not codec_cls:
+        raise ValueError(f"Codec name {name!r} is already registered by {type(existing).__name__}.")
+    _REGISTRY[name] = codec_cls()
+    return codec_cls
+
+
+def get_codec(name: str) -> Codec:
+    """Return the registered codec called ``name``.
+
+    Raises:
+        ValueError: naming the unknown codec and listing the registered ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown codec {name!r}; registered codecs: {sorted(_REGISTRY)}.") from None
+
+
+def available_codecs() -> list[str]:
+    """Names of all registered codecs, sorted."""
+    return sorted(_REGISTRY)
+
+
+_DTYPES: Mapping[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
+        torch.int8, torch.uint8, torch.bool,
+    )
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """Inverse of :func:`dtype_name`.
+
+    Raises:
+        ValueError: for a dtype the container does not store.
+    """
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"Unsupported dtype {name!r}; supported: {sorted(_DTYPES)}.") from None
+
+
+def tensor_to_bytes(tensor: torch.Tensor) -> bytes:
+    """Raw little-endian bytes of a tensor in its own dtype (row-major)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def tensor_from_bytes(payload: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`tensor_to_bytes`.
+
+    Raises:
+        ValueError: when the number of bytes does not match ``dtype`` and ``shape``.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = 1
+    for s in shape:
+        numel *= s
+    if len(payload) != numel * itemsize:
+        raise ValueError(f"Payload has {len(payload)} bytes, expected {numel * itemsize} for {dtype} {shape}.")
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape).clone()

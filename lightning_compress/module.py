@@ -1,0 +1,148 @@
+"""``ImageClassifier``: the LightningModule every recipe trains; wraps any ``nn.Module`` backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+__all__ = ["ImageClassifier", "evaluate_accuracy"]
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _metrics(num_classes: int, top_k: Sequence[int], prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            ("acc" if k == 1 else f"acc_top{k}"): MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            for k in top_k
+        },
+        prefix=prefix,
+    )
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy classifier around a backbone, with torchmetrics accuracy.
+
+    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc`` (and
+    ``*/acc_top5`` when ``5 in top_k``). The optimizer and LR scheduler are injected as factories, e.g. Hydra
+    nodes with ``_partial_: true``.
+
+    Args:
+        backbone: the network; it is what :func:`lightning_compress.save` stores.
+        num_classes: number of classes.
+        optimizer: ``params -> Optimizer`` (default: Adam, lr 1e-3).
+        scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped every epoch (or step, see below).
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        top_k: accuracies to report, e.g. ``(1, 5)`` for ImageNet.
+        label_smoothing: passed to the cross-entropy.
+
+    Example:
+        >>> import torch
+        >>> from lightning_compress import ImageClassifier
+        >>> clf = ImageClassifier(torch.nn.Linear(4, 3), num_classes=3)
+        >>> clf(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        top_k: Sequence[int] = (1,),
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"`scheduler_interval` must be 'epoch' or 'step', got {scheduler_interval!r}.")
+        top_k = tuple(int(k) for k in top_k)
+        if not top_k or any(k < 1 or k > num_classes for k in top_k):
+            raise ValueError(f"`top_k` entries must be in [1, num_classes={num_classes}], got {top_k!r}.")
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.label_smoothing = label_smoothing
+        self.train_metrics = _metrics(num_classes, top_k, "train/")
+        self.val_metrics = _metrics(num_classes, top_k, "val/")
+        self.test_metrics = _metrics(num_classes, top_k, "test/")
+
+    @property
+    def lc_artifact_module(self) -> nn.Module:
+        """The module written to artifacts: the backbone (metrics and optimizer state are not part of the model)."""
+        return self.backbone
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def _step(self, batch: Any, metrics: MetricCollection, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        metrics.update(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test", sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_metrics, "train")
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.val_metrics, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, self.test_metrics, "test")
+
+    @override
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-3)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": self.scheduler_interval},
+        }
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy of ``model`` over ``loader`` (model put in eval mode).
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> evaluate_accuracy(model, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))])
+        0.5
+    """
+    model = model.to(device).eval()
+    correct = total = 0
+    for x, y in loader:
+        pred = model(x.to(device)).argmax(dim=1)
+        correct += int((pred == y.to(device)).sum())
+        total += y.numel()
+    if total == 0:
+        raise ValueError("`loader` yielded no samples.")
+    return correct / total

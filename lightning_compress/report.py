@@ -1,0 +1,190 @@
+"""Size report: every figure read from a real artifact file.
+
+Per layer: parameters (elements), non-zeros, codec, bits per parameter, bytes of its payloads. Totals: the fp32 bytes
+of the same model (4 bytes per floating element, native size for integer buffers), the artifact's bytes on disk, and
+the compression ratio ``fp32 bytes / artifact bytes``. The container overhead (header, checksum) is its own row, so
+the bytes column sums to the file size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from lightning_compress.codec.base import dtype_from_name
+from lightning_compress.codec.container import Artifact, read_artifact, save
+
+__all__ = ["LayerSize", "SizeReport", "size_report"]
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """One row of the report: the tensors of one module."""
+
+    layer: str
+    params: int
+    nonzeros: int
+    codecs: str
+    bytes: int
+
+    @property
+    def bits_per_param(self) -> float:
+        """Stored bits per element."""
+        return 8 * self.bytes / self.params if self.params else 0.0
+
+
+@dataclass
+class SizeReport:
+    """Sizes of one artifact. Build it with :func:`size_report`."""
+
+    path: str
+    rows: list[LayerSize]
+    overhead_bytes: int
+    artifact_bytes: int
+    fp32_bytes: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        """Total elements stored."""
+        return sum(r.params for r in self.rows)
+
+    @property
+    def nonzeros(self) -> int:
+        """Total non-zero elements."""
+        return sum(r.nonzeros for r in self.rows)
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio: fp32 bytes of the same model / artifact bytes on disk."""
+        return self.fp32_bytes / self.artifact_bytes
+
+    @property
+    def bits_per_param(self) -> float:
+        """Artifact bits per stored element (whole file, overhead included)."""
+        return 8 * self.artifact_bytes / max(self.params, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, with the totals."""
+        return {
+            "path": self.path,
+            "rows": [{**asdict(r), "bits_per_param": r.bits_per_param} for r in self.rows],
+            "overhead_bytes": self.overhead_bytes,
+            "artifact_bytes": self.artifact_bytes,
+            "fp32_bytes": self.fp32_bytes,
+            "params": self.params,
+            "nonzeros": self.nonzeros,
+            "ratio": self.ratio,
+            "bits_per_param": self.bits_per_param,
+        }
+
+    def summary(self) -> dict[str, float]:
+        """Flat totals, for loggers (``size/...`` keys)."""
+        return {
+            "size/artifact_bytes": float(self.artifact_bytes),
+            "size/fp32_bytes": float(self.fp32_bytes),
+            "size/ratio": self.ratio,
+            "size/params": float(self.params),
+            "size/nonzeros": float(self.nonzeros),
+            "size/bits_per_param": self.bits_per_param,
+        }
+
+    def table(self) -> Table:
+        """A rich table of the report."""
+        table = Table(title=f"Size report: {self.path}", header_style="bold")
+        table.add_column("layer")
+        for col in ("params", "non-zeros", "codec", "bits/param", "bytes"):
+            table.add_column(col, justify="left" if col == "codec" else "right")
+        for r in self.rows:
+            table.add_row(r.layer, f"{r.params:,}", f"{r.nonzeros:,}", r.codecs, f"{r.bits_per_param:.3f}", f"{r.bytes:,}")
+        table.add_row("(container: header + checksum)", "", "", "", "", f"{self.overhead_bytes:,}")
+        table.add_section()
+        table.add_row("total", f"{self.params:,}", f"{self.nonzeros:,}", "", f"{self.bits_per_param:.3f}",
+                      f"{self.artifact_bytes:,}", style="bold")
+        table.caption = (
+            f"fp32 bytes {self.fp32_bytes:,} | artifact bytes on disk {self.artifact_bytes:,} | "
+            f"compression ratio {self.ratio:.2f}x"
+        )
+        return table
+
+    def print(self, console: Console | None = None) -> None:
+        """Print the table (rich)."""
+        (console or Console()).print(self.table())
+
+    def log_to(self, loggers: Iterable[Any]) -> None:
+        """Send the totals (and, for W&B, the per-layer table and run summary) to Lightning loggers."""
+        totals = self.summary()
+        for logger in loggers:
+            if type(logger).__name__ == "WandbLogger":
+                run = logger.experiment
+                for key, value in totals.items():
+                    run.summary[key] = value
+                logger.log_table(
+                    key="size/report",
+                    columns=["layer", "params", "nonzeros", "codec", "bits_per_param", "bytes"],
+                    data=[[r.layer, r.params, r.nonzeros, r.codecs, r.bits_per_param, r.bytes] for r in self.rows],
+                )
+            else:
+                logger.log_metrics(totals)
+            logger.save()
+
+
+def _layer_of(name: str) -> str:
+    return name.rpartition(".")[0] or "(root)"
+
+
+def report_from_artifact(artifact: Artifact) -> SizeReport:
+    """Build the report of an already parsed artifact."""
+    grouped: dict[str, dict[str, Any]] = {}
+    fp32 = 0
+    decoded: Mapping[str, torch.Tensor] = artifact.state_dict()
+    for record in artifact.tensors:
+        row = grouped.setdefault(_layer_of(record.name), {"params": 0, "nonzeros": 0, "codecs": [], "bytes": 0})
+        row["params"] += record.numel
+        row["nonzeros"] += int(torch.count_nonzero(decoded[record.name]))
+        if record.codec not in row["codecs"]:
+            row["codecs"].append(record.codec)
+        row["bytes"] += record.nbytes
+        dtype = dtype_from_name(record.dtype)
+        fp32 += record.numel * (4 if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size())
+    rows = [LayerSize(k, v["params"], v["nonzeros"], "+".join(v["codecs"]), v["bytes"]) for k, v in grouped.items()]
+    return SizeReport(
+        path=str(artifact.path),
+        rows=rows,
+        overhead_bytes=artifact.file_bytes - sum(r.bytes for r in rows),
+        artifact_bytes=artifact.file_bytes,
+        fp32_bytes=fp32,
+        metadata=artifact.metadata,
+    )
+
+
+def size_report(model_or_path: nn.Module | str | os.PathLike[str], **save_kwargs: Any) -> SizeReport:
+    """Size report of an artifact file, or of a model (saved to a temporary artifact first, then read back).
+
+    Args:
+        model_or_path: an artifact path, or a module to save with :func:`lightning_compress.save`.
+        **save_kwargs: passed to :func:`lightning_compress.save` when a module is given.
+
+    Example:
+        >>> import torch
+        >>> from lightning_compress import size_report
+        >>> report = size_report(torch.nn.Linear(100, 10))
+        >>> report.params, report.fp32_bytes, report.artifact_bytes > report.fp32_bytes
+        (1010, 4040, True)
+    """
+    if isinstance(model_or_path, nn.Module):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save(model_or_path, Path(tmp) / "model.lcz", **save_kwargs)
+            report = report_from_artifact(read_artifact(path))
+            report.path = "(in-memory model)"
+            return report
+    return report_from_artifact(read_artifact(model_or_path))
