@@ -8,10 +8,10 @@ Public API::
 
 __version__ = "0.1.0"
 
-from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save  # noqa: E402
-from lightning_compress.models import build_model  # noqa: E402
-from lightning_compress.module import ImageClassifier  # noqa: E402
-from lightning_compress.report import SizeReport, size_report  # noqa: E402
+from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
+from lightning_compress.models import build_model
+from lightning_compress.module import ImageClassifier
+from lightning_compress.report import SizeReport, size_report
 
 __all__ = [
     "ArtifactError",

@@ -54,8 +54,9 @@ def _prepare_wandb(cfg: DictConfig) -> None:
     if os.environ.get("WANDB_MODE") or _wandb_has_credentials():
         return
     os.environ["WANDB_MODE"] = "offline"
-    log.info("W&B: no API key found, logging offline to %s/wandb (upload later with `wandb sync`).",
-             cfg.paths.output_dir)
+    log.info(
+        "W&B: no API key found, logging offline to %s/wandb (upload later with `wandb sync`).", cfg.paths.output_dir
+    )
 
 
 def _finish_wandb() -> None:
@@ -76,18 +77,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model_overrides = {k: v for k, v in {"num_classes": datamodule.num_classes, "in_shape": list(datamodule.dims)}.items()
-                       if cfg.model.get(k) is None}
+    model_overrides = {
+        k: v
+        for k, v in {"num_classes": datamodule.num_classes, "in_shape": list(datamodule.dims)}.items()
+        if cfg.model.get(k) is None
+    }
     backbone = instantiate(cfg.model, **model_overrides)
-    module = instantiate(cfg.module, backbone=backbone, num_classes=datamodule.num_classes,
-                         optimizer=cfg.get("optimizer"), scheduler=cfg.get("scheduler"))
+    module = instantiate(
+        cfg.module,
+        backbone=backbone,
+        num_classes=datamodule.num_classes,
+        optimizer=cfg.get("optimizer"),
+        scheduler=cfg.get("scheduler"),
+    )
     callbacks = instantiate_children(cfg.get("callbacks")) + instantiate_children(cfg.get("compress"))
     _prepare_wandb(cfg)
     loggers: list[Logger] = instantiate_children(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if loggers:
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(hparams, dict)  # noqa: S101 - a DictConfig always converts to a dict
+        hparams = {str(k): v for k, v in OmegaConf.to_container(cfg, resolve=True).items()}  # type: ignore[union-attr]
         for lg in loggers:
             lg.log_hyperparams(hparams)
 
@@ -102,7 +110,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     artifact_path: Path | None = None
     if cfg.artifact.save and trainer.is_global_zero:
         artifact_path = save(
-            module, Path(cfg.paths.output_dir) / cfg.artifact.name, precision=cfg.artifact.precision,
+            module,
+            Path(cfg.paths.output_dir) / cfg.artifact.name,
+            precision=cfg.artifact.precision,
             metadata={"task_name": cfg.task_name, "test/acc": metrics.get("test/acc"), "tags": list(cfg.tags)},
         )
         report = size_report(artifact_path)
@@ -111,13 +121,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.artifact.verify and cfg.get("test"):
             datamodule.setup("test")
             metrics["test/acc_artifact"] = evaluate_accuracy(load(artifact_path), datamodule.test_dataloader())
-            log.info("Artifact %s: %d bytes, ratio %.2fx, test/acc %.4f (reloaded from file: %.4f)", artifact_path,
-                     report.artifact_bytes, report.ratio, metrics.get("test/acc", math.nan),
-                     metrics["test/acc_artifact"])
+            log.info(
+                "Artifact %s: %d bytes, ratio %.2fx, test/acc %.4f (reloaded from file: %.4f)",
+                artifact_path,
+                report.artifact_bytes,
+                report.ratio,
+                metrics.get("test/acc", math.nan),
+                metrics["test/acc_artifact"],
+            )
         for lg in loggers:
-            report.log_to([lg])
             if "test/acc_artifact" in metrics:
                 lg.log_metrics({"test/acc_artifact": metrics["test/acc_artifact"]})
+        report.log_to(loggers)  # also flushes the loggers
     objects = {"datamodule": datamodule, "module": module, "trainer": trainer, "artifact_path": artifact_path}
     return metrics, objects
 

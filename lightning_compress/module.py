@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -127,7 +127,7 @@ class ImageClassifier(pl.LightningModule):
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` over ``loader`` (model put in eval mode).
+    """Top-1 accuracy of ``model`` over ``loader``, in eval mode (the model's own mode is restored afterwards).
 
     Example:
         >>> import torch
@@ -137,12 +137,14 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
         >>> evaluate_accuracy(model, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))])
         0.5
     """
+    was_training = model.training
     model = model.to(device).eval()
     correct = total = 0
     for x, y in loader:
         pred = model(x.to(device)).argmax(dim=1)
         correct += int((pred == y.to(device)).sum())
         total += y.numel()
+    model.train(was_training)
     if total == 0:
         raise ValueError("`loader` yielded no samples.")
     return correct / total

@@ -105,11 +105,20 @@ class SizeReport:
         for col in ("params", "non-zeros", "codec", "bits/param", "bytes"):
             table.add_column(col, justify="left" if col == "codec" else "right")
         for r in self.rows:
-            table.add_row(r.layer, f"{r.params:,}", f"{r.nonzeros:,}", r.codecs, f"{r.bits_per_param:.3f}", f"{r.bytes:,}")
+            table.add_row(
+                r.layer, f"{r.params:,}", f"{r.nonzeros:,}", r.codecs, f"{r.bits_per_param:.3f}", f"{r.bytes:,}"
+            )
         table.add_row("(container: header + checksum)", "", "", "", "", f"{self.overhead_bytes:,}")
         table.add_section()
-        table.add_row("total", f"{self.params:,}", f"{self.nonzeros:,}", "", f"{self.bits_per_param:.3f}",
-                      f"{self.artifact_bytes:,}", style="bold")
+        table.add_row(
+            "total",
+            f"{self.params:,}",
+            f"{self.nonzeros:,}",
+            "",
+            f"{self.bits_per_param:.3f}",
+            f"{self.artifact_bytes:,}",
+            style="bold",
+        )
         table.caption = (
             f"fp32 bytes {self.fp32_bytes:,} | artifact bytes on disk {self.artifact_bytes:,} | "
             f"compression ratio {self.ratio:.2f}x"

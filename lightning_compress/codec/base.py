@@ -14,7 +14,15 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["Codec", "EncodedTensor", "available_codecs", "get_codec", "register_codec", "tensor_from_bytes", "tensor_to_bytes"]
+__all__ = [
+    "Codec",
+    "EncodedTensor",
+    "available_codecs",
+    "get_codec",
+    "register_codec",
+    "tensor_from_bytes",
+    "tensor_to_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,16 @@ def available_codecs() -> list[str]:
 _DTYPES: Mapping[str, torch.dtype] = {
     str(d).removeprefix("torch."): d
     for d in (
-        torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16,
-        torch.int8, torch.uint8, torch.bool,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
     )
 }
 

@@ -1,4 +1,4 @@
-"""The ``.lcz`` artifact: one self-describing file whose size is the size we report.
+r"""The ``.lcz`` artifact: one self-describing file whose size is the size we report.
 
 Layout (all integers little-endian)::
 
@@ -250,22 +250,31 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
     payload = body[start + header_len :]
     tensors = [
         TensorRecord(
-            name=t["name"], role=t["role"], shape=tuple(t["shape"]), dtype=t["dtype"], codec=t["codec"],
-            meta=t["meta"], offset=t["offset"], nbytes=t["nbytes"],
+            name=t["name"],
+            role=t["role"],
+            shape=tuple(t["shape"]),
+            dtype=t["dtype"],
+            codec=t["codec"],
+            meta=t["meta"],
+            offset=t["offset"],
+            nbytes=t["nbytes"],
         )
         for t in header["tensors"]
     ]
     if tensors and tensors[-1].offset + tensors[-1].nbytes != len(payload):
         raise ArtifactError(f"{path}: payload length does not match its index.")
     return Artifact(
-        path=path, format_version=version, architecture=header.get("architecture"),
-        metadata=header.get("metadata", {}), tensors=tensors, file_bytes=len(data), payload=payload,
+        path=path,
+        format_version=version,
+        architecture=header.get("architecture"),
+        metadata=header.get("metadata", {}),
+        tensors=tensors,
+        file_bytes=len(data),
+        payload=payload,
     )
 
 
-def load(
-    path: str | os.PathLike[str], model: nn.Module | None = None, *, strict: bool = True
-) -> nn.Module:
+def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, strict: bool = True) -> nn.Module:
     """Rebuild the module stored in an artifact.
 
     Zoo models are rebuilt from their recorded name and arguments. Any other module needs ``model``, a fresh

@@ -23,7 +23,7 @@ _PRECISIONS = ("float32", "float16")
 
 @register_codec
 class DenseCodec(Codec):
-    """Stores every value. Floating tensors at ``precision`` (``"float32"`` exact, ``"float16"`` lossy); other dtypes as is.
+    """Stores every value: floats at ``precision`` (``"float32"`` exact, ``"float16"`` lossy), other dtypes as is.
 
     Example:
         >>> import torch

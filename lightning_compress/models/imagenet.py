@@ -34,7 +34,7 @@ def _load_weights(model: nn.Module, weights_path: str | None) -> nn.Module:
 def resnet18(
     num_classes: int = 1000, in_shape: Sequence[int] = (3, 224, 224), weights_path: str | None = None
 ) -> nn.Module:
-    """torchvision ResNet-18 (11.7M parameters).
+    """Torchvision ResNet-18 (11.7M parameters).
 
     Args:
         num_classes: output width.
@@ -48,5 +48,5 @@ def resnet18(
 def resnet50(
     num_classes: int = 1000, in_shape: Sequence[int] = (3, 224, 224), weights_path: str | None = None
 ) -> nn.Module:
-    """torchvision ResNet-50 (25.6M parameters); arguments as :func:`resnet18`."""
+    """Torchvision ResNet-50 (25.6M parameters); arguments as :func:`resnet18`."""
     return _load_weights(torchvision.models.resnet50(weights=None, num_classes=num_classes), weights_path)

@@ -62,5 +62,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     kwargs = {k: _plain(v) for k, v in kwargs.items()}
     model = _MODELS[name](**kwargs)
     # Plain attribute (not a buffer/parameter): survives deepcopy, ignored by state_dict.
-    model.lc_spec = {"name": name, "kwargs": kwargs}
+    object.__setattr__(model, "lc_spec", {"name": name, "kwargs": kwargs})
     return model

@@ -1,0 +1,77 @@
+"""Shared helpers of the benchmarks: compose a recipe like ``lcompress`` does, write JSON + markdown results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextmanager
+def composed(recipe: str, overrides: Sequence[str] = ()) -> Iterator[DictConfig]:
+    """The config ``lcompress recipe=<recipe> <overrides>`` would run, writing into a temporary output dir."""
+    GlobalHydra.instance().clear()
+    with tempfile.TemporaryDirectory() as out:
+        with initialize_config_module(version_base="1.3", config_module="lightning_compress.conf"):
+            cfg = compose("train", overrides=[f"recipe={recipe}", *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = out
+            cfg.hydra.job.num = 0
+            cfg.hydra.job.id = "bench"
+        HydraConfig.instance().set_config(cfg)
+        try:
+            yield cfg
+        finally:
+            GlobalHydra.instance().clear()
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]], notes: str = "") -> Path:
+    """Write ``results/<name>.json`` (everything) and ``results/<name>.md`` (the table), atomically."""
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"benchmark": name, "environment": environment(), **payload, "table": table}
+    columns = list(table[0]) if table else []
+    lines = [f"# {name}", "", notes, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in table]
+    lines += [
+        "",
+        f"Measured {payload['environment']['date']} on {payload['environment']['cpus']} CPUs, "
+        f"torch {payload['environment']['torch']}, GPU: {payload['environment']['cuda']}.",
+    ]
+    for suffix, text in ((".json", json.dumps(payload, indent=2)), (".md", "\n".join(lines) + "\n")):
+        target = RESULTS / f"{name}{suffix}"
+        tmp = target.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+    return RESULTS / f"{name}.md"

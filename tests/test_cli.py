@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import lightning_compress as lc
+from lightning_compress.cli import _prepare_wandb, instantiate_children, metric_value, train
+from tests.conftest import compose_train
+
+CONF = Path(lc.__file__).parent / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_conf_and_recipes_are_reachable_from_the_repo_root() -> None:
+    root = Path(__file__).parents[1]
+    assert (root / "conf" / "train.yaml").is_file()
+    assert (root / "recipes" / "dense_lenet300_fmnist.yaml").is_file()
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_config_instantiates(tmp_path: Path, data: str) -> None:
+    cfg = compose_train([f"data={data}"], tmp_path)
+    dm = instantiate(cfg.data)
+    assert dm.batch_size == cfg.data.batch_size
+    assert dm.download is False
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_config_instantiates(tmp_path: Path, model: str) -> None:
+    cfg = compose_train([f"model={model}"], tmp_path)
+    net = instantiate(cfg.model, num_classes=10, in_shape=[3, 32, 32])
+    assert net.lc_spec["name"] == model
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "optimizer", "scheduler", "recipe", "debug"])
+def test_every_group_option_composes(tmp_path: Path, group: str) -> None:
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}"], tmp_path)
+        if group == "trainer":
+            assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+        if group in ("logger", "callbacks"):
+            assert all(hasattr(o, "__class__") for o in instantiate_children(cfg.get(group)))
+        GlobalHydra.instance().clear()
+
+
+def test_ddp_sim_is_two_cpu_processes(tmp_path: Path) -> None:
+    cfg = compose_train(["trainer=ddp_sim"], tmp_path)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy) == ("cpu", 2, "ddp_spawn")
+    GlobalHydra.instance().clear()
+
+
+def test_sweep_plugins_compose(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = compose_train(["hparams_search=fmnist_optuna", "hydra/launcher=submitit_local"], tmp_path)
+    assert "OptunaSweeper" in cfg.hydra.sweeper._target_
+    assert "LocalLauncher" in cfg.hydra.launcher._target_
+    GlobalHydra.instance().clear()
+    cfg = compose_train(["hydra/launcher=submitit_slurm"], tmp_path)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    GlobalHydra.instance().clear()
+
+
+def test_train_end_to_end_writes_artifact_and_report(train_cfg: DictConfig, tmp_path: Path) -> None:
+    metrics, objects = train(train_cfg)
+    path = objects["artifact_path"]
+    assert path == tmp_path / "model.lcz"
+    assert path.is_file()
+    assert metrics["size/artifact_bytes"] == os.path.getsize(path)
+    assert metrics["size/fp32_bytes"] == 4 * 266_610
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    # the reloaded artifact gives exactly the accuracy of the trained model
+    assert metrics["test/acc_artifact"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert metric_value(metrics, "val/acc") == metrics["val/acc"]
+    csv = next(tmp_path.glob("csv/version_*/metrics.csv")).read_text()
+    assert "size/ratio" in csv
+    assert "test/acc_artifact" in csv
+
+
+def test_train_resumes_from_checkpoint(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    base = [
+        "logger=none",
+        "data.debian_dir=/nonexistent",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "artifact.verify=false",
+        "test=false",
+    ]
+    cfg = compose_train([*base, "trainer.max_epochs=1"], tmp_path / "a", fake_fmnist_root)
+    train(cfg)
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    GlobalHydra.instance().clear()
+    cfg = compose_train([*base, "trainer.max_epochs=2", f"ckpt_path={ckpt}"], tmp_path / "b", fake_fmnist_root)
+    _, objects = train(cfg)
+    assert objects["trainer"].current_epoch == 2
+    assert objects["trainer"].global_step == 4
+    GlobalHydra.instance().clear()
+
+
+def test_optimized_metric_must_exist() -> None:
+    with pytest.raises(KeyError, match="`optimized_metric` 'val/f1' was not logged"):
+        metric_value({"val/acc": 0.5}, "val/f1")
+    assert metric_value({}, None) is None
+
+
+def test_wandb_goes_offline_without_key(
+    train_cfg: DictConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = train_cfg.copy()
+    with open_dict(cfg):
+        cfg.logger = {"wandb": {"_target_": "x"}}
+    with caplog.at_level("INFO"):
+        _prepare_wandb(cfg)
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert sum("logging offline" in r.message for r in caplog.records) == 1
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    _prepare_wandb(cfg)
+    assert os.environ["WANDB_MODE"] == "disabled"
+
+
+def test_wandb_logger_receives_size_report(train_cfg: DictConfig) -> None:
+    """Default logger (W&B, disabled mode): the run completes and the report goes through the W&B code path."""
+    with open_dict(train_cfg):
+        train_cfg.logger = OmegaConf.create(
+            {"wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": train_cfg.paths.output_dir}}
+        )
+    metrics, _ = train(train_cfg)
+    assert metrics["size/ratio"] > 0.99
+
+
+def _run_cli(args: list[str], tmp_path: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": "disabled", "LC_OUTPUT_DIR": str(tmp_path), "LC_DATA_DIR": str(data)}
+    cmd = [sys.executable, "-m", "lightning_compress.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_real_cli_run(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    proc = _run_cli(["recipe=dense_lenet300_fmnist", "debug=fast", "data.debian_dir=/none"], tmp_path, fake_fmnist_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compression ratio" in proc.stdout
+    artifacts = list(tmp_path.glob("dense_lenet300_fmnist/runs/*/model.lcz"))
+    assert len(artifacts) == 1
+    assert lc.size_report(artifacts[0]).params == 266_610
+
+
+def test_multirun_smoke(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    proc = _run_cli(
+        ["-m", "seed=1,2", "debug=fast", "data.debian_dir=/none", "artifact.verify=false"], tmp_path, fake_fmnist_root
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list(tmp_path.glob("train/multiruns/*/*/model.lcz"))) == 2
+
+
+def test_missing_data_message_from_cli(tmp_path: Path) -> None:
+    proc = _run_cli(["debug=fast", "data.debian_dir=/none"], tmp_path, tmp_path / "nodata")
+    assert proc.returncode != 0
+    assert "FashionMNIST: files missing in" in proc.stderr
+    assert "apt-get install dataset-fashion-mnist" in proc.stderr
+
+
+@pytest.mark.ddp
+def test_ddp_sim_run(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    """2 CPU processes (gloo): fit, test, artifact written once by rank 0 and equal to the trained model."""
+    proc = _run_cli(["trainer=ddp_sim", "debug=fast", "data.debian_dir=/none"], tmp_path, fake_fmnist_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifacts = list(tmp_path.glob("train/runs/*/model.lcz"))
+    assert len(artifacts) == 1
+    assert "reloaded from file" in proc.stderr + proc.stdout

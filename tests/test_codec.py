@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import lightning_compress as lc
+from lightning_compress.codec import ArtifactError, CodecSpec, get_codec, read_artifact
+from lightning_compress.models import available_models, build_model
+
+
+def small_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(3, 8, 3, padding=1),
+            bn=nn.BatchNorm2d(8),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            fc=nn.Linear(8, 4),
+        )
+    )
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Non-trivial buffers too: a few train-mode forwards update the BN running statistics."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 16, 16))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["lenet_300_100", "lenet5", "resnet20", "vgg16_bn"])
+def test_zoo_round_trip_outputs_equal(tmp_path: Path, name: str) -> None:
+    model = build_model(name).eval()
+    path = lc.save(model, tmp_path / "m.lcz")
+    loaded = lc.load(path)
+    shape = (1, 28, 28) if name.startswith("lenet") else (3, 32, 32)
+    x = torch.randn(3, *shape)
+    assert torch.equal(model(x), loaded(x))
+    assert read_artifact(path).architecture == {"name": name, "kwargs": {}}
+
+
+def test_custom_module_needs_fresh_instance(tmp_path: Path) -> None:
+    model = trained_like(small_cnn())
+    path = lc.save(model, tmp_path / "cnn.lcz", metadata={"acc": 0.5})
+    with pytest.raises(ValueError, match="pass `model=` a fresh instance"):
+        lc.load(path)
+    loaded = lc.load(path, model=small_cnn())
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), loaded(x))
+    assert torch.equal(model.bn.running_mean, loaded.bn.running_mean)
+    assert read_artifact(path).metadata == {"acc": 0.5}
+
+
+def test_load_resizes_structurally_smaller_layers(tmp_path: Path) -> None:
+    pruned = nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    path = lc.save(pruned, tmp_path / "p.lcz")
+    loaded = lc.load(path, model=nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 2)))
+    assert loaded[0].out_features == 3
+    assert loaded[2].in_features == 3
+    x = torch.randn(4, 6)
+    assert torch.equal(pruned(x), loaded(x))
+
+
+def test_fp16_is_half_size_and_close(tmp_path: Path) -> None:
+    model = build_model("lenet_300_100")
+    full = lc.save(model, tmp_path / "a.lcz")
+    half = lc.save(model, tmp_path / "b.lcz", precision="float16")
+    assert os.path.getsize(half) < 0.51 * os.path.getsize(full)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(model(x), lc.load(half)(x), atol=1e-2)
+
+
+def test_codec_override_per_tensor(tmp_path: Path) -> None:
+    model = nn.Linear(50, 20)
+    path = lc.save(model, tmp_path / "o.lcz", codecs={"weight": CodecSpec("dense", {"precision": "float16"})})
+    records = {r.name: r for r in read_artifact(path).tensors}
+    assert records["weight"].nbytes == 50 * 20 * 2
+    assert records["bias"].nbytes == 20 * 4
+    with pytest.raises(ValueError, match="does not have"):
+        lc.save(model, tmp_path / "x.lcz", codecs={"nope": "dense"})
+    with pytest.raises(ValueError, match="Unknown codec 'zip'"):
+        lc.save(model, tmp_path / "x.lcz", codecs={"weight": "zip"})
+    with pytest.raises(ValueError, match="`precision`"):
+        lc.save(model, tmp_path / "x.lcz", precision="int3")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "magic", "version", "empty"])
+def test_corrupted_artifacts_raise_naming_the_file(tmp_path: Path, damage: str) -> None:
+    path = lc.save(nn.Linear(8, 4), tmp_path / "d.lcz")
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncate":
+        data = data[:-10]
+    elif damage == "magic":
+        data[:4] = b"PK\x03\x04"
+    elif damage == "version":
+        data[4] = 99
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=str(path.name)):
+        lc.load(path, model=nn.Linear(8, 4))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.lcz"):
+        lc.load(tmp_path / "missing.lcz")
+
+
+def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = lc.save(nn.Linear(4, 2), tmp_path / "keep.lcz")
+    before = path.read_bytes()
+    codec = get_codec("dense")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(type(codec), "encode", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        lc.save(nn.Linear(4, 2), path)
+    monkeypatch.undo()
+
+    def failing_replace(src: str, dst: str) -> None:
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        lc.save(nn.Linear(4, 2), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.lcz"]
+
+
+def test_lightning_module_is_unwrapped_to_backbone(tmp_path: Path) -> None:
+    clf = lc.ImageClassifier(build_model("lenet_300_100"), num_classes=10)
+    path = lc.save(clf, tmp_path / "clf.lcz")
+    names = [r.name for r in read_artifact(path).tensors]
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+
+
+def test_every_zoo_model_is_registered() -> None:
+    assert set(available_models()) >= {
+        "lenet_300_100",
+        "lenet5",
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "vgg16_bn",
+        "resnet18_cifar",
+        "resnet18",
+        "resnet50",
+    }

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lightning_compress as lc
+from lightning_compress.models import build_model
+
+
+def test_report_reads_the_file(tmp_path: Path) -> None:
+    model = build_model("lenet_300_100")
+    with torch.no_grad():
+        model.fc1.weight[:, :100] = 0.0  # 30,000 zeros
+    path = lc.save(model, tmp_path / "m.lcz")
+    report = lc.size_report(path)
+    assert report.artifact_bytes == os.path.getsize(path)
+    assert sum(r.bytes for r in report.rows) + report.overhead_bytes == report.artifact_bytes
+    assert report.params == 266_610
+    assert report.fp32_bytes == 4 * 266_610
+    assert report.nonzeros == 266_610 - 30_000
+    assert [r.layer for r in report.rows] == ["fc1", "fc2", "fc3"]
+    assert report.rows[0].bits_per_param == 32.0
+    assert 0.99 < report.ratio < 1.0  # dense fp32 plus a small header
+    assert report.to_dict()["ratio"] == report.ratio
+
+
+def test_fp16_report_ratio_is_about_two(tmp_path: Path) -> None:
+    path = lc.save(build_model("lenet_300_100"), tmp_path / "h.lcz", precision="float16")
+    report = lc.size_report(path)
+    assert 1.99 < report.ratio < 2.0
+    assert report.rows[0].bits_per_param == 16.0
+
+
+def test_report_of_in_memory_model_equals_report_of_its_file(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(10, 5), nn.BatchNorm1d(5))
+    from_model = lc.size_report(model)
+    from_file = lc.size_report(lc.save(model, tmp_path / "x.lcz"))
+    assert from_model.artifact_bytes == from_file.artifact_bytes
+    # the int64 num_batches_tracked buffer counts at its native 8 bytes
+    assert from_model.fp32_bytes == 4 * (55 + 5 * 4) + 8
+
+
+def test_table_and_summary(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    report = lc.size_report(lc.save(nn.Linear(3, 2), tmp_path / "t.lcz"))
+    console = Console(record=True, width=150)
+    report.print(console)
+    text = console.export_text()
+    assert "compression ratio" in text
+    assert "(root)" in text
+    assert report.summary()["size/artifact_bytes"] == float(report.artifact_bytes)
