@@ -166,6 +166,7 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
         dtype = dtype_from_name(record.dtype)
         fp32 += record.numel * (4 if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size())
     rows = [LayerSize(k, v["params"], v["nonzeros"], "+".join(v["codecs"]), v["bytes"]) for k, v in grouped.items()]
+    rows += [LayerSize(f"(shared: {key})", 0, 0, "", nbytes) for key, (_, nbytes) in artifact.shared.items()]
     return SizeReport(
         path=str(artifact.path),
         rows=rows,

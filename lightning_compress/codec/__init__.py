@@ -1,6 +1,7 @@
 """Compressed artifact container and the codecs it stores tensors with."""
 
 from lightning_compress.codec.base import Codec, EncodedTensor, available_codecs, get_codec, register_codec
+from lightning_compress.codec.codebook import CodebookCodec
 from lightning_compress.codec.container import (
     FORMAT_VERSION,
     Artifact,
@@ -17,6 +18,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Artifact",
     "ArtifactError",
+    "CodebookCodec",
     "Codec",
     "CodecSpec",
     "DenseCodec",

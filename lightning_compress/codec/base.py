@@ -35,6 +35,7 @@ class EncodedTensor:
         dtype: dtype name of the decoded tensor (``"float32"``, ``"int64"``, ...).
         meta: JSON-able side information needed to decode.
         payload: the encoded bytes.
+        shared: blobs shared with other tensors, keyed by content; the container stores each key once.
     """
 
     codec: str
@@ -42,6 +43,8 @@ class EncodedTensor:
     dtype: str
     meta: dict[str, Any] = field(default_factory=dict)
     payload: bytes = b""
+    #: Blobs several tensors use (e.g. one codebook for the whole network), by key; stored once per artifact.
+    shared: dict[str, bytes] = field(default_factory=dict)
 
 
 class Codec(ABC):

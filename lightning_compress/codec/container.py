@@ -84,10 +84,24 @@ class Artifact:
     file_bytes: int
     payload: bytes = field(repr=False)
 
+    #: Shared blobs: key -> (offset, nbytes) in the payload section.
+    shared: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def shared_blob(self, key: str) -> bytes:
+        """The bytes of one shared blob."""
+        offset, nbytes = self.shared[key]
+        return self.payload[offset : offset + nbytes]
+
     def encoded(self, record: TensorRecord) -> EncodedTensor:
-        """The stored form of one tensor."""
+        """The stored form of one tensor, with the shared blobs it refers to."""
         data = self.payload[record.offset : record.offset + record.nbytes]
-        return EncodedTensor(record.codec, record.shape, record.dtype, dict(record.meta), data)
+        keys = record.meta.get("shared_keys", [])
+        missing = [k for k in keys if k not in self.shared]
+        if missing:
+            raise ArtifactError(f"{self.path}: tensor {record.name!r} refers to missing shared blobs {missing}.")
+        return EncodedTensor(
+            record.codec, record.shape, record.dtype, dict(record.meta), data, {k: self.shared_blob(k) for k in keys}
+        )
 
     def decode(self, name: str) -> torch.Tensor:
         """Decode the tensor called ``name``.
@@ -171,10 +185,14 @@ def save(
 
     records: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    shared_blobs: dict[str, bytes] = {}
     offset = 0
     for name, tensor in state.items():
         spec = plan.get(name, CodecSpec("dense", {"precision": precision}))
         encoded = get_codec(spec.codec).encode(tensor, **dict(spec.options))
+        for key, blob in encoded.shared.items():
+            if shared_blobs.setdefault(key, blob) != blob:
+                raise ValueError(f"Codec {encoded.codec!r} produced two different shared blobs under key {key!r}.")
         records.append(
             {
                 "name": name,
@@ -182,13 +200,18 @@ def save(
                 "shape": list(encoded.shape),
                 "dtype": encoded.dtype,
                 "codec": encoded.codec,
-                "meta": encoded.meta,
+                "meta": {**encoded.meta, **({"shared_keys": sorted(encoded.shared)} if encoded.shared else {})},
                 "offset": offset,
                 "nbytes": len(encoded.payload),
             }
         )
         blobs.append(encoded.payload)
         offset += len(encoded.payload)
+    shared_index: dict[str, list[int]] = {}
+    for key, blob in shared_blobs.items():
+        shared_index[key] = [offset, len(blob)]
+        blobs.append(blob)
+        offset += len(blob)
 
     from lightning_compress import __version__
 
@@ -198,6 +221,7 @@ def save(
         "architecture": getattr(module, "lc_spec", None),
         "metadata": dict(metadata or {}),
         "tensors": records,
+        "shared": shared_index,
     }
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), sort_keys=True).encode(), 9)
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(blobs)
@@ -261,7 +285,9 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
         )
         for t in header["tensors"]
     ]
-    if tensors and tensors[-1].offset + tensors[-1].nbytes != len(payload):
+    shared = {str(k): (int(v[0]), int(v[1])) for k, v in header.get("shared", {}).items()}
+    extents = [r.offset + r.nbytes for r in tensors] + [o + n for o, n in shared.values()]
+    if max(extents, default=0) != len(payload):
         raise ArtifactError(f"{path}: payload length does not match its index.")
     return Artifact(
         path=path,
@@ -271,6 +297,7 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
         tensors=tensors,
         file_bytes=len(data),
         payload=payload,
+        shared=shared,
     )
 
 

@@ -1,0 +1,74 @@
+"""Entropy-coding helpers shared by the codecs: ANS (constriction) with categorical models, bit packing."""
+
+from __future__ import annotations
+
+import math
+
+import constriction
+import numpy as np
+
+__all__ = ["ans_decode", "ans_encode", "pack_fixed", "unpack_fixed"]
+
+
+def _model(counts: np.ndarray) -> object:
+    probabilities = np.asarray(counts, dtype=np.float64)
+    return constriction.stream.model.Categorical(probabilities / probabilities.sum(), perfect=False)
+
+
+def ans_encode(symbols: np.ndarray, counts: np.ndarray) -> bytes:
+    """ANS-code ``symbols`` (ints in ``[0, len(counts))``) with the i.i.d. categorical model ``counts``.
+
+    Example:
+        >>> import numpy as np
+        >>> sym = np.array([0, 1, 1, 2, 1, 1], dtype=np.int32)
+        >>> counts = np.bincount(sym, minlength=3)
+        >>> ans_decode(ans_encode(sym, counts), counts, 6).tolist()
+        [0, 1, 1, 2, 1, 1]
+    """
+    if symbols.size == 0:
+        return b""
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(np.ascontiguousarray(symbols, dtype=np.int32), _model(counts))
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def ans_decode(data: bytes, counts: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`ans_encode` (``n`` symbols).
+
+    Raises:
+        ValueError: when the data is not a whole number of 32-bit words or does not decode to ``n`` symbols.
+    """
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    if len(data) % 4:
+        raise ValueError(f"ANS stream of {len(data)} bytes is not a whole number of 32-bit words.")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    try:
+        decoder = constriction.stream.stack.AnsCoder(words)
+        symbols = np.asarray(decoder.decode(_model(counts), n), dtype=np.int32)
+    except Exception as err:  # constriction raises plain exceptions on exhausted/invalid streams
+        raise ValueError(f"corrupt ANS stream ({err}).") from err
+    if not decoder.is_empty():
+        raise ValueError("corrupt ANS stream: data left over after decoding.")
+    return symbols
+
+
+def pack_fixed(symbols: np.ndarray, bits: int) -> bytes:
+    """Fixed-length code: every symbol in ``bits`` bits, big-endian bit order, zero-padded to a byte."""
+    if symbols.size == 0:
+        return b""
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
+    bit_matrix = (symbols.astype(np.int64)[:, None] >> shifts) & 1
+    return np.packbits(bit_matrix.astype(np.uint8).reshape(-1)).tobytes()
+
+
+def unpack_fixed(data: bytes, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_fixed`.
+
+    Raises:
+        ValueError: when ``data`` is too short for ``n`` symbols.
+    """
+    if len(data) < math.ceil(n * bits / 8):
+        raise ValueError(f"fixed-length stream of {len(data)} bytes is too short for {n} symbols of {bits} bits.")
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: n * bits].reshape(n, bits).astype(np.int64)
+    return (flat << np.arange(bits - 1, -1, -1, dtype=np.int64)).sum(axis=1).astype(np.int32)

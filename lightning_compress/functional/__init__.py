@@ -1,0 +1,1 @@
+"""Pure tensor algorithms of the four methods, one module per paper (no Lightning imports)."""

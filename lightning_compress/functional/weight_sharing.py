@@ -1,0 +1,305 @@
+"""Structure-agnostic weight sharing (Khosrowshahli, Rahnamayan, Ombuki-Berman 2025), as pure functions.
+
+One codebook for the whole network: all selected tensors are concatenated, cut into ``k`` equal-width bins between
+their minimum and maximum, empty bins are dropped, and every weight takes the mean of its bin. NSGA-II (pymoo)
+searches the integer ``k`` for the Pareto front of (validation error, number of shared values); neighbouring bins
+of front solutions are then merged while the validation error does not get worse.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "Binning",
+    "SearchPoint",
+    "WeightSharingProblem",
+    "entropy_bits",
+    "huffman_average_length",
+    "kmeans_binning",
+    "merge_bins",
+    "nsga2_search",
+    "pareto_front",
+    "select_parameters",
+    "uniform_binning",
+]
+
+ErrorFn = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Binning:
+    """A shared-value assignment: ``values[i] == codebook[indices[i]]``, codebook sorted ascending.
+
+    Attributes:
+        codebook: the shared values, ``(K',)`` float64.
+        indices: bin of every weight, ``(N,)`` int64 in ``[0, K')``.
+        sums: sum of the original weights in each bin (so merged means are exact).
+        counts: number of weights in each bin (all > 0).
+    """
+
+    codebook: torch.Tensor
+    indices: torch.Tensor
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def num_shared(self) -> int:
+        """Number of shared values K'."""
+        return int(self.codebook.numel())
+
+    def values(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The shared weight of every position."""
+        return self.codebook.to(dtype)[self.indices]
+
+
+def select_parameters(module: nn.Module, which: str = "all") -> list[tuple[str, nn.Parameter]]:
+    """Tensors that join the codebook.
+
+    Args:
+        module: the network.
+        which: ``"all"`` (every parameter, as the paper's experiments) or ``"weights"`` (Conv/Linear weights only;
+            biases and normalisation parameters stay fp32).
+
+    Raises:
+        ValueError: for another ``which`` or when nothing is selected.
+    """
+    if which not in ("all", "weights"):
+        raise ValueError(f"`parameters` must be 'all' or 'weights', got {which!r}.")
+    if which == "all":
+        chosen = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    else:
+        chosen = []
+        for mod_name, mod in module.named_modules():
+            if isinstance(mod, nn.Linear | nn.modules.conv._ConvNd) and isinstance(mod.weight, nn.Parameter):
+                chosen.append((f"{mod_name}.weight" if mod_name else "weight", mod.weight))
+    if not chosen:
+        raise ValueError(f"No parameters selected with parameters={which!r}.")
+    return chosen
+
+
+def _binning_from_bins(values: torch.Tensor, bins: torch.Tensor, num_bins: int) -> Binning:
+    counts = torch.bincount(bins, minlength=num_bins)
+    nonempty = counts > 0
+    remap = torch.cumsum(nonempty, 0) - 1  # bins are in value order, so renumbering keeps the order
+    indices = remap[bins]
+    counts = counts[nonempty]
+    sums = torch.zeros(int(nonempty.sum()), dtype=torch.float64).index_add_(0, indices, values.double())
+    return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
+
+
+def uniform_binning(values: torch.Tensor, k: int) -> Binning:
+    """Equal-width binning with ``k`` edges from ``min`` to ``max`` (``np.digitize`` semantics), empty bins dropped.
+
+    As in the authors' code, ``k`` edges give ``k - 1`` intervals plus a last bin holding only the maximum.
+    O(N log k) with ``torch.bucketize``.
+
+    Example:
+        >>> import torch
+        >>> b = uniform_binning(torch.tensor([0.0, 0.5, 1.0, 1.5, 4.0]), k=3)  # edges 0, 2, 4
+        >>> b.codebook.tolist(), b.indices.tolist()
+        ([0.75, 4.0], [0, 0, 0, 0, 1])
+    """
+    if k < 2:
+        raise ValueError(f"`k` must be >= 2, got {k}.")
+    flat = values.detach().reshape(-1).double()
+    edges = torch.linspace(float(flat.min()), float(flat.max()), k, dtype=torch.float64)
+    bins = torch.bucketize(flat, edges, right=True) - 1
+    return _binning_from_bins(flat, bins.clamp_(0, k - 1), k)
+
+
+def merge_bins(binning: Binning, i: int) -> Binning:
+    """Merge bins ``i`` and ``i + 1``; the merged value is the mean of all their members."""
+    if not 0 <= i < binning.num_shared - 1:
+        raise ValueError(f"Cannot merge bins {i} and {i + 1} of {binning.num_shared}.")
+    sums = torch.cat([binning.sums[:i], binning.sums[i : i + 2].sum().reshape(1), binning.sums[i + 2 :]])
+    counts = torch.cat([binning.counts[:i], binning.counts[i : i + 2].sum().reshape(1), binning.counts[i + 2 :]])
+    indices = binning.indices - (binning.indices > i).long()
+    return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
+
+
+def kmeans_binning(values: torch.Tensor, num_clusters: int, seed: int = 0) -> Binning:
+    """1-D k-means codebook (scipy's ``kmeans2``, k-means++ init): the classic weight-sharing baseline."""
+    from scipy.cluster.vq import kmeans2
+
+    flat = values.detach().reshape(-1).double()
+    centroids, _ = kmeans2(flat.numpy(), num_clusters, minit="++", seed=seed)
+    centroids = torch.from_numpy(np.sort(centroids))
+    # nearest centroid = bucketize against the midpoints between sorted centroids
+    bins = torch.bucketize(flat, (centroids[1:] + centroids[:-1]) / 2)
+    return _binning_from_bins(flat, bins, num_clusters)
+
+
+def entropy_bits(counts: torch.Tensor | Sequence[int]) -> float:
+    """Empirical entropy (bits per symbol) of a histogram: the lower bound for coding the indices."""
+    c = torch.as_tensor(counts, dtype=torch.float64)
+    p = c[c > 0] / c.sum()
+    return float(-(p * torch.log2(p)).sum())
+
+
+def huffman_average_length(counts: torch.Tensor | Sequence[int]) -> float:
+    """Average Huffman code length (bits per symbol) of a histogram, the paper's size measure."""
+    weights = [int(c) for c in torch.as_tensor(counts).tolist() if int(c) > 0]
+    if len(weights) <= 1:
+        return 1.0 if weights else 0.0
+    heap = list(weights)
+    heapq.heapify(heap)
+    total_bits = 0  # sum of count * depth = sum of every internal node's weight
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        total_bits += merged
+        heapq.heappush(heap, merged)
+    return total_bits / sum(weights)
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One evaluated solution: ``k`` bins, ``num_shared`` shared values, validation error, whether merged."""
+
+    k: int
+    num_shared: int
+    error: float
+    merged: bool = False
+
+
+def pareto_front(points: Iterable[SearchPoint]) -> list[SearchPoint]:
+    """Non-dominated points (minimise error and number of shared values), sorted by ``num_shared``.
+
+    Of several points with equal objectives the one with the smallest ``k`` is kept.
+
+    Example:
+        >>> pts = [SearchPoint(2, 2, 0.5), SearchPoint(8, 7, 0.1), SearchPoint(9, 7, 0.2), SearchPoint(20, 15, 0.1)]
+        >>> [p.k for p in pareto_front(pts)]
+        [2, 8]
+    """
+    best: list[SearchPoint] = []
+    for p in sorted(points, key=lambda p: (p.num_shared, p.error, p.k)):
+        if not best or p.error < best[-1].error:
+            best.append(p)
+    return best
+
+
+class WeightSharingProblem:
+    """Writes binnings into a set of parameters and scores them with a user-supplied validation error.
+
+    Args:
+        params: the tensors sharing one codebook (modified in place while evaluating; restore with :meth:`restore`).
+        error_fn: validation error of the model as its parameters currently are (lower is better).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], error_fn: ErrorFn) -> None:
+        self.params = list(params)
+        self.error_fn = error_fn
+        self.original = [p.detach().clone() for p in self.params]
+        self.values = torch.cat([p.reshape(-1).cpu() for p in self.original])
+        self.cache: dict[int, SearchPoint] = {}
+        self.evaluations = 0
+
+    @torch.no_grad()
+    def write(self, binning: Binning) -> None:
+        """Set every parameter to its shared value."""
+        flat = binning.values(torch.float32)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].reshape(p.shape).to(p.device, p.dtype))
+            offset += n
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the original (unshared) values back."""
+        for p, o in zip(self.params, self.original, strict=True):
+            p.copy_(o)
+
+    def error_of(self, binning: Binning) -> float:
+        """Validation error with ``binning`` applied (counted in :attr:`evaluations`)."""
+        self.write(binning)
+        self.evaluations += 1
+        return float(self.error_fn())
+
+    def evaluate_k(self, k: int) -> SearchPoint:
+        """Fitness of ``k`` uniform bins, cached per ``k``."""
+        if k not in self.cache:
+            binning = uniform_binning(self.values, k)
+            self.cache[k] = SearchPoint(k, binning.num_shared, self.error_of(binning))
+        return self.cache[k]
+
+    def merge_until_no_improvement(self, k: int) -> tuple[Binning, float]:
+        """Greedy merge of neighbouring bins of the ``k``-bin solution while the error does not increase.
+
+        At position ``i`` both merges (``i-1, i``) and (``i, i+1``) are scored; the best of (left, right, keep) wins,
+        ties going to left, then right (a merge that does not hurt is taken). After a merge the same position is
+        tried again, otherwise ``i`` advances. The error never rises above the unmerged one.
+        """
+        binning = uniform_binning(self.values, k)
+        best = self.evaluate_k(k).error
+        i = 1
+        while i < binning.num_shared - 1:
+            left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
+            e_left, e_right = self.error_of(left), self.error_of(right)
+            if e_left <= best and e_left <= e_right:
+                binning, best = left, e_left
+            elif e_right <= best:
+                binning, best = right, e_right
+            else:
+                i += 1
+        return binning, best
+
+
+def nsga2_search(
+    evaluate: Callable[[int], SearchPoint],
+    k_bounds: tuple[int, int],
+    pop_size: int,
+    n_gen: int,
+    seed: int,
+    on_generation: Callable[[int], None] | None = None,
+) -> None:
+    """NSGA-II (pymoo) over the integer ``k``; the points are collected by ``evaluate`` (usually a cache).
+
+    Initial population evenly spaced over ``k_bounds`` (the paper's LinearSpacing); SBX crossover and polynomial
+    mutation with rounding repair; duplicates eliminated; objectives (error, number of shared values), both minimised.
+    """
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.callback import Callback
+    from pymoo.core.problem import ElementwiseProblem
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.optimize import minimize
+
+    k_min, k_max = k_bounds
+
+    class _Problem(ElementwiseProblem):
+        def __init__(self) -> None:
+            super().__init__(n_var=1, n_obj=2, xl=k_min, xu=k_max, vtype=int)
+
+        def _evaluate(self, x: np.ndarray, out: dict[str, object], *args: object, **kwargs: object) -> None:
+            point = evaluate(round(float(x[0])))
+            out["F"] = [point.error, float(point.num_shared)]
+
+    class _Progress(Callback):
+        def notify(self, algorithm: object) -> None:
+            if on_generation is not None:
+                on_generation(int(getattr(algorithm, "n_gen", 0)))
+
+    initial = np.unique(np.linspace(k_min, k_max, pop_size).round()).reshape(-1, 1)
+    algorithm = NSGA2(
+        pop_size=pop_size,
+        sampling=initial,
+        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+        mutation=PM(prob=0.9, eta=20, vtype=float, repair=RoundingRepair()),
+        eliminate_duplicates=True,
+    )
+    minimize(_Problem(), algorithm, ("n_gen", n_gen), seed=seed, verbose=False, callback=_Progress())
+
+
+def bits_for_fixed_length(num_shared: int) -> int:
+    """Bits per index of a fixed-length code."""
+    return max(1, math.ceil(math.log2(max(num_shared, 2))))
