@@ -8,6 +8,7 @@ Public API::
 
 __version__ = "0.1.0"
 
+from lightning_compress.callbacks import ArtifactWriter, WeightSharing
 from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
 from lightning_compress.models import build_model
 from lightning_compress.module import ImageClassifier
@@ -15,9 +16,11 @@ from lightning_compress.report import SizeReport, size_report
 
 __all__ = [
     "ArtifactError",
+    "ArtifactWriter",
     "CodecSpec",
     "ImageClassifier",
     "SizeReport",
+    "WeightSharing",
     "__version__",
     "build_model",
     "load",

@@ -22,7 +22,9 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from lightning_compress.codec.container import load, save
+from lightning_compress.callbacks.artifact import ArtifactWriter
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.codec.container import load
 from lightning_compress.module import evaluate_accuracy
 from lightning_compress.report import size_report
 
@@ -91,6 +93,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         scheduler=cfg.get("scheduler"),
     )
     callbacks = instantiate_children(cfg.get("callbacks")) + instantiate_children(cfg.get("compress"))
+    writer = None
+    if cfg.artifact.save:  # last, so it sees every compression callback's result
+        writer = ArtifactWriter(
+            Path(cfg.paths.output_dir) / cfg.artifact.name,
+            precision=cfg.artifact.precision,
+            metadata={"task_name": cfg.task_name, "tags": list(cfg.tags)},
+        )
+        callbacks.append(writer)
     _prepare_wandb(cfg)
     loggers: list[Logger] = instantiate_children(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -103,24 +113,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, float] = {"fit/wall_s": time.perf_counter() - started}
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    for callback in callbacks:
+        if isinstance(callback, CompressionCallback):
+            metrics.update(callback.summary())
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     artifact_path: Path | None = None
-    if cfg.artifact.save and trainer.is_global_zero:
-        artifact_path = save(
-            module,
-            Path(cfg.paths.output_dir) / cfg.artifact.name,
-            precision=cfg.artifact.precision,
-            metadata={"task_name": cfg.task_name, "test/acc": metrics.get("test/acc"), "tags": list(cfg.tags)},
-        )
+    if writer is not None and trainer.is_global_zero:
+        artifact_path = writer.resolved_path(trainer)
         report = size_report(artifact_path)
         report.print(Console())
         metrics.update(report.summary())
         if cfg.artifact.verify and cfg.get("test"):
             datamodule.setup("test")
-            metrics["test/acc_artifact"] = evaluate_accuracy(load(artifact_path), datamodule.test_dataloader())
+            # the same batches Lightning tested (limit_test_batches), on one process
+            tested = trainer.num_test_batches[0] if trainer.world_size == 1 and trainer.num_test_batches else None
+            max_batches = int(tested) if tested is not None and math.isfinite(tested) else None
+            metrics["test/acc_artifact"] = evaluate_accuracy(
+                load(artifact_path), datamodule.test_dataloader(), max_batches=max_batches
+            )
             log.info(
                 "Artifact %s: %d bytes, ratio %.2fx, test/acc %.4f (reloaded from file: %.4f)",
                 artifact_path,

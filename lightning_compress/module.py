@@ -126,8 +126,12 @@ class ImageClassifier(pl.LightningModule):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` over ``loader``, in eval mode (the model's own mode is restored afterwards).
+def evaluate_accuracy(
+    model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu", max_batches: int | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` over ``loader`` (or its first ``max_batches``), in eval mode.
+
+    The model's own train/eval mode is restored afterwards.
 
     Example:
         >>> import torch
@@ -140,7 +144,9 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[Any], device: str | tor
     was_training = model.training
     model = model.to(device).eval()
     correct = total = 0
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
         pred = model(x.to(device)).argmax(dim=1)
         correct += int((pred == y.to(device)).sum())
         total += y.numel()

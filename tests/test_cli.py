@@ -184,3 +184,41 @@ def test_ddp_sim_run(tmp_path: Path, fake_fmnist_root: Path) -> None:
     artifacts = list(tmp_path.glob("train/runs/*/model.lcz"))
     assert len(artifacts) == 1
     assert "reloaded from file" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("recipe", options("recipe"))
+def test_every_recipe_runs_on_fake_data(tmp_path: Path, fake_fmnist_root: Path, recipe: str) -> None:
+    """Each recipe, shrunk (debug=fast, CPU, small searches), runs end to end on tiny data in its real format."""
+    from unittest import mock
+
+    from tests.helpers.fake_data import write_cifar, write_image_folders
+
+    write_cifar(fake_fmnist_root, 10)
+    write_cifar(fake_fmnist_root, 100)
+    write_image_folders(fake_fmnist_root / "imagenet", [f"n0{i}" for i in range(6)], per_class=3, size=36)
+    overrides = [
+        f"recipe={recipe}",
+        "debug=fast",
+        "trainer=cpu",
+        "trainer.precision=32-true",
+        "data.num_workers=0",
+        "data.pin_memory=false",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "data.val_fraction=0.25",
+    ]
+    if "fmnist" in recipe:
+        overrides.append("data.debian_dir=/none")
+    if "imagenet" in recipe:
+        overrides.append("data.image_size=32")
+    cfg = compose_train(overrides, tmp_path, fake_fmnist_root)
+    with open_dict(cfg):
+        for node in (cfg.get("compress") or {}).values():
+            node.update({"pop_size": 4, "n_gen": 2, "k_bounds": [2, 24], "progress": False})
+    with mock.patch("torchvision.datasets.cifar.check_integrity", lambda path, md5=None: Path(path).is_file()):
+        metrics, objects = train(cfg)
+    assert objects["artifact_path"].is_file()
+    assert metrics["test/acc_artifact"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    if cfg.get("compress"):
+        assert any(k.startswith(f"{next(iter(cfg.compress))}/") for k in metrics)
+    GlobalHydra.instance().clear()

@@ -1,0 +1,7 @@
+"""Lightning callbacks, one per compression method."""
+
+from lightning_compress.callbacks.artifact import ArtifactWriter
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.weight_sharing import WeightSharing
+
+__all__ = ["ArtifactWriter", "CompressionCallback", "WeightSharing"]

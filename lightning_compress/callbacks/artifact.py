@@ -1,0 +1,62 @@
+"""ArtifactWriter callback: write the compressed artifact at the end of ``fit``, from the process that trained."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
+
+from lightning_compress.codec.container import save
+
+__all__ = ["ArtifactWriter"]
+
+
+class ArtifactWriter(Callback):
+    """Write ``lightning_compress.save(pl_module, path)`` on global rank 0 in ``on_fit_end``.
+
+    Runs after every compression callback's end-of-fit step and inside the training process, so the codecs the
+    compression callbacks chose are used under every strategy (with ``ddp_spawn`` the parent process only gets
+    the weights back, not the callbacks' state). Put it last in the callback list.
+
+    Args:
+        path: the artifact file (parent directories are created); relative paths are under the trainer's
+            ``default_root_dir``.
+        precision: ``"float32"`` or ``"float16"`` for tensors no compression method claims.
+        metadata: JSON-able values stored in the header.
+
+    Example:
+        >>> ArtifactWriter("model.lcz").path
+        PosixPath('model.lcz')
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "model.lcz",
+        precision: str = "float32",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if precision not in ("float32", "float16"):
+            raise ValueError(f"`precision` must be 'float32' or 'float16', got {precision!r}.")
+        self.path = Path(path)
+        self.precision = precision
+        self.metadata = dict(metadata or {})
+        self.written: Path | None = None
+
+    def resolved_path(self, trainer: pl.Trainer) -> Path:
+        """Where the artifact goes for this trainer."""
+        return self.path if self.path.is_absolute() else Path(trainer.default_root_dir) / self.path
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            self.written = save(
+                pl_module, self.resolved_path(trainer), precision=self.precision, metadata={**self.metadata, **metrics}
+            )
+            rank_zero_info(f"ArtifactWriter: wrote {self.written} ({self.written.stat().st_size:,} bytes).")
+        trainer.strategy.barrier("artifact_writer")

@@ -1,0 +1,420 @@
+"""WeightSharing callback.
+
+One uniform-bin codebook for the whole network (Khosrowshahli, Rahnamayan, Ombuki-Berman 2025): NSGA-II over the
+number of bins, then merging of neighbouring bins, no retraining of the shared values.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.codec.container import CodecSpec
+from lightning_compress.functional.weight_sharing import (
+    Binning,
+    SearchPoint,
+    WeightSharingProblem,
+    entropy_bits,
+    huffman_average_length,
+    nsga2_search,
+    pareto_front,
+    select_parameters,
+    uniform_binning,
+)
+
+__all__ = ["WeightSharing"]
+
+log = logging.getLogger(__name__)
+
+_METRICS = ("accuracy", "f1_macro")
+
+
+class WeightSharing(CompressionCallback):
+    """Share one codebook across the network, chosen on the validation data given to ``fit``.
+
+    At the end of ``fit`` (or at the end of epoch ``at_epoch``):
+
+    1. the selected tensors are concatenated; ``k`` equal-width bins between their min and max; empty bins dropped;
+       each weight takes the mean of its bin;
+    2. NSGA-II (pymoo) searches ``k`` in ``k_bounds`` minimising (validation error, number of shared values), with
+       fitness cached per ``k`` and the validation inputs cached in memory;
+    3. for up to ``merge_candidates`` front solutions within ``accuracy_budget`` (fewest shared values first),
+       neighbouring bins are merged while the validation error does not increase;
+    4. **choice rule**: the solution with the fewest shared values whose validation metric is within
+       ``accuracy_budget`` of the unshared model's (if none is, the most accurate one, with a warning).
+
+    The chosen codebook is written into the weights; the artifact stores it once and the indices ANS-coded
+    (codec ``codebook``). The Pareto front goes to ``<output_dir>/weight_sharing_pareto.{csv,png}`` and, with a
+    W&B logger, to a table and a scatter plot. With ``at_epoch``, training continues and only the unshared
+    tensors (``parameters="weights"``: biases and normalisation) keep learning.
+
+    The validation data must be held out from the training set (the datamodules here carve it from train); never
+    pass the test set.
+
+    Args:
+        k_bounds: inclusive range of the number of bin edges ``k`` searched.
+        pop_size: NSGA-II population size (the initial population is evenly spaced over ``k_bounds``).
+        n_gen: NSGA-II generations.
+        metric: ``"accuracy"`` or ``"f1_macro"`` (the paper's); the error is ``1 - metric``.
+        accuracy_budget: allowed drop of the validation metric from the unshared model, as a fraction (0.005 =
+            0.5 point).
+        parameters: ``"all"`` (every parameter, as in the paper's experiments) or ``"weights"`` (Conv/Linear
+            weights only).
+        merge: run the iterative merge.
+        merge_candidates: how many front solutions are merged.
+        at_epoch: share at the end of this epoch (0-based) and keep training the rest; ``None`` = end of fit.
+        max_val_samples: cap on cached validation samples (``None`` = the whole validation loader).
+        seed: NSGA-II seed.
+        output_dir: where the Pareto CSV/PNG go (default: the trainer's log dir).
+        progress: show a progress bar over generations (rank 0).
+
+    Raises:
+        ValueError: for an invalid argument (the message names it).
+
+    Example:
+        >>> cb = WeightSharing(k_bounds=(2, 64), pop_size=8, n_gen=4)
+        >>> cb.state_key
+        "WeightSharing{'parameters': 'all', 'at_epoch': None}"
+    """
+
+    LOG_PREFIX = "weight_sharing"
+
+    def __init__(
+        self,
+        k_bounds: Sequence[int] = (2, 1024),
+        pop_size: int = 32,
+        n_gen: int = 20,
+        metric: str = "accuracy",
+        accuracy_budget: float = 0.005,
+        parameters: str = "all",
+        merge: bool = True,
+        merge_candidates: int = 3,
+        at_epoch: int | None = None,
+        max_val_samples: int | None = None,
+        seed: int = 1,
+        output_dir: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        bounds = tuple(int(v) for v in k_bounds)
+        if len(bounds) != 2 or not 2 <= bounds[0] < bounds[1]:
+            raise ValueError(f"`k_bounds` must be two ints (k_min, k_max) with 2 <= k_min < k_max, got {k_bounds!r}.")
+        for name, value, low in (
+            ("pop_size", pop_size, 2),
+            ("n_gen", n_gen, 1),
+            ("merge_candidates", merge_candidates, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        if metric not in _METRICS:
+            raise ValueError(f"`metric` must be one of {_METRICS}, got {metric!r}.")
+        if not 0.0 <= float(accuracy_budget) < 1.0:
+            raise ValueError(f"`accuracy_budget` must be a fraction in [0, 1), got {accuracy_budget!r}.")
+        if parameters not in ("all", "weights"):
+            raise ValueError(f"`parameters` must be 'all' or 'weights', got {parameters!r}.")
+        if at_epoch is not None and (not isinstance(at_epoch, int) or at_epoch < 0):
+            raise ValueError(f"`at_epoch` must be None or an int >= 0, got {at_epoch!r}.")
+        if max_val_samples is not None and (not isinstance(max_val_samples, int) or max_val_samples < 1):
+            raise ValueError(f"`max_val_samples` must be None or a positive int, got {max_val_samples!r}.")
+        self.k_bounds = (bounds[0], bounds[1])
+        self.pop_size = pop_size
+        self.n_gen = n_gen
+        self.metric = metric
+        self.accuracy_budget = float(accuracy_budget)
+        self.parameters = parameters
+        self.merge = merge
+        self.merge_candidates = merge_candidates
+        self.at_epoch = at_epoch
+        self.max_val_samples = max_val_samples
+        self.seed = seed
+        self.output_dir = output_dir
+        self.progress = progress
+        self.points: list[SearchPoint] = []
+        self._state: dict[str, Any] = {"done": False}
+        self._shared_values: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(parameters=self.parameters, at_epoch=self.at_epoch)
+
+    @property
+    def done(self) -> bool:
+        """Whether the codebook has been chosen and applied."""
+        return bool(self._state.get("done"))
+
+    # -- hooks -------------------------------------------------------------------------------------------------
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.done:  # resumed after sharing: keep the stored codebook, re-attach the codec plan
+            self._attach(pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        at_epoch = self.at_epoch is not None and trainer.current_epoch == self.at_epoch
+        if at_epoch and not self.done and not self.should_skip(trainer):
+            self.share(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_epoch is None and not self.done and not self.should_skip(trainer):
+            self.share(trainer, pl_module)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        for param, _ in self._shared_values:
+            if param.grad is not None:
+                param.grad.zero_()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Momentum and weight decay move parameters even with zero gradients: put the shared values back.
+        with torch.no_grad():
+            for param, value in self._shared_values:
+                param.copy_(value)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self._state)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._state = {"done": False, **state_dict}
+
+    # -- the method --------------------------------------------------------------------------------------------
+    def share(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Search on rank 0, broadcast the chosen codebook and indices, apply them on every rank."""
+        module = self.target_module(pl_module)
+        selected = select_parameters(module, self.parameters)
+        # trainer.log_dir broadcasts: resolve it on every rank, never inside rank-0-only code
+        out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        decision: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            decision = self._search(trainer, pl_module, [p for _, p in selected], out_dir)
+        decision = self.broadcast(trainer, decision)
+        assert decision is not None  # noqa: S101 - broadcast returns rank 0's decision
+        binning = Binning(
+            codebook=torch.tensor(decision["codebook"], dtype=torch.float64),
+            indices=decision["indices"].long(),
+            sums=torch.zeros(0),
+            counts=torch.tensor(decision["counts"]),
+        )
+        WeightSharingProblem([p for _, p in selected], lambda: 0.0).write(binning)
+        self._state = {
+            "done": True,
+            "names": [n for n, _ in selected],
+            **{k: v for k, v in decision.items() if k != "indices"},
+        }
+        self._attach(pl_module)
+        figures = {
+            k: float(decision[k])
+            for k in (
+                "k",
+                "num_shared",
+                "baseline_metric",
+                "metric",
+                "search_s",
+                "evaluations",
+                "entropy_bits",
+                "huffman_bits",
+                "merged",
+            )
+        }
+        self.log_figures(trainer, figures)
+        rank_zero_info(
+            f"WeightSharing: {decision['num_shared']} shared values (k={decision['k']}, merged={decision['merged']}), "
+            f"val {self.metric} {decision['metric']:.4f} vs {decision['baseline_metric']:.4f} unshared, "
+            f"index entropy {decision['entropy_bits']:.3f} bits, {decision['evaluations']} evaluations in "
+            f"{decision['search_s']:.1f}s."
+        )
+
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        module = self.target_module(pl_module)
+        spec = CodecSpec("codebook", {"codebook": self._state["codebook"], "counts": self._state["counts"]})
+        self.set_codec_plan(module, dict.fromkeys(self._state["names"], spec))
+        self._shared_values = [(p, p.detach().clone()) for _, p in self.named_tensors(module, self._state["names"])]
+
+    def _validation_batches(self, trainer: pl.Trainer, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, Sequence) and not isinstance(loaders, torch.utils.data.DataLoader):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            raise RuntimeError(
+                "WeightSharing needs validation data for its fitness: pass `val_dataloaders` (or a datamodule with "
+                "val_dataloader) to `trainer.fit`, held out from the training set."
+            )
+        batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        seen = 0
+        for batch in loaders:
+            if not isinstance(batch, Sequence) or len(batch) < 2:
+                raise TypeError("WeightSharing expects validation batches of the form (inputs, targets).")
+            x, y = batch[0].to(device), batch[1].to(device)
+            if self.max_val_samples is not None:
+                x, y = x[: self.max_val_samples - seen], y[: self.max_val_samples - seen]
+            batches.append((x, y))
+            seen += len(y)
+            if self.max_val_samples is not None and seen >= self.max_val_samples:
+                break
+        return batches
+
+    def _error_fn(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+        from torchmetrics.functional.classification import multiclass_f1_score
+
+        targets = torch.cat([y for _, y in batches])
+
+        @torch.no_grad()
+        def error() -> float:
+            was_training = model.training
+            model.eval()
+            logits = torch.cat([model(x) for x, _ in batches])
+            model.train(was_training)
+            preds = logits.argmax(dim=1)
+            if self.metric == "accuracy":
+                return 1.0 - float((preds == targets).float().mean())
+            score = multiclass_f1_score(preds, targets, num_classes=logits.shape[1], average="macro")
+            return 1.0 - float(score)
+
+        return error
+
+    def _search(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[nn.Parameter], out_dir: Path
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        batches = self._validation_batches(trainer, pl_module.device)
+        problem = WeightSharingProblem(params, self._error_fn(pl_module, batches))
+        baseline_error = problem.error_fn()
+        k_min, k_max = self.k_bounds
+        with self._progress_bar(self.n_gen) as advance:
+            nsga2_search(problem.evaluate_k, (k_min, k_max), self.pop_size, self.n_gen, self.seed, advance)
+        self.points = list(problem.cache.values())
+        budget_error = baseline_error + self.accuracy_budget
+        merged_binnings: dict[int, Binning] = {}
+        if self.merge:
+            front = [p for p in pareto_front(self.points) if p.error <= budget_error]
+            for point in front[: self.merge_candidates]:
+                binning, error = problem.merge_until_no_improvement(point.k)
+                merged_binnings[point.k] = binning
+                self.points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
+        problem.restore()
+        within = [p for p in self.points if p.error <= budget_error]
+        if within:
+            chosen = min(within, key=lambda p: (p.num_shared, p.error, p.merged))
+        else:
+            chosen = min(self.points, key=lambda p: (p.error, p.num_shared))
+            rank_zero_warn(
+                f"WeightSharing: no solution within accuracy_budget={self.accuracy_budget}; using the most accurate "
+                f"one ({chosen.num_shared} shared values). Raise k_bounds[1] or the budget."
+            )
+        binning = merged_binnings[chosen.k] if chosen.merged else uniform_binning(problem.values, chosen.k)
+        codebook = binning.codebook.float()
+        self._write_outputs(trainer, out_dir, baseline_error, chosen)
+        return {
+            "k": chosen.k,
+            "num_shared": binning.num_shared,
+            "merged": chosen.merged,
+            "codebook": codebook.tolist(),
+            "counts": binning.counts.tolist(),
+            "indices": binning.indices.to(torch.int32),
+            "baseline_metric": 1.0 - baseline_error,
+            "metric": 1.0 - chosen.error,
+            "evaluations": problem.evaluations,
+            "search_s": time.perf_counter() - started,
+            "entropy_bits": entropy_bits(binning.counts),
+            "huffman_bits": huffman_average_length(binning.counts),
+            "val_samples": sum(len(y) for _, y in batches),
+        }
+
+    def _progress_bar(self, total: int) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar() -> Any:
+            if not self.progress:
+                yield None
+                return
+            from rich.progress import Progress
+
+            with Progress(transient=True) as progress:
+                task = progress.add_task("WeightSharing NSGA-II generations", total=total)
+                yield lambda gen: progress.update(task, completed=gen)
+
+        return bar()
+
+    def _write_outputs(self, trainer: pl.Trainer, out: Path, baseline_error: float, chosen: SearchPoint) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        front = set(pareto_front([p for p in self.points if not p.merged]))
+        rows = [
+            {
+                "k": p.k,
+                "num_shared": p.num_shared,
+                "val_error": round(p.error, 6),
+                f"val_{self.metric}": round(1.0 - p.error, 6),
+                "merged": p.merged,
+                "on_front": p in front or p.merged,
+                "chosen": p == chosen,
+            }
+            for p in sorted(self.points, key=lambda p: (p.merged, p.num_shared, p.k))
+        ]
+        csv_path = out / "weight_sharing_pareto.csv"
+        tmp = csv_path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(csv_path)
+        self._plot(out / "weight_sharing_pareto.png", front, baseline_error, chosen)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                columns: list[str | int] = list(rows[0])
+                table = wandb.Table(columns=columns, data=[[r[str(c)] for c in columns] for r in rows])
+                logger.experiment.log(  # type: ignore[attr-defined]
+                    {
+                        "weight_sharing/pareto": table,
+                        "weight_sharing/pareto_plot": wandb.plot.scatter(
+                            table, "num_shared", f"val_{self.metric}", title="WeightSharing Pareto front"
+                        ),
+                    }
+                )
+
+    def _plot(self, path: Path, front: set[SearchPoint], baseline_error: float, chosen: SearchPoint) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        unmerged = [p for p in self.points if not p.merged]
+        ax.scatter([p.num_shared for p in unmerged], [1 - p.error for p in unmerged], s=8, c="0.7", label="evaluated")
+        line = sorted(front, key=lambda p: p.num_shared)
+        ax.plot([p.num_shared for p in line], [1 - p.error for p in line], "o-", ms=4, label="Pareto front")
+        merged = [p for p in self.points if p.merged]
+        if merged:
+            ax.scatter([p.num_shared for p in merged], [1 - p.error for p in merged], c="tab:red", s=30, label="merged")
+        ax.scatter([chosen.num_shared], [1 - chosen.error], marker="*", s=200, c="gold", edgecolors="k", label="chosen")
+        ax.axhline(1 - baseline_error, color="k", ls="--", lw=1, label="unshared")
+        ax.set_xscale("log")
+        ax.set_xlabel("shared values")
+        ax.set_ylabel(f"validation {self.metric}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = path.with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        tmp.replace(path)

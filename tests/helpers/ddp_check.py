@@ -1,0 +1,60 @@
+"""Run a compression callback under ``ddp_spawn`` on 2 CPU processes and dump every rank's final weights.
+
+Usage: ``python -m tests.helpers.ddp_check METHOD OUT_DIR``; writes ``OUT_DIR/rank{0,1}.pt`` and the artifact.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+import lightning_compress as lc
+from tests.helpers.models import blobs, mlp
+
+
+class DumpRankWeights(pl.Callback):
+    """Save this rank's backbone parameters at the end of fit."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.backbone.state_dict().items()}
+        torch.save(state, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def make_callback(method: str) -> pl.Callback:
+    if method == "weight_sharing":
+        return lc.WeightSharing(k_bounds=(2, 48), pop_size=6, n_gen=3, progress=False)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def main(method: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    # different seeds per rank would make the replicas' searches differ if nothing were broadcast
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    train = DataLoader(blobs(256), batch_size=32, shuffle=True)
+    val = DataLoader(blobs(128, seed=7), batch_size=64)
+    trainer = pl.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        callbacks=[make_callback(method), DumpRankWeights(out), lc.ArtifactWriter(out / "model.lcz")],
+    )
+    trainer.fit(model, train, val)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))

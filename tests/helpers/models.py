@@ -1,0 +1,46 @@
+"""Tiny models and data for Trainer tests (BoringModel style)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def blobs(n: int = 256, dim: int = 16, classes: int = 4, seed: int = 0) -> TensorDataset:
+    """Gaussian class clusters: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g) * 2.0
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + torch.randn(n, dim, generator=g)
+    return TensorDataset(x, y)
+
+
+def loaders(batch_size: int = 32, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """(train, val) loaders of distinct samples of the same distribution."""
+    return (
+        DataLoader(blobs(256, seed=seed), batch_size=batch_size, shuffle=True),
+        DataLoader(blobs(128, seed=seed + 100), batch_size=64),
+    )
+
+
+def mlp(dim: int = 16, hidden: int = 32, classes: int = 4) -> nn.Sequential:
+    """Linear-ReLU-Linear-ReLU-Linear."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes)
+    )
+
+
+def trainer_kwargs(tmp_path: object, **overrides: object) -> dict[str, object]:
+    """Quiet, fast CPU Trainer settings."""
+    kwargs: dict[str, object] = {
+        "default_root_dir": tmp_path,
+        "max_epochs": 2,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    kwargs.update(overrides)
+    return kwargs

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import itertools
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+import lightning_compress as lc
+from lightning_compress.functional.weight_sharing import (
+    SearchPoint,
+    WeightSharingProblem,
+    entropy_bits,
+    huffman_average_length,
+    kmeans_binning,
+    merge_bins,
+    nsga2_search,
+    pareto_front,
+    select_parameters,
+    uniform_binning,
+)
+from tests.helpers.models import blobs, loaders, mlp, trainer_kwargs
+
+
+def test_uniform_binning_matches_numpy_digitize() -> None:
+    values = torch.randn(5000, dtype=torch.float64) ** 3
+    for k in (2, 3, 17, 300):
+        b = uniform_binning(values, k)
+        edges = np.linspace(values.min().item(), values.max().item(), k)
+        bins = np.digitize(values.numpy(), edges) - 1
+        nonempty = np.unique(bins)
+        expected = np.array([values.numpy()[bins == i].mean() for i in nonempty])
+        assert b.num_shared == len(nonempty)
+        np.testing.assert_allclose(b.codebook.numpy(), expected, rtol=1e-12)
+        assert torch.all(b.codebook[1:] > b.codebook[:-1])
+        np.testing.assert_allclose(
+            b.values(torch.float64).numpy(), expected[np.searchsorted(nonempty, bins)], rtol=1e-12
+        )
+
+
+def test_merge_bins_keeps_exact_means() -> None:
+    values = torch.randn(1000, dtype=torch.float64)
+    b = uniform_binning(values, 10)
+    m = merge_bins(b, 3)
+    assert m.num_shared == b.num_shared - 1
+    members = (b.indices == 3) | (b.indices == 4)
+    assert torch.allclose(m.codebook[3], values[members].mean())
+    assert torch.equal(m.values(torch.float64)[~members], b.values(torch.float64)[~members])
+    with pytest.raises(ValueError, match="Cannot merge"):
+        merge_bins(b, b.num_shared - 1)
+
+
+def test_entropy_and_huffman() -> None:
+    assert entropy_bits([1, 1, 1, 1]) == pytest.approx(2.0)
+    assert huffman_average_length([1, 1, 1, 1]) == pytest.approx(2.0)
+    assert huffman_average_length([8, 4, 2, 2]) == pytest.approx(1.75)  # lengths 1, 2, 3, 3
+    counts = [50, 30, 10, 5, 5]
+    assert entropy_bits(counts) <= huffman_average_length(counts) < entropy_bits(counts) + 1
+
+
+def test_kmeans_baseline() -> None:
+    values = torch.cat([torch.full((100,), -1.0), torch.full((100,), 2.0)]) + 0.01 * torch.randn(200)
+    b = kmeans_binning(values, 2, seed=0)
+    assert b.num_shared == 2
+    assert torch.allclose(b.codebook, torch.tensor([-1.0, 2.0], dtype=torch.float64), atol=0.01)
+
+
+def _tiny_problem() -> WeightSharingProblem:
+    torch.manual_seed(0)
+    model = mlp(hidden=24).eval()
+    x, y = blobs(200, seed=3).tensors
+    with torch.no_grad():  # make it a meaningful classifier: fit the last layer by least squares
+        feats = model[:4](x)
+        target = torch.nn.functional.one_hot(y, 4).float()
+        model[4].weight.copy_(torch.linalg.lstsq(feats, target).solution.T)
+
+    def error() -> float:
+        with torch.no_grad():
+            return 1.0 - float((model(x).argmax(1) == y).float().mean())
+
+    return WeightSharingProblem([p for _, p in select_parameters(model)], error)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_nsga2_front_equals_exhaustive_front(seed: int) -> None:
+    problem = _tiny_problem()
+    k_bounds = (2, 40)
+    exhaustive = pareto_front(problem.evaluate_k(k) for k in range(k_bounds[0], k_bounds[1] + 1))
+    assert len(exhaustive) >= 3  # a non-trivial front
+    fresh = _tiny_problem()
+    nsga2_search(fresh.evaluate_k, k_bounds, pop_size=12, n_gen=30, seed=seed)
+    found = pareto_front(fresh.cache.values())
+    assert [(p.num_shared, p.error) for p in found] == [(p.num_shared, p.error) for p in exhaustive]
+    # both objectives are minimised: the front trades fewer shared values for more error
+    assert all(a.num_shared < b.num_shared and a.error > b.error for a, b in itertools.pairwise(found))
+
+
+def test_merge_never_increases_validation_error() -> None:
+    problem = _tiny_problem()
+    for k in (6, 12, 30):
+        unmerged = problem.evaluate_k(k)
+        binning, error = problem.merge_until_no_improvement(k)
+        assert binning.num_shared <= unmerged.num_shared
+        assert error <= unmerged.error
+        assert problem.error_of(binning) == error  # the reported error is that of the returned binning
+    problem.restore()
+    assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
+
+
+def test_pareto_front_rule() -> None:
+    pts = [SearchPoint(2, 2, 0.5), SearchPoint(3, 3, 0.5), SearchPoint(8, 7, 0.1), SearchPoint(9, 7, 0.1)]
+    assert [p.k for p in pareto_front(pts)] == [2, 8]
+
+
+def _fit(tmp_path: Path, callback: lc.WeightSharing, **trainer_overrides: object) -> lc.ImageClassifier:
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    train, val = loaders()
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, **trainer_overrides)).fit(model, train, val)
+    return model
+
+
+def test_callback_shares_exactly_k_values_and_round_trips(tmp_path: Path) -> None:
+    ws = lc.WeightSharing(k_bounds=(2, 64), pop_size=8, n_gen=4, progress=False, accuracy_budget=0.02)
+    model = _fit(tmp_path, ws)
+    summary = ws.summary()
+    k_shared = int(summary["weight_sharing/num_shared"])
+    values = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
+    assert len(torch.unique(values)) == k_shared
+    assert summary["weight_sharing/metric"] >= summary["weight_sharing/baseline_metric"] - 0.02
+    path = lc.save(model, tmp_path / "ws.lcz")
+    records = lc.read_artifact(path).tensors
+    assert {r.codec for r in records} == {"codebook"}
+    loaded = lc.load(path, model=mlp())
+    x = blobs(50, seed=9).tensors[0]
+    assert torch.equal(loaded(x), model.backbone.eval()(x))
+    report = lc.size_report(path)
+    assert report.ratio > 32 / (summary["weight_sharing/entropy_bits"] + 2)
+    assert (tmp_path / "weight_sharing_pareto.csv").read_text().count("\n") == len(ws.points) + 1
+    assert (tmp_path / "weight_sharing_pareto.png").stat().st_size > 1000
+
+
+def test_at_epoch_keeps_shared_values_while_training_the_rest(tmp_path: Path) -> None:
+    ws = lc.WeightSharing(k_bounds=(2, 32), pop_size=6, n_gen=3, progress=False, at_epoch=0, parameters="weights")
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(
+        mlp(), num_classes=4, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    )
+    train, val = loaders()
+    biases_before: list[torch.Tensor] = []
+
+    class Snapshot(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 0:  # runs after WeightSharing (callback order)
+                biases_before.extend(p.detach().clone() for n, p in model.backbone.named_parameters() if "bias" in n)
+
+    pl.Trainer(callbacks=[ws, Snapshot()], **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
+    weights = torch.cat([p.detach().reshape(-1) for n, p in model.backbone.named_parameters() if "weight" in n])
+    assert len(torch.unique(weights)) == int(ws.summary()["weight_sharing/num_shared"])
+    biases = [p.detach() for n, p in model.backbone.named_parameters() if "bias" in n]
+    assert any(not torch.equal(a, b) for a, b in zip(biases, biases_before, strict=True))
+
+
+def test_state_round_trip_and_resume(tmp_path: Path) -> None:
+    ws = lc.WeightSharing(k_bounds=(2, 32), pop_size=6, n_gen=3, progress=False, at_epoch=0)
+    model = _fit(tmp_path, ws, max_epochs=1, enable_checkpointing=True)
+    state = ws.state_dict()
+    assert state["done"] is True
+    assert set(state) >= {"codebook", "counts", "names", "k", "num_shared"}
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    saved = torch.load(ckpt, weights_only=True)  # plain data only
+    assert saved["callbacks"][ws.state_key]["codebook"] == state["codebook"]
+
+    resumed = lc.WeightSharing(k_bounds=(2, 32), pop_size=6, n_gen=3, progress=False, at_epoch=0)
+    torch.manual_seed(1)
+    fresh = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    train, val = loaders()
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "r", max_epochs=2))
+    trainer.fit(fresh, train, val, ckpt_path=ckpt, weights_only=True)
+    assert resumed.done
+    assert resumed.state_dict()["codebook"] == state["codebook"]
+    path = lc.save(fresh, tmp_path / "r.lcz")  # the codec plan was re-attached on resume
+    assert {r.codec for r in lc.read_artifact(path).tensors} == {"codebook"}
+    values = torch.cat([p.detach().reshape(-1) for p in fresh.backbone.parameters()])
+    assert set(values.tolist()) <= set(torch.tensor(state["codebook"]).tolist())
+    del model
+
+
+def test_needs_validation_data(tmp_path: Path) -> None:
+    ws = lc.WeightSharing(k_bounds=(2, 8), pop_size=4, n_gen=1, progress=False)
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    train, _ = loaders()
+    with pytest.raises(RuntimeError, match="needs validation data"):
+        pl.Trainer(callbacks=[ws], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, train)
+
+
+def test_invalid_arguments() -> None:
+    cases = [
+        ({"k_bounds": (1, 10)}, "`k_bounds`"),
+        ({"k_bounds": (10, 5)}, "`k_bounds`"),
+        ({"k_bounds": (2,)}, "`k_bounds`"),
+        ({"pop_size": 1}, "`pop_size`"),
+        ({"n_gen": 0}, "`n_gen`"),
+        ({"merge_candidates": -1}, "`merge_candidates`"),
+        ({"metric": "top5"}, "`metric`"),
+        ({"accuracy_budget": 1.5}, "`accuracy_budget`"),
+        ({"parameters": "biases"}, "`parameters`"),
+        ({"at_epoch": -1}, "`at_epoch`"),
+        ({"max_val_samples": 0}, "`max_val_samples`"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            lc.WeightSharing(**kwargs)
+
+
+def test_codebook_codec_errors() -> None:
+    from lightning_compress.codec import get_codec
+
+    codec = get_codec("codebook")
+    with pytest.raises(ValueError, match="not in the codebook"):
+        codec.encode(torch.tensor([0.1, 0.2]), codebook=[0.1, 0.3])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        codec.encode(torch.tensor([0.1]), codebook=[0.3, 0.1])
+    enc = codec.encode(torch.tensor([0.1, 0.3] * 500), codebook=[0.1, 0.3], counts=[500, 500])
+    assert enc.meta["coding"] in ("shared", "own", "fixed")
+    assert len(enc.payload) <= 1000 / 8 + 16  # about 1 bit per value for two equiprobable values
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_share_identical_codebook(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.ddp_check", "weight_sharing", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    values = torch.cat([v.reshape(-1) for k, v in rank0.items()])
+    artifact = lc.read_artifact(tmp_path / "model.lcz")
+    assert {r.codec for r in artifact.tensors} == {"codebook"}
+    assert artifact.tensors[0].meta["k"] == len(torch.unique(values))
