@@ -43,10 +43,11 @@ NAME = "share_lenet300_fmnist"
 class SnapshotBeforeCompression(pl.Callback):
     """Keep a copy of the backbone at ``on_train_end`` (it runs before the compression callbacks, listed later)."""
 
-    snapshot: nn.Module | None = None
+    def __init__(self) -> None:
+        self.snapshot: nn.Module | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        SnapshotBeforeCompression.snapshot = copy.deepcopy(lc.codec.container.artifact_module(pl_module)).cpu()
+        self.snapshot = copy.deepcopy(lc.codec.container.artifact_module(pl_module)).cpu()
 
 
 def artifact_bits_per_weight(model: nn.Module, codebook: list[float], counts: list[int]) -> tuple[int, float]:
@@ -79,7 +80,9 @@ def run_seed(seed: int, epochs: int) -> dict[str, Any]:
         metrics, objects = train(cfg)
     dm = objects["datamodule"]
     test_loader = dm.test_dataloader()
-    dense = SnapshotBeforeCompression.snapshot
+    # Hydra imports this module by name, so its class is not this file's __main__ class: match by name
+    snap = [cb for cb in objects["trainer"].callbacks if type(cb).__name__ == "SnapshotBeforeCompression"]
+    dense = snap[0].snapshot if snap else None
     if dense is None:
         raise RuntimeError("the snapshot callback did not run")
     dense_acc = evaluate_accuracy(dense, test_loader)

@@ -13,6 +13,7 @@ from lightning_compress.codec.container import (
     save,
 )
 from lightning_compress.codec.dense import DenseCodec
+from lightning_compress.codec.surp import SurpCodec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -23,6 +24,7 @@ __all__ = [
     "CodecSpec",
     "DenseCodec",
     "EncodedTensor",
+    "SurpCodec",
     "TensorRecord",
     "available_codecs",
     "get_codec",

@@ -1,0 +1,315 @@
+"""The ``surp`` codec: a SuRP successive-refinement bitstream, shared by all tensors refined together.
+
+The stream (one shared blob per artifact) carries what the decoder needs to replay the refinement exactly: the
+number of magnitudes, the initial threshold, the refresh rule and its data, the positions picked in every round as
+gaps, and one sign bit per non-zero. Each tensor's record carries its slice of the flattened vector and its L2 norm.
+
+Symbol streams and how they are coded:
+
+* gaps (``>= 1``) and round sizes: Exp-Golomb split, the bucket ``floor(log2 g)`` ANS-coded (constriction) with its
+  histogram, the ``bucket`` low bits raw;
+* ladder refresh steps: ANS-coded with their histogram; ``mean`` refresh values: float64;
+* signs: raw bits.
+
+:func:`stream_statistics` gives the empirical entropy of those symbols, the bound the stream is compared with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
+from lightning_compress.codec.entropy import ans_decode, ans_encode
+from lightning_compress.functional.successive_pruning import SurpResult, reconstruct
+
+__all__ = ["SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
+
+_MAGIC = b"SURP1"
+_HEAD = struct.Struct("<5sQdBdQQ")  # magic, n, t0, refresh (0 ladder, 1 mean), ladder, rounds, signs
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def varint(self, value: int) -> None:
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                break
+        self.parts.append(bytes(out))
+
+    def block(self, data: bytes) -> None:
+        self.varint(len(data))
+        self.parts.append(data)
+
+
+class _Reader:
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data, self.pos = data, offset
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise ValueError("surp stream truncated (varint).")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    def block(self) -> bytes:
+        size = self.varint()
+        if self.pos + size > len(self.data):
+            raise ValueError("surp stream truncated (block).")
+        out = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return out
+
+
+def _histogram_block(w: _Writer, counts: np.ndarray) -> None:
+    w.varint(len(counts))
+    for c in counts:
+        w.varint(int(c))
+
+
+def _read_histogram(r: _Reader) -> np.ndarray:
+    return np.array([r.varint() for _ in range(r.varint())], dtype=np.uint32)
+
+
+def _pack_variable_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
+    total = int(widths.sum())
+    bits = np.zeros(total, dtype=np.uint8)
+    starts = np.cumsum(widths) - widths
+    for j in range(int(widths.max(initial=0))):
+        has = widths > j
+        bits[starts[has] + j] = (values[has] >> (widths[has] - 1 - j)) & 1
+    return np.packbits(bits).tobytes()
+
+
+def _unpack_variable_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
+    total = int(widths.sum())
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if bits.size < total:
+        raise ValueError("surp stream truncated (raw bits).")
+    starts = np.cumsum(widths) - widths
+    values = np.zeros(widths.size, dtype=np.int64)
+    for j in range(int(widths.max(initial=0))):
+        has = widths > j
+        values[has] = (values[has] << 1) | bits[starts[has] + j]
+    return values
+
+
+def _write_exp_golomb(w: _Writer, values: np.ndarray) -> None:
+    """Integers >= 1: bucket floor(log2 v) ANS-coded with its histogram, then the bucket's low bits raw."""
+    buckets = np.floor(np.log2(values)).astype(np.int64) if values.size else np.zeros(0, dtype=np.int64)
+    # guard against float rounding of log2 at exact powers of two
+    buckets -= (np.left_shift(1, buckets) > values).astype(np.int64)
+    counts = np.bincount(buckets, minlength=1).astype(np.uint32)
+    _histogram_block(w, counts)
+    w.block(ans_encode(buckets.astype(np.int32), counts))
+    w.block(_pack_variable_bits(values - np.left_shift(1, buckets), buckets))
+
+
+def _read_exp_golomb(r: _Reader, n: int) -> np.ndarray:
+    counts = _read_histogram(r)
+    buckets = ans_decode(r.block(), counts, n).astype(np.int64)
+    if buckets.size and buckets.min() < 0:
+        raise ValueError("surp stream corrupt (negative bucket).")
+    return np.left_shift(1, buckets) + _unpack_variable_bits(r.block(), buckets)
+
+
+def _gaps(rounds: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.diff(p, prepend=-1) for p in rounds]) if rounds else np.zeros(0, dtype=np.int64)
+
+
+def _first_pick_order(result: SurpResult) -> np.ndarray:
+    """Positions in the order they first became non-zero (the order signs are sent in)."""
+    seen = np.zeros(result.n, dtype=bool)
+    order = []
+    for positions in result.rounds:
+        fresh = positions[~seen[positions]]
+        seen[fresh] = True
+        order.append(fresh)
+    return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+
+
+def encode_stream(result: SurpResult, signs: np.ndarray) -> bytes:
+    """Serialise a refinement and the signs of its non-zero positions (``signs`` over all ``n`` positions)."""
+    order = _first_pick_order(result)
+    sign_bits = (signs[order] < 0).astype(np.uint8)
+    w = _Writer()
+    w.parts.append(
+        _HEAD.pack(_MAGIC, result.n, result.t0, int(result.refresh == "mean"), result.ladder, len(result.rounds),
+                   order.size)
+    )
+    sizes = np.array([len(p) for p in result.rounds], dtype=np.int64)
+    _write_exp_golomb(w, sizes)
+    if result.refresh == "ladder":
+        steps = np.array(result.refresh_steps, dtype=np.int64)
+        counts = np.bincount(steps, minlength=1).astype(np.uint32)
+        _histogram_block(w, counts)
+        w.block(ans_encode(steps.astype(np.int32), counts))
+    else:
+        values = np.array(result.refresh_values, dtype=np.float64)
+        flags = ~np.isnan(values)
+        w.block(np.packbits(flags.astype(np.uint8)).tobytes())
+        w.block(values[flags].astype("<f8").tobytes())
+    _write_exp_golomb(w, _gaps(result.rounds))
+    w.block(np.packbits(sign_bits).tobytes())
+    return b"".join(w.parts)
+
+
+def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
+    """Inverse of :func:`encode_stream`: the replayed refinement (``recon`` filled) and the signs.
+
+    Raises:
+        ValueError: when the stream is truncated or corrupt.
+    """
+    if len(data) < _HEAD.size:
+        raise ValueError("surp stream truncated (header).")
+    magic, n, t0, mean_flag, ladder, n_rounds, n_signs = _HEAD.unpack_from(data)
+    if magic != _MAGIC:
+        raise ValueError("not a surp stream (bad magic).")
+    r = _Reader(data, _HEAD.size)
+    sizes = _read_exp_golomb(r, n_rounds)
+    result = SurpResult(n=n, t0=t0, refresh="mean" if mean_flag else "ladder", ladder=ladder)
+    if mean_flag:
+        flags = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))[:n_rounds].astype(bool)
+        values = np.full(n_rounds, math.nan)
+        values[flags] = np.frombuffer(r.block(), dtype="<f8")
+        result.refresh_values = values.tolist()
+        result.refresh_steps = [0] * n_rounds
+    else:
+        counts = _read_histogram(r)
+        result.refresh_steps = ans_decode(r.block(), counts, n_rounds).astype(int).tolist()
+        result.refresh_values = [math.nan] * n_rounds
+    gaps = _read_exp_golomb(r, int(sizes.sum()))
+    bounds = np.cumsum(sizes)[:-1] if sizes.size else []
+    result.rounds = [np.cumsum(g) - 1 for g in np.split(gaps, bounds)]
+    if any(p.size and (p[-1] >= n or p[0] < 0) for p in result.rounds):
+        raise ValueError("surp stream corrupt (position out of range).")
+    sign_bits = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))
+    if sign_bits.size < n_signs:
+        raise ValueError("surp stream truncated (signs).")
+    if r.pos != len(data):
+        raise ValueError("surp stream corrupt (trailing bytes).")
+    result.recon = reconstruct(result)
+    order = _first_pick_order(result)
+    if order.size != n_signs:
+        raise ValueError("surp stream corrupt (sign count).")
+    signs = np.zeros(n)
+    signs[order] = np.where(sign_bits[:n_signs] == 1, -1.0, 1.0)
+    return result, signs
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    """Sizes of a stream next to the empirical entropy of the symbols it codes (all in bits)."""
+
+    stream_bits: int
+    entropy_bits: float
+    geometric_bits: float
+    nonzeros: int
+    picks: int
+
+    @property
+    def overhead(self) -> float:
+        """Stream bits / entropy bits."""
+        return self.stream_bits / self.entropy_bits if self.entropy_bits else math.inf
+
+
+def _exp_golomb_entropy(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    buckets = np.floor(np.log2(values)).astype(np.int64)
+    buckets -= (np.left_shift(1, buckets) > values).astype(np.int64)
+    counts = np.bincount(buckets).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(counts[counts > 0] * np.log2(p)).sum() + buckets.sum())
+
+
+def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
+    """Empirical entropy of the coded symbols (Exp-Golomb buckets by their histogram, raw bits as they are,
+    refresh data, sign bits) and the ideal code length of the gaps under the per-round geometric model
+    ``Geometric(|C| / n)`` that the paper uses for its rate estimate."""
+    gaps = _gaps(result.rounds)
+    sizes = np.array([len(p) for p in result.rounds], dtype=np.int64)
+    entropy = _exp_golomb_entropy(gaps) + _exp_golomb_entropy(sizes) + result.nonzeros
+    if result.refresh == "ladder":
+        steps = np.bincount(np.array(result.refresh_steps, dtype=np.int64)).astype(np.float64)
+        p = steps[steps > 0] / steps.sum()
+        entropy += float(-(steps[steps > 0] * np.log2(p)).sum())
+    else:
+        entropy += 64 * sum(not math.isnan(v) for v in result.refresh_values) + len(result.refresh_values)
+    geometric = 0.0
+    for positions in result.rounds:
+        p_pick = len(positions) / result.n
+        g = np.diff(positions, prepend=-1)
+        geometric += float(-np.log2(p_pick) * g.size - ((g - 1) * np.log2(max(1.0 - p_pick, 1e-300))).sum())
+    return StreamStatistics(8 * len(stream), entropy, geometric, result.nonzeros, result.picks)
+
+
+@lru_cache(maxsize=4)
+def _decoded(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    result, signs = decode_stream(blob)
+    return result.recon, signs
+
+
+@register_codec
+class SurpCodec(Codec):
+    """One tensor's slice of a shared SuRP stream.
+
+    Options (set by the SuccessivePruning callback): ``stream`` (the bytes), ``offset`` and ``numel`` (the slice of
+    the flattened vector), ``norm`` (the tensor's L2 norm). The stored values are ``sign * û * norm`` in float32;
+    the codec checks that the tensor equals them.
+    """
+
+    name = "surp"
+
+    def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
+        stream: bytes = options.pop("stream")
+        offset, numel, norm = int(options.pop("offset")), int(options.pop("numel")), float(options.pop("norm"))
+        if options:
+            raise TypeError(f"surp codec got unknown options {sorted(options)}.")
+        if numel != tensor.numel():
+            raise ValueError(f"surp codec: slice of {numel} values for a tensor of {tensor.numel()}.")
+        key = "surp-" + hashlib.sha256(stream).hexdigest()[:16]
+        encoded = EncodedTensor(
+            codec=self.name,
+            shape=tuple(tensor.shape),
+            dtype=dtype_name(tensor.dtype),
+            meta={"key": key, "offset": offset, "norm": norm},
+            payload=b"",
+            shared={key: stream},
+        )
+        if not torch.equal(self.decode(encoded), tensor.detach().cpu()):
+            raise ValueError(
+                "surp codec: the tensor differs from the SuRP reconstruction in the stream; compress it with "
+                "SuccessivePruning (or write it with another codec)."
+            )
+        return encoded
+
+    def decode(self, encoded: EncodedTensor) -> torch.Tensor:
+        meta = encoded.meta
+        recon, signs = _decoded(encoded.shared[meta["key"]])
+        n = math.prod(encoded.shape)
+        start = int(meta["offset"])
+        if start + n > recon.size:
+            raise ValueError("surp codec: tensor slice outside the stream.")
+        values = (signs[start : start + n] * recon[start : start + n] * float(meta["norm"])).astype(np.float32)
+        return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))
