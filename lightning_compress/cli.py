@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,12 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple[dict[str, float], dict[str, Any]]:
     """Run one experiment described by a composed config.
+
+    Args:
+        cfg: the composed ``train`` config.
+        extra_callbacks: Python-built callbacks added after the configured ones (before the artifact writer).
 
     Returns:
         ``(metrics, objects)``: every logged metric plus ``fit/wall_s``, ``test/acc_artifact`` and the ``size/...``
@@ -92,7 +96,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         optimizer=cfg.get("optimizer"),
         scheduler=cfg.get("scheduler"),
     )
-    callbacks = instantiate_children(cfg.get("callbacks")) + instantiate_children(cfg.get("compress"))
+    callbacks = [
+        *instantiate_children(cfg.get("callbacks")),
+        *instantiate_children(cfg.get("compress")),
+        *extra_callbacks,
+    ]
     writer = None
     if cfg.artifact.save:  # last, so it sees every compression callback's result
         writer = ArtifactWriter(

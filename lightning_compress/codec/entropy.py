@@ -12,6 +12,8 @@ __all__ = ["ans_decode", "ans_encode", "pack_fixed", "unpack_fixed"]
 
 def _model(counts: np.ndarray) -> object:
     probabilities = np.asarray(counts, dtype=np.float64)
+    if probabilities.size < 2:  # constriction needs two symbols; the padding one is never coded
+        probabilities = np.append(probabilities, 0.0)
     return constriction.stream.model.Categorical(probabilities / probabilities.sum(), perfect=False)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -33,8 +32,8 @@ from lightning_compress.functional.successive_pruning import SurpResult, reconst
 
 __all__ = ["SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
 
-_MAGIC = b"SURP1"
-_HEAD = struct.Struct("<5sQdBdQQ")  # magic, n, t0, refresh (0 ladder, 1 mean), ladder, rounds, signs
+_VERSION = 1
+_HEAD = struct.Struct("<BBdd")  # version, refresh (0 ladder, 1 mean), t0, ladder; then varints n, rounds, signs
 
 
 class _Writer:
@@ -133,32 +132,71 @@ def _read_exp_golomb(r: _Reader, n: int) -> np.ndarray:
     return np.left_shift(1, buckets) + _unpack_variable_bits(r.block(), buckets)
 
 
-def _gaps(rounds: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.diff(p, prepend=-1) for p in rounds]) if rounds else np.zeros(0, dtype=np.int64)
+def _split_rounds(result: SurpResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per round: refinement picks as gaps among the current non-zeros, new picks as gaps among the zeros.
 
-
-def _first_pick_order(result: SurpResult) -> np.ndarray:
-    """Positions in the order they first became non-zero (the order signs are sent in)."""
-    seen = np.zeros(result.n, dtype=bool)
-    order = []
+    The decoder knows which positions are non-zero when a round starts, so a refinement costs about
+    ``log2(|support| / |refined|)`` bits and a new position ``log2(|zeros| / |new|)``, instead of ``log2(n / |C|)``.
+    Returns (refine counts, new counts, refine gaps, new gaps, first-pick order).
+    """
+    in_support = np.zeros(result.n, dtype=bool)
+    refine_counts, new_counts, refine_gaps, new_gaps, order = [], [], [], [], []
     for positions in result.rounds:
-        fresh = positions[~seen[positions]]
-        seen[fresh] = True
-        order.append(fresh)
-    return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+        support = np.flatnonzero(in_support)  # sorted; O(n) per round, far cheaper than set unions
+        is_old = in_support[positions]
+        old, new = positions[is_old], positions[~is_old]
+        old_rank = np.searchsorted(support, old)
+        new_rank = new - np.searchsorted(support, new)  # index among the zeros
+        refine_counts.append(old.size)
+        new_counts.append(new.size)
+        refine_gaps.append(np.diff(old_rank, prepend=-1))
+        new_gaps.append(np.diff(new_rank, prepend=-1))
+        order.append(new)
+        in_support[new] = True
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return (
+        np.array(refine_counts, dtype=np.int64),
+        np.array(new_counts, dtype=np.int64),
+        cat(refine_gaps),
+        cat(new_gaps),
+        cat(order),
+    )
+
+
+def _merge_rounds(
+    n: int, refine_counts: np.ndarray, new_counts: np.ndarray, refine_gaps: np.ndarray, new_gaps: np.ndarray
+) -> list[np.ndarray]:
+    in_support = np.zeros(n, dtype=bool)
+    rounds = []
+    ri = ni = 0
+    for rc, nc in zip(refine_counts.tolist(), new_counts.tolist(), strict=True):
+        support = np.flatnonzero(in_support)
+        old_rank = np.cumsum(refine_gaps[ri : ri + rc]) - 1
+        new_rank = np.cumsum(new_gaps[ni : ni + nc]) - 1
+        ri, ni = ri + rc, ni + nc
+        if old_rank.size and old_rank[-1] >= support.size:
+            raise ValueError("surp stream corrupt (refinement outside the support).")
+        old = support[old_rank]
+        # the k-th zero is at k + (support elements before it); support[i] - i zeros precede support[i]
+        zeros_before_support = support - np.arange(support.size)
+        new = new_rank + np.searchsorted(zeros_before_support, new_rank, side="right")
+        if new.size and new[-1] >= n:
+            raise ValueError("surp stream corrupt (position out of range).")
+        rounds.append(np.sort(np.concatenate([old, new])))
+        in_support[new] = True
+    return rounds
 
 
 def encode_stream(result: SurpResult, signs: np.ndarray) -> bytes:
     """Serialise a refinement and the signs of its non-zero positions (``signs`` over all ``n`` positions)."""
-    order = _first_pick_order(result)
+    refine_counts, new_counts, refine_gaps, new_gaps, order = _split_rounds(result)
     sign_bits = (signs[order] < 0).astype(np.uint8)
     w = _Writer()
-    w.parts.append(
-        _HEAD.pack(_MAGIC, result.n, result.t0, int(result.refresh == "mean"), result.ladder, len(result.rounds),
-                   order.size)
-    )
-    sizes = np.array([len(p) for p in result.rounds], dtype=np.int64)
-    _write_exp_golomb(w, sizes)
+    w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
+    for value in (result.n, len(result.rounds), order.size):
+        w.varint(value)
+    _write_exp_golomb(w, refine_counts + 1)
+    _write_exp_golomb(w, new_counts + 1)
     if result.refresh == "ladder":
         steps = np.array(result.refresh_steps, dtype=np.int64)
         counts = np.bincount(steps, minlength=1).astype(np.uint32)
@@ -169,7 +207,8 @@ def encode_stream(result: SurpResult, signs: np.ndarray) -> bytes:
         flags = ~np.isnan(values)
         w.block(np.packbits(flags.astype(np.uint8)).tobytes())
         w.block(values[flags].astype("<f8").tobytes())
-    _write_exp_golomb(w, _gaps(result.rounds))
+    _write_exp_golomb(w, refine_gaps)
+    _write_exp_golomb(w, new_gaps)
     w.block(np.packbits(sign_bits).tobytes())
     return b"".join(w.parts)
 
@@ -182,11 +221,13 @@ def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
     """
     if len(data) < _HEAD.size:
         raise ValueError("surp stream truncated (header).")
-    magic, n, t0, mean_flag, ladder, n_rounds, n_signs = _HEAD.unpack_from(data)
-    if magic != _MAGIC:
-        raise ValueError("not a surp stream (bad magic).")
+    version, mean_flag, t0, ladder = _HEAD.unpack_from(data)
+    if version != _VERSION or mean_flag not in (0, 1):
+        raise ValueError(f"not a surp stream of version {_VERSION} (version byte {version}).")
     r = _Reader(data, _HEAD.size)
-    sizes = _read_exp_golomb(r, n_rounds)
+    n, n_rounds, n_signs = r.varint(), r.varint(), r.varint()
+    refine_counts = _read_exp_golomb(r, n_rounds) - 1
+    new_counts = _read_exp_golomb(r, n_rounds) - 1
     result = SurpResult(n=n, t0=t0, refresh="mean" if mean_flag else "ladder", ladder=ladder)
     if mean_flag:
         flags = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))[:n_rounds].astype(bool)
@@ -198,20 +239,18 @@ def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
         counts = _read_histogram(r)
         result.refresh_steps = ans_decode(r.block(), counts, n_rounds).astype(int).tolist()
         result.refresh_values = [math.nan] * n_rounds
-    gaps = _read_exp_golomb(r, int(sizes.sum()))
-    bounds = np.cumsum(sizes)[:-1] if sizes.size else []
-    result.rounds = [np.cumsum(g) - 1 for g in np.split(gaps, bounds)]
-    if any(p.size and (p[-1] >= n or p[0] < 0) for p in result.rounds):
-        raise ValueError("surp stream corrupt (position out of range).")
+    refine_gaps = _read_exp_golomb(r, int(refine_counts.sum()))
+    new_gaps = _read_exp_golomb(r, int(new_counts.sum()))
+    if int(new_counts.sum()) != n_signs:
+        raise ValueError("surp stream corrupt (sign count).")
+    result.rounds = _merge_rounds(n, refine_counts, new_counts, refine_gaps, new_gaps)
     sign_bits = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))
     if sign_bits.size < n_signs:
         raise ValueError("surp stream truncated (signs).")
     if r.pos != len(data):
         raise ValueError("surp stream corrupt (trailing bytes).")
     result.recon = reconstruct(result)
-    order = _first_pick_order(result)
-    if order.size != n_signs:
-        raise ValueError("surp stream corrupt (sign count).")
+    order = _split_rounds(result)[4]
     signs = np.zeros(n)
     signs[order] = np.where(sign_bits[:n_signs] == 1, -1.0, 1.0)
     return result, signs
@@ -244,12 +283,20 @@ def _exp_golomb_entropy(values: np.ndarray) -> float:
 
 
 def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
-    """Empirical entropy of the coded symbols (Exp-Golomb buckets by their histogram, raw bits as they are,
-    refresh data, sign bits) and the ideal code length of the gaps under the per-round geometric model
-    ``Geometric(|C| / n)`` that the paper uses for its rate estimate."""
-    gaps = _gaps(result.rounds)
-    sizes = np.array([len(p) for p in result.rounds], dtype=np.int64)
-    entropy = _exp_golomb_entropy(gaps) + _exp_golomb_entropy(sizes) + result.nonzeros
+    """The bound a stream is compared with.
+
+    Empirical entropy of the coded symbols: Exp-Golomb buckets by their histogram, raw bits as they are, refresh
+    data, sign bits. Also the ideal code length of the gaps under the per-round geometric model
+    ``Geometric(|C| / n)`` that the paper uses for its rate estimate.
+    """
+    refine_counts, new_counts, refine_gaps, new_gaps, _ = _split_rounds(result)
+    entropy = (
+        _exp_golomb_entropy(refine_gaps)
+        + _exp_golomb_entropy(new_gaps)
+        + _exp_golomb_entropy(refine_counts + 1)
+        + _exp_golomb_entropy(new_counts + 1)
+        + result.nonzeros
+    )
     if result.refresh == "ladder":
         steps = np.bincount(np.array(result.refresh_steps, dtype=np.int64)).astype(np.float64)
         p = steps[steps > 0] / steps.sum()

@@ -3,7 +3,8 @@
 Every selected tensor is divided by its L2 norm; the magnitudes form one vector ``u`` of length ``n``. A residual
 ``r = u`` and a reconstruction ``û = 0`` are refined: all positions whose residual exceeds the threshold ``t`` get
 the quantum ``t`` (``û += t``, ``r -= t``) and the threshold decays by ``(1 - 1/n)`` per pick. When no residual
-exceeds ``t`` the threshold is *refreshed*. Refinement stops when the reconstruction's sparsity reaches the target
+exceeds ``t`` the threshold is *refreshed*. The initial threshold is ``alpha`` times the mean of the non-zero
+magnitudes (as in the authors' iterative mode). Refinement stops when the reconstruction's sparsity reaches the target
 (or the bit budget is spent). Positions never picked stay exactly zero: that is the pruning. The decoder replays
 the thresholds from what the bitstream carries, so the reconstruction is bit-exact.
 
@@ -89,7 +90,7 @@ def refine(
         u: non-negative magnitudes (float64), already normalised per tensor.
         target_sparsity: stop as soon as the reconstruction's sparsity is at most this.
         max_picks: stop after this many quanta (a bit budget, roughly).
-        alpha: initial threshold factor, ``t0 = alpha * mean(u)`` (paper: 10 for ResNet-20, 13 for VGG-16).
+        alpha: initial threshold factor, ``t0 = alpha * mean(u[u > 0])`` (paper: 10 for ResNet-20, 13 for VGG-16).
         refresh: ``"ladder"`` (our design) or ``"mean"`` (the authors' rule).
         ladder: threshold factor per ladder step.
         refine_steps: after the target is reached, further ladder refreshes that refine only the already
@@ -118,15 +119,19 @@ def refine(
     n = u.size
     r = u.copy()
     recon = np.zeros(n)
-    t = float(alpha * u.mean())
-    result = SurpResult(n=n, t0=t, refresh=refresh, ladder=ladder)
     if not np.any(u > 0):
+        result = SurpResult(n=n, t0=0.0, refresh=refresh, ladder=ladder)
         result.recon = recon
         return result
+    # Mean over the non-zero magnitudes (the authors' iterative mode): on an already pruned network the zeros
+    # would otherwise shrink the threshold and every survivor would be refined in many tiny quanta.
+    t = float(alpha * u[u > 0].mean())
+    result = SurpResult(n=n, t0=t, refresh=refresh, ladder=ladder)
     refresh_count = 0
     cur_alpha = alpha
     nonzero = 0
-    target_nonzero = math.inf if target_sparsity is None else (1.0 - target_sparsity) * n
+    # (1 - s) * n carries float error (0.05 * 5000 = 250.00000000000003): round it first
+    target_nonzero = math.inf if target_sparsity is None else math.ceil(round((1.0 - target_sparsity) * n, 6))
     picks = 0
     extra = -1  # ladder refreshes left after the target (-1: target not reached yet)
     support: np.ndarray | None = None
@@ -151,6 +156,13 @@ def refine(
             cand = np.flatnonzero(r > t) if support is None else support[r[support] > t]
         if max_picks is not None and picks + cand.size > max_picks:
             cand = cand[: max_picks - picks]
+        fresh = recon[cand] == 0
+        if nonzero + int(fresh.sum()) > target_nonzero:
+            # the last round may not overshoot the target: keep refinements, and the largest new residuals only
+            allowed = max(int(target_nonzero) - nonzero, 0)
+            new_pos = cand[fresh]
+            keep_new = new_pos[np.argsort(-r[new_pos], kind="stable")[:allowed]]
+            cand = np.sort(np.concatenate([cand[~fresh], keep_new]))
         result.rounds.append(cand.astype(np.int64))
         result.refresh_steps.append(steps)
         result.refresh_values.append(value)
@@ -198,7 +210,7 @@ def refine_reference(
     u = np.asarray(u, dtype=np.float64)
     n = u.size
     r, recon = u.copy(), np.zeros(n)
-    t = alpha * u.mean()
+    t = alpha * u[u > 0].mean()
     refresh_count = 0
     for _ in range(max_iterations):
         if 1.0 - np.count_nonzero(recon) / n <= target_sparsity:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+
+from lightning_compress.functional.selection import select_parameters
 
 __all__ = [
     "Binning",
@@ -58,31 +59,6 @@ class Binning:
     def values(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The shared weight of every position."""
         return self.codebook.to(dtype)[self.indices]
-
-
-def select_parameters(module: nn.Module, which: str = "all") -> list[tuple[str, nn.Parameter]]:
-    """Tensors that join the codebook.
-
-    Args:
-        module: the network.
-        which: ``"all"`` (every parameter, as the paper's experiments) or ``"weights"`` (Conv/Linear weights only;
-            biases and normalisation parameters stay fp32).
-
-    Raises:
-        ValueError: for another ``which`` or when nothing is selected.
-    """
-    if which not in ("all", "weights"):
-        raise ValueError(f"`parameters` must be 'all' or 'weights', got {which!r}.")
-    if which == "all":
-        chosen = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
-    else:
-        chosen = []
-        for mod_name, mod in module.named_modules():
-            if isinstance(mod, nn.Linear | nn.modules.conv._ConvNd) and isinstance(mod.weight, nn.Parameter):
-                chosen.append((f"{mod_name}.weight" if mod_name else "weight", mod.weight))
-    if not chosen:
-        raise ValueError(f"No parameters selected with parameters={which!r}.")
-    return chosen
 
 
 def _binning_from_bins(values: torch.Tensor, bins: torch.Tensor, num_bins: int) -> Binning:

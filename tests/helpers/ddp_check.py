@@ -31,6 +31,8 @@ class DumpRankWeights(pl.Callback):
 def make_callback(method: str) -> pl.Callback:
     if method == "weight_sharing":
         return lc.WeightSharing(k_bounds=(2, 48), pop_size=6, n_gen=3, progress=False)
+    if method == "successive_pruning":
+        return lc.SuccessivePruning(target_sparsity=0.9)
     raise ValueError(f"unknown method {method!r}")
 
 

@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import lightning_compress as lc
+from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
+from lightning_compress.functional.successive_pruning import (
+    normalise,
+    reconstruct,
+    refine,
+    refine_reference,
+    sparsity_schedule,
+)
+from tests.helpers.models import blobs, mlp, trainer_kwargs
+
+
+def laplacian(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).laplace(size=n)
+
+
+@pytest.mark.parametrize("refresh", ["ladder", "mean"])
+@pytest.mark.parametrize(("n", "sparsity", "refine_steps"), [(5000, 0.9, 0), (20000, 0.98, 5), (3000, 0.5, 2)])
+def test_stream_round_trip_is_bit_exact(refresh: str, n: int, sparsity: float, refine_steps: int) -> None:
+    w = laplacian(n, seed=n)
+    u, signs, _ = normalise([w])
+    result = refine(u, target_sparsity=sparsity, refresh=refresh, refine_steps=refine_steps)
+    assert result.sparsity == pytest.approx(sparsity, abs=1 / n)
+    stream = encode_stream(result, signs)
+    decoded, decoded_signs = decode_stream(stream)
+    assert np.array_equal(decoded.recon, result.recon)  # bit-exact, not approximately
+    nz = result.recon != 0
+    assert np.array_equal(decoded_signs[nz], signs[nz])
+    stats = stream_statistics(result, stream)
+    # the stream costs its symbols' entropy plus a fixed part (header, histograms, ANS word padding)
+    assert stats.entropy_bits <= stats.stream_bits <= 1.01 * stats.entropy_bits + 1024
+    assert np.array_equal(reconstruct(result), result.recon)
+
+
+def test_large_stream_is_within_two_percent_of_its_entropy() -> None:
+    u, signs, _ = normalise([laplacian(300_000, 7)])
+    result = refine(u, target_sparsity=0.95)
+    stats = stream_statistics(result, encode_stream(result, signs))
+    assert 1.0 <= stats.overhead <= 1.02
+
+
+def test_corrupt_and_truncated_streams_raise() -> None:
+    u, signs, _ = normalise([laplacian(4000, 1)])
+    stream = encode_stream(refine(u, target_sparsity=0.9), signs)
+    for bad in (stream[:-3], stream[: len(stream) // 2], stream[:5], b"\x07" + stream[1:], stream + b"\x00"):
+        with pytest.raises(ValueError, match=r"surp stream|not a surp stream|ANS"):
+            decode_stream(bad)
+
+
+def test_vectorised_matches_reference_loop() -> None:
+    """The authors' one-pick loop vs our all-candidates rounds (same 'mean' refresh rule).
+
+    Stated tolerance: the reference picks a random candidate each time, so two reference runs with different seeds
+    already differ (support Jaccard 0.92-1.0, relative L2 0.01-0.22 on these tensors). Averaged over the cases, the
+    vectorised result must be as close to a reference run as another reference run is: Jaccard within 0.02 and
+    relative L2 within 0.03 of the reference-vs-reference figures, and never a Jaccard below 0.9.
+    """
+
+    def jaccard(x: np.ndarray, y: np.ndarray) -> float:
+        return float(((x != 0) & (y != 0)).sum() / ((x != 0) | (y != 0)).sum())
+
+    def rel_l2(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.linalg.norm(x - y) / np.linalg.norm(x))
+
+    ref_ref, vec_ref = [], []
+    for n, sparsity in ((2000, 0.9), (5000, 0.95), (2000, 0.8)):
+        for seed in range(3):
+            u, _, _ = normalise([laplacian(n, seed)])
+            ref = refine_reference(u, target_sparsity=sparsity, seed=100 + seed)
+            other = refine_reference(u, target_sparsity=sparsity, seed=200 + seed)
+            vec = refine(u, target_sparsity=sparsity, refresh="mean").recon
+            assert np.count_nonzero(vec) == np.count_nonzero(ref)
+            ref_ref.append((jaccard(ref, other), rel_l2(ref, other)))
+            vec_ref.append((jaccard(ref, vec), rel_l2(ref, vec)))
+    rr, vr = np.mean(ref_ref, axis=0), np.mean(vec_ref, axis=0)
+    assert vr[0] >= rr[0] - 0.02
+    assert vr[1] <= rr[1] + 0.03
+    assert min(j for j, _ in vec_ref) >= 0.9
+
+
+def test_sparsity_schedule() -> None:
+    stages = sparsity_schedule(0.95)
+    assert stages[:3] == pytest.approx([0.2, 0.36, 0.488])
+    assert stages[-1] == 0.95
+    assert all(a < b for a, b in itertools.pairwise(stages))
+
+
+def _model(seed: int = 0) -> lc.ImageClassifier:
+    torch.manual_seed(seed)
+    return lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+
+
+def _loaders() -> tuple[DataLoader, DataLoader]:
+    # no shuffling: the data order is reproducible across a resume
+    return DataLoader(blobs(256), batch_size=32), DataLoader(blobs(128, seed=7), batch_size=64)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2),
+        partial(torch.optim.Adam, lr=0.01, weight_decay=1e-2),
+        partial(torch.optim.AdamW, lr=0.01, weight_decay=1e-1),
+    ],
+)
+def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial) -> None:
+    cb = lc.SuccessivePruning(target_sparsity=0.8, stages=[0.5, 0.8], final_fraction=0.5)
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=optimizer)
+    zero_sets: list[torch.Tensor] = []
+
+    class CheckZeros(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
+            if cb._mask:  # after the first stage: every masked entry is exactly zero, biases included
+                mask = torch.cat([m.reshape(-1) for m in cb._mask])
+                assert torch.all(flat[mask == 0] == 0)
+                zero_sets.append(flat == 0)
+
+    train, val = _loaders()
+    pl.Trainer(callbacks=[cb, CheckZeros()], **trainer_kwargs(tmp_path, max_epochs=4)).fit(model, train, val)
+    assert len(zero_sets) > 10
+    final = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
+    assert (final == 0).float().mean() == pytest.approx(0.8, abs=0.01)
+    assert cb.history[-1]["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_artifact_round_trip_and_codec(tmp_path: Path) -> None:
+    cb = lc.SuccessivePruning(target_sparsity=0.9)
+    model = _model()
+    train, val = _loaders()
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
+    path = lc.save(model, tmp_path / "surp.lcz")
+    artifact = lc.read_artifact(path)
+    assert {r.codec for r in artifact.tensors} == {"surp"}
+    assert len(artifact.shared) == 1  # one stream for the whole network
+    loaded = lc.load(path, model=mlp())
+    for (name, a), b in zip(model.backbone.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    report = lc.size_report(path)
+    assert report.nonzeros == pytest.approx(0.1 * report.params, abs=2)
+    assert report.ratio > 5
+
+
+def test_codec_refuses_tensors_that_are_not_the_reconstruction() -> None:
+    from lightning_compress.codec import get_codec
+
+    u, signs, norms = normalise([laplacian(100, 3)])
+    stream = encode_stream(refine(u, target_sparsity=0.5), signs)
+    with pytest.raises(ValueError, match="differs from the SuRP reconstruction"):
+        get_codec("surp").encode(torch.randn(100), stream=stream, offset=0, numel=100, norm=norms[0])
+
+
+def test_bit_budget(tmp_path: Path) -> None:
+    budget = 3000
+    cb = lc.SuccessivePruning(bit_budget=budget, target_sparsity=0.8)
+    model = _model()
+    train, val = _loaders()
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
+    stream_bits = 8 * cb.history[-1]["stream_bytes"]
+    assert stream_bits <= budget
+    assert stream_bits > 0.8 * budget  # the budget is used, not wasted
+
+
+class CrashAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def _fit_surp(
+    root: Path, ckpt_path: str | None = None, crash_at: int | None = None
+) -> tuple[lc.SuccessivePruning, Path]:
+    cb = lc.SuccessivePruning(target_sparsity=0.9, stages=[0.5, 0.7, 0.9], final_fraction=0.3)
+    model = _model()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
+    extra = [CrashAtEpoch(crash_at)] if crash_at is not None else []
+    trainer = pl.Trainer(callbacks=[cb, ckpt, *extra], **trainer_kwargs(root, max_epochs=6, enable_checkpointing=True))
+    train, val = _loaders()
+    trainer.fit(model, train, val, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return cb, lc.save(model, root / "final.lcz")
+
+
+def test_resume_between_stages_gives_identical_artifact(tmp_path: Path) -> None:
+    full_cb, full = _fit_surp(tmp_path / "full")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit_surp(tmp_path / "part", crash_at=2)
+    ckpt = sorted((tmp_path / "part" / "ckpt").glob("*.ckpt"))[-1]
+    state = next(iter(torch.load(ckpt, weights_only=True)["callbacks"].values()))
+    assert 0 < state["stage"] < 3  # between stages
+    resumed_cb, resumed = _fit_surp(tmp_path / "resumed", ckpt_path=str(ckpt))
+    assert resumed.read_bytes() == full.read_bytes()
+    assert [h["sparsity"] for h in resumed_cb.history] == [h["sparsity"] for h in full_cb.history]
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_hold_identical_pruned_weights(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.ddp_check", "successive_pruning", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    flat = torch.cat([v.reshape(-1) for v in rank0.values()])
+    assert (flat == 0).float().mean() == pytest.approx(0.9, abs=0.01)
+    assert {r.codec for r in lc.read_artifact(tmp_path / "model.lcz").tensors} == {"surp"}
+
+
+def test_invalid_arguments() -> None:
+    cases = [
+        ({"target_sparsity": 1.0}, "`target_sparsity`"),
+        ({"target_sparsity": 0.0}, "`target_sparsity`"),
+        ({"bit_budget": 10}, "`bit_budget`"),
+        ({"alpha": 0}, "`alpha`"),
+        ({"refresh": "median"}, "`refresh`"),
+        ({"ladder": 1.0}, "`ladder`"),
+        ({"refine_steps": -1}, "`refine_steps`"),
+        ({"parameters": "biases"}, "`parameters`"),
+        ({"final_fraction": 1.0}, "`final_fraction`"),
+        ({"stages": [0.5, 0.3]}, "`stages`"),
+        ({"stages": []}, "`stages`"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            lc.SuccessivePruning(**kwargs)
