@@ -1,0 +1,37 @@
+"""GPU runs of the compression callbacks (skipped without CUDA; on a GPU machine: ``pytest tests/test_gpu.py``)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import lightning_compress as lc
+from tests.helpers.models import blobs, mlp, trainer_kwargs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="Requires: [CUDA GPU]")
+
+
+@pytest.mark.parametrize("method", ["weight_sharing", "successive_pruning"])
+def test_callback_on_gpu_round_trips(tmp_path: Path, method: str) -> None:
+    callback = (
+        lc.WeightSharing(k_bounds=(2, 64), pop_size=8, n_gen=4, progress=False)
+        if method == "weight_sharing"
+        else lc.SuccessivePruning(target_sparsity=0.9)
+    )
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    train = DataLoader(blobs(256), batch_size=32)
+    val = DataLoader(blobs(128, seed=7), batch_size=64)
+    writer = lc.ArtifactWriter(tmp_path / "gpu.lcz")
+    pl.Trainer(
+        callbacks=[callback, writer], **trainer_kwargs(tmp_path, max_epochs=3, accelerator="gpu", devices=1)
+    ).fit(model, train, val)
+    assert next(model.parameters()).is_cuda
+    loaded = lc.load(tmp_path / "gpu.lcz", model=mlp())
+    for a, b in zip(model.backbone.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b)
