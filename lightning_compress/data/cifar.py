@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torchvision
 from torch.utils.data import Dataset
-from torchvision import transforms as T  # noqa: N812
+from torchvision import transforms as T
 from typing_extensions import override
 
 from lightning_compress.data.base import VisionDataModule, missing_files_error
@@ -40,7 +40,9 @@ class _CIFARDataModule(VisionDataModule):
         missing = [f for f in self.FILES if not (self.folder / f).is_file()]
         if missing:
             raise missing_files_error(
-                self.NAME, self.folder, missing,
+                self.NAME,
+                self.folder,
+                missing,
                 f"extract the python version of {self.NAME} (cifar-*-python.tar.gz from "
                 "https://www.cs.toronto.edu/~kriz/cifar.html) into `data_dir`, or pass `download=True`.",
             )

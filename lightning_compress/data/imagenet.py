@@ -7,7 +7,7 @@ from typing import Any
 
 import torchvision
 from torch.utils.data import Dataset
-from torchvision import transforms as T  # noqa: N812
+from torchvision import transforms as T
 from typing_extensions import override
 
 from lightning_compress.data.base import DEFAULT_DATA_DIR, VisionDataModule, missing_files_error
@@ -30,7 +30,9 @@ class ImageNetDataModule(VisionDataModule):
     NAME = "ImageNet"
     NUM_CLASSES = 1000
 
-    def __init__(self, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, image_size: int = 224, **kwargs: Any) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, image_size: int = 224, **kwargs: Any
+    ) -> None:
         super().__init__(data_dir, **kwargs)
         if kwargs.get("download"):
             raise ValueError("`download` is not supported for ImageNet: it must be obtained from image-net.org.")
@@ -54,7 +56,9 @@ class ImageNetDataModule(VisionDataModule):
         missing = [d for d in ("train", "val") if not (self.data_dir / d).is_dir()]
         if missing:
             raise missing_files_error(
-                self.NAME, self.data_dir, [f"{d}/<class>/*.JPEG" for d in missing],
+                self.NAME,
+                self.data_dir,
+                [f"{d}/<class>/*.JPEG" for d in missing],
                 "download ILSVRC-2012 from image-net.org and arrange train/ and val/ as one folder per class "
                 "(or run torchvision.datasets.ImageNet once to build its layout).",
             )

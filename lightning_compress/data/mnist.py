@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 import torchvision
 from torch.utils.data import Dataset, TensorDataset
 from typing_extensions import override
@@ -102,7 +101,9 @@ class FashionMNISTDataModule(_IDXDataModule):
     )
 
     def __init__(
-        self, data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, debian_dir: str = DEBIAN_FASHION_MNIST_DIR,
+        self,
+        data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
+        debian_dir: str = DEBIAN_FASHION_MNIST_DIR,
         **kwargs: Any,
     ) -> None:
         super().__init__(data_dir, **kwargs)
