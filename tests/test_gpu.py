@@ -28,10 +28,18 @@ def test_callback_on_gpu_round_trips(tmp_path: Path, method: str) -> None:
     train = DataLoader(blobs(256), batch_size=32)
     val = DataLoader(blobs(128, seed=7), batch_size=64)
     writer = lc.ArtifactWriter(tmp_path / "gpu.lcz")
-    pl.Trainer(
-        callbacks=[callback, writer], **trainer_kwargs(tmp_path, max_epochs=3, accelerator="gpu", devices=1)
-    ).fit(model, train, val)
-    assert next(model.parameters()).is_cuda
+    devices: list[torch.device] = []
+
+    class RecordDevice(pl.Callback):
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            devices.append(next(pl_module.parameters()).device)  # Lightning moves it back to CPU after fit
+
+    trainer = pl.Trainer(
+        callbacks=[callback, RecordDevice(), writer],
+        **trainer_kwargs(tmp_path, max_epochs=3, accelerator="gpu", devices=1),
+    )
+    trainer.fit(model, train, val)
+    assert devices[0].type == "cuda"
     loaded = lc.load(tmp_path / "gpu.lcz", model=mlp())
     for a, b in zip(model.backbone.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a.cpu(), b)

@@ -62,8 +62,8 @@ class SuccessivePruning(CompressionCallback):
         ValueError: for an invalid argument (the message names it).
 
     Example:
-        >>> SuccessivePruning(target_sparsity=0.9).stages[-3:]
-        [0.83222784, 0.865782272, 0.9]
+        >>> [round(s, 4) for s in SuccessivePruning(target_sparsity=0.9).stages[-3:]]
+        [0.8658, 0.8926, 0.9]
     """
 
     LOG_PREFIX = "surp"
