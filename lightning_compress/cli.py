@@ -93,8 +93,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         cfg.module,
         backbone=backbone,
         num_classes=datamodule.num_classes,
-        optimizer=cfg.get("optimizer"),
-        scheduler=cfg.get("scheduler"),
+        optimizer=cfg.get("optimizer") or None,
+        scheduler=cfg.get("scheduler") or None,
     )
     callbacks = [
         *instantiate_children(cfg.get("callbacks")),
