@@ -52,11 +52,9 @@ class SnapshotBeforeCompression(pl.Callback):
 
 def artifact_bits_per_weight(model: nn.Module, codebook: list[float], counts: list[int]) -> tuple[int, float]:
     names = [n for n, _ in select_parameters(model, "all")]
-    object.__setattr__(
-        model, "_lc_codec_plan", dict.fromkeys(names, CodecSpec("codebook", {"codebook": codebook, "counts": counts}))
-    )
+    spec = CodecSpec("codebook", {"codebook": codebook, "counts": counts})
     with tempfile.TemporaryDirectory() as tmp:
-        path = lc.save(model, Path(tmp) / "m.lcz")
+        path = lc.save(model, Path(tmp) / "m.lcz", codecs=dict.fromkeys(names, spec))
         report = lc.size_report(path)
         back = lc.load(path)
     x = torch.randn(8, 1, 28, 28)

@@ -19,7 +19,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -368,15 +368,3 @@ def _sync_shape_attributes(layer: nn.Module) -> None:
         ref = weight if weight is not None else layer.running_mean
         if ref is not None:
             layer.num_features = ref.shape[0]
-
-
-def describe(artifact: Artifact) -> dict[str, Any]:
-    """A JSON-able summary of the artifact index (used by the CLI and reports)."""
-    return {
-        "path": str(artifact.path),
-        "format_version": artifact.format_version,
-        "architecture": artifact.architecture,
-        "metadata": artifact.metadata,
-        "file_bytes": artifact.file_bytes,
-        "tensors": [asdict(t) for t in artifact.tensors],
-    }

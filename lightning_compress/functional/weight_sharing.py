@@ -9,7 +9,6 @@ of front solutions are then merged while the validation error does not get worse
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -274,8 +273,3 @@ def nsga2_search(
         eliminate_duplicates=True,
     )
     minimize(_Problem(), algorithm, ("n_gen", n_gen), seed=seed, verbose=False, callback=_Progress())
-
-
-def bits_for_fixed_length(num_shared: int) -> int:
-    """Bits per index of a fixed-length code."""
-    return max(1, math.ceil(math.log2(max(num_shared, 2))))
