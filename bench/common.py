@@ -40,6 +40,18 @@ def composed(recipe: str, overrides: Sequence[str] = ()) -> Iterator[DictConfig]
             GlobalHydra.instance().clear()
 
 
+def quiet_run(seed: int, epochs: int | None = None) -> list[str]:
+    """Overrides every benchmark run shares: the seed, (the epochs,) no logger, no checkpoints, no progress output."""
+    overrides = [
+        f"seed={seed}",
+        "logger=none",
+        "callbacks=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    return overrides if epochs is None else [*overrides, f"trainer.max_epochs={epochs}"]
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers were measured."""
     return {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import composed, mean_std, write_results
+from bench.common import composed, mean_std, quiet_run, write_results
 from lightning_compress.cli import train
 
 NAME = "dense_lenet300_fmnist"
@@ -17,14 +17,7 @@ NAME = "dense_lenet300_fmnist"
 def run(seeds: list[int], epochs: int) -> dict[str, object]:
     runs = []
     for seed in seeds:
-        overrides = [
-            f"seed={seed}",
-            f"trainer.max_epochs={epochs}",
-            "logger=none",
-            "callbacks=none",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-        ]
+        overrides = quiet_run(seed, epochs)
         with composed("dense_lenet300_fmnist", overrides) as cfg:
             metrics, _ = train(cfg)
         runs.append(

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import lightning_compress as lc
-from bench.common import composed, mean_std, write_results
+from bench.common import composed, mean_std, quiet_run, write_results
 from lightning_compress.cli import train
 from lightning_compress.codec.container import CodecSpec
 from lightning_compress.functional.weight_sharing import (
@@ -65,12 +65,7 @@ def artifact_bits_per_weight(model: nn.Module, codebook: list[float], counts: li
 
 def run_seed(seed: int, epochs: int) -> dict[str, Any]:
     overrides = [
-        f"seed={seed}",
-        f"trainer.max_epochs={epochs}",
-        "logger=none",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
+        *quiet_run(seed, epochs),
         "compress.weight_sharing.progress=false",
         "+callbacks.snapshot._target_=bench.share_lenet300_fmnist.SnapshotBeforeCompression",
     ]

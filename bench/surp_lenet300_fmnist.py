@@ -21,25 +21,14 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelPruning
 
-from bench.common import composed, mean_std, write_results
+from bench.common import composed, mean_std, quiet_run, write_results
 from lightning_compress.cli import train
+from lightning_compress.codec.entropy import leb128
 from lightning_compress.functional.successive_pruning import sparsity_schedule
 from lightning_compress.module import evaluate_accuracy
 
 NAME = "surp_lenet300_fmnist"
 FP32 = 1_066_440
-
-
-def leb128(values: np.ndarray) -> bytes:
-    out = bytearray()
-    for v in values.tolist():
-        while True:
-            byte = v & 0x7F
-            v >>= 7
-            out.append(byte | (0x80 if v else 0))
-            if not v:
-                break
-    return bytes(out)
 
 
 def sparse_xz_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -68,14 +57,7 @@ def peer_amounts(target: float, epochs: int, final_fraction: float) -> list[floa
 
 
 def run_seed(seed: int, epochs: int, sparsity: float) -> dict[str, Any]:
-    common = [
-        f"seed={seed}",
-        f"trainer.max_epochs={epochs}",
-        "logger=none",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-    ]
+    common = quiet_run(seed, epochs)
     out: dict[str, Any] = {"seed": seed}
     with composed("dense_lenet300_fmnist", common) as cfg:
         m, _ = train(cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import composed, write_results
+from bench.common import composed, quiet_run, write_results
 from lightning_compress.cli import train
 
 NAME = "surp_recipe_ablation"
@@ -28,13 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     table, runs = [], []
     for label, overrides in SETTINGS.items():
-        common = [
-            f"seed={args.seed}",
-            "logger=none",
-            "callbacks=none",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-        ]
+        common = quiet_run(args.seed)
         with composed("surp_lenet300_fmnist", [*common, *overrides]) as cfg:
             metrics, _ = train(cfg)
         runs.append({"setting": label, **metrics})

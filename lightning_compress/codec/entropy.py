@@ -7,7 +7,7 @@ import math
 import constriction
 import numpy as np
 
-__all__ = ["ans_decode", "ans_encode", "pack_fixed", "unpack_fixed"]
+__all__ = ["ans_decode", "ans_encode", "leb128", "pack_fixed", "unpack_fixed"]
 
 
 def _model(counts: np.ndarray) -> object:
@@ -74,3 +74,21 @@ def unpack_fixed(data: bytes, bits: int, n: int) -> np.ndarray:
         raise ValueError(f"fixed-length stream of {len(data)} bytes is too short for {n} symbols of {bits} bits.")
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: n * bits].reshape(n, bits).astype(np.int64)
     return (flat << np.arange(bits - 1, -1, -1, dtype=np.int64)).sum(axis=1).astype(np.int32)
+
+
+def leb128(values: np.ndarray | list[int]) -> bytes:
+    """Unsigned LEB128 varints (7 bits per byte, high bit = more follows).
+
+    Example:
+        >>> leb128([1, 300]).hex()
+        '01ac02'
+    """
+    out = bytearray()
+    for value in np.asarray(values, dtype=np.int64).tolist():
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                break
+    return bytes(out)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
-from lightning_compress.codec.entropy import ans_decode, ans_encode
+from lightning_compress.codec.entropy import ans_decode, ans_encode, leb128
 from lightning_compress.functional.successive_pruning import SurpResult, reconstruct
 
 __all__ = ["SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
@@ -41,14 +41,7 @@ class _Writer:
         self.parts: list[bytes] = []
 
     def varint(self, value: int) -> None:
-        out = bytearray()
-        while True:
-            byte = value & 0x7F
-            value >>= 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                break
-        self.parts.append(bytes(out))
+        self.parts.append(leb128([value]))
 
     def block(self, data: bytes) -> None:
         self.varint(len(data))
