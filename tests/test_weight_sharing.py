@@ -251,3 +251,24 @@ def test_ddp_ranks_share_identical_codebook(tmp_path: Path) -> None:
     artifact = lc.read_artifact(tmp_path / "model.lcz")
     assert {r.codec for r in artifact.tensors} == {"codebook"}
     assert artifact.tensors[0].meta["k"] == len(torch.unique(values))
+
+
+def test_pareto_front_goes_to_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a W&B logger the front is logged as a table and a scatter plot (W&B in disabled mode: no network)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logged: list[dict[str, object]] = []
+    logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
+    monkeypatch.setattr(type(logger.experiment), "log", lambda self, data, *a, **k: logged.append(data), raising=False)
+    ws = lc.WeightSharing(k_bounds=(2, 32), pop_size=6, n_gen=2, progress=False)
+    model = _model_for_wandb()
+    train, val = loaders()
+    pl.Trainer(callbacks=[ws], **trainer_kwargs(tmp_path, max_epochs=1, logger=logger)).fit(model, train, val)
+    keys = {k for entry in logged for k in entry}
+    assert {"weight_sharing/pareto", "weight_sharing/pareto_plot"} <= keys
+
+
+def _model_for_wandb() -> lc.ImageClassifier:
+    torch.manual_seed(0)
+    return lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
