@@ -14,6 +14,7 @@ from lightning_compress.codec.container import (
 )
 from lightning_compress.codec.dense import DenseCodec
 from lightning_compress.codec.surp import SurpCodec
+from lightning_compress.codec.ternary import TernaryCodec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,6 +27,7 @@ __all__ = [
     "EncodedTensor",
     "SurpCodec",
     "TensorRecord",
+    "TernaryCodec",
     "available_codecs",
     "get_codec",
     "load",
