@@ -38,6 +38,11 @@ def codebook_indices(tensor: torch.Tensor, codebook: torch.Tensor) -> torch.Tens
     return idx
 
 
+def _index_bits(k: int) -> int:
+    """Bits per index of the fixed-length coding of ``k`` codebook values."""
+    return max(1, int(np.ceil(np.log2(max(k, 2)))))
+
+
 @register_codec
 class CodebookCodec(Codec):
     """Weights from a shared codebook; options ``codebook`` (sorted floats) and optional ``counts`` (histogram).
@@ -73,7 +78,7 @@ class CodebookCodec(Codec):
         key = "codebook-" + hashlib.sha256(shared_blob).hexdigest()[:16]
 
         own_counts = np.bincount(symbols, minlength=k).astype(np.uint32)
-        bits = max(1, int(np.ceil(np.log2(max(k, 2)))))
+        bits = _index_bits(k)
         candidates: dict[str, bytes] = {
             "fixed": pack_fixed(symbols, bits),
             "own": own_counts.astype("<u4").tobytes() + ans_encode(symbols, own_counts),
@@ -100,7 +105,7 @@ class CodebookCodec(Codec):
             n *= s
         coding = meta["coding"]
         if coding == "fixed":
-            symbols = unpack_fixed(encoded.payload, max(1, int(np.ceil(np.log2(max(k, 2))))), n)
+            symbols = unpack_fixed(encoded.payload, _index_bits(k), n)
         elif coding == "own":
             counts = np.frombuffer(encoded.payload[: 4 * k], dtype="<u4")
             symbols = ans_decode(encoded.payload[4 * k :], counts, n)

@@ -106,11 +106,24 @@ def _unpack_variable_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
     return values
 
 
+def _exp_golomb_buckets(values: np.ndarray) -> np.ndarray:
+    """``floor(log2 v)`` for integers ``v >= 1``, exact at powers of two."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    buckets = np.floor(np.log2(values)).astype(np.int64)
+    return buckets - (np.left_shift(1, buckets) > values).astype(np.int64)  # float rounding of log2
+
+
+def _histogram_bits(symbols: np.ndarray) -> float:
+    """Empirical entropy of ``symbols`` times their number: the ideal size of coding them by their histogram."""
+    counts = np.bincount(symbols).astype(np.float64)
+    counts = counts[counts > 0]
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
+
+
 def _write_exp_golomb(w: _Writer, values: np.ndarray) -> None:
     """Integers >= 1: bucket floor(log2 v) ANS-coded with its histogram, then the bucket's low bits raw."""
-    buckets = np.floor(np.log2(values)).astype(np.int64) if values.size else np.zeros(0, dtype=np.int64)
-    # guard against float rounding of log2 at exact powers of two
-    buckets -= (np.left_shift(1, buckets) > values).astype(np.int64)
+    buckets = _exp_golomb_buckets(values)
     counts = np.bincount(buckets, minlength=1).astype(np.uint32)
     _histogram_block(w, counts)
     w.block(ans_encode(buckets.astype(np.int32), counts))
@@ -268,11 +281,8 @@ class StreamStatistics:
 def _exp_golomb_entropy(values: np.ndarray) -> float:
     if values.size == 0:
         return 0.0
-    buckets = np.floor(np.log2(values)).astype(np.int64)
-    buckets -= (np.left_shift(1, buckets) > values).astype(np.int64)
-    counts = np.bincount(buckets).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(counts[counts > 0] * np.log2(p)).sum() + buckets.sum())
+    buckets = _exp_golomb_buckets(values)
+    return _histogram_bits(buckets) + float(buckets.sum())
 
 
 def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
@@ -291,9 +301,7 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
         + result.nonzeros
     )
     if result.refresh == "ladder":
-        steps = np.bincount(np.array(result.refresh_steps, dtype=np.int64)).astype(np.float64)
-        p = steps[steps > 0] / steps.sum()
-        entropy += float(-(steps[steps > 0] * np.log2(p)).sum())
+        entropy += _histogram_bits(np.array(result.refresh_steps, dtype=np.int64))
     else:
         entropy += 64 * sum(not math.isnan(v) for v in result.refresh_values) + len(result.refresh_values)
     geometric = 0.0

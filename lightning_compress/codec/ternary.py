@@ -14,6 +14,7 @@ import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
 from lightning_compress.codec.entropy import ans_decode, ans_encode, pack_fixed, unpack_fixed
+from lightning_compress.functional.ternarization import channel_rows
 
 __all__ = ["TernaryCodec", "split_ternary"]
 
@@ -25,7 +26,7 @@ def split_ternary(tensor: torch.Tensor, per_channel: bool) -> tuple[np.ndarray, 
         ValueError: when a row has more than one non-zero magnitude (the tensor is not ternary).
     """
     t = tensor.detach().cpu().float()
-    rows = t.reshape(t.shape[0], -1) if per_channel and t.dim() > 1 else t.reshape(1, -1)
+    rows = channel_rows(t, per_channel)
     magnitude = rows.abs()
     scales = magnitude.max(dim=1).values
     bad = ((magnitude != 0) & (magnitude != scales[:, None])).any(dim=1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Ternary", "ternarize", "ternary_ste"]
+__all__ = ["Ternary", "channel_rows", "ternarize", "ternary_ste"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class Ternary:
         """``symbols * scale`` in float32, shaped like the original tensor."""
         scales = self.scales.reshape(-1, *([1] * (self.symbols.dim() - 1))) if self.per_channel else self.scales
         return self.symbols.float() * scales
+
+
+def channel_rows(tensor: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """The tensor as ``(rows, -1)``: one row per output channel, or a single row (per-tensor scale, or 1-D)."""
+    return tensor.reshape(tensor.shape[0], -1) if per_channel and tensor.dim() > 1 else tensor.reshape(1, -1)
 
 
 def ternarize(
@@ -54,7 +59,7 @@ def ternarize(
     if rule == "sparsity" and (sparsity is None or not 0.0 <= sparsity < 1.0):
         raise ValueError(f"`sparsity` must be in [0, 1) with rule='sparsity', got {sparsity!r}.")
     w = weight.detach().float()
-    rows = w.reshape(w.shape[0], -1) if per_channel and w.dim() > 1 else w.reshape(1, -1)
+    rows = channel_rows(w, per_channel)
     magnitude = rows.abs()
     if rule == "twn":
         delta = 0.7 * magnitude.mean(dim=1, keepdim=True)
