@@ -8,7 +8,7 @@ Public API::
 
 __version__ = "0.1.0"
 
-from lightning_compress.callbacks import ArtifactWriter, SuccessivePruning, WeightSharing
+from lightning_compress.callbacks import ArtifactWriter, SuccessivePruning, Ternarization, WeightSharing
 from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
 from lightning_compress.models import build_model
 from lightning_compress.module import ImageClassifier
@@ -21,6 +21,7 @@ __all__ = [
     "ImageClassifier",
     "SizeReport",
     "SuccessivePruning",
+    "Ternarization",
     "WeightSharing",
     "__version__",
     "build_model",

@@ -10,7 +10,6 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 import lightning_compress as lc
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
@@ -21,7 +20,7 @@ from lightning_compress.functional.successive_pruning import (
     refine_reference,
     sparsity_schedule,
 )
-from tests.helpers.models import blobs, mlp, trainer_kwargs
+from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, trainer_kwargs
 
 
 def laplacian(n: int, seed: int) -> np.ndarray:
@@ -104,11 +103,6 @@ def _model(seed: int = 0) -> lc.ImageClassifier:
     return lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
 
 
-def _loaders() -> tuple[DataLoader, DataLoader]:
-    # no shuffling: the data order is reproducible across a resume
-    return DataLoader(blobs(256), batch_size=32), DataLoader(blobs(128, seed=7), batch_size=64)
-
-
 @pytest.mark.parametrize(
     "optimizer",
     [
@@ -131,7 +125,7 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
                 assert torch.all(flat[mask == 0] == 0)
                 zero_sets.append(flat == 0)
 
-    train, val = _loaders()
+    train, val = ordered_loaders()
     pl.Trainer(callbacks=[cb, CheckZeros()], **trainer_kwargs(tmp_path, max_epochs=4)).fit(model, train, val)
     assert len(zero_sets) > 10
     final = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
@@ -142,7 +136,7 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
 def test_artifact_round_trip_and_codec(tmp_path: Path) -> None:
     cb = lc.SuccessivePruning(target_sparsity=0.9)
     model = _model()
-    train, val = _loaders()
+    train, val = ordered_loaders()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
     path = lc.save(model, tmp_path / "surp.lcz")
     artifact = lc.read_artifact(path)
@@ -169,20 +163,11 @@ def test_bit_budget(tmp_path: Path) -> None:
     budget = 3000
     cb = lc.SuccessivePruning(bit_budget=budget, target_sparsity=0.8)
     model = _model()
-    train, val = _loaders()
+    train, val = ordered_loaders()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
     stream_bits = 8 * cb.history[-1]["stream_bytes"]
     assert stream_bits <= budget
     assert stream_bits > 0.8 * budget  # the budget is used, not wasted
-
-
-class CrashAtEpoch(pl.Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 def _fit_surp(
@@ -193,7 +178,7 @@ def _fit_surp(
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
     extra = [CrashAtEpoch(crash_at)] if crash_at is not None else []
     trainer = pl.Trainer(callbacks=[cb, ckpt, *extra], **trainer_kwargs(root, max_epochs=6, enable_checkpointing=True))
-    train, val = _loaders()
+    train, val = ordered_loaders()
     trainer.fit(model, train, val, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return cb, lc.save(model, root / "final.lcz")
 

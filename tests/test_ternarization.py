@@ -1,15 +1,37 @@
-"""The ternary quantizer and the ``ternary`` codec (the foundation of issue #4; the callback is not built yet)."""
+"""Ternarization: the quantizer, NTK-LC moment matching, the callback in both modes and the ``ternary`` codec."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
+import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from scipy import integrate
+from torch.utils.data import DataLoader
 
 import lightning_compress as lc
 from lightning_compress.codec import CodecSpec, get_codec
-from lightning_compress.functional.ternarization import ternarize, ternary_ste
+from lightning_compress.functional.ternarization import (
+    GaussianMoments,
+    StepFunction,
+    match_step_activation,
+    quadrature_moments,
+    relu_moments,
+    sparse_ternary,
+    step_moments,
+    ternarize,
+    ternary_ste,
+)
+from lightning_compress.layers import StepActivation, TernaryLinear
+from lightning_compress.models.random_features import RandomFeatureMLP
+from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, trainer_kwargs
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -74,3 +96,345 @@ def test_codec_round_trip_exact_and_picks_the_smaller_coding(tmp_path: Path, spa
 def test_codec_refuses_non_ternary_rows() -> None:
     with pytest.raises(ValueError, match="more than one magnitude"):
         get_codec("ternary").encode(torch.tensor([[0.5, -0.25], [1.0, 0.0]]))
+
+
+# -- Gaussian moments and matching --------------------------------------------------------------------------------
+def _reference_moments(fn: object, tau: float, breaks: tuple[float, ...] = ()) -> GaussianMoments:
+    """Adaptive-quadrature reference, split at the function's kinks/jumps (in xi units)."""
+
+    def expect(g: object) -> float:
+        pdf = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        edges = [-np.inf, *breaks, np.inf]
+        return sum(
+            integrate.quad(lambda x: g(x) * pdf(x), a, b, epsabs=1e-13, epsrel=1e-13)[0]
+            for a, b in itertools.pairwise(edges)
+        )
+
+    f = lambda x: float(fn(np.array([tau * x]))[0])  # noqa: E731
+    d0 = expect(f)
+    return GaussianMoments(
+        d0=d0,
+        a1=expect(lambda x: x * f(x)) / tau,
+        a2=expect(lambda x: (x * x - 1) * f(x)) / tau**2,
+        alpha3=expect(lambda x: (x * x - 1) * (f(x) - d0) ** 2) / tau**2,
+        variance=expect(lambda x: (f(x) - d0) ** 2),
+    )
+
+
+def _close(a: GaussianMoments, b: GaussianMoments, tol: float, rtol: float = 0.0) -> bool:
+    return bool(
+        np.allclose(
+            [a.d0, a.a1, a.a2, a.alpha3, a.variance], [b.d0, b.a1, b.a2, b.alpha3, b.variance], atol=tol, rtol=rtol
+        )
+    )
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 2.5])
+def test_relu_closed_form_agrees_with_quadrature(tau: float) -> None:
+    relu = lambda t: np.maximum(t, 0.0)  # noqa: E731
+    assert _close(relu_moments(tau), _reference_moments(relu, tau, breaks=(0.0,)), 1e-9)
+    # Gauss-Hermite converges slowly at the kink: agreement to ~1e-3, which is why ReLU has a closed form
+    assert _close(relu_moments(tau), quadrature_moments(relu, tau), 1e-6, rtol=5e-3)
+
+
+def test_step_closed_form_and_smooth_quadrature_agree_with_adaptive_quadrature() -> None:
+    step = StepFunction((-0.4, 0.3, 1.1), (1.5, 0.0, -0.7, 2.0))
+    tau = 0.8
+    assert _close(step_moments(step, tau), _reference_moments(step, tau, breaks=(-0.5, 0.375, 1.375)), 1e-9)
+    assert _close(quadrature_moments(np.tanh, tau), _reference_moments(np.tanh, tau), 1e-9)
+
+
+@pytest.mark.parametrize("tau", [0.35, 1.0, 3.0])
+def test_hidden_matching_equals_the_targets(tau: float) -> None:
+    target = relu_moments(tau)
+    step = match_step_activation(target, tau * 1.3, restarts=30)
+    got = step_moments(step, tau * 1.3)
+    assert np.abs(got.matched() - target.matched()).max() < 1e-6
+    assert step.residual < 1e-6
+    assert got.a1 > 0  # rises like ReLU (the mirror solution is flipped)
+    assert step.levels[0] == step.levels[2]
+    assert step.levels[1] == 0.0
+
+
+def test_last_layer_matching_reports_its_true_residual() -> None:
+    target = relu_moments(1.0)
+    solvable = match_step_activation(target, 0.5, last=True, target_tau=math.sqrt(target.variance), restarts=100)
+    got = step_moments(solvable, 0.5).matched(with_variance=True)
+    assert np.abs(got - target.matched(with_variance=True)).max() < 1e-6
+    assert solvable.residual < 1e-6
+    # a compressed scale twice the original's has no exact solution: the residual says so, truthfully
+    hard = match_step_activation(target, 2.0, last=True, target_tau=math.sqrt(target.variance), restarts=10)
+    actual = np.linalg.norm(step_moments(hard, 2.0).matched(with_variance=True) - target.matched(with_variance=True))
+    assert hard.residual == pytest.approx(actual, rel=1e-9, abs=1e-15)
+    assert hard.residual > 1e-3
+
+
+def test_sparse_ternary_weights_are_exact_and_reproducible() -> None:
+    w = sparse_ternary((300, 200), 0.9, seed=3)
+    k = round(0.05 * 60000)
+    assert int((w > 0).sum()) == k
+    assert int((w < 0).sum()) == k
+    assert torch.allclose(w[w != 0].abs(), torch.tensor(1 / math.sqrt(0.1)))
+    assert torch.equal(w, sparse_ternary((300, 200), 0.9, seed=3))
+    assert not torch.equal(w, sparse_ternary((300, 200), 0.9, seed=4))
+    assert float(w.pow(2).mean()) == pytest.approx(1.0, rel=1e-4)
+
+
+# -- kernel equivalence (the paper's claim, at small scale) ---------------------------------------------------------
+def _conjugate_kernel(net: RandomFeatureMLP, x: torch.Tensor, layer_index: int) -> torch.Tensor:
+    """Gram matrix of the centred, scaled features after hidden layer ``layer_index``."""
+    with torch.no_grad():
+        h = (net.features(x) - net.input_mean) * net.input_scale
+        for layer, act, center in list(zip(net.hidden, net.activations, net.centers, strict=True))[: layer_index + 1]:
+            h = (act(layer(h)) - center) / math.sqrt(layer.out_features)
+    return h @ h.T
+
+
+def _ntk_compressed(width: int, x: torch.Tensor, seed: int) -> tuple[RandomFeatureMLP, RandomFeatureMLP]:
+    torch.manual_seed(seed)
+    dense = RandomFeatureMLP(x.shape[1], [width, width, width // 2], 2)
+    dense.calibrate(x)
+    compressed = RandomFeatureMLP(x.shape[1], [width, width, width // 2], 2)
+    model = lc.ImageClassifier(compressed, num_classes=2)
+    cb = lc.Ternarization(mode="ntk", sparsity=0.9, seed=seed, calibration_batches=1, restarts=10)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(None, max_epochs=0))
+    trainer.fit(
+        model, DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=len(x))
+    )
+    return dense, compressed
+
+
+def test_conjugate_kernel_of_the_ternary_net_approaches_the_dense_one_as_width_grows() -> None:
+    g = torch.Generator().manual_seed(0)
+    p, n = 256, 256
+    means = torch.randn(2, p, generator=g) / 2
+    x = means[torch.arange(n) % 2] + torch.randn(n, p, generator=g)  # two-class Gaussian mixture
+    gaps: dict[int, list[float]] = {}
+    for width in (256, 2048):
+        dense, compressed = _ntk_compressed(width, x, seed=0)
+        gaps[width] = []
+        # every layer; the last one falls back to the two-level form (variance unmatched), so its kernel carries a
+        # scale gap too, which still shrinks with width
+        for layer_index in (0, 1, 2):
+            k_dense = _conjugate_kernel(dense, x, layer_index)
+            k_tern = _conjugate_kernel(compressed, x, layer_index)
+            gaps[width].append(
+                float(torch.linalg.matrix_norm(k_dense - k_tern, 2) / torch.linalg.matrix_norm(k_dense, 2))
+            )
+    for small, large in zip(gaps[256], gaps[2048], strict=True):
+        assert large < 0.5 * small, gaps
+
+
+# -- the callback: qat ------------------------------------------------------------------------------------------------
+def _classifier(backbone: torch.nn.Module, lr: float = 0.01) -> lc.ImageClassifier:
+    return lc.ImageClassifier(backbone, num_classes=4, optimizer=partial(torch.optim.Adam, lr=lr))
+
+
+def test_qat_layers_auto_choice_and_three_values_per_channel(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _classifier(mlp(dim=16, hidden=64))  # 1024 / 4096 / 256 weights: the last layer is < 10%
+    cb = lc.Ternarization()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Inspect(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+            layer = pl_module.backbone[2]
+            assert isinstance(layer, TernaryLinear)
+            seen.append((layer.ternary_weight().detach().clone(), layer.weight.detach().clone()))
+
+    train, val = ordered_loaders()
+    pl.Trainer(callbacks=[cb, Inspect()], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, train, val)
+    assert cb.ternarized == ["0.weight", "2.weight"]  # first layer is 16% of the weights, last 5%
+    for row, latent in zip(*seen[-1], strict=True):
+        assert len(torch.unique(row)) <= 3
+        assert not torch.equal(row, latent)
+    # baked at the end: the plain layer holds the ternary values, the fp32 layer does not
+    assert type(model.backbone[2]) is torch.nn.Linear
+    for row in model.backbone[2].weight:
+        assert len(torch.unique(row)) <= 3
+    assert len(torch.unique(model.backbone[4].weight)) > 3
+
+
+def test_qat_gradients_reach_the_latent_weights() -> None:
+    from lightning_compress.layers import ternary_layer
+
+    layer = ternary_layer(torch.nn.Linear(8, 4))
+    x = torch.randn(16, 8)
+    layer(x).pow(2).sum().backward()
+    assert layer.weight.grad is not None
+    assert layer.weight.grad.abs().sum() > 0
+    expected = 2 * (x @ layer.ternary_weight().detach().T + layer.bias.detach()).T @ x  # straight through
+    assert torch.allclose(layer.weight.grad, expected, atol=1e-4)
+
+
+def test_step_activation_forward_is_exact_and_has_surrogate_gradients() -> None:
+    act = StepActivation.from_step(StepFunction((-1.0, 0.5), (2.0, 0.0, 3.0)), learnable=True, ramp=0.25)
+    x = torch.tensor([-2.0, -0.9, 0.0, 0.4, 0.6, 5.0], requires_grad=True)
+    y = act(x)
+    assert y.tolist() == [2.0, 0.0, 0.0, 0.0, 3.0, 3.0]
+    y.sum().backward()
+    assert x.grad is not None
+    assert x.grad.tolist() == pytest.approx([0, -4.0, 0, 6.0, 6.0, 0])  # jump / (2 ramp) inside the ramps
+    assert act.amplitudes.grad is not None  # exact: how many inputs fall on each amplitude's levels
+    assert act.amplitudes.grad.tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("activations", [False, "binary", "ternary"])
+def test_qat_artifact_round_trip_is_exact(tmp_path: Path, activations: bool | str) -> None:
+    torch.manual_seed(0)
+    model = _classifier(mlp())
+    cb = lc.Ternarization(activations=activations, first_layer="ternary", last_layer="ternary", restarts=5)
+    train, val = ordered_loaders()
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
+    path = lc.save(model, tmp_path / "t.lcz")
+    codecs = {r.name: r.codec for r in lc.read_artifact(path).tensors}
+    assert [n for n, c in codecs.items() if c == "ternary"] == ["0.weight", "2.weight", "4.weight"]
+    loaded = lc.load(path, model=mlp())  # a fresh plain MLP: step activations are put back from the header
+    x = torch.randn(64, 16)
+    model.backbone.eval()
+    assert torch.equal(loaded(x), model.backbone(x))
+    steps = [m for m in loaded.modules() if isinstance(m, StepActivation)]
+    assert len(steps) == (0 if not activations else 2)
+    if activations:
+        levels = torch.unique(torch.cat([s(torch.randn(1000) * 5) for s in steps[:1]]))
+        assert len(levels) <= (2 if activations == "binary" else 3)
+    assert path.stat().st_size < 0.3 * 4 * sum(p.numel() for p in mlp().parameters())
+
+
+def test_qat_learns_from_a_trained_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _classifier(mlp())
+    train, val = ordered_loaders()
+    pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
+    dense_acc = lc.module.evaluate_accuracy(model.backbone, val)
+    pl.Trainer(callbacks=[lc.Ternarization()], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
+    assert lc.module.evaluate_accuracy(model.backbone, val) > dense_acc - 0.05
+
+
+def _fit_qat(root: Path, ckpt_path: str | None = None, crash_at: int | None = None) -> Path:
+    torch.manual_seed(0)
+    model = _classifier(mlp())
+    cb = lc.Ternarization(activations=True, restarts=5)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
+    extra = [CrashAtEpoch(crash_at)] if crash_at is not None else []
+    trainer = pl.Trainer(callbacks=[cb, ckpt, *extra], **trainer_kwargs(root, max_epochs=4, enable_checkpointing=True))
+    train, val = ordered_loaders()
+    trainer.fit(model, train, val, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
+    return lc.save(model, root / "final.lcz")
+
+
+def test_resume_gives_the_same_artifact(tmp_path: Path) -> None:
+    full = _fit_qat(tmp_path / "full")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit_qat(tmp_path / "part", crash_at=2)
+    ckpt = sorted((tmp_path / "part" / "ckpt").glob("*.ckpt"))[-1]
+    resumed = _fit_qat(tmp_path / "resumed", ckpt_path=str(ckpt))
+    assert lc.read_artifact(resumed).state_dict().keys() == lc.read_artifact(full).state_dict().keys()
+    for (name, a), b in zip(
+        lc.read_artifact(full).state_dict().items(), lc.read_artifact(resumed).state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_hold_identical_ternary_weights(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.ddp_check", "ternarization", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(k.endswith("thresholds") for k in rank0)  # step activations on both ranks
+    codecs = {r.name: r.codec for r in lc.read_artifact(tmp_path / "model.lcz").tensors}
+    assert codecs["0.weight"] == codecs["4.weight"] == "ternary"
+
+
+# -- the callback: ntk ------------------------------------------------------------------------------------------------
+def _rf_fit(tmp_path: Path, storage: str = "symbols", epochs: int = 5) -> tuple[lc.ImageClassifier, lc.Ternarization]:
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(
+        RandomFeatureMLP(16, [128, 128, 64], 4), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.1)
+    )
+    cb = lc.Ternarization(mode="ntk", sparsity=0.5, storage=storage, restarts=10)
+    train, val = ordered_loaders()
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=epochs)).fit(model, train, val)
+    return model, cb
+
+
+def test_ntk_mode_replaces_weights_and_activations_and_trains_only_the_head(tmp_path: Path) -> None:
+    model, cb = _rf_fit(tmp_path)
+    net = model.backbone
+    assert isinstance(net, RandomFeatureMLP)
+    for i, layer in enumerate(net.hidden):
+        assert torch.equal(
+            layer.weight, sparse_ternary(tuple(layer.weight.shape), 0.5, seed=i)
+        )  # unchanged by training
+        assert not layer.weight.requires_grad
+    assert all(isinstance(a, StepActivation) for a in net.activations)
+    assert max(cb.residuals) < 1e-6  # every matching system solved exactly (the last one by the fallback)
+    # centring constants are the step activations' Gaussian means at the compressed net's scales
+    assert net.centers[0].item() == pytest.approx(step_moments(net.activations[0].step_function(), 1.0).d0, rel=1e-6)
+    summary = cb.summary()
+    assert summary["ternary/artifact_bytes_seed"] < summary["ternary/artifact_bytes_symbols"]
+    assert summary["ternary/sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert lc.module.evaluate_accuracy(net, ordered_loaders()[0]) > 0.8  # the head learned (4 classes)
+
+
+@pytest.mark.parametrize("storage", ["symbols", "seed"])
+def test_ntk_artifact_round_trip_is_exact(tmp_path: Path, storage: str) -> None:
+    model, cb = _rf_fit(tmp_path, storage=storage, epochs=1)
+    path = lc.save(model, tmp_path / "rf.lcz")
+    assert path.stat().st_size == cb.summary()[f"ternary/artifact_bytes_{storage}"]
+    records = {r.name: r for r in lc.read_artifact(path).tensors}
+    assert records["hidden.0.weight"].meta["coding"] == ("seed" if storage == "seed" else "ans")
+    loaded = lc.load(path, model=RandomFeatureMLP(16, [128, 128, 64], 4))
+    x = torch.randn(32, 16)
+    model.backbone.eval()
+    assert torch.equal(loaded(x), model.backbone(x))
+
+
+def test_seed_storage_refuses_a_tensor_the_seed_does_not_produce() -> None:
+    w = sparse_ternary((10, 10), 0.5, seed=1)
+    with pytest.raises(ValueError, match="not sparse_ternary"):
+        get_codec("ternary").encode(w, seed=2, sparsity=0.5)
+
+
+def test_ntk_mode_needs_a_random_feature_mlp(tmp_path: Path) -> None:
+    train, val = ordered_loaders()
+    trainer = pl.Trainer(callbacks=[lc.Ternarization(mode="ntk")], **trainer_kwargs(tmp_path, max_epochs=1))
+    with pytest.raises(TypeError, match="RandomFeatureMLP"):
+        trainer.fit(_classifier(mlp()), train, val)
+
+
+def test_invalid_arguments() -> None:
+    cases = [
+        ({"mode": "ptq"}, "`mode`"),
+        ({"rule": "median"}, "`rule`"),
+        ({"rule": "sparsity"}, "`sparsity`"),
+        ({"sparsity": 1.0}, "`sparsity`"),
+        ({"layers": "fc1"}, "`layers`"),
+        ({"first_layer": "int8"}, "`first_layer`"),
+        ({"last_layer": None}, "`last_layer`"),
+        ({"activations": "relu"}, "`activations`"),
+        ({"calibration_batches": 0}, "`calibration_batches`"),
+        ({"restarts": 0}, "`restarts`"),
+        ({"seed": -1}, "`seed`"),
+        ({"storage": "disk"}, "`storage`"),
+    ]
+    for kwargs, name in cases:
+        with pytest.raises(ValueError, match=name):
+            lc.Ternarization(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_layer_names_are_refused(tmp_path: Path) -> None:
+    train, val = ordered_loaders()
+    trainer = pl.Trainer(callbacks=[lc.Ternarization(layers=["fc9"])], **trainer_kwargs(tmp_path, max_epochs=1))
+    with pytest.raises(ValueError, match="`layers` names"):
+        trainer.fit(_classifier(mlp()), train, val)

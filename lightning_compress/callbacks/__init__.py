@@ -3,6 +3,7 @@
 from lightning_compress.callbacks.artifact import ArtifactWriter
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.successive_pruning import SuccessivePruning
+from lightning_compress.callbacks.ternarization import Ternarization
 from lightning_compress.callbacks.weight_sharing import WeightSharing
 
-__all__ = ["ArtifactWriter", "CompressionCallback", "SuccessivePruning", "WeightSharing"]
+__all__ = ["ArtifactWriter", "CompressionCallback", "SuccessivePruning", "Ternarization", "WeightSharing"]

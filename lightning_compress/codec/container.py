@@ -18,10 +18,10 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -36,6 +36,42 @@ _PREFIX = struct.Struct("<4sHI")
 _DIGEST_BYTES = 32
 #: Attribute on a model root where callbacks record which codec each tensor should be written with.
 CODEC_PLAN_ATTR = "_lc_codec_plan"
+#: Modules a compression method puts into a network (e.g. step activations), by type name, so that ``load`` can put
+#: them into a freshly built model before filling it.
+_MODULE_TYPES: dict[str, type[nn.Module]] = {}
+_M = TypeVar("_M", bound=type[nn.Module])
+
+
+def register_module_type(name: str) -> Callable[[_M], _M]:
+    """Register a module class that artifacts record by ``name`` and :func:`load` rebuilds.
+
+    The class must offer ``lc_module_kwargs() -> dict`` (JSON-able constructor arguments); its tensors are in the
+    state dict as usual.
+    """
+
+    def decorator(cls: _M) -> _M:
+        _MODULE_TYPES[name] = cls
+        cls.lc_module_type = name  # type: ignore[attr-defined]
+        return cls
+
+    return decorator
+
+
+def _inserted_modules(module: nn.Module) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"type": sub.lc_module_type, "kwargs": sub.lc_module_kwargs()}
+        for name, sub in module.named_modules()
+        if name and getattr(type(sub), "lc_module_type", None) in _MODULE_TYPES
+    }
+
+
+def _insert_modules(module: nn.Module, records: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    for name, record in records.items():
+        cls = _MODULE_TYPES.get(record["type"])
+        if cls is None:
+            raise ArtifactError(f"{path}: module {name!r} has type {record['type']!r}, unknown to this library.")
+        if not isinstance(module.get_submodule(name), cls):
+            module.set_submodule(name, cls(**record["kwargs"]))
 
 
 class ArtifactError(ValueError):
@@ -86,6 +122,8 @@ class Artifact:
 
     #: Shared blobs: key -> (offset, nbytes) in the payload section.
     shared: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Modules a compression method inserted (module name -> registered type and constructor arguments).
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def shared_blob(self, key: str) -> bytes:
         """The bytes of one shared blob."""
@@ -219,6 +257,7 @@ def save(
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
         "architecture": getattr(module, "lc_spec", None),
+        "modules": _inserted_modules(module),
         "metadata": dict(metadata or {}),
         "tensors": records,
         "shared": shared_index,
@@ -293,6 +332,7 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
         path=path,
         format_version=version,
         architecture=header.get("architecture"),
+        modules=header.get("modules", {}),
         metadata=header.get("metadata", {}),
         tensors=tensors,
         file_bytes=len(data),
@@ -334,6 +374,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, strict
         model = build_model(arch["name"], **arch.get("kwargs", {}))
     module = artifact_module(model)
     state = artifact.state_dict()
+    _insert_modules(module, artifact.modules, artifact.path)
     resize_to_state(module, state)
     module.load_state_dict(state, strict=strict)
     return model.eval()

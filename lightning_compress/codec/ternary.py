@@ -3,6 +3,10 @@
 The symbols are stored either packed at 2 bits each or ANS-coded (constriction) with their histogram, whichever is
 smaller (recorded in ``meta["coding"]``); the scales follow in fp32. Decoding is exact: the decoded tensor equals
 ``symbols * scale`` computed in float32.
+
+Random NTK-LC weights (:func:`~lightning_compress.functional.ternarization.sparse_ternary`) can instead be stored
+as their generator seed and sparsity only (``coding="seed"``, an empty payload): the encoder regenerates the tensor
+and refuses unless it matches bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
 from lightning_compress.codec.entropy import ans_decode, ans_encode, pack_fixed, unpack_fixed
-from lightning_compress.functional.ternarization import channel_rows
+from lightning_compress.functional.ternarization import channel_rows, sparse_ternary
 
 __all__ = ["TernaryCodec", "split_ternary"]
 
@@ -56,8 +60,13 @@ class TernaryCodec(Codec):
 
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
         per_channel = bool(options.pop("per_channel", True))
+        seed, sparsity = options.pop("seed", None), options.pop("sparsity", None)
         if options:
-            raise TypeError(f"ternary codec got unknown options {sorted(options)}; accepted: per_channel.")
+            raise TypeError(
+                f"ternary codec got unknown options {sorted(options)}; accepted: per_channel, seed, sparsity."
+            )
+        if seed is not None:
+            return self._encode_seed(tensor, int(seed), sparsity)
         symbols, scales = split_ternary(tensor, per_channel)
         codes = (symbols + 1).astype(np.int32)  # 0, 1, 2
         counts = np.bincount(codes, minlength=3).astype(np.uint32)
@@ -74,7 +83,26 @@ class TernaryCodec(Codec):
             payload=scales.astype("<f4").tobytes() + candidates[coding],
         )
 
+    def _encode_seed(self, tensor: torch.Tensor, seed: int, sparsity: float | None) -> EncodedTensor:
+        if sparsity is None:
+            raise TypeError("ternary codec: option `seed` needs `sparsity` (the fraction of zeros it was drawn with).")
+        regenerated = sparse_ternary(tuple(tensor.shape), float(sparsity), seed)
+        if not torch.equal(regenerated.to(tensor.dtype), tensor.detach().cpu()):
+            raise ValueError(
+                f"ternary codec: the tensor is not sparse_ternary(shape, {sparsity}, seed={seed}); store its symbols "
+                "instead (drop the `seed` option)."
+            )
+        return EncodedTensor(
+            codec=self.name,
+            shape=tuple(tensor.shape),
+            dtype=dtype_name(tensor.dtype),
+            meta={"coding": "seed", "seed": seed, "sparsity": float(sparsity), "generator": "numpy.RandomState"},
+        )
+
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
+        if encoded.meta["coding"] == "seed":
+            values = sparse_ternary(encoded.shape, float(encoded.meta["sparsity"]), int(encoded.meta["seed"]))
+            return values.to(dtype_from_name(encoded.dtype))
         rows = int(encoded.meta["rows"])
         n = int(np.prod(encoded.shape)) if encoded.shape else 1
         scales = np.frombuffer(encoded.payload[: 4 * rows], dtype="<f4")

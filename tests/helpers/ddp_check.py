@@ -33,6 +33,8 @@ def make_callback(method: str) -> pl.Callback:
         return lc.WeightSharing(k_bounds=(2, 48), pop_size=6, n_gen=3, progress=False)
     if method == "successive_pruning":
         return lc.SuccessivePruning(target_sparsity=0.9)
+    if method == "ternarization":
+        return lc.Ternarization(activations=True, first_layer="ternary", last_layer="ternary", restarts=5)
     raise ValueError(f"unknown method {method!r}")
 
 

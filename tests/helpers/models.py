@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -44,3 +45,19 @@ def trainer_kwargs(tmp_path: object, **overrides: object) -> dict[str, object]:
     }
     kwargs.update(overrides)
     return kwargs
+
+
+def ordered_loaders() -> tuple[DataLoader, DataLoader]:
+    """(train, val) loaders without shuffling: the data order is reproducible across a resume."""
+    return DataLoader(blobs(256), batch_size=32), DataLoader(blobs(128, seed=7), batch_size=64)
+
+
+class CrashAtEpoch(pl.Callback):
+    """Raise ``RuntimeError("simulated crash")`` when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

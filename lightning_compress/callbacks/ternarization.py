@@ -1,0 +1,418 @@
+"""Ternarization callback: weights (and optionally activations) in {0, +-1} x scale (Gu et al. 2022/24).
+
+Two modes. ``qat`` ternarises a trainable network: its Linear/Conv2d layers are swapped, in ``setup``, for twins
+that share their parameters and use ternary weights in the forward pass (straight-through gradients); optional step
+activations replace its ReLUs, initialised by NTK moment matching, with learnable levels and thresholds. ``ntk`` is
+the paper's method on a :class:`~lightning_compress.models.random_features.RandomFeatureMLP`: moment-matched step
+activations and random sparse ternary hidden weights replace the Gaussian ones before training; only the head
+trains. Either way the artifact stores the ternary tensors with the ``ternary`` codec.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.codec.container import CodecSpec, save
+from lightning_compress.functional.ternarization import (
+    StepFunction,
+    match_step_activation,
+    relu_moments,
+    sparse_ternary,
+    step_moments,
+)
+from lightning_compress.layers import StepActivation, TernaryMixin, dense_layer, ternary_layer
+from lightning_compress.models.random_features import RandomFeatureMLP, activation_moments
+
+__all__ = ["Ternarization"]
+
+log = logging.getLogger(__name__)
+
+_LAYER_CHOICES = ("auto", "ternary", "fp32")
+#: With ``first_layer``/``last_layer="auto"``, an end layer stays fp32 when it holds less than this share of weights.
+_AUTO_END_SHARE = 0.1
+#: Residual norm under which a matching system counts as solved.
+_EXACT_MATCH = 1e-6
+
+
+class Ternarization(CompressionCallback):
+    """Ternary weights and activations during ``fit``, stored with the ``ternary`` codec.
+
+    ``Ternarization()`` on any network ternarises every ``nn.Linear``/``nn.Conv2d`` (quantization-aware training
+    with ternary-weight-network thresholds and one scale per output channel); the first and last layers stay fp32
+    only when they are small (under 10% of the weights: the stem and head of a CNN, not the first layer of an MLP).
+
+    Args:
+        mode: ``"qat"`` (train with ternary weights) or ``"ntk"`` (NTK-LC on a random-feature MLP).
+        rule: qat threshold rule, ``"twn"`` (``0.7 * mean|w|``) or ``"sparsity"`` (reach ``sparsity``).
+        sparsity: qat: fraction of zeros with ``rule="sparsity"``; ntk: fraction of zeros of the random ternary
+            weights (default 0.95).
+        per_channel: qat: one scale (and threshold) per output channel instead of per tensor.
+        layers: qat: names of the modules to ternarise (default every Linear/Conv2d).
+        first_layer: qat: ``"auto"``, ``"ternary"`` or ``"fp32"`` for the first Linear/Conv2d.
+        last_layer: qat: the same for the last one.
+        activations: qat: replace every ``nn.ReLU`` by a moment-matched step activation with learnable levels
+            and thresholds: ``"binary"`` (or ``True``; the paper's two-level form, values ``{0, b}``) or
+            ``"ternary"`` (a rising staircase ``{0, b1, b2}``, our design); ``False`` keeps the ReLUs. ntk mode
+            always replaces the activations.
+        calibration_batches: training batches used to measure input scales (ntk: the data normalisation; qat with
+            ``activations``: each ReLU's input scale).
+        restarts: seeded restarts of the moment-matching solver.
+        seed: seed of the solver restarts and of the ntk random weights (layer ``i`` uses ``seed + i``).
+        storage: ntk: the artifact stores the hidden weights as ``"symbols"`` (entropy-coded, positions
+            included: the honest count) or as their generator ``"seed"`` (the true minimum). Both sizes are logged.
+
+    Raises:
+        ValueError: for an invalid argument (the message names it).
+
+    Example:
+        >>> Ternarization(mode="ntk").sparsity
+        0.95
+    """
+
+    LOG_PREFIX = "ternary"
+
+    def __init__(
+        self,
+        mode: str = "qat",
+        rule: str = "twn",
+        sparsity: float | None = None,
+        per_channel: bool = True,
+        layers: Sequence[str] | None = None,
+        first_layer: str = "auto",
+        last_layer: str = "auto",
+        activations: bool | str = False,
+        calibration_batches: int = 8,
+        restarts: int = 30,
+        seed: int = 0,
+        storage: str = "symbols",
+    ) -> None:
+        super().__init__()
+        if mode not in ("qat", "ntk"):
+            raise ValueError(f"`mode` must be 'qat' or 'ntk', got {mode!r}.")
+        if rule not in ("twn", "sparsity"):
+            raise ValueError(f"`rule` must be 'twn' or 'sparsity', got {rule!r}.")
+        if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
+            raise ValueError(f"`sparsity` must be None or in [0, 1), got {sparsity!r}.")
+        if mode == "qat" and rule == "sparsity" and sparsity is None:
+            raise ValueError("`sparsity` is required with rule='sparsity'.")
+        if first_layer not in _LAYER_CHOICES:
+            raise ValueError(f"`first_layer` must be one of {_LAYER_CHOICES}, got {first_layer!r}.")
+        if last_layer not in _LAYER_CHOICES:
+            raise ValueError(f"`last_layer` must be one of {_LAYER_CHOICES}, got {last_layer!r}.")
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise ValueError(f"`layers` must be None or a list of module names, got {layers!r}.")
+        if not isinstance(calibration_batches, int) or calibration_batches < 1:
+            raise ValueError(f"`calibration_batches` must be an int >= 1, got {calibration_batches!r}.")
+        if not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"`restarts` must be an int >= 1, got {restarts!r}.")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+        if activations not in (False, True, "binary", "ternary"):
+            raise ValueError(f"`activations` must be False, True, 'binary' or 'ternary', got {activations!r}.")
+        if storage not in ("symbols", "seed"):
+            raise ValueError(f"`storage` must be 'symbols' or 'seed', got {storage!r}.")
+        self.mode = mode
+        self.rule = rule
+        self.sparsity = float(sparsity) if sparsity is not None else (0.95 if mode == "ntk" else None)
+        self.per_channel = bool(per_channel)
+        self.layers = list(layers) if layers is not None else None
+        self.first_layer, self.last_layer = first_layer, last_layer
+        self.activations: str | None = "binary" if activations is True else (activations or None)
+        self.calibration_batches = calibration_batches
+        self.restarts = restarts
+        self.seed = seed
+        self.storage = storage
+        self.ternarized: list[str] = []
+        self.residuals: list[float] = []
+        self._baked = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, sparsity=self.sparsity)
+
+    # -- set-up: structural changes happen before optimizers exist ---------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.ternarized:
+            return
+        module = self.target_module(pl_module)
+        if self.mode == "ntk":
+            self._setup_ntk(trainer, module)
+        else:
+            self._setup_qat(trainer, module)
+
+    def _calibration_inputs(self, trainer: pl.Trainer) -> Iterator[torch.Tensor]:
+        """The first ``calibration_batches`` training inputs (first element of each batch)."""
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        loader = source.dataloader() if source is not None else None
+        if loader is None:
+            raise RuntimeError(
+                f"Ternarization(mode={self.mode!r}) calibrates on training data: pass `train_dataloaders` or a "
+                "datamodule to `fit`."
+            )
+        for i, batch in enumerate(loader):
+            if i >= self.calibration_batches:
+                return
+            yield batch[0] if isinstance(batch, list | tuple) else batch
+
+    # ntk ---------------------------------------------------------------------------------------------------------
+    def _setup_ntk(self, trainer: pl.Trainer, module: nn.Module) -> None:
+        nets = [m for m in module.modules() if isinstance(m, RandomFeatureMLP)]
+        if len(nets) != 1:
+            raise TypeError(
+                "Ternarization(mode='ntk') compresses one lightning_compress RandomFeatureMLP (zoo models 'rf_mlp', "
+                f"'rf_vgg_cifar'); found {len(nets)} in {type(module).__name__}. Use mode='qat' for other networks."
+            )
+        net = nets[0]
+        stats: tuple[torch.Tensor, torch.Tensor, list[StepFunction]] | None = None
+        if trainer.is_global_zero:
+            with torch.no_grad():
+                net.calibrate([net.features(x.float()) for x in self._calibration_inputs(trainer)])
+            stats = (net.input_mean.clone(), net.input_scale.clone(), self._match_ntk(net))
+        stats = self.broadcast(trainer, stats)
+        assert stats is not None  # noqa: S101 - broadcast returns rank 0's value
+        mean, scale, steps = stats
+        with torch.no_grad():
+            net.input_mean.copy_(mean)
+            net.input_scale.copy_(scale)
+            for i, (weight, step) in enumerate(zip(net.hidden_weights(), steps, strict=True)):
+                net.activations[i] = StepActivation.from_step(step)
+                weight.copy_(sparse_ternary(tuple(weight.shape), self._ntk_sparsity, self.seed + i))
+                weight.requires_grad_(False)
+        net.refresh_centers()
+        self.ternarized = [f"{self._prefix(module, net)}hidden.{i}.weight" for i in range(len(net.hidden))]
+        self.residuals = [s.residual for s in steps]
+        self.set_codec_plan(module, self._ntk_plan(self.storage))
+        rank_zero_info(
+            f"Ternarization(ntk): {len(steps)} step activations matched (residuals "
+            f"{', '.join(f'{r:.2e}' for r in self.residuals)}), hidden weights ternary at sparsity "
+            f"{self._ntk_sparsity}."
+        )
+
+    @property
+    def _ntk_sparsity(self) -> float:
+        return float(self.sparsity if self.sparsity is not None else 0.95)
+
+    @staticmethod
+    def _prefix(root: nn.Module, sub: nn.Module) -> str:
+        name = next(n for n, m in root.named_modules() if m is sub)
+        return f"{name}." if name else ""
+
+    def _match_ntk(self, net: RandomFeatureMLP) -> list[StepFunction]:
+        """Match each layer's step activation to the original activation, propagating the compressed scale.
+
+        The last hidden layer first tries the authors' three-level form, which also matches the variance. For ReLU
+        that 4-equation system often has no solution at the compressed net's scale, and its least-squares optimum
+        is degenerate (a level collapses, the features go constant). Then the two-level form is used instead: it
+        matches the three kernel moments exactly and leaves the variance (a scale on the head's input) unmatched.
+        """
+        tau_orig = tau_new = 1.0  # calibrate() normalised the inputs to unit mean squared norm
+        steps = []
+        for i, act in enumerate(net.activations):
+            target = activation_moments(act, tau_orig)
+            step = match_step_activation(target, tau_new, restarts=self.restarts, seed=self.seed + i)
+            if i == len(net.activations) - 1:
+                three_level = match_step_activation(
+                    target,
+                    tau_new,
+                    last=True,
+                    target_tau=math.sqrt(target.variance),
+                    restarts=self.restarts,
+                    seed=self.seed + i,
+                )
+                if three_level.residual < _EXACT_MATCH:
+                    step = three_level
+                else:
+                    log.info(
+                        "Ternarization(ntk): the last layer's three-level system has no exact solution (residual "
+                        "%.3g); using the two-level form (kernel moments exact, variance unmatched).",
+                        three_level.residual,
+                    )
+            steps.append(step)
+            tau_orig = math.sqrt(target.variance)
+            tau_new = math.sqrt(step_moments(step, tau_new).variance)
+        return steps
+
+    def _ntk_plan(self, storage: str) -> dict[str, CodecSpec]:
+        return {
+            name: CodecSpec("ternary", {"per_channel": False})
+            if storage == "symbols"
+            else CodecSpec("ternary", {"seed": self.seed + i, "sparsity": self._ntk_sparsity})
+            for i, name in enumerate(self.ternarized)
+        }
+
+    # qat ---------------------------------------------------------------------------------------------------------
+    def _qat_layers(self, module: nn.Module) -> list[str]:
+        candidates = [n for n, m in module.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+        params = dict(module.named_parameters())
+        if self.layers is not None:
+            unknown = sorted(set(self.layers) - set(candidates))
+            if unknown:
+                raise ValueError(
+                    f"`layers` names {unknown}, which are not nn.Linear/nn.Conv2d modules of the model; "
+                    f"available: {candidates}."
+                )
+            return [n for n in candidates if n in self.layers]
+        if not candidates:
+            raise ValueError("Ternarization found no nn.Linear/nn.Conv2d layer to ternarise.")
+        sizes = {n: params[f"{n}.weight"].numel() for n in candidates}
+        total = sum(sizes.values())
+        chosen = list(candidates)
+        for name, choice in ((candidates[0], self.first_layer), (candidates[-1], self.last_layer)):
+            keep_fp32 = choice == "fp32" or (choice == "auto" and sizes[name] < _AUTO_END_SHARE * total)
+            if keep_fp32 and name in chosen and len(chosen) > 1:
+                chosen.remove(name)
+        return chosen
+
+    def _setup_qat(self, trainer: pl.Trainer, module: nn.Module) -> None:
+        names = self._qat_layers(module)
+        options = {"rule": self.rule, "sparsity": self.sparsity, "per_channel": self.per_channel}
+        for name in names:
+            module.set_submodule(name, ternary_layer(module.get_submodule(name), **options))
+        self.ternarized = [f"{n}.weight" for n in names]
+        if self.activations:
+            self._replace_relus(trainer, module)
+        self.set_codec_plan(
+            module, {n: CodecSpec("ternary", {"per_channel": self.per_channel}) for n in self.ternarized}
+        )
+        rank_zero_info(
+            f"Ternarization(qat): {len(names)} layers ternary ({', '.join(names)})"
+            + (f", {len(self.residuals)} ReLUs replaced by step activations." if self.activations else ".")
+        )
+
+    def _replace_relus(self, trainer: pl.Trainer, module: nn.Module) -> None:
+        relus = [n for n, m in module.named_modules() if isinstance(m, nn.ReLU)]
+        if not relus:
+            raise ValueError("Ternarization(activations=True) found no nn.ReLU module to replace.")
+        steps: list[StepFunction] | None = None
+        if trainer.is_global_zero:
+            scales = self._input_scales(trainer, module, relus)
+            steps = [
+                match_step_activation(
+                    relu_moments(t),
+                    t,
+                    staircase=self.activations == "ternary",
+                    restarts=self.restarts,
+                    seed=self.seed + i,
+                )
+                for i, t in enumerate(scales)
+            ]
+        steps = self.broadcast(trainer, steps)
+        assert steps is not None  # noqa: S101 - broadcast returns rank 0's value
+        for name, step in zip(relus, steps, strict=True):
+            ramp = max(abs(step.thresholds[-1] - step.thresholds[0]) / 2, 1e-3)
+            module.set_submodule(name, StepActivation.from_step(step, learnable=True, ramp=ramp))
+        self.residuals = [s.residual for s in steps]
+
+    def _input_scales(self, trainer: pl.Trainer, module: nn.Module, names: list[str]) -> list[float]:
+        """RMS of each named module's input over the calibration batches (the ``tau`` its moments are taken at)."""
+        sums = dict.fromkeys(names, 0.0)
+        counts = dict.fromkeys(names, 0)
+
+        def hook(name: str) -> Any:
+            def record(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                sums[name] += float(args[0].double().pow(2).sum())
+                counts[name] += args[0].numel()
+
+            return record
+
+        handles = [module.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                for x in self._calibration_inputs(trainer):
+                    module(x.float())
+        finally:
+            module.train(was_training)
+            for h in handles:
+                h.remove()
+        return [math.sqrt(sums[n] / max(counts[n], 1)) or 1.0 for n in names]
+
+    # -- end of fit: ternary values into the weights, plain layers back ------------------------------------------
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.should_skip(trainer) or self._baked or not self.ternarized:
+            return
+        module = self.target_module(pl_module)
+        if self.mode == "qat":
+            self._bake(module)
+        self._baked = True
+        figures = self._figures(module)
+        self.log_figures(trainer, figures)
+        rank_zero_info(
+            "Ternarization: " + ", ".join(f"{k} {v:,.4g}" for k, v in figures.items() if not k.startswith("residual"))
+        )
+
+    @torch.no_grad()
+    def _bake(self, module: nn.Module) -> None:
+        for name in [n.rsplit(".", 1)[0] for n in self.ternarized]:
+            layer = module.get_submodule(name)
+            if isinstance(layer, TernaryMixin):
+                dict(module.named_parameters())[f"{name}.weight"].copy_(layer.ternary_weight().detach())
+                module.set_submodule(name, dense_layer(layer))
+
+    def _figures(self, module: nn.Module) -> dict[str, float]:
+        params = dict(module.named_parameters())
+        weights = [params[n].detach() for n in self.ternarized]
+        numel = sum(w.numel() for w in weights)
+        nonzero = sum(int(w.count_nonzero()) for w in weights)
+        dense_bytes = 4 * sum(p.numel() for p in module.parameters())
+        figures = {
+            "layers": float(len(weights)),
+            "weights": float(numel),
+            "sparsity": 1.0 - nonzero / max(numel, 1),
+            "fp32_bytes": float(dense_bytes),
+        }
+        storages = ("symbols", "seed") if self.mode == "ntk" else ("symbols",)
+        for storage in storages:
+            size = self._artifact_bytes(module, storage)
+            figures[f"artifact_bytes_{storage}"] = float(size)
+            figures[f"ratio_{storage}"] = dense_bytes / size
+        if self.mode == "ntk":
+            figures.update(self._paper_convention(module, nonzero))
+        for i, r in enumerate(self.residuals):
+            figures[f"residual_{i}"] = r
+        return figures
+
+    def _paper_convention(self, module: nn.Module, nonzero: int) -> dict[str, float]:
+        """NTK-LC's memory count: dense 32 bits per weight and neuron, compressed 1 bit per non-zero and neuron.
+
+        Counted over the random layers and the head (the authors' ``memory.py``, first layer included on both
+        sides, head at 32 bits).
+        """
+        net = next(m for m in module.modules() if isinstance(m, RandomFeatureMLP))
+        hidden = sum(w.numel() for w in net.hidden_weights())
+        neurons = sum(w.shape[0] for w in net.hidden_weights())
+        head = sum(p.numel() for p in net.head.parameters())
+        dense_bits = 32 * (hidden + neurons + head)
+        compressed_bits = nonzero + neurons + 32 * head
+        return {"paper_dense_bits": float(dense_bits), "paper_ratio": dense_bits / compressed_bits}
+
+    def _artifact_bytes(self, module: nn.Module, storage: str) -> int:
+        codecs = self._ntk_plan(storage) if self.mode == "ntk" else None
+        with tempfile.TemporaryDirectory() as tmp:
+            return save(module, Path(tmp) / "ternary.lcz", codecs=codecs).stat().st_size
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"ternarized": list(self.ternarized), "residuals": list(self.residuals), "baked": self._baked}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.residuals = list(state_dict.get("residuals", []))
+        self._baked = bool(state_dict.get("baked", False))
