@@ -141,7 +141,7 @@ def relu_moments(tau: float) -> GaussianMoments:
     Example:
         >>> m = relu_moments(1.0)
         >>> round(m.d0, 6), m.a1, round(m.alpha3, 6)
-        (0.398942, 0.5, 0.681690)
+        (0.398942, 0.5, 0.68169)
     """
     return GaussianMoments(
         d0=tau / _SQRT_2PI,
@@ -160,8 +160,8 @@ def quadrature_moments(fn: Callable[[np.ndarray], np.ndarray], tau: float, order
 
     Example:
         >>> m = quadrature_moments(np.tanh, 1.0)
-        >>> round(m.d0, 12), round(m.a2, 12)
-        (0.0, 0.0)
+        >>> abs(m.d0) < 1e-12, abs(m.a2) < 1e-12, round(m.a1, 4)
+        (True, True, 0.6057)
     """
     nodes, weights = np.polynomial.hermite_e.hermegauss(order)
     weights = weights / _SQRT_2PI
