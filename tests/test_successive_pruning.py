@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from lightning_compress.functional.successive_pruning import (
     refine_reference,
     sparsity_schedule,
 )
-from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, trainer_kwargs
+from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 
 
 def laplacian(n: int, seed: int) -> np.ndarray:
@@ -197,17 +195,7 @@ def test_resume_between_stages_gives_identical_artifact(tmp_path: Path) -> None:
 
 @pytest.mark.ddp
 def test_ddp_ranks_hold_identical_pruned_weights(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.ddp_check", "successive_pruning", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path(__file__).parents[1],
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rank0, rank1 = run_ddp_check("successive_pruning", tmp_path)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     flat = torch.cat([v.reshape(-1) for v in rank0.values()])
     assert (flat == 0).float().mean() == pytest.approx(0.9, abs=0.01)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from lightning_compress.functional.ternarization import (
 )
 from lightning_compress.layers import StepActivation, TernaryLinear
 from lightning_compress.models.random_features import RandomFeatureMLP
-from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, trainer_kwargs
+from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -338,17 +336,7 @@ def test_resume_gives_the_same_artifact(tmp_path: Path) -> None:
 
 @pytest.mark.ddp
 def test_ddp_ranks_hold_identical_ternary_weights(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.ddp_check", "ternarization", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path(__file__).parents[1],
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rank0, rank1 = run_ddp_check("ternarization", tmp_path)
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(k.endswith("thresholds") for k in rank0)  # step activations on both ranks

@@ -22,7 +22,7 @@ from lightning_compress.functional.weight_sharing import (
     select_parameters,
     uniform_binning,
 )
-from tests.helpers.models import blobs, loaders, mlp, trainer_kwargs
+from tests.helpers.models import blobs, loaders, mlp, run_ddp_check, trainer_kwargs
 
 
 def test_uniform_binning_matches_numpy_digitize() -> None:
@@ -231,20 +231,7 @@ def test_codebook_codec_errors() -> None:
 
 @pytest.mark.ddp
 def test_ddp_ranks_share_identical_codebook(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.ddp_check", "weight_sharing", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path(__file__).parents[1],
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rank0, rank1 = run_ddp_check("weight_sharing", tmp_path)
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     values = torch.cat([v.reshape(-1) for k, v in rank0.items()])

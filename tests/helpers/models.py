@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -61,3 +65,18 @@ class CrashAtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
+
+
+def run_ddp_check(method: str, out: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Run ``tests.helpers.ddp_check METHOD OUT`` (2 CPU processes) and return both ranks' final weights."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.ddp_check", method, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).parents[2],
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"ddp_check {method} failed:\n{proc.stderr[-3000:]}")
+    return torch.load(out / "rank0.pt", weights_only=True), torch.load(out / "rank1.pt", weights_only=True)
