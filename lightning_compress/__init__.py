@@ -8,7 +8,13 @@ Public API::
 
 __version__ = "0.1.0"
 
-from lightning_compress.callbacks import ArtifactWriter, SuccessivePruning, Ternarization, WeightSharing
+from lightning_compress.callbacks import (
+    ArtifactWriter,
+    NeuronElimination,
+    SuccessivePruning,
+    Ternarization,
+    WeightSharing,
+)
 from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
 from lightning_compress.models import build_model
 from lightning_compress.module import ImageClassifier
@@ -19,6 +25,7 @@ __all__ = [
     "ArtifactWriter",
     "CodecSpec",
     "ImageClassifier",
+    "NeuronElimination",
     "SizeReport",
     "SuccessivePruning",
     "Ternarization",

@@ -52,6 +52,8 @@ class SizeReport:
     artifact_bytes: int
     fp32_bytes: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: fp32 bytes of the tensors actually stored (differs from ``fp32_bytes`` after structural compression).
+    stored_fp32_bytes: int | None = None
 
     @property
     def params(self) -> int:
@@ -65,7 +67,11 @@ class SizeReport:
 
     @property
     def ratio(self) -> float:
-        """Compression ratio: fp32 bytes of the same model / artifact bytes on disk."""
+        """Compression ratio: fp32 bytes of the same model / artifact bytes on disk.
+
+        After structural compression (e.g. :class:`~lightning_compress.NeuronElimination`) "the same model" is the
+        original, larger one: its fp32 size is recorded in the artifact.
+        """
         return self.fp32_bytes / self.artifact_bytes
 
     @property
@@ -119,8 +125,11 @@ class SizeReport:
             f"{self.artifact_bytes:,}",
             style="bold",
         )
+        before = ""
+        if self.stored_fp32_bytes is not None and self.stored_fp32_bytes != self.fp32_bytes:
+            before = f" (original model; {self.stored_fp32_bytes:,} after structural compression)"
         table.caption = (
-            f"fp32 bytes {self.fp32_bytes:,} | artifact bytes on disk {self.artifact_bytes:,} | "
+            f"fp32 bytes {self.fp32_bytes:,}{before} | artifact bytes on disk {self.artifact_bytes:,} | "
             f"compression ratio {self.ratio:.2f}x"
         )
         return table
@@ -172,8 +181,9 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
         rows=rows,
         overhead_bytes=artifact.file_bytes - sum(r.bytes for r in rows),
         artifact_bytes=artifact.file_bytes,
-        fp32_bytes=fp32,
+        fp32_bytes=artifact.reference_fp32_bytes or fp32,
         metadata=artifact.metadata,
+        stored_fp32_bytes=fp32,
     )
 
 

@@ -222,6 +222,7 @@ def test_every_recipe_runs_on_fake_data(tmp_path: Path, fake_fmnist_root: Path, 
         "weight_sharing": {"pop_size": 4, "n_gen": 2, "k_bounds": [2, 24], "progress": False},
         "successive_pruning": {"stages": [0.5, 0.8]},
         "ternarization": {"restarts": 3, "calibration_batches": 2},
+        "neuron_elimination": {"rounds": 2, "min_rows_per_neuron": 1},
     }
     with open_dict(cfg):
         for name, node in (cfg.get("compress") or {}).items():
@@ -230,7 +231,12 @@ def test_every_recipe_runs_on_fake_data(tmp_path: Path, fake_fmnist_root: Path, 
         metrics, objects = train(cfg)
     assert objects["artifact_path"].is_file()
     assert metrics["test/acc_artifact"] == pytest.approx(metrics["test/acc"], abs=1e-6)
-    prefixes = {"weight_sharing": "weight_sharing/", "successive_pruning": "surp/", "ternarization": "ternary/"}
+    prefixes = {
+        "weight_sharing": "weight_sharing/",
+        "successive_pruning": "surp/",
+        "ternarization": "ternary/",
+        "neuron_elimination": "neuron_elimination/",
+    }
     for name in cfg.get("compress") or {}:
         assert any(k.startswith(prefixes[name]) for k in metrics)
     GlobalHydra.instance().clear()

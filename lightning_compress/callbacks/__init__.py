@@ -2,8 +2,16 @@
 
 from lightning_compress.callbacks.artifact import ArtifactWriter
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.neuron_elimination import NeuronElimination
 from lightning_compress.callbacks.successive_pruning import SuccessivePruning
 from lightning_compress.callbacks.ternarization import Ternarization
 from lightning_compress.callbacks.weight_sharing import WeightSharing
 
-__all__ = ["ArtifactWriter", "CompressionCallback", "SuccessivePruning", "Ternarization", "WeightSharing"]
+__all__ = [
+    "ArtifactWriter",
+    "CompressionCallback",
+    "NeuronElimination",
+    "SuccessivePruning",
+    "Ternarization",
+    "WeightSharing",
+]

@@ -73,6 +73,22 @@ class CompressionCallback(Callback):
         return trainer.strategy.broadcast(obj, src=0)
 
     @staticmethod
+    def training_inputs(trainer: pl.Trainer, batches: int, who: str) -> Iterator[torch.Tensor]:
+        """The first ``batches`` training inputs (first element of each batch), for calibration.
+
+        Raises:
+            RuntimeError: the fit has no training data loader (``who`` names the caller).
+        """
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        loader = source.dataloader() if source is not None else None
+        if loader is None:
+            raise RuntimeError(f"{who} calibrates on training data: pass `train_dataloaders` or a datamodule to `fit`.")
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                return
+            yield batch[0] if isinstance(batch, list | tuple) else batch
+
+    @staticmethod
     def named_tensors(module: nn.Module, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """Parameters of ``module`` by name, in the order given."""
         params = dict(module.named_parameters())

@@ -155,18 +155,7 @@ class Ternarization(CompressionCallback):
             self._setup_qat(trainer, module)
 
     def _calibration_inputs(self, trainer: pl.Trainer) -> Iterator[torch.Tensor]:
-        """The first ``calibration_batches`` training inputs (first element of each batch)."""
-        source = getattr(trainer.fit_loop, "_data_source", None)
-        loader = source.dataloader() if source is not None else None
-        if loader is None:
-            raise RuntimeError(
-                f"Ternarization(mode={self.mode!r}) calibrates on training data: pass `train_dataloaders` or a "
-                "datamodule to `fit`."
-            )
-        for i, batch in enumerate(loader):
-            if i >= self.calibration_batches:
-                return
-            yield batch[0] if isinstance(batch, list | tuple) else batch
+        return self.training_inputs(trainer, self.calibration_batches, f"Ternarization(mode={self.mode!r})")
 
     # ntk ---------------------------------------------------------------------------------------------------------
     def _setup_ntk(self, trainer: pl.Trainer, module: nn.Module) -> None:

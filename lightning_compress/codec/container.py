@@ -36,6 +36,8 @@ _PREFIX = struct.Struct("<4sHI")
 _DIGEST_BYTES = 32
 #: Attribute on a model root where callbacks record which codec each tensor should be written with.
 CODEC_PLAN_ATTR = "_lc_codec_plan"
+#: Module attribute set by structural compression: fp32 bytes of the model before it was made smaller.
+REFERENCE_ATTR = "_lc_reference_fp32_bytes"
 #: Modules a compression method puts into a network (e.g. step activations), by type name, so that ``load`` can put
 #: them into a freshly built model before filling it.
 _MODULE_TYPES: dict[str, type[nn.Module]] = {}
@@ -124,6 +126,8 @@ class Artifact:
     shared: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Modules a compression method inserted (module name -> registered type and constructor arguments).
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: fp32 bytes of the model before structural compression made it smaller (None if it was not).
+    reference_fp32_bytes: int | None = None
 
     def shared_blob(self, key: str) -> bytes:
         """The bytes of one shared blob."""
@@ -259,6 +263,7 @@ def save(
         "architecture": getattr(module, "lc_spec", None),
         "modules": _inserted_modules(module),
         "metadata": dict(metadata or {}),
+        "reference_fp32_bytes": getattr(module, REFERENCE_ATTR, None),
         "tensors": records,
         "shared": shared_index,
     }
@@ -333,6 +338,7 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
         format_version=version,
         architecture=header.get("architecture"),
         modules=header.get("modules", {}),
+        reference_fp32_bytes=header.get("reference_fp32_bytes"),
         metadata=header.get("metadata", {}),
         tensors=tensors,
         file_bytes=len(data),

@@ -35,6 +35,8 @@ def make_callback(method: str) -> pl.Callback:
         return lc.SuccessivePruning(target_sparsity=0.9)
     if method == "ternarization":
         return lc.Ternarization(activations=True, first_layer="ternary", last_layer="ternary", restarts=5)
+    if method == "neuron_elimination":
+        return lc.NeuronElimination(rounds=3, target_params=0.4, verbose=False)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -43,10 +45,12 @@ def main(method: str, out: Path) -> None:
     # different seeds per rank would make the replicas' searches differ if nothing were broadcast
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
-    train = DataLoader(blobs(256), batch_size=32, shuffle=True)
+    # 32-wide hidden layers need >= 320 calibration rows per layer (min_rows_per_neuron)
+    train = DataLoader(blobs(1024 if method == "neuron_elimination" else 256), batch_size=32, shuffle=True)
     val = DataLoader(blobs(128, seed=7), batch_size=64)
     trainer = pl.Trainer(
-        strategy="ddp_spawn",
+        # NeuronElimination shrinks layers at fit end, which ddp_spawn cannot hand back to the main process
+        strategy="ddp" if method == "neuron_elimination" else "ddp_spawn",
         accelerator="cpu",
         devices=2,
         max_epochs=2,

@@ -1,0 +1,576 @@
+"""NeuronElimination callback.
+
+Annealed elimination of neurons and channels whose activations are linearly dependent on the others, with their
+contribution redistributed onto the survivors (Shah, Olivier, Raj 2020). The algorithms live in
+:mod:`lightning_compress.functional.neuron_elimination`; this callback decides when, on which data and on which rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
+from lightning_compress.functional.neuron_elimination import (
+    DependenceSolver,
+    Elimination,
+    LayerPair,
+    RoundRecord,
+    anneal_tolerance,
+    collect_moments,
+    elimination_masks,
+    find_layer_pairs,
+    greedy_round,
+    param_count,
+    param_table,
+    redistribute_,
+    shrink_,
+)
+
+__all__ = ["NeuronElimination"]
+
+
+class NeuronElimination(CompressionCallback):
+    """Eliminate linearly dependent neurons during ``fit`` and shrink the layers at its end.
+
+    **Layers.** At the start of ``fit`` the network is traced once (torch-pruning's dependency graph) and every
+    Linear/Conv2d whose output channels reach exactly one Linear/Conv2d consumer through channel-wise operations
+    (activations, BatchNorm, pooling, flatten) becomes a *pair*; channels coupled by residual additions, branches
+    and grouped convolutions are left alone (logged with the reason).
+
+    **Rounds.** ``rounds`` elimination rounds are spread over the first ``1 - final_fraction`` of the training steps.
+    A round runs ``calibration_batches`` training batches through the network in eval mode, accumulates the mean and
+    second moment of every consumer's input (post-activation; every spatial position is a row), sums them over
+    ranks, and on rank 0 eliminates greedily across all layers the neuron with the smallest redundancy
+    ``1 - R^2`` while it is at most the round's tolerance. The tolerance is annealed from ``start_tolerance``
+    (only exactly dependent neurons: lossless) to ``tolerance`` on a geometric, linear or cosine schedule. Each
+    eliminated neuron's consumer columns are redistributed onto the survivors with its regression coefficients
+    (intercept into the consumer's bias). The decisions are broadcast, so every rank removes the same neurons.
+
+    **Size target.** With ``target_params`` (a fraction of the model's parameters) the rounds also follow a
+    geometric size schedule from the second round on, eliminating the most dependent neurons beyond the tolerance
+    when needed, and stop at the target.
+
+    **Accuracy budget.** With ``accuracy_budget`` the monitored validation metric is compared with its best after
+    every validation that follows a round; if it dropped by more than the budget, the rounds since the previous
+    validation are undone (weights restored) and annealing stops.
+
+    **Removal.** With ``removal="mask"`` (default) shapes stay fixed during ``fit``: the removed neurons' producer
+    rows, BatchNorm entries and consumer columns are zero, their gradients are masked before every optimizer step
+    and the masks re-applied after it (parameter identity is kept, so optimizers, DDP and checkpoints stay valid);
+    the layers are physically shrunk in ``on_train_end``. ``removal="immediate"`` shrinks after every round and
+    rebuilds the optimizers (single device only; optimizer moments restart, the LR scheduler keeps its progress).
+
+    The removal history is plain data in :meth:`state_dict` and replays on a fresh model
+    (:func:`~lightning_compress.functional.neuron_elimination.replay_`), so resuming from any checkpoint works.
+
+    Args:
+        tolerance: the last round's tolerance on ``1 - R^2`` (fraction of a neuron's variance the others may leave
+            unexplained).
+        start_tolerance: the first round's tolerance (near 0: only exactly dependent neurons go).
+        schedule: ``"geometric"``, ``"linear"`` or ``"cosine"`` relaxation from start to end.
+        rounds: number of elimination rounds.
+        target_params: optional fraction of the model's parameters to keep, in (0, 1).
+        accuracy_budget: optional largest drop of ``monitor`` from its best before a round is undone.
+        monitor: validation metric of the budget.
+        mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like) for ``monitor``.
+        layers: restrict to these producer module names (relative to the compressed module).
+        calibration_batches: training batches per round for the statistics; ``None`` (default) reads batches until
+            every layer has ``4 * min_rows_per_neuron`` rows per neuron (at most one pass over the training data).
+        min_rows_per_neuron: a layer with fewer calibration rows per neuron is skipped with a warning (with too
+            few rows every neuron looks dependent).
+        min_neurons: neurons kept at least in every layer.
+        ridge: diagonal ridge of the Gram matrices, relative to their mean diagonal.
+        removal: ``"mask"`` or ``"immediate"`` (see above).
+        final_fraction: fraction of the training steps after the last round (fine-tuning).
+        verbose: print a summary table at the end of ``fit``.
+
+    Raises:
+        ValueError: for an invalid argument (the message names it).
+
+    Example:
+        >>> cb = NeuronElimination(rounds=5)
+        >>> [f"{t:.0e}" for t in cb.tolerances]
+        ['1e-06', '1e-05', '2e-04', '3e-03', '5e-02']
+    """
+
+    LOG_PREFIX = "neuron_elimination"
+
+    def __init__(
+        self,
+        tolerance: float = 0.05,
+        start_tolerance: float = 1e-6,
+        schedule: str = "geometric",
+        rounds: int = 10,
+        target_params: float | None = None,
+        accuracy_budget: float | None = None,
+        monitor: str = "val/acc",
+        mode: str = "max",
+        layers: Sequence[str] | None = None,
+        calibration_batches: int | None = None,
+        min_rows_per_neuron: int = 10,
+        min_neurons: int = 1,
+        ridge: float = 1e-10,
+        removal: str = "mask",
+        final_fraction: float = 0.2,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(tolerance, int | float) and 0.0 <= float(tolerance) <= 1.0):
+            raise ValueError(f"`tolerance` must be a number in [0, 1] (a 1 - R^2 fraction), got {tolerance!r}.")
+        if not (isinstance(start_tolerance, int | float) and 0.0 <= float(start_tolerance) <= float(tolerance)):
+            raise ValueError(f"`start_tolerance` must be in [0, tolerance={tolerance}], got {start_tolerance!r}.")
+        if schedule not in ("geometric", "linear", "cosine"):
+            raise ValueError(f"`schedule` must be 'geometric', 'linear' or 'cosine', got {schedule!r}.")
+        if schedule == "geometric" and float(start_tolerance) <= 0:
+            raise ValueError(f"`start_tolerance` must be > 0 for a geometric schedule, got {start_tolerance!r}.")
+        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+            raise ValueError(f"`rounds` must be an int >= 1, got {rounds!r}.")
+        if target_params is not None and not (isinstance(target_params, int | float) and 0 < target_params < 1):
+            raise ValueError(f"`target_params` must be None or a fraction in (0, 1), got {target_params!r}.")
+        if accuracy_budget is not None and not (isinstance(accuracy_budget, int | float) and accuracy_budget >= 0):
+            raise ValueError(f"`accuracy_budget` must be None or a number >= 0, got {accuracy_budget!r}.")
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a metric name, got {monitor!r}.")
+        if mode not in ("max", "min"):
+            raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}.")
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise ValueError(f"`layers` must be None or a list of module names, got {layers!r}.")
+        if calibration_batches is not None and (not isinstance(calibration_batches, int) or calibration_batches < 1):
+            raise ValueError(f"`calibration_batches` must be None or an int >= 1, got {calibration_batches!r}.")
+        if not isinstance(min_rows_per_neuron, int) or min_rows_per_neuron < 1:
+            raise ValueError(f"`min_rows_per_neuron` must be an int >= 1, got {min_rows_per_neuron!r}.")
+        if not isinstance(min_neurons, int) or min_neurons < 1:
+            raise ValueError(f"`min_neurons` must be an int >= 1, got {min_neurons!r}.")
+        if not (isinstance(ridge, int | float) and 0 <= float(ridge) < 1):
+            raise ValueError(f"`ridge` must be in [0, 1), got {ridge!r}.")
+        if removal not in ("mask", "immediate"):
+            raise ValueError(f"`removal` must be 'mask' or 'immediate', got {removal!r}.")
+        if not (isinstance(final_fraction, int | float) and 0.0 <= float(final_fraction) < 1.0):
+            raise ValueError(f"`final_fraction` must be in [0, 1), got {final_fraction!r}.")
+        self.tolerance = float(tolerance)
+        self.start_tolerance = float(start_tolerance)
+        self.schedule = schedule
+        self.rounds = rounds
+        self.tolerances = anneal_tolerance(self.start_tolerance, self.tolerance, rounds, schedule)
+        self.target_params = None if target_params is None else float(target_params)
+        self.accuracy_budget = None if accuracy_budget is None else float(accuracy_budget)
+        self.monitor = monitor
+        self.mode = mode
+        self.layers = None if layers is None else list(layers)
+        self.calibration_batches = calibration_batches
+        self.min_rows_per_neuron = min_rows_per_neuron
+        self.min_neurons = min_neurons
+        self.ridge = float(ridge)
+        self.removal = removal
+        self.final_fraction = float(final_fraction)
+        self.verbose = verbose
+        # state (plain data; see state_dict)
+        self.pairs: list[LayerPair] = []
+        self.history: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        self._round = 0
+        self._round_steps: list[int] = []
+        self._stopped = False
+        self._finished = False
+        self._best: float | None = None
+        self._dense_params = 0
+        self._dense_fp32_bytes = 0
+        self._table: list[tuple[int, int | None, int | None]] = []
+        # runtime only
+        self._masks: dict[str, torch.Tensor] = {}
+        self._params: dict[str, nn.Parameter] = {}
+        self._snapshot: dict[str, Any] | None = None
+        self._warned_rows: set[str] = set()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(tolerance=self.tolerance, target_params=self.target_params)
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def removed(self) -> list[list[int]]:
+        """Original indices of the removed neurons of every pair, in elimination order."""
+        removed: list[list[int]] = [[] for _ in self.pairs]
+        for entry in self.history:
+            for record in entry["records"]:
+                removed[record["pair"]].extend(int(e["neuron"]) for e in record["eliminations"])
+        return removed
+
+    def alive(self) -> list[list[int]]:
+        """Original indices of the surviving neurons of every pair (ascending)."""
+        return [sorted(set(range(p.channels)) - set(gone)) for p, gone in zip(self.pairs, self.removed(), strict=True)]
+
+    def _refresh_masks(self, module: nn.Module) -> None:
+        self._params = dict(module.named_parameters())
+        self._masks = {} if self.removal == "immediate" else elimination_masks(module, self.pairs, self.removed())
+        self._masks = {k: v.to(self._params[k].device) for k, v in self._masks.items()}
+
+    @torch.no_grad()
+    def _apply_masks(self) -> None:
+        for name, mask in self._masks.items():
+            self._params[name].mul_(mask)
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if type(launcher).__name__ == "_MultiProcessingLauncher":
+            raise ValueError(
+                "NeuronElimination shrinks layers at the end of fit, and a spawn-based strategy (e.g. 'ddp_spawn') "
+                "cannot return the smaller model to the main process; use strategy='ddp'."
+            )
+        if self.removal == "immediate":
+            if trainer.world_size > 1:
+                raise ValueError(
+                    f"`removal`='immediate' rebuilds the optimizers and works on a single device; got world size "
+                    f"{trainer.world_size}. Use removal='mask'."
+                )
+            if trainer.ckpt_path:  # resuming: give the model the checkpoint's (already smaller) shapes
+                checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
+                resize_to_state(pl_module, checkpoint["state_dict"])
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._finished:
+            raise RuntimeError("This NeuronElimination already finished a fit; use a new instance for a new fit.")
+        module = self.target_module(pl_module)
+        if not self.pairs:
+            example = next(iter(self.training_inputs(trainer, 1, "NeuronElimination")))
+            device = next(module.parameters()).device
+            self.pairs, self.skipped = find_layer_pairs(module, example[:2].to(device), self.layers)
+            if not self.pairs:
+                rank_zero_warn(f"NeuronElimination found no eligible layer pair: {self.skipped}.")
+            self._dense_params = sum(p.numel() for p in module.parameters())
+            self._dense_fp32_bytes = sum(
+                t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in module.state_dict().values()
+            )
+            self._table = param_table(module, self.pairs)
+            rank_zero_info(
+                f"NeuronElimination: {len(self.pairs)} layer pairs "
+                f"({', '.join(f'{p.producer}->{p.consumer}' for p in self.pairs)}); skipped: {self.skipped}"
+            )
+        if not self._round_steps:
+            total = trainer.estimated_stepping_batches
+            total = int(total) if math.isfinite(total) else 0
+            span = max(int(total * (1.0 - self.final_fraction)), self.rounds)
+            self._round_steps = [max(1, round(span * (i + 1) / self.rounds)) for i in range(self.rounds)]
+        self._refresh_masks(module)
+        self._apply_masks()
+
+    # -- training hooks --------------------------------------------------------------------------------------------
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        for name, mask in self._masks.items():
+            grad = self._params[name].grad
+            if grad is not None:
+                grad.mul_(mask)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._apply_masks()
+        if self.should_skip(trainer):
+            return
+        while not self._stopped and self._round < self.rounds and trainer.global_step >= self._round_steps[self._round]:
+            self._run_round(trainer, pl_module)
+            self._round += 1
+
+    # -- rounds --------------------------------------------------------------------------------------------------
+    def _params_goal(self) -> tuple[int | None, int | None]:
+        """(goal of this round, final target) in parameters, or (None, None) without a size target."""
+        if self.target_params is None:
+            return None, None
+        target = int(self._dense_params * self.target_params)
+        if self.rounds == 1:
+            return target, target
+        if self._round == 0:
+            return None, target  # the first round is the lossless one
+        fraction = self.target_params ** (self._round / (self.rounds - 1))
+        return int(self._dense_params * fraction), target
+
+    def _decide(self, trainer: pl.Trainer, module: nn.Module) -> list[RoundRecord]:
+        """Statistics on every rank (summed), eliminations decided on rank 0 and broadcast."""
+        alive = self.alive()
+        batches = self.calibration_batches
+        inputs = self.training_inputs(trainer, batches if batches is not None else 2**62, "NeuronElimination")
+        rows = None if batches is not None else 4 * self.min_rows_per_neuron
+        moments = collect_moments(module, self._current_pairs(alive), inputs, rows_per_neuron=rows)
+        for moment in moments:
+            packed = trainer.strategy.reduce(moment.as_tensor(), reduce_op="sum")
+            moment.load_tensor(packed)
+        decided: list[dict[str, Any]] | None = None
+        if trainer.is_global_zero:
+            solvers, index = [], []
+            for i, (pair, moment) in enumerate(zip(self.pairs, moments, strict=True)):
+                if moment.count < self.min_rows_per_neuron * len(alive[i]):
+                    if pair.producer not in self._warned_rows:
+                        self._warned_rows.add(pair.producer)
+                        rank_zero_warn(
+                            f"NeuronElimination skips layer {pair.producer}: {moment.count} calibration rows for "
+                            f"{len(alive[i])} neurons, fewer than `min_rows_per_neuron`={self.min_rows_per_neuron} "
+                            "per neuron (with too few rows every neuron looks dependent); raise "
+                            "`calibration_batches`."
+                        )
+                    continue
+                keep = None if self.removal == "immediate" else alive[i]
+                solvers.append(
+                    DependenceSolver(
+                        moment.mean(), moment.second_moment(), intercept=pair.intercept, ridge=self.ridge, alive=keep
+                    )
+                )
+                index.append(i)
+            goal, target = self._params_goal()
+            alive_counts = [len(a) for a in alive]
+
+            def count(counts: Sequence[int]) -> int:
+                full = list(alive_counts)
+                for i, c in zip(index, counts, strict=True):
+                    full[i] = c
+                return param_count(self._table, self.pairs, full)
+
+            counts_now = [len(alive[i]) for i in index]
+            savings = []
+            for j in range(len(index)):
+                fewer = list(counts_now)
+                fewer[j] -= 1
+                savings.append(float(max(count(counts_now) - count(fewer), 1)))
+            records = greedy_round(
+                solvers,
+                self.tolerances[self._round],
+                count_params=count,
+                params_goal=goal,
+                params_floor=target,
+                savings=savings,
+                min_neurons=self.min_neurons,
+            )
+            decided = []
+            for record, i in zip(records, index, strict=True):
+                eliminations = record.eliminations
+                if self.removal == "immediate":  # solver positions are current positions: back to original indices
+                    eliminations = [_to_original(e, alive[i]) for e in eliminations]
+                decided.append(RoundRecord(i, eliminations).to_dict())
+        decided = self.broadcast(trainer, decided)
+        assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
+        return [RoundRecord.from_dict(d) for d in decided]
+
+    def _current_pairs(self, alive: list[list[int]]) -> list[LayerPair]:
+        if self.removal == "mask":
+            return self.pairs
+        return [_with_channels(p, len(a)) for p, a in zip(self.pairs, alive, strict=True)]
+
+    def _run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        module = self.target_module(pl_module)
+        if self.accuracy_budget is not None and self._snapshot is None:
+            self._snapshot = {
+                "history": len(self.history),
+                "state": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
+            }
+        alive_before = self.alive()
+        records = self._decide(trainer, module)
+        for record in records:
+            pair = self.pairs[record.pair]
+            consumer = module.get_submodule(pair.consumer)
+            if self.removal == "immediate":
+                current = _with_channels(pair, len(alive_before[record.pair]))
+                for elimination in record.eliminations:
+                    redistribute_(consumer, current, _to_current(elimination, alive_before[record.pair]))
+            else:
+                for elimination in record.eliminations:
+                    redistribute_(consumer, pair, elimination)
+        eliminated = sum(len(r.eliminations) for r in records)
+        scores = [e.score for r in records for e in r.eliminations]
+        self.history.append(
+            {
+                "round": self._round,
+                "step": int(trainer.global_step),
+                "tolerance": self.tolerances[self._round],
+                "records": [r.to_dict() for r in records if r.eliminations],
+            }
+        )
+        if self.removal == "immediate":
+            self._shrink_round(trainer, module, alive_before, records)
+        self._refresh_masks(module)
+        self._apply_masks()
+        counts = [len(a) for a in self.alive()]
+        params = param_count(self._table, self.pairs, counts)
+        figures: dict[str, float] = {
+            "round": float(self._round + 1),
+            "tolerance": self.tolerances[self._round],
+            "eliminated": float(eliminated),
+            "largest_residual": max(scores) if scores else 0.0,
+            "params": float(params),
+            "params_fraction": params / max(self._dense_params, 1),
+        }
+        for pair, n in zip(self.pairs, counts, strict=True):
+            figures[f"neurons/{pair.producer}"] = float(n)
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is not None:
+            figures["val_metric"] = float(metric)
+        self.history[-1]["figures"] = figures
+        self.log_figures(trainer, figures)
+        rank_zero_info(
+            f"NeuronElimination round {self._round + 1}/{self.rounds} (tolerance {self.tolerances[self._round]:.2e}): "
+            f"{eliminated} neurons eliminated, {params:,} parameters ({figures['params_fraction']:.2%}), widths "
+            f"{counts}."
+        )
+        _, target = self._params_goal()
+        if target is not None and params <= target:
+            self._stopped = True
+            rank_zero_info("NeuronElimination reached `target_params`; annealing stops.")
+
+    def _shrink_round(
+        self, trainer: pl.Trainer, module: nn.Module, alive_before: list[list[int]], records: list[RoundRecord]
+    ) -> None:
+        positions = [[] for _ in self.pairs]  # type: list[list[int]]
+        for record in records:
+            lookup = {orig: pos for pos, orig in enumerate(alive_before[record.pair])}
+            positions[record.pair] = [lookup[e.neuron] for e in record.eliminations]
+        current = self._current_pairs(alive_before)
+        shrink_(module, current, positions)
+        schedulers = [config.scheduler.state_dict() for config in trainer.strategy.lr_scheduler_configs]
+        trainer.strategy.setup_optimizers(trainer)
+        for config, state in zip(trainer.strategy.lr_scheduler_configs, schedulers, strict=False):
+            config.scheduler.load_state_dict(state)
+
+    # -- accuracy budget -------------------------------------------------------------------------------------------
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.accuracy_budget is None or self.should_skip(trainer):
+            return
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None:
+            rank_zero_warn(f"NeuronElimination: `monitor`={self.monitor!r} was not logged; no accuracy budget check.")
+            return
+        value = float(metric) if self.mode == "max" else -float(metric)
+        undo = bool(self._snapshot is not None and self._best is not None and self._best - value > self.accuracy_budget)
+        undo = bool(self.broadcast(trainer, undo))
+        if undo:
+            assert self._snapshot is not None  # noqa: S101 - undo implies a snapshot
+            module = self.target_module(pl_module)
+            state = self._snapshot["state"]
+            if self.removal == "immediate":
+                resize_to_state(module, state)
+            module.load_state_dict(state)
+            undone = len(self.history) - self._snapshot["history"]
+            del self.history[self._snapshot["history"] :]
+            if self.removal == "immediate":
+                trainer.strategy.setup_optimizers(trainer)
+            self._refresh_masks(module)
+            self._stopped = True
+            self.log_figures(trainer, {"undone_rounds": float(undone)})
+            rank_zero_info(
+                f"NeuronElimination: {self.monitor} fell {(self._best or 0.0) - value:.4f} below its best (budget "
+                f"{self.accuracy_budget}); the last {undone} round(s) are undone and annealing stops."
+            )
+        else:
+            self._best = value if self._best is None else max(self._best, value)
+        self._snapshot = None
+
+    # -- end of fit ------------------------------------------------------------------------------------------------
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.should_skip(trainer) or not self.pairs:
+            return
+        module = self.target_module(pl_module)
+        if self._round < self.rounds and not self._stopped:
+            rank_zero_info(f"NeuronElimination: fit ended after {self._round} of {self.rounds} rounds.")
+        if self.removal == "mask":
+            self._apply_masks()
+            shrink_(module, self.pairs, self.removed())
+        self._masks, self._params = {}, {}
+        self._finished = True
+        if not hasattr(module, REFERENCE_ATTR):  # the ratio of the artifact is against the original model
+            object.__setattr__(module, REFERENCE_ATTR, self._dense_fp32_bytes)
+        params = sum(p.numel() for p in module.parameters())
+        figures = {"final_params": float(params), "final_params_fraction": params / max(self._dense_params, 1)}
+        figures["rounds_done"] = float(len(self.history))
+        self.log_figures(trainer, figures)
+        if self.verbose and trainer.is_global_zero:
+            Console().print(self.summary_table(module))
+
+    def summary_table(self, module: nn.Module) -> Table:
+        """A rich table: neurons per layer before and after, and the parameter count."""
+        table = Table(title="NeuronElimination")
+        for column in ("layer", "consumer", "neurons", "kept"):
+            table.add_column(column, justify="right" if column in ("neurons", "kept") else "left")
+        for pair, alive in zip(self.pairs, self.alive(), strict=True):
+            table.add_row(
+                pair.producer, pair.consumer, f"{pair.channels} -> {len(alive)}", f"{len(alive) / pair.channels:.1%}"
+            )
+        params = sum(p.numel() for p in module.parameters())
+        fraction = params / max(self._dense_params, 1)
+        table.caption = f"parameters {self._dense_params:,} -> {params:,} ({fraction:.2%})"
+        return table
+
+    # -- state -------------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pairs": [p.to_dict() for p in self.pairs],
+            "skipped": dict(self.skipped),
+            "history": copy.deepcopy(self.history),
+            "round": self._round,
+            "round_steps": list(self._round_steps),
+            "stopped": self._stopped,
+            "finished": self._finished,
+            "best": self._best,
+            "dense_params": self._dense_params,
+            "dense_fp32_bytes": self._dense_fp32_bytes,
+            "param_table": [list(row) for row in self._table],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pairs = [LayerPair.from_dict(p) for p in state_dict.get("pairs", [])]
+        self.skipped = dict(state_dict.get("skipped", {}))
+        self.history = copy.deepcopy(list(state_dict.get("history", [])))
+        self._round = int(state_dict.get("round", 0))
+        self._round_steps = list(state_dict.get("round_steps", []))
+        self._stopped = bool(state_dict.get("stopped", False))
+        self._finished = bool(state_dict.get("finished", False))
+        self._best = state_dict.get("best")
+        self._dense_params = int(state_dict.get("dense_params", 0))
+        self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
+        self._table = [(int(n), r, c) for n, r, c in state_dict.get("param_table", [])]
+
+
+def _with_channels(pair: LayerPair, channels: int) -> LayerPair:
+    return LayerPair(pair.producer, pair.consumer, pair.norms, channels, pair.spatial, pair.intercept)
+
+
+def _to_original(elimination: Elimination, alive: Sequence[int]) -> Elimination:
+    return Elimination(
+        alive[elimination.neuron],
+        tuple(alive[i] for i in elimination.survivors),
+        elimination.coefficients,
+        elimination.intercept,
+        elimination.score,
+    )
+
+
+def _to_current(elimination: Elimination, alive: Sequence[int]) -> Elimination:
+    lookup = {orig: pos for pos, orig in enumerate(alive)}
+    return Elimination(
+        lookup[elimination.neuron],
+        tuple(lookup[i] for i in elimination.survivors),
+        elimination.coefficients,
+        elimination.intercept,
+        elimination.score,
+    )
