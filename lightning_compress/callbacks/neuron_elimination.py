@@ -29,6 +29,7 @@ from lightning_compress.functional.neuron_elimination import (
     RoundRecord,
     anneal_tolerance,
     collect_moments,
+    consumer_columns,
     elimination_masks,
     find_layer_pairs,
     greedy_round,
@@ -81,6 +82,9 @@ class NeuronElimination(CompressionCallback):
         start_tolerance: the first round's tolerance (near 0: only exactly dependent neurons go).
         schedule: ``"geometric"``, ``"linear"`` or ``"cosine"`` relaxation from start to end.
         rounds: number of elimination rounds.
+        score: ``"output"`` (default; our design): weight-aware, the fraction of the consumer's pre-activation
+            variance the elimination loses, ``r_j ||W_j||^2 / tr(W Sigma W^T)``; ``"r2"``: the redundancy
+            ``1 - R^2`` (scale-free, blind to how much the consumer uses the neuron). The tolerances apply to it.
         target_params: optional fraction of the model's parameters to keep, in (0, 1).
         accuracy_budget: optional largest drop of ``monitor`` from its best before a round is undone.
         monitor: validation metric of the budget.
@@ -113,6 +117,7 @@ class NeuronElimination(CompressionCallback):
         start_tolerance: float = 1e-6,
         schedule: str = "geometric",
         rounds: int = 10,
+        score: str = "output",
         target_params: float | None = None,
         accuracy_budget: float | None = None,
         monitor: str = "val/acc",
@@ -137,6 +142,8 @@ class NeuronElimination(CompressionCallback):
             raise ValueError(f"`start_tolerance` must be > 0 for a geometric schedule, got {start_tolerance!r}.")
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
             raise ValueError(f"`rounds` must be an int >= 1, got {rounds!r}.")
+        if score not in ("r2", "output"):
+            raise ValueError(f"`score` must be 'r2' or 'output', got {score!r}.")
         if target_params is not None and not (isinstance(target_params, int | float) and 0 < target_params < 1):
             raise ValueError(f"`target_params` must be None or a fraction in (0, 1), got {target_params!r}.")
         if accuracy_budget is not None and not (isinstance(accuracy_budget, int | float) and accuracy_budget >= 0):
@@ -163,6 +170,7 @@ class NeuronElimination(CompressionCallback):
         self.start_tolerance = float(start_tolerance)
         self.schedule = schedule
         self.rounds = rounds
+        self.score = score
         self.tolerances = anneal_tolerance(self.start_tolerance, self.tolerance, rounds, schedule)
         self.target_params = None if target_params is None else float(target_params)
         self.accuracy_budget = None if accuracy_budget is None else float(accuracy_budget)
@@ -330,9 +338,18 @@ class NeuronElimination(CompressionCallback):
                         )
                     continue
                 keep = None if self.removal == "immediate" else alive[i]
+                current = self._current_pairs(alive)[i]
+                weight = (
+                    consumer_columns(module.get_submodule(pair.consumer), current) if self.score == "output" else None
+                )
                 solvers.append(
                     DependenceSolver(
-                        moment.mean(), moment.second_moment(), intercept=pair.intercept, ridge=self.ridge, alive=keep
+                        moment.mean(),
+                        moment.second_moment(),
+                        intercept=pair.intercept,
+                        ridge=self.ridge,
+                        alive=keep,
+                        consumer_weight=weight,
                     )
                 )
                 index.append(i)

@@ -54,6 +54,7 @@ __all__ = [
     "RoundRecord",
     "anneal_tolerance",
     "collect_moments",
+    "consumer_columns",
     "consumer_rows",
     "eliminate_dependent",
     "elimination_masks",
@@ -414,6 +415,10 @@ class DependenceSolver:
         intercept: regress with an intercept (covariance) or without (uncentered second moments).
         ridge: added to the diagonal, relative to its mean (conditioning; dead neurons make it singular).
         alive: original indices still alive (default all).
+        consumer_weight: optional ``[neurons, features]`` matrix, each original neuron's consumer columns
+            flattened (see :func:`consumer_columns`). With it the score is weight-aware (our design): the
+            fraction of the consumer's pre-activation variance ``tr(W Sigma W^T)`` that eliminating the neuron
+            loses, ``r_j ||W_j||^2 / tr(W Sigma W^T)``; survivors' columns are updated as they are redistributed.
 
     Example:
         >>> a = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
@@ -434,6 +439,7 @@ class DependenceSolver:
         intercept: bool,
         ridge: float = 1e-10,
         alive: Sequence[int] | None = None,
+        consumer_weight: torch.Tensor | None = None,
     ) -> None:
         self.intercept = intercept
         self.alive = list(range(mean.numel())) if alive is None else [int(i) for i in alive]
@@ -449,6 +455,13 @@ class DependenceSolver:
         self.delta = float(ridge) * scale
         # dead neurons: constant (with intercept) or always zero (without); removable with c = 0
         self.dead = (self.variance if intercept else second.diagonal()) <= 1e-12 * scale
+        self.weight: torch.Tensor | None = None
+        self.output_variance = 1.0
+        if consumer_weight is not None:
+            self.weight = consumer_weight.to(mean.device, torch.float64)[index]
+            covariance = second - torch.outer(mean, mean)
+            total = float(((self.weight @ self.weight.T) * covariance).sum())
+            self.output_variance = total if total > 0 else 1.0
         self._invert()
 
     def _invert(self) -> None:
@@ -463,7 +476,10 @@ class DependenceSolver:
     def scores(self) -> torch.Tensor:
         """``1 - R^2`` of every alive neuron (0 for dead ones), in the order of :attr:`alive`."""
         residual = 1.0 / self.inverse.diagonal().clamp_min(1e-300)
-        score = residual / self.variance.clamp_min(self.delta)
+        if self.weight is not None:
+            score = residual * self.weight.pow(2).sum(1) / self.output_variance
+        else:
+            score = residual / self.variance.clamp_min(self.delta)
         return torch.where(self.dead, torch.zeros_like(score), score)
 
     def best(self) -> tuple[float, int]:
@@ -495,6 +511,8 @@ class DependenceSolver:
         downdated = (
             self.inverse[keep_index][:, keep_index] - torch.outer(column, column) / self.inverse[position, position]
         )
+        if self.weight is not None:  # the survivors' consumer columns absorb the eliminated one's
+            self.weight = self.weight[keep_index] + coefficients[:, None] * self.weight[position][None, :]
         self.alive = [self.alive[i] for i in keep]
         self.mean = self.mean[keep_index]
         self.variance = self.variance[keep_index]
@@ -580,6 +598,13 @@ def anneal_tolerance(start: float, end: float, rounds: int, schedule: str = "geo
 # --------------------------------------------------------------------------------------------------------------------
 # Applying eliminations
 # --------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def consumer_columns(consumer: nn.Module, pair: LayerPair) -> torch.Tensor:
+    """Each neuron's consumer columns flattened: ``[channels, out * spatial]`` (float64 copy)."""
+    weight = _weight(consumer).detach()
+    return weight.reshape(weight.shape[0], pair.channels, -1).transpose(0, 1).reshape(pair.channels, -1).double()
+
+
 @torch.no_grad()
 def redistribute_(consumer: nn.Module, pair: LayerPair, elimination: Elimination) -> None:
     """Move an eliminated neuron's consumer columns onto the survivors (and the intercept into the bias), in place.
@@ -732,6 +757,7 @@ def eliminate_dependent(
     ridge: float = 1e-10,
     min_rows_per_neuron: int = 10,
     min_neurons: int = 1,
+    score: str = "r2",
 ) -> list[RoundRecord]:
     """Post-hoc, one round: eliminate every neuron with ``1 - R^2 <= tolerance`` and shrink ``module`` in place.
 
@@ -743,6 +769,7 @@ def eliminate_dependent(
         ridge: relative diagonal ridge of the Gram matrices.
         min_rows_per_neuron: refuse layers with fewer calibration rows per neuron than this.
         min_neurons: neurons kept at least per layer.
+        score: ``"r2"`` (``1 - R^2``) or ``"output"`` (weight-aware, see :class:`DependenceSolver`).
 
     Returns:
         The round's records (what :func:`replay_` applies to a fresh copy of the original model).
@@ -759,8 +786,16 @@ def eliminate_dependent(
                 f"`min_rows_per_neuron`={min_rows_per_neuron} per neuron are needed (with too few rows every neuron "
                 "looks dependent). Pass more inputs."
             )
+    if score not in ("r2", "output"):
+        raise ValueError(f"`score` must be 'r2' or 'output', got {score!r}.")
     solvers = [
-        DependenceSolver(m.mean(), m.second_moment(), intercept=p.intercept, ridge=ridge)
+        DependenceSolver(
+            m.mean(),
+            m.second_moment(),
+            intercept=p.intercept,
+            ridge=ridge,
+            consumer_weight=consumer_columns(module.get_submodule(p.consumer), p) if score == "output" else None,
+        )
         for p, m in zip(pairs, moments, strict=True)
     ]
     records = greedy_round(solvers, tolerance, min_neurons=min_neurons)
