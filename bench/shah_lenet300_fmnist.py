@@ -90,9 +90,7 @@ def run_seed(seed: int, epochs: int, target: float) -> dict[str, Any]:
     )
 
     # the peer trains exactly like ours (same recipe, same round steps), only the neurons it drops differ
-    peer_options = {
-        k: options[k] for k in ("rounds", "final_fraction", "calibration_batches", "min_rows_per_neuron")
-    }
+    peer_options = {k: options[k] for k in ("rounds", "final_fraction", "calibration_batches", "min_rows_per_neuron")}
     with composed(NAME, [*common, "compress=[]"]) as cfg:
         peer = L1NeuronPruning(widths, **peer_options)
         m, objects = train(cfg, extra_callbacks=[peer])
