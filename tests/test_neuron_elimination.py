@@ -319,14 +319,15 @@ def test_immediate_removal_rebuilds_optimizer(tmp_path: Path) -> None:
     assert model.trainer.optimizers[0].param_groups[0]["params"][0] is model.backbone[0].weight
 
 
-def test_crash_and_resume_gives_identical_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("removal", ["mask", "immediate"])
+def test_crash_and_resume_gives_identical_model(tmp_path: Path, removal: str) -> None:
     def run(root: Path, crash: bool, resume: str | None = None) -> lc.ImageClassifier:
         extra: list[pl.Callback] = [ModelCheckpoint(dirpath=root / "ckpt", save_last=True, every_n_epochs=1)]
         if crash:
             extra.append(CrashAtEpoch(2))
         return _fit(
             root,
-            lc.NeuronElimination(rounds=4, target_params=0.4, verbose=False),
+            lc.NeuronElimination(rounds=4, target_params=0.4, removal=removal, verbose=False),
             epochs=4,
             callbacks=extra,
             enable_checkpointing=True,

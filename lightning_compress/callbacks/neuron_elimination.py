@@ -201,6 +201,7 @@ class NeuronElimination(CompressionCallback):
         self._params: dict[str, nn.Parameter] = {}
         self._snapshot: dict[str, Any] | None = None
         self._warned_rows: set[str] = set()
+        self._resize_hook: Any = None
 
     @property
     @override
@@ -247,9 +248,10 @@ class NeuronElimination(CompressionCallback):
                     f"`removal`='immediate' rebuilds the optimizers and works on a single device; got world size "
                     f"{trainer.world_size}. Use removal='mask'."
                 )
-            if trainer.ckpt_path:  # resuming: give the model the checkpoint's (already smaller) shapes
-                checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
-                resize_to_state(pl_module, checkpoint["state_dict"])
+            # resuming: the checkpoint holds already smaller layers; give the model their shapes just before
+            # Lightning loads it (the checkpoint path is not known yet in `setup`)
+            if self._resize_hook is None:
+                self._resize_hook = pl_module.register_load_state_dict_pre_hook(_resize_before_load)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -566,6 +568,10 @@ class NeuronElimination(CompressionCallback):
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
         self._table = [(int(n), r, c) for n, r, c in state_dict.get("param_table", [])]
+
+
+def _resize_before_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    resize_to_state(module, {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
 
 
 def _with_channels(pair: LayerPair, channels: int) -> LayerPair:
