@@ -8,8 +8,12 @@
     counted three ways: the artifact with entropy-coded symbols (honest, positions included), the artifact with
     the weights' generator seed, and the paper's convention (1 bit per non-zero weight and per neuron).
 
+    Two ablations isolate where NTK-LC loses accuracy: ``eps = 0`` (dense +-1 weights, step activations) and
+    ``ntk_activations=original`` (97% sparse ternary weights, the ReLUs kept).
+
 Every size is the artifact file's bytes against the fp32 bytes of the same model.
-Run: ``python -m bench.ternary_fmnist [--seeds 0] [--epochs 10] [--ntk-epochs 10]``.
+Run: ``python -m bench.ternary_fmnist [--seeds 0] [--epochs 10] [--ntk-epochs 10] [--skip-ntk | --skip-qat]``
+(``--skip-qat`` writes ``results/ternary_fmnist_ntk.*``).
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--ntk-epochs", type=int, default=10)
     parser.add_argument("--skip-ntk", action="store_true")
+    parser.add_argument("--skip-qat", action="store_true")
     args = parser.parse_args()
 
-    variants = {
+    qat = {
         "LeNet-300-100 fp32": ("dense_lenet300_fmnist", []),
         "ternary weights (qat)": ("ternary_lenet300_fmnist", []),
         "ternary weights + binary activations {0,b}": (
@@ -70,19 +75,29 @@ def main() -> None:
             ["compress.ternarization.activations=ternary"],
         ),
     }
+    variants = {} if args.skip_qat else qat
     if not args.skip_ntk:
         variants["RF-MLP 2000-2000-1000 dense (Gaussian, ReLU)"] = (
             "ntk_mlp_fmnist",
             ["compress=[]", "+callbacks.calibrate._target_=bench.ternary_fmnist.CalibrateRandomFeatures"],
         )
         variants["RF-MLP NTK-LC (ternary 97% zeros, step act.)"] = ("ntk_mlp_fmnist", [])
+        variants["ablation: NTK-LC at eps=0 (dense +-1 weights, step act.)"] = (
+            "ntk_mlp_fmnist",
+            ["compress.ternarization.sparsity=0.0"],
+        )
+        variants["ablation: ternary 97% zeros, ReLU kept (ntk_activations=original)"] = (
+            "ntk_mlp_fmnist",
+            ["compress.ternarization.ntk_activations=original"],
+        )
     runs: dict[str, list[dict[str, Any]]] = {}
     for label, (recipe, extra) in variants.items():
         epochs = args.ntk_epochs if recipe.startswith("ntk") else args.epochs
         runs[label] = [run_one(recipe, seed, epochs, extra) for seed in args.seeds]
 
     def reference(label: str) -> str:
-        return "RF-MLP 2000-2000-1000 dense (Gaussian, ReLU)" if label.startswith("RF") else "LeNet-300-100 fp32"
+        rf = label.startswith(("RF", "ablation"))
+        return "RF-MLP 2000-2000-1000 dense (Gaussian, ReLU)" if rf else "LeNet-300-100 fp32"
 
     table = []
     for label, rows in runs.items():
@@ -110,7 +125,8 @@ def main() -> None:
         "only). The paper convention counts 1 bit per non-zero hidden weight and per neuron against 32 bits per "
         "weight and neuron (head at 32 bits on both sides)."
     )
-    print(write_results(NAME, {"runs": runs, "seeds": args.seeds}, table, notes).read_text())
+    name = f"{NAME}_ntk" if args.skip_qat else NAME
+    print(write_results(name, {"runs": runs, "seeds": args.seeds}, table, notes).read_text())
 
 
 if __name__ == "__main__":

@@ -290,6 +290,20 @@ def test_callback_lossless_on_exact_redundancy(tmp_path: Path) -> None:
         assert float((net(fresh) - reference(fresh)).abs().max()) <= 1e-5
 
 
+def test_post_hoc_short_fit_on_a_trained_model(tmp_path: Path) -> None:
+    """Train dense first, then a one-epoch fit with the callback eliminates and fine-tunes the trained model."""
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(hidden=24), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    train, val = _big_loaders()
+    pl.Trainer(**trainer_kwargs(tmp_path / "dense", max_epochs=3)).fit(model, train, val)
+    callback = lc.NeuronElimination(rounds=2, target_params=0.5, final_fraction=0.5, verbose=False)
+    pl.Trainer(**trainer_kwargs(tmp_path / "post", max_epochs=1), callbacks=[callback]).fit(model, train, val)
+    assert len(callback.history) == 2
+    assert sum(p.numel() for p in model.backbone.parameters()) <= 0.5 * callback._dense_params
+    accuracy = lc.module.evaluate_accuracy(model, train)  # the val blobs have other centres; train is in-distribution
+    assert accuracy > 0.9
+
+
 def test_masks_keep_removed_neurons_zero_during_training(tmp_path: Path) -> None:
     seen: list[float] = []
 

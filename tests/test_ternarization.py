@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate
+from torch import nn
 from torch.utils.data import DataLoader
 
 import lightning_compress as lc
@@ -345,12 +346,14 @@ def test_ddp_ranks_hold_identical_ternary_weights(tmp_path: Path) -> None:
 
 
 # -- the callback: ntk ------------------------------------------------------------------------------------------------
-def _rf_fit(tmp_path: Path, storage: str = "symbols", epochs: int = 5) -> tuple[lc.ImageClassifier, lc.Ternarization]:
+def _rf_fit(
+    tmp_path: Path, storage: str = "symbols", epochs: int = 5, activations: str = "step"
+) -> tuple[lc.ImageClassifier, lc.Ternarization]:
     torch.manual_seed(0)
     model = lc.ImageClassifier(
         RandomFeatureMLP(16, [128, 128, 64], 4), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.1)
     )
-    cb = lc.Ternarization(mode="ntk", sparsity=0.5, storage=storage, restarts=10)
+    cb = lc.Ternarization(mode="ntk", sparsity=0.5, storage=storage, restarts=10, ntk_activations=activations)
     train, val = ordered_loaders()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=epochs)).fit(model, train, val)
     return model, cb
@@ -373,6 +376,17 @@ def test_ntk_mode_replaces_weights_and_activations_and_trains_only_the_head(tmp_
     assert summary["ternary/artifact_bytes_seed"] < summary["ternary/artifact_bytes_symbols"]
     assert summary["ternary/sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert lc.module.evaluate_accuracy(net, ordered_loaders()[0]) > 0.8  # the head learned (4 classes)
+
+
+def test_ntk_original_activations_keep_relu_and_ternarise_weights(tmp_path: Path) -> None:
+    model, cb = _rf_fit(tmp_path, activations="original")
+    net = model.backbone
+    assert isinstance(net, RandomFeatureMLP)
+    assert all(isinstance(a, nn.ReLU) for a in net.activations)
+    assert all(len(torch.unique(w)) == 3 for w in net.hidden_weights())  # {-a, 0, +a}
+    assert net.centers[0].item() == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-6)  # ReLU's Gaussian mean
+    assert cb.residuals == []
+    assert lc.module.evaluate_accuracy(net, ordered_loaders()[0]) > 0.8
 
 
 @pytest.mark.parametrize("storage", ["symbols", "seed"])
@@ -415,6 +429,7 @@ def test_invalid_arguments() -> None:
         ({"restarts": 0}, "`restarts`"),
         ({"seed": -1}, "`seed`"),
         ({"storage": "disk"}, "`storage`"),
+        ({"ntk_activations": "relu"}, "`ntk_activations`"),
     ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=name):

@@ -65,13 +65,16 @@ class Ternarization(CompressionCallback):
         activations: qat: replace every ``nn.ReLU`` by a moment-matched step activation with learnable levels
             and thresholds: ``"binary"`` (or ``True``; the paper's two-level form, values ``{0, b}``) or
             ``"ternary"`` (a rising staircase ``{0, b1, b2}``, our design); ``False`` keeps the ReLUs. ntk mode
-            always replaces the activations.
+            uses ``ntk_activations`` instead.
         calibration_batches: training batches used to measure input scales (ntk: the data normalisation; qat with
             ``activations``: each ReLU's input scale).
         restarts: seeded restarts of the moment-matching solver.
         seed: seed of the solver restarts and of the ntk random weights (layer ``i`` uses ``seed + i``).
         storage: ntk: the artifact stores the hidden weights as ``"symbols"`` (entropy-coded, positions
             included: the honest count) or as their generator ``"seed"`` (the true minimum). Both sizes are logged.
+        ntk_activations: ntk: ``"step"`` (the paper: moment-matched step activations) or ``"original"`` (keep the
+            network's activation, only the hidden weights become sparse ternary; the centring constants follow
+            the original activation).
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -97,6 +100,7 @@ class Ternarization(CompressionCallback):
         restarts: int = 30,
         seed: int = 0,
         storage: str = "symbols",
+        ntk_activations: str = "step",
     ) -> None:
         super().__init__()
         if mode not in ("qat", "ntk"):
@@ -123,6 +127,9 @@ class Ternarization(CompressionCallback):
             raise ValueError(f"`activations` must be False, True, 'binary' or 'ternary', got {activations!r}.")
         if storage not in ("symbols", "seed"):
             raise ValueError(f"`storage` must be 'symbols' or 'seed', got {storage!r}.")
+        if ntk_activations not in ("step", "original"):
+            raise ValueError(f"`ntk_activations` must be 'step' or 'original', got {ntk_activations!r}.")
+        self.ntk_activations = ntk_activations
         self.mode = mode
         self.rule = rule
         self.sparsity = float(sparsity) if sparsity is not None else (0.95 if mode == "ntk" else None)
@@ -170,15 +177,17 @@ class Ternarization(CompressionCallback):
         if trainer.is_global_zero:
             with torch.no_grad():
                 net.calibrate([net.features(x.float()) for x in self._calibration_inputs(trainer)])
-            stats = (net.input_mean.clone(), net.input_scale.clone(), self._match_ntk(net))
+            steps_matched = self._match_ntk(net) if self.ntk_activations == "step" else []
+            stats = (net.input_mean.clone(), net.input_scale.clone(), steps_matched)
         stats = self.broadcast(trainer, stats)
         assert stats is not None  # noqa: S101 - broadcast returns rank 0's value
         mean, scale, steps = stats
         with torch.no_grad():
             net.input_mean.copy_(mean)
             net.input_scale.copy_(scale)
-            for i, (weight, step) in enumerate(zip(net.hidden_weights(), steps, strict=True)):
+            for i, step in enumerate(steps):
                 net.activations[i] = StepActivation.from_step(step)
+            for i, weight in enumerate(net.hidden_weights()):
                 weight.copy_(sparse_ternary(tuple(weight.shape), self._ntk_sparsity, self.seed + i))
                 weight.requires_grad_(False)
         net.refresh_centers()
@@ -186,7 +195,7 @@ class Ternarization(CompressionCallback):
         self.residuals = [s.residual for s in steps]
         self.set_codec_plan(module, self._ntk_plan(self.storage))
         rank_zero_info(
-            f"Ternarization(ntk): {len(steps)} step activations matched (residuals "
+            f"Ternarization(ntk, {self.ntk_activations} activations): {len(steps)} step activations matched (residuals "
             f"{', '.join(f'{r:.2e}' for r in self.residuals)}), hidden weights ternary at sparsity "
             f"{self._ntk_sparsity}."
         )
