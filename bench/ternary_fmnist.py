@@ -9,7 +9,8 @@
     the weights' generator seed, and the paper's convention (1 bit per non-zero weight and per neuron).
 
     Two ablations isolate where NTK-LC loses accuracy: ``eps = 0`` (dense +-1 weights, step activations) and
-    ``ntk_activations=original`` (97% sparse ternary weights, the ReLUs kept).
+    ``ntk_activations=original`` (97% sparse ternary weights, the ReLUs kept); ``ntk_activations=staircase`` is
+    our three-value alternative to the paper's two-level steps.
 
 Every size is the artifact file's bytes against the fp32 bytes of the same model.
 Run: ``python -m bench.ternary_fmnist [--seeds 0] [--epochs 10] [--ntk-epochs 10] [--skip-ntk | --skip-qat]``
@@ -85,6 +86,10 @@ def main() -> None:
         variants["ablation: NTK-LC at eps=0 (dense +-1 weights, step act.)"] = (
             "ntk_mlp_fmnist",
             ["compress.ternarization.sparsity=0.0"],
+        )
+        variants["RF-MLP NTK-LC, our staircase {0,b1,b2} (ntk_activations=staircase)"] = (
+            "ntk_mlp_fmnist",
+            ["compress.ternarization.ntk_activations=staircase"],
         )
         variants["ablation: ternary 97% zeros, ReLU kept (ntk_activations=original)"] = (
             "ntk_mlp_fmnist",

@@ -389,6 +389,18 @@ def test_ntk_original_activations_keep_relu_and_ternarise_weights(tmp_path: Path
     assert lc.module.evaluate_accuracy(net, ordered_loaders()[0]) > 0.8
 
 
+def test_ntk_staircase_activations_have_three_rising_levels(tmp_path: Path) -> None:
+    model, cb = _rf_fit(tmp_path, activations="staircase", epochs=1)
+    net = model.backbone
+    assert isinstance(net, RandomFeatureMLP)
+    for act in net.activations:
+        assert isinstance(act, StepActivation)
+        levels = act(torch.linspace(-5, 5, 1001)).unique()
+        assert len(levels) == 3
+        assert float(levels[0]) == 0.0
+    assert len(cb.residuals) == 3
+
+
 @pytest.mark.parametrize("storage", ["symbols", "seed"])
 def test_ntk_artifact_round_trip_is_exact(tmp_path: Path, storage: str) -> None:
     model, cb = _rf_fit(tmp_path, storage=storage, epochs=1)

@@ -72,9 +72,10 @@ class Ternarization(CompressionCallback):
         seed: seed of the solver restarts and of the ntk random weights (layer ``i`` uses ``seed + i``).
         storage: ntk: the artifact stores the hidden weights as ``"symbols"`` (entropy-coded, positions
             included: the honest count) or as their generator ``"seed"`` (the true minimum). Both sizes are logged.
-        ntk_activations: ntk: ``"step"`` (the paper: moment-matched step activations) or ``"original"`` (keep the
-            network's activation, only the hidden weights become sparse ternary; the centring constants follow
-            the original activation).
+        ntk_activations: ntk: ``"step"`` (the paper: moment-matched two-level step activations), ``"staircase"``
+            (our design: the rising three-value staircase ``{0, b1, b1 + b2}`` of qat mode, least-squares matched
+            on every layer) or ``"original"`` (keep the network's activation, only the hidden weights become sparse
+            ternary; the centring constants follow the original activation).
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -127,8 +128,8 @@ class Ternarization(CompressionCallback):
             raise ValueError(f"`activations` must be False, True, 'binary' or 'ternary', got {activations!r}.")
         if storage not in ("symbols", "seed"):
             raise ValueError(f"`storage` must be 'symbols' or 'seed', got {storage!r}.")
-        if ntk_activations not in ("step", "original"):
-            raise ValueError(f"`ntk_activations` must be 'step' or 'original', got {ntk_activations!r}.")
+        if ntk_activations not in ("step", "staircase", "original"):
+            raise ValueError(f"`ntk_activations` must be 'step', 'staircase' or 'original', got {ntk_activations!r}.")
         self.ntk_activations = ntk_activations
         self.mode = mode
         self.rule = rule
@@ -177,7 +178,7 @@ class Ternarization(CompressionCallback):
         if trainer.is_global_zero:
             with torch.no_grad():
                 net.calibrate([net.features(x.float()) for x in self._calibration_inputs(trainer)])
-            steps_matched = self._match_ntk(net) if self.ntk_activations == "step" else []
+            steps_matched = self._match_ntk(net) if self.ntk_activations != "original" else []
             stats = (net.input_mean.clone(), net.input_scale.clone(), steps_matched)
         stats = self.broadcast(trainer, stats)
         assert stats is not None  # noqa: S101 - broadcast returns rank 0's value
@@ -221,8 +222,11 @@ class Ternarization(CompressionCallback):
         steps = []
         for i, act in enumerate(net.activations):
             target = activation_moments(act, tau_orig)
-            step = match_step_activation(target, tau_new, restarts=self.restarts, seed=self.seed + i)
-            if i == len(net.activations) - 1:
+            staircase = self.ntk_activations == "staircase"
+            step = match_step_activation(
+                target, tau_new, staircase=staircase, restarts=self.restarts, seed=self.seed + i
+            )
+            if i == len(net.activations) - 1 and not staircase:
                 three_level = match_step_activation(
                     target,
                     tau_new,
