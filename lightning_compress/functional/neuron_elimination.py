@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -632,7 +632,8 @@ def elimination_masks(
     """0/1 masks of every parameter touched by the removed neurons (producer rows, norm entries, consumer columns).
 
     Returns:
-        Parameter name -> mask of its shape (only parameters with at least one masked entry... or touched pair).
+        Parameter name -> 0/1 mask of its shape, for every parameter of a pair's producer, norms and consumer
+        weight (a module that is one pair's consumer and the next pair's producer gets the product).
     """
     masks: dict[str, torch.Tensor] = {}
     params = dict(module.named_parameters())
@@ -800,4 +801,4 @@ def eliminate_dependent(
     ]
     records = greedy_round(solvers, tolerance, min_neurons=min_neurons)
     replay_(module, pairs, records)
-    return cast(list[RoundRecord], records)
+    return records
