@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from lightning_compress.codec.base import dtype_from_name
+from lightning_compress.codec.base import dtype_from_name, fp32_nbytes
 from lightning_compress.codec.container import Artifact, read_artifact, save
 
 __all__ = ["LayerSize", "SizeReport", "size_report"]
@@ -173,7 +173,7 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
             row["codecs"].append(record.codec)
         row["bytes"] += record.nbytes
         dtype = dtype_from_name(record.dtype)
-        fp32 += record.numel * (4 if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size())
+        fp32 += fp32_nbytes(record.numel, dtype)
     rows = [LayerSize(k, v["params"], v["nonzeros"], "+".join(v["codecs"]), v["bytes"]) for k, v in grouped.items()]
     rows += [LayerSize(f"(shared: {key})", 0, 0, "", nbytes) for key, (_, nbytes) in artifact.shared.items()]
     return SizeReport(

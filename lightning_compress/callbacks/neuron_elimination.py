@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,6 +22,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
 from lightning_compress.functional.neuron_elimination import (
     DependenceSolver,
@@ -36,6 +38,7 @@ from lightning_compress.functional.neuron_elimination import (
     param_count,
     param_table,
     redistribute_,
+    rows_shortfall,
     shrink_,
 )
 
@@ -265,9 +268,7 @@ class NeuronElimination(CompressionCallback):
             if not self.pairs:
                 rank_zero_warn(f"NeuronElimination found no eligible layer pair: {self.skipped}.")
             self._dense_params = sum(p.numel() for p in module.parameters())
-            self._dense_fp32_bytes = sum(
-                t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in module.state_dict().values()
-            )
+            self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
             self._table = param_table(module, self.pairs)
             rank_zero_info(
                 f"NeuronElimination: {len(self.pairs)} layer pairs "
@@ -329,15 +330,11 @@ class NeuronElimination(CompressionCallback):
         if trainer.is_global_zero:
             solvers, index = [], []
             for i, (pair, moment) in enumerate(zip(self.pairs, moments, strict=True)):
-                if moment.count < self.min_rows_per_neuron * len(alive[i]):
+                shortfall = rows_shortfall(pair.producer, moment.count, len(alive[i]), self.min_rows_per_neuron)
+                if shortfall is not None:
                     if pair.producer not in self._warned_rows:
                         self._warned_rows.add(pair.producer)
-                        rank_zero_warn(
-                            f"NeuronElimination skips layer {pair.producer}: {moment.count} calibration rows for "
-                            f"{len(alive[i])} neurons, fewer than `min_rows_per_neuron`={self.min_rows_per_neuron} "
-                            "per neuron (with too few rows every neuron looks dependent); raise "
-                            "`calibration_batches`."
-                        )
+                        rank_zero_warn(f"NeuronElimination skips a layer. {shortfall} Raise `calibration_batches`.")
                     continue
                 keep = None if self.removal == "immediate" else alive[i]
                 current = self._current_pairs(alive)[i]
@@ -383,7 +380,7 @@ class NeuronElimination(CompressionCallback):
             for record, i in zip(records, index, strict=True):
                 eliminations = record.eliminations
                 if self.removal == "immediate":  # solver positions are current positions: back to original indices
-                    eliminations = [_to_original(e, alive[i]) for e in eliminations]
+                    eliminations = [_remap(e, alive[i]) for e in eliminations]
                 decided.append(RoundRecord(i, eliminations).to_dict())
         decided = self.broadcast(trainer, decided)
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
@@ -392,7 +389,7 @@ class NeuronElimination(CompressionCallback):
     def _current_pairs(self, alive: list[list[int]]) -> list[LayerPair]:
         if self.removal == "mask":
             return self.pairs
-        return [_with_channels(p, len(a)) for p, a in zip(self.pairs, alive, strict=True)]
+        return [replace(p, channels=len(a)) for p, a in zip(self.pairs, alive, strict=True)]
 
     def _run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = self.target_module(pl_module)
@@ -407,9 +404,10 @@ class NeuronElimination(CompressionCallback):
             pair = self.pairs[record.pair]
             consumer = module.get_submodule(pair.consumer)
             if self.removal == "immediate":
-                current = _with_channels(pair, len(alive_before[record.pair]))
+                current = self._current_pairs(alive_before)[record.pair]
+                position = {orig: pos for pos, orig in enumerate(alive_before[record.pair])}
                 for elimination in record.eliminations:
-                    redistribute_(consumer, current, _to_current(elimination, alive_before[record.pair]))
+                    redistribute_(consumer, current, _remap(elimination, position))
             else:
                 for elimination in record.eliminations:
                     redistribute_(consumer, pair, elimination)
@@ -574,26 +572,10 @@ def _resize_before_load(module: nn.Module, state_dict: dict[str, Any], prefix: s
     resize_to_state(module, {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
 
 
-def _with_channels(pair: LayerPair, channels: int) -> LayerPair:
-    return LayerPair(pair.producer, pair.consumer, pair.norms, channels, pair.spatial, pair.intercept)
-
-
-def _to_original(elimination: Elimination, alive: Sequence[int]) -> Elimination:
-    return Elimination(
-        alive[elimination.neuron],
-        tuple(alive[i] for i in elimination.survivors),
-        elimination.coefficients,
-        elimination.intercept,
-        elimination.score,
-    )
-
-
-def _to_current(elimination: Elimination, alive: Sequence[int]) -> Elimination:
-    lookup = {orig: pos for pos, orig in enumerate(alive)}
-    return Elimination(
-        lookup[elimination.neuron],
-        tuple(lookup[i] for i in elimination.survivors),
-        elimination.coefficients,
-        elimination.intercept,
-        elimination.score,
+def _remap(elimination: Elimination, index: Mapping[int, int] | Sequence[int]) -> Elimination:
+    """The same elimination with its neuron indices mapped through ``index`` (current <-> original positions)."""
+    return replace(
+        elimination,
+        neuron=index[elimination.neuron],
+        survivors=tuple(index[i] for i in elimination.survivors),
     )

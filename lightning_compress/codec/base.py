@@ -137,6 +137,18 @@ def tensor_to_bytes(tensor: torch.Tensor) -> bytes:
     return flat.view(torch.uint8).numpy().tobytes()
 
 
+def fp32_nbytes(numel: int, dtype: torch.dtype) -> int:
+    """Bytes of ``numel`` elements stored "as fp32": 4 per floating-point element, the native size otherwise.
+
+    The reference every compression ratio is taken against.
+
+    Example:
+        >>> fp32_nbytes(10, torch.float16), fp32_nbytes(10, torch.int64)
+        (40, 80)
+    """
+    return numel * (4 if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size())
+
+
 def tensor_from_bytes(payload: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """Inverse of :func:`tensor_to_bytes`.
 

@@ -64,6 +64,7 @@ __all__ = [
     "param_table",
     "redistribute_",
     "replay_",
+    "rows_shortfall",
     "shrink_",
 ]
 
@@ -351,6 +352,23 @@ def collect_moments(
         for handle in handles:
             handle.remove()
     return moments
+
+
+def rows_shortfall(layer: str, rows: int, neurons: int, min_rows_per_neuron: int) -> str | None:
+    """Why ``rows`` calibration rows are too few for ``neurons`` neurons, or ``None`` when they suffice.
+
+    With too few rows every neuron looks dependent on the others (the rank artefact).
+
+    Example:
+        >>> rows_shortfall("fc1", 3000, 300, 10) is None
+        True
+    """
+    if rows >= min_rows_per_neuron * neurons:
+        return None
+    return (
+        f"Layer {layer}: {rows} calibration rows for {neurons} neurons; at least `min_rows_per_neuron`="
+        f"{min_rows_per_neuron} per neuron are needed (with too few rows every neuron looks dependent)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -781,12 +799,9 @@ def eliminate_dependent(
     pairs, _ = find_layer_pairs(module, inputs[0][:2], layers)
     moments = collect_moments(module, pairs, inputs)
     for pair, moment in zip(pairs, moments, strict=True):
-        if moment.count < min_rows_per_neuron * pair.channels:
-            raise ValueError(
-                f"Layer {pair.producer}: {moment.count} calibration rows for {pair.channels} neurons; at least "
-                f"`min_rows_per_neuron`={min_rows_per_neuron} per neuron are needed (with too few rows every neuron "
-                "looks dependent). Pass more inputs."
-            )
+        shortfall = rows_shortfall(pair.producer, moment.count, pair.channels, min_rows_per_neuron)
+        if shortfall is not None:
+            raise ValueError(f"{shortfall} Pass more inputs.")
     if score not in ("r2", "output"):
         raise ValueError(f"`score` must be 'r2' or 'output', got {score!r}.")
     solvers = [
