@@ -68,6 +68,17 @@ def widths_per_round(callback: NeuronElimination) -> list[list[int]]:
     return [[int(h["figures"][f"neurons/{p.producer}"]) for p in callback.pairs] for h in callback.history]
 
 
+def outcome(key: str, metrics: dict[str, float], objects: dict[str, Any], widths: list[int]) -> dict[str, Any]:
+    """One method's figures, prefixed with ``key``: reloaded-artifact accuracy, final parameters, bytes, wall."""
+    return {
+        f"{key}_acc": metrics["test/acc_artifact"],
+        f"{key}_params": sum(p.numel() for p in objects["module"].backbone.parameters()),
+        f"{key}_bytes": metrics["size/artifact_bytes"],
+        f"{key}_wall_s": metrics["fit/wall_s"],
+        f"{key}_widths": widths,
+    }
+
+
 def run_seed(seed: int, epochs: int, target: float) -> dict[str, Any]:
     common = quiet_run(seed, epochs)
     out: dict[str, Any] = {"seed": seed}
@@ -80,38 +91,19 @@ def run_seed(seed: int, epochs: int, target: float) -> dict[str, Any]:
         options = dict(cfg.compress.neuron_elimination)
     ours = next(c for c in objects["trainer"].callbacks if isinstance(c, NeuronElimination))
     widths = widths_per_round(ours)
-    out.update(
-        ours_acc=m["test/acc_artifact"],
-        ours_params=sum(p.numel() for p in objects["module"].backbone.parameters()),
-        ours_bytes=m["size/artifact_bytes"],
-        ours_wall_s=m["fit/wall_s"],
-        ours_widths=widths[-1],
-        ours_rounds=len(widths),
-    )
+    out.update(outcome("ours", m, objects, widths[-1]), ours_rounds=len(widths))
 
     # the peer trains exactly like ours (same recipe, same round steps), only the neurons it drops differ
     peer_options = {k: options[k] for k in ("rounds", "final_fraction", "calibration_batches", "min_rows_per_neuron")}
     with composed(NAME, [*common, "compress=[]"]) as cfg:
         peer = L1NeuronPruning(widths, **peer_options)
         m, objects = train(cfg, extra_callbacks=[peer])
-    out.update(
-        peer_acc=m["test/acc_artifact"],
-        peer_params=sum(p.numel() for p in objects["module"].backbone.parameters()),
-        peer_bytes=m["size/artifact_bytes"],
-        peer_wall_s=m["fit/wall_s"],
-        peer_widths=[len(a) for a in peer.alive()],
-    )
+    out.update(outcome("peer", m, objects, [len(a) for a in peer.alive()]))
 
     hidden = "[" + ",".join(str(w) for w in widths[-1]) + "]"
     with composed("dense_lenet300_fmnist", [*common, f"+model.hidden={hidden}"]) as cfg:
         m, objects = train(cfg)
-    out.update(
-        scratch_acc=m["test/acc_artifact"],
-        scratch_params=sum(p.numel() for p in objects["module"].backbone.parameters()),
-        scratch_bytes=m["size/artifact_bytes"],
-        scratch_wall_s=m["fit/wall_s"],
-        scratch_widths=widths[-1],
-    )
+    out.update(outcome("scratch", m, objects, widths[-1]))
     return out
 
 
