@@ -106,6 +106,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         writer = ArtifactWriter(
             Path(cfg.paths.output_dir) / cfg.artifact.name,
             precision=cfg.artifact.precision,
+            metric_prefixes=list(cfg.artifact.get("metric_prefixes", ["val"])),
             metadata={"task_name": cfg.task_name, "tags": list(cfg.tags)},
         )
         callbacks.append(writer)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import lightning_compress as lc
 from lightning_compress.cli import _prepare_wandb, instantiate_children, metric_value, train
+from lightning_compress.codec import read_artifact
 from tests.conftest import compose_train
 
 CONF = Path(lc.__file__).parent / "conf"
@@ -84,6 +85,10 @@ def test_train_end_to_end_writes_artifact_and_report(train_cfg: DictConfig, tmp_
     # the reloaded artifact gives exactly the accuracy of the trained model
     assert metrics["test/acc_artifact"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert metric_value(metrics, "val/acc") == metrics["val/acc"]
+    # the header keeps the validation metrics and the run's names, not per-step training figures
+    stored = read_artifact(path).metadata
+    assert stored["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert not [k for k in stored if k.startswith("train/")]
     csv = next(tmp_path.glob("csv/version_*/metrics.csv")).read_text()
     assert "size/ratio" in csv
     assert "test/acc_artifact" in csv

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import struct
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import torch
 from torch import nn
 
 import lightning_compress as lc
-from lightning_compress.codec import ArtifactError, CodecSpec, get_codec, read_artifact
+from lightning_compress.codec import ArtifactError, CodecSpec, container, get_codec, read_artifact
 from lightning_compress.models import available_models, build_model
 
 
@@ -108,6 +112,32 @@ def test_corrupted_artifacts_raise_naming_the_file(tmp_path: Path, damage: str) 
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=str(path.name)):
         lc.load(path, model=nn.Linear(8, 4))
+
+
+def test_format_1_artifacts_are_still_read(tmp_path: Path) -> None:
+    # format 1 compressed the header with plain zlib; format 2 adds a preset dictionary
+    model = small_cnn().eval()
+    data = lc.save(model, tmp_path / "v2.lcz").read_bytes()
+    magic, version, header_len = struct.unpack_from("<4sHI", data)
+    assert version == 2
+    decompressor = zlib.decompressobj(zdict=container._HEADER_ZDICT_V2)
+    text = decompressor.decompress(data[10 : 10 + header_len]) + decompressor.flush()
+    header_v1 = zlib.compress(text.replace(b'"format_version":2', b'"format_version":1'), 9)
+    body = struct.pack("<4sHI", magic, 1, len(header_v1)) + header_v1 + data[10 + header_len : -32]
+    (tmp_path / "v1.lcz").write_bytes(body + hashlib.sha256(body).digest())
+    loaded = lc.load(tmp_path / "v1.lcz", model=small_cnn())
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_header_dictionary_makes_small_headers_smaller(tmp_path: Path) -> None:
+    path = lc.save(build_model("lenet_300_100"), tmp_path / "m.lcz", metadata={"val/acc": 0.875})
+    data = path.read_bytes()
+    header_len = struct.unpack_from("<4sHI", data)[2]
+    decompressor = zlib.decompressobj(zdict=container._HEADER_ZDICT_V2)
+    text = decompressor.decompress(data[10 : 10 + header_len]) + decompressor.flush()
+    assert json.loads(text)["metadata"] == {"val/acc": 0.875}
+    assert header_len < 0.8 * len(zlib.compress(text, 9))
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -50,6 +50,29 @@ def test_large_stream_is_within_two_percent_of_its_entropy() -> None:
     assert 1.0 <= stats.overhead <= 1.02
 
 
+def test_support_tolerance_spares_the_rounds_for_tiny_survivors() -> None:
+    # An already-pruned vector whose survivors span four decades, as after masked retraining: reaching the last
+    # tiny survivor takes many rounds that refine every other position again.
+    rng = np.random.default_rng(3)
+    w = np.zeros(50_000)
+    survivors = rng.choice(w.size, 1000, replace=False)
+    w[survivors] = rng.laplace(size=1000) * np.where(np.arange(1000) < 10, 1e-4, 1.0)
+    u, signs, _ = normalise([w])
+    exact = refine(u, target_sparsity=0.98)
+    tolerant = refine(u, target_sparsity=0.98, support_tolerance=0.01)
+    assert exact.nonzeros == 1000
+    assert 990 <= tolerant.nonzeros < 1000
+    # what is left out is the smallest survivors, and positions never picked stay zero
+    left_out = np.flatnonzero((u > 0) & (tolerant.recon == 0))
+    assert u[left_out].max() <= np.sort(u[u > 0])[len(left_out) + 5]
+    assert len(tolerant.rounds) < len(exact.rounds)
+    assert len(encode_stream(tolerant, signs)) < 0.9 * len(encode_stream(exact, signs))
+    decoded, _ = decode_stream(encode_stream(tolerant, signs))
+    assert np.array_equal(decoded.recon, tolerant.recon)
+    with pytest.raises(ValueError, match="`support_tolerance`"):
+        refine(u, target_sparsity=0.98, support_tolerance=1.0)
+
+
 def test_corrupt_and_truncated_streams_raise() -> None:
     u, signs, _ = normalise([laplacian(4000, 1)])
     stream = encode_stream(refine(u, target_sparsity=0.9), signs)
@@ -211,6 +234,7 @@ def test_invalid_arguments() -> None:
         ({"refresh": "median"}, "`refresh`"),
         ({"ladder": 1.0}, "`ladder`"),
         ({"refine_steps": -1}, "`refine_steps`"),
+        ({"support_tolerance": -0.1}, "`support_tolerance`"),
         ({"parameters": "biases"}, "`parameters`"),
         ({"final_fraction": 1.0}, "`final_fraction`"),
         ({"stages": [0.5, 0.3]}, "`stages`"),

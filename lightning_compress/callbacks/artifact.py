@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ class ArtifactWriter(Callback):
             ``default_root_dir``.
         precision: ``"float32"`` or ``"float16"`` for tensors no compression method claims.
         metadata: JSON-able values stored in the header.
+        metric_prefixes: logged metrics whose name starts with one of these are stored in the header too (their
+            values at the end of fit). The default keeps the validation metrics and leaves out per-step training
+            figures, which say little about the artifact and cost bytes in a file of a few kilobytes.
 
     Example:
         >>> ArtifactWriter("model.lcz").path
@@ -39,12 +43,14 @@ class ArtifactWriter(Callback):
         path: str | os.PathLike[str] = "model.lcz",
         precision: str = "float32",
         metadata: dict[str, Any] | None = None,
+        metric_prefixes: Sequence[str] = ("val",),
     ) -> None:
         if precision not in ("float32", "float16"):
             raise ValueError(f"`precision` must be 'float32' or 'float16', got {precision!r}.")
         self.path = Path(path)
         self.precision = precision
         self.metadata = dict(metadata or {})
+        self.metric_prefixes = tuple(metric_prefixes)
         self.written: Path | None = None
 
     def resolved_path(self, trainer: pl.Trainer) -> Path:
@@ -54,7 +60,11 @@ class ArtifactWriter(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            metrics = {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if v.numel() == 1 and k.startswith(self.metric_prefixes)
+            }
             self.written = save(
                 pl_module, self.resolved_path(trainer), precision=self.precision, metadata={**self.metadata, **metrics}
             )

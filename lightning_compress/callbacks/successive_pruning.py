@@ -54,6 +54,10 @@ class SuccessivePruning(CompressionCallback):
         ladder: threshold factor per ladder step.
         refine_steps: extra ladder steps after the target sparsity is reached that refine only the surviving
             weights (precision for bits; 0 stops at the target as the paper does, and measured best on LeNet).
+        support_tolerance: a refinement may stop with up to this fraction of the target's non-zeros missing (the
+            smallest ones; our design). The final re-encode starts from weights already at the target, and
+            reaching every last tiny survivor takes rounds that refine all the others to a useless precision: on
+            LeNet-300-100 at 98% sparsity 0.005 cut the stream by about a quarter. 0 = exactly the target.
         parameters: ``"all"`` (paper: every parameter) or ``"weights"`` (Conv/Linear weights only).
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
         final_fraction: fraction of the training steps after the last stage (fine-tuning at the target).
@@ -76,6 +80,7 @@ class SuccessivePruning(CompressionCallback):
         refresh: str = "ladder",
         ladder: float = 0.9,
         refine_steps: int = 0,
+        support_tolerance: float = 0.005,
         parameters: str = "all",
         stages: Sequence[float] | None = None,
         final_fraction: float = 0.2,
@@ -93,6 +98,8 @@ class SuccessivePruning(CompressionCallback):
             raise ValueError(f"`ladder` must be in (0, 1), got {ladder!r}.")
         if not isinstance(refine_steps, int) or refine_steps < 0:
             raise ValueError(f"`refine_steps` must be an int >= 0, got {refine_steps!r}.")
+        if not 0.0 <= float(support_tolerance) < 1.0:
+            raise ValueError(f"`support_tolerance` must be in [0, 1), got {support_tolerance!r}.")
         if parameters not in ("all", "weights"):
             raise ValueError(f"`parameters` must be 'all' or 'weights', got {parameters!r}.")
         if not 0.0 <= float(final_fraction) < 1.0:
@@ -110,6 +117,7 @@ class SuccessivePruning(CompressionCallback):
         self.refresh = refresh
         self.ladder = float(ladder)
         self.refine_steps = refine_steps
+        self.support_tolerance = float(support_tolerance)
         self.parameters = parameters
         self.final_fraction = float(final_fraction)
         self._stage = 0
@@ -180,6 +188,7 @@ class SuccessivePruning(CompressionCallback):
             refresh=self.refresh,
             ladder=self.ladder,
             refine_steps=self.refine_steps if sparsity is not None else 0,
+            support_tolerance=self.support_tolerance,
         )
         return result, encode_stream(result, signs), norms
 

@@ -4,7 +4,8 @@ Layout (all integers little-endian)::
 
     magic b"LCZ\\x89" | format version (u16) | header length (u32) | header | payloads | SHA-256 of all preceding bytes
 
-The header is zlib-compressed JSON: the format version, the architecture (zoo name and arguments, when known), user
+The header is JSON, zlib-compressed with a preset dictionary of its own keys (format 2; format 1, plain zlib, is
+still read): the format version, the architecture (zoo name and arguments, when known), user
 metadata, and one record per tensor (name, parameter or buffer, shape, dtype, codec, codec side information, payload
 offset and length). Writes go to a temporary file in the target directory and are renamed into place, so a crash
 never leaves a half-written artifact.
@@ -31,8 +32,22 @@ from lightning_compress.codec.base import EncodedTensor, get_codec
 __all__ = ["FORMAT_VERSION", "Artifact", "ArtifactError", "CodecSpec", "TensorRecord", "load", "read_artifact", "save"]
 
 MAGIC = b"LCZ\x89"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<4sHI")
+#: zlib preset dictionary of format 2: the strings every header repeats. A header is a few hundred bytes, and
+#: without a dictionary deflate cannot refer back to them (tests/test_codec.py checks the saving on LeNet-300-100).
+#: Never edit it: a different dictionary is a new format version.
+_HEADER_ZDICT_V2 = (
+    b'"offset":0,"role":"buffer","shape":[],"nbytes":,"role":"parameter","shape":[],"name":".running_mean"'
+    b'"name":".running_var""name":".num_batches_tracked""dtype":"int64""codec":"ternary""codec":"codebook"'
+    b'"codec":"dense","dtype":"float32","meta":{"precision":"float32"}"codec":"surp","dtype":"float32",'
+    b'"meta":{"key":"surp-","norm":0.,"offset":0,"shared_keys":["surp-"]},"name":".bias","nbytes":0,"offset":0,'
+    b'"role":"parameter","shape":[]},{"codec":"surp","dtype":"float32","meta":{"key":"surp-","norm":0.'
+    b'"architecture":{"kwargs":{"in_shape":[1,28,28],"num_classes":10},"name":"lenet_300_100"},"format_version":2,'
+    b'"library_version":"0.1.0","metadata":{"tags":["task_name":"val/acc":0.,"val/loss":0.},"modules":{},'
+    b'"reference_fp32_bytes":null,"shared":{"surp-":[0,],"tensors":[{"codec":"surp","dtype":"float32","meta":'
+    b'{"key":"surp-","norm":0.'
+)
 _DIGEST_BYTES = 32
 #: Attribute on a model root where callbacks record which codec each tensor should be written with.
 CODEC_PLAN_ATTR = "_lc_codec_plan"
@@ -267,7 +282,9 @@ def save(
         "tensors": records,
         "shared": shared_index,
     }
-    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), sort_keys=True).encode(), 9)
+    compressor = zlib.compressobj(9, zdict=_HEADER_ZDICT_V2)
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    header_bytes = compressor.compress(text) + compressor.flush()
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(blobs)
     return _atomic_write(Path(path), body + hashlib.sha256(body).digest())
 
@@ -312,7 +329,8 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
         raise ArtifactError(f"{path}: checksum mismatch, the file is truncated or corrupted.")
     start = _PREFIX.size
     try:
-        header = json.loads(zlib.decompress(body[start : start + header_len]))
+        decompressor = zlib.decompressobj(zdict=_HEADER_ZDICT_V2) if version >= 2 else zlib.decompressobj()
+        header = json.loads(decompressor.decompress(body[start : start + header_len]) + decompressor.flush())
     except (zlib.error, json.JSONDecodeError) as err:
         raise ArtifactError(f"{path}: unreadable header ({err}).") from err
     payload = body[start + header_len :]

@@ -83,6 +83,7 @@ def refine(
     refresh: str = "ladder",
     ladder: float = 0.9,
     refine_steps: int = 0,
+    support_tolerance: float = 0.0,
 ) -> SurpResult:
     """Vectorised SuRP: every candidate above the threshold is refined in one round.
 
@@ -95,6 +96,10 @@ def refine(
         ladder: threshold factor per ladder step.
         refine_steps: after the target is reached, further ladder refreshes that refine only the already
             non-zero positions (spend bits on precision instead of support; 0 = stop at the target as the paper).
+        support_tolerance: stop at the first round whose support holds at least ``(1 - support_tolerance)`` of the
+            target's non-zeros (our design). Re-encoding a network that is already at the target must otherwise
+            reach its tiniest survivors, and the many rounds that takes refine every other position far beyond any
+            useful precision. 0 = stop exactly at the target.
 
     Returns:
         The :class:`SurpResult` (reconstruction and decoder side information).
@@ -115,6 +120,8 @@ def refine(
         raise ValueError(f"`refresh` must be 'ladder' or 'mean', got {refresh!r}.")
     if not 0.0 < ladder < 1.0:
         raise ValueError(f"`ladder` must be in (0, 1), got {ladder!r}.")
+    if not 0.0 <= support_tolerance < 1.0:
+        raise ValueError(f"`support_tolerance` must be in [0, 1), got {support_tolerance!r}.")
     u = np.asarray(u, dtype=np.float64)
     n = u.size
     r = u.copy()
@@ -132,6 +139,9 @@ def refine(
     nonzero = 0
     # (1 - s) * n carries float error (0.05 * 5000 = 250.00000000000003): round it first
     target_nonzero = math.inf if target_sparsity is None else math.ceil(round((1.0 - target_sparsity) * n, 6))
+    enough_nonzero = (
+        target_nonzero if math.isinf(target_nonzero) else math.ceil(round((1 - support_tolerance) * target_nonzero, 6))
+    )
     picks = 0
     extra = -1  # ladder refreshes left after the target (-1: target not reached yet)
     support: np.ndarray | None = None
@@ -174,7 +184,7 @@ def refine(
         t = _decay(t, cand.size, n)
         if max_picks is not None and picks >= max_picks:
             break
-        if extra < 0 and nonzero >= target_nonzero:
+        if extra < 0 and nonzero >= enough_nonzero:
             if refine_steps <= 0:
                 break
             extra = refine_steps
