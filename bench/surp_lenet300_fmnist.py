@@ -1,9 +1,11 @@
 """SuRP vs Lightning's ModelPruning vs dense, LeNet-300-100 on real Fashion-MNIST, side by side in one run.
 
-* dense: the reference recipe (10 epochs);
+* dense: the reference recipe (10 epochs), at its LR and at ours;
 * peer: ``lightning.pytorch.callbacks.ModelPruning`` — gradual global L1 (weights and biases) to the same
-  sparsities at the same epochs as ours, same training; stored as compactly as a generic tool can: per tensor the
-  non-zero positions as LEB128 gaps plus fp32 values, the whole thing xz-compressed (``lzma``, preset 9e);
+  sparsities at the same epochs as ours, same training, its other arguments at their defaults (so after every
+  pruning step the surviving weights are rewound to their initial values, the lottery-ticket default); stored as
+  compactly as a generic tool can: per tensor the non-zero positions as LEB128 gaps plus fp32 values, the whole
+  thing xz-compressed (``lzma``, preset 9e);
 * ours: ``SuccessivePruning`` (the ``surp_lenet300_fmnist`` recipe), artifact written with the ``surp`` codec.
 
 Reported: test accuracy, artifact bytes, ratio vs fp32, bits per non-zero, stream bits vs the entropy of its
