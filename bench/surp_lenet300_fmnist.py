@@ -64,10 +64,10 @@ def recipe_lr() -> float:
         return float(cfg.optimizer.lr)
 
 
-def run_peer(common: list[str], epochs: int, sparsity: float) -> dict[str, Any]:
-    """ModelPruning to ``sparsity``, trained exactly like ours (same recipe: Adam at its LR, constant)."""
+def run_peer(common: list[str], epochs: int, sparsity: float, lr: float) -> dict[str, Any]:
+    """ModelPruning to ``sparsity``, trained exactly like ours (same recipe: Adam at ``lr``, constant)."""
     amounts = peer_amounts(sparsity, epochs, 0.2)
-    overrides = [*common, "artifact.save=false", "scheduler=none", f"optimizer.lr={recipe_lr()}"]
+    overrides = [*common, "artifact.save=false", "scheduler=none", f"optimizer.lr={lr}"]
     with composed("dense_lenet300_fmnist", overrides) as cfg:
         peer = ModelPruning(
             "l1_unstructured",
@@ -104,15 +104,15 @@ def run_ours(common: list[str], sparsity: float) -> dict[str, Any]:
     }
 
 
-def run_seed(seed: int, epochs: int, sparsities: list[float]) -> dict[str, Any]:
+def run_seed(seed: int, epochs: int, sparsities: list[float], lr: float) -> dict[str, Any]:
     common = quiet_run(seed, epochs)
     out: dict[str, Any] = {"seed": seed}
-    for key, overrides in (("dense_reference", []), ("dense", [f"optimizer.lr={recipe_lr()}"])):
+    for key, overrides in (("dense_reference", []), ("dense", [f"optimizer.lr={lr}"])):
         with composed("dense_lenet300_fmnist", [*common, *overrides]) as cfg:
             m, _ = train(cfg)
         out[key] = {"acc": m["test/acc"], "wall_s": m["fit/wall_s"], "bytes": m["size/artifact_bytes"]}
     for s in sparsities:
-        out[f"peer@{s}"] = run_peer(common, epochs, s)
+        out[f"peer@{s}"] = run_peer(common, epochs, s, lr)
         out[f"ours@{s}"] = run_ours(common, s)
     return out
 
@@ -123,9 +123,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.975, 0.98])
     args = parser.parse_args()
+    lr = recipe_lr()
     runs = []
     for seed in args.seeds:
-        runs.append(run_seed(seed, args.epochs, args.sparsities))
+        runs.append(run_seed(seed, args.epochs, args.sparsities, lr))
         print(runs[-1], flush=True)
 
     def best_dense(run: dict[str, Any]) -> float:
@@ -135,32 +136,23 @@ def main() -> None:
         mean, sd = mean_std([fn(r) for r in runs])
         return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
-    dense_row = {
-        "method": "dense fp32 (the reference recipe, Adam 1e-3)",
-        "sparsity": "0",
-        "test acc (%)": stat(lambda r: 100 * r["dense_reference"]["acc"]),
-        "drop (pt)": "-",
-        "artifact bytes": stat(lambda r: r["dense_reference"]["bytes"], 0),
-        "ratio vs fp32": "1.00",
-        "bits / non-zero": "32",
-        "bits vs entropy": "-",
-        "ratio vs peer": "-",
-        "fit wall (s)": stat(lambda r: r["dense_reference"]["wall_s"], 1),
-    }
-    table = [
-        dense_row,
-        {
-            "method": f"dense fp32 at our recipe's LR ({recipe_lr():g})",
+    def dense_row(key: str, label: str) -> dict[str, str]:
+        return {
+            "method": label,
             "sparsity": "0",
-            "test acc (%)": stat(lambda r: 100 * r["dense"]["acc"]),
+            "test acc (%)": stat(lambda r: 100 * r[key]["acc"]),
             "drop (pt)": "-",
-            "artifact bytes": stat(lambda r: r["dense"]["bytes"], 0),
+            "artifact bytes": stat(lambda r: r[key]["bytes"], 0),
             "ratio vs fp32": "1.00",
             "bits / non-zero": "32",
             "bits vs entropy": "-",
             "ratio vs peer": "-",
-            "fit wall (s)": stat(lambda r: r["dense"]["wall_s"], 1),
-        },
+            "fit wall (s)": stat(lambda r: r[key]["wall_s"], 1),
+        }
+
+    table = [
+        dense_row("dense_reference", "dense fp32 (the reference recipe, Adam 1e-3)"),
+        dense_row("dense", f"dense fp32 at our recipe's LR ({lr:g})"),
     ]
     peer_label, ours_label = "ModelPruning (global L1) + gaps + xz", "ours: SuccessivePruning"
     for s in args.sparsities:
@@ -184,7 +176,7 @@ def main() -> None:
             )
     notes = (
         f"LeNet-300-100, real Fashion-MNIST, {args.epochs} epochs of Adam. Dense: cosine decay, at the reference "
-        f"recipe's LR (1e-3) and at our recipe's LR ({recipe_lr():g}); every drop is against the better of the "
+        f"recipe's LR (1e-3) and at our recipe's LR ({lr:g}); every drop is against the better of the "
         "two runs of the same seed. Peer and ours: constant LR (our recipe's), sparsity over all "
         "parameters; the peer prunes to the same sparsities at the same epochs. Seeds "
         f"{args.seeds}; every seed's runs share its dense reference. Artifact bytes are whole files (ours: the .lcz "

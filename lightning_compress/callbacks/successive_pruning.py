@@ -57,7 +57,7 @@ class SuccessivePruning(CompressionCallback):
         support_tolerance: a refinement may stop with up to this fraction of the target's non-zeros missing (the
             smallest ones; our design). The final re-encode starts from weights already at the target, and
             reaching every last tiny survivor takes rounds that refine all the others to a useless precision: on
-            LeNet-300-100 at 98% sparsity 0.005 cut the stream by about a quarter. 0 = exactly the target.
+            LeNet-300-100 at 98% sparsity 0.005 cut the stream by a fifth. 0 = exactly the target.
         parameters: ``"all"`` (paper: every parameter) or ``"weights"`` (Conv/Linear weights only).
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
         final_fraction: fraction of the training steps after the last stage (fine-tuning at the target).

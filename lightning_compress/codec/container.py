@@ -49,6 +49,19 @@ _HEADER_ZDICT_V2 = (
     b'{"key":"surp-","norm":0.'
 )
 _DIGEST_BYTES = 32
+
+
+def _deflate_header(text: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zdict=_HEADER_ZDICT_V2)
+    return compressor.compress(text) + compressor.flush()
+
+
+def _inflate_header(data: bytes, version: int) -> bytes:
+    """The header text of a format-``version`` file (format 1: plain zlib; 2: with the preset dictionary)."""
+    decompressor = zlib.decompressobj(zdict=_HEADER_ZDICT_V2) if version >= 2 else zlib.decompressobj()
+    return decompressor.decompress(data) + decompressor.flush()
+
+
 #: Attribute on a model root where callbacks record which codec each tensor should be written with.
 CODEC_PLAN_ATTR = "_lc_codec_plan"
 #: Module attribute set by structural compression: fp32 bytes of the model before it was made smaller.
@@ -282,9 +295,7 @@ def save(
         "tensors": records,
         "shared": shared_index,
     }
-    compressor = zlib.compressobj(9, zdict=_HEADER_ZDICT_V2)
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    header_bytes = compressor.compress(text) + compressor.flush()
+    header_bytes = _deflate_header(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(blobs)
     return _atomic_write(Path(path), body + hashlib.sha256(body).digest())
 
@@ -329,8 +340,7 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
         raise ArtifactError(f"{path}: checksum mismatch, the file is truncated or corrupted.")
     start = _PREFIX.size
     try:
-        decompressor = zlib.decompressobj(zdict=_HEADER_ZDICT_V2) if version >= 2 else zlib.decompressobj()
-        header = json.loads(decompressor.decompress(body[start : start + header_len]) + decompressor.flush())
+        header = json.loads(_inflate_header(body[start : start + header_len], version))
     except (zlib.error, json.JSONDecodeError) as err:
         raise ArtifactError(f"{path}: unreadable header ({err}).") from err
     payload = body[start + header_len :]
