@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -40,7 +41,9 @@ class ImageClassifier(pl.LightningModule):
         backbone: the network; it is what :func:`lightning_compress.save` stores.
         num_classes: number of classes.
         optimizer: ``params -> Optimizer`` (default: Adam, lr 1e-3).
-        scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped every epoch (or step, see below).
+        scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped every epoch (or step, see below). A factory
+            with a ``total_steps`` parameter (e.g. :func:`lightning_compress.schedules.hold_then_cosine`) gets the
+            fit's length in scheduler steps: optimizer steps or epochs, by ``scheduler_interval``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         top_k: accuracies to report, e.g. ``(1, 5)`` for ImageNet.
         label_smoothing: passed to the cross-entropy.
@@ -121,8 +124,27 @@ class ImageClassifier(pl.LightningModule):
             return optimizer
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": self.scheduler_interval},
+            "lr_scheduler": {"scheduler": self._build_scheduler(optimizer), "interval": self.scheduler_interval},
         }
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        factory = cast(Callable[..., Any], self.scheduler_factory)  # not None: checked by the caller
+        try:
+            wants_total = "total_steps" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):  # builtins without a signature
+            wants_total = False
+        if not wants_total:
+            return factory(optimizer)
+        if self.scheduler_interval == "step":
+            total = int(self.trainer.estimated_stepping_batches)
+        else:
+            total = int(self.trainer.max_epochs or 0)
+            if total < 1:
+                raise ValueError(
+                    "the scheduler needs `total_steps`: set the Trainer's `max_epochs`, or use "
+                    "`scheduler_interval='step'` (then the fit's optimizer steps are used)."
+                )
+        return factory(optimizer, total_steps=total)
 
 
 @torch.no_grad()

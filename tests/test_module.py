@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_compress import ImageClassifier
 from lightning_compress.module import evaluate_accuracy
+from lightning_compress.schedules import hold_then_cosine
 
 
 def loader(n: int = 64) -> DataLoader:
@@ -60,3 +61,49 @@ def test_invalid_arguments() -> None:
         ImageClassifier(backbone, num_classes=3, top_k=(1, 5))
     with pytest.raises(ValueError, match="no samples"):
         evaluate_accuracy(backbone, [])
+
+
+class LearningRates(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_hold_then_cosine_gets_the_fit_length(tmp_path: Path, interval: str) -> None:
+    """A factory with ``total_steps`` is given the fit's length: it holds the LR, then decays it towards 0."""
+    model = ImageClassifier(
+        torch.nn.Linear(8, 6),
+        num_classes=6,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(hold_then_cosine, hold_fraction=0.5),
+        scheduler_interval=interval,
+    )
+    lrs = LearningRates()
+    trainer = pl.Trainer(
+        max_epochs=4,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[lrs],
+    )
+    trainer.fit(model, loader(), loader())
+    assert len(lrs.lrs) == 16  # 4 epochs x 4 batches
+    assert lrs.lrs[:8] == [pytest.approx(0.1)] * 8  # held for the first half of the fit
+    assert all(a >= b for a, b in zip(lrs.lrs, lrs.lrs[1:], strict=False))
+    assert lrs.lrs[-1] < (0.01 if interval == "step" else 0.06)  # near the end of a half cosine
+
+
+def test_hold_then_cosine_invalid_arguments() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for kwargs, name in (
+        ({"total_steps": 0}, "total_steps"),
+        ({"total_steps": 5, "hold_fraction": 1.5}, "hold_fraction"),
+        ({"total_steps": 5, "final_factor": -0.1}, "final_factor"),
+    ):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            hold_then_cosine(opt, **kwargs)  # type: ignore[arg-type]

@@ -73,12 +73,69 @@ def test_support_tolerance_spares_the_rounds_for_tiny_survivors() -> None:
         refine(u, target_sparsity=0.98, support_tolerance=1.0)
 
 
+def test_vector_sparser_than_the_target_keeps_its_non_zeros() -> None:
+    w = laplacian(4000, 2)
+    w[::2] = 0.0  # 50% zeros already, e.g. a pruned checkpoint fine-tuned with a lower target
+    u, signs, _ = normalise([w])
+    result = refine(u, target_sparsity=0.2)
+    assert result.nonzeros == 2000
+    decoded, _ = decode_stream(encode_stream(result, signs))
+    assert np.array_equal(decoded.recon, result.recon)
+
+
 def test_corrupt_and_truncated_streams_raise() -> None:
     u, signs, _ = normalise([laplacian(4000, 1)])
     stream = encode_stream(refine(u, target_sparsity=0.9), signs)
     for bad in (stream[:-3], stream[: len(stream) // 2], stream[:5], b"\x07" + stream[1:], stream + b"\x00"):
         with pytest.raises(ValueError, match=r"surp stream|not a surp stream|ANS"):
             decode_stream(bad)
+
+
+# A version-1 stream (every round's new positions as gaps among the zeros), written by the version-1 encoder for
+# refine(normalise([laplace(600), rng 5]), target_sparsity=0.8, refine_steps=2): old artifacts keep loading.
+SURP_V1_STREAM = bytes.fromhex(
+    "0100146d0faf4137d13fcdccccccccccec3fd804157802140104f4799e010100050007080402087e410382a655c80b060f012c066f4006"
+    "090b0000000108d82a0feb259f0000050000000001040400000001100903020a0f1c101a100430063a173480bc09743b1c3cbb7ef3e9"
+    "38fb64759cf0a3fdbe72c19fa9710b6fcd9205dca87f5ea6088427e1c62b000000469a8f9fff4add9fe3a2f289f450dc5d9a4a29fbe1"
+    "e1811879da873be489dd238a890085e31a0a51180c59a08306131a0ca52ffc4e83dcfaad90d8ac2407c5abddc768f214c9e60faea595"
+    "fbcb67a768153715b9f305e3"
+)
+
+
+def test_version_1_streams_still_decode() -> None:
+    u, signs, _ = normalise([np.random.default_rng(5).laplace(size=600)])
+    result = refine(u, target_sparsity=0.8, refine_steps=2)
+    decoded, decoded_signs = decode_stream(SURP_V1_STREAM)
+    assert SURP_V1_STREAM[0] == 1
+    assert encode_stream(result, signs)[0] == 2
+    assert np.array_equal(decoded.recon, result.recon)
+    nz = result.recon != 0
+    assert np.array_equal(decoded_signs[nz], signs[nz])
+    stats = stream_statistics(decoded, SURP_V1_STREAM)
+    assert stats.entropy_bits <= stats.stream_bits
+
+
+def test_per_tensor_gap_models_round_trip_and_pay_off() -> None:
+    """Tensors of very different densities (as a net's layers after SuRP's per-tensor normalisation)."""
+    rng = np.random.default_rng(11)
+    sizes = [200_000, 300, 20_000, 100, 4_000, 10]
+    tensors = [rng.laplace(size=k) * rng.uniform(0.2, 5.0) for k in sizes]
+    for t, density in zip(tensors, (0.005, 0.6, 0.2, 0.7, 0.5, 1.0), strict=True):
+        t[rng.random(t.size) > density] = 0.0  # already pruned to different densities
+    u, signs, _ = normalise(tensors)
+    result = refine(u, target_sparsity=0.97)
+    per_tensor = encode_stream(result, signs, segments=sizes)
+    decoded, decoded_signs = decode_stream(per_tensor)
+    assert np.array_equal(decoded.recon, result.recon)
+    nz = result.recon != 0
+    assert np.array_equal(decoded_signs[nz], signs[nz])
+    assert len(per_tensor) < 0.97 * len(encode_stream(result, signs))
+    stats = stream_statistics(result, per_tensor)
+    # fixed part: as in the single-segment case, plus one histogram and ANS tail per gap model
+    assert stats.entropy_bits <= stats.stream_bits <= 1.02 * stats.entropy_bits + 2048
+    for bad in ([sum(sizes) - 1], [0, sum(sizes)]):
+        with pytest.raises(ValueError, match="`segments`"):
+            encode_stream(result, signs, segments=bad)
 
 
 def test_vectorised_matches_reference_loop() -> None:

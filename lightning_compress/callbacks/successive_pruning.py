@@ -190,7 +190,7 @@ class SuccessivePruning(CompressionCallback):
             refine_steps=self.refine_steps if sparsity is not None else 0,
             support_tolerance=self.support_tolerance,
         )
-        return result, encode_stream(result, signs), norms
+        return result, encode_stream(result, signs, segments=[p.numel() for p in self._params]), norms
 
     def _encode_within_budget(self) -> tuple[SurpResult, bytes, list[float]]:
         """Largest refinement whose stream fits ``bit_budget`` (binary search over the number of picks)."""

@@ -1,14 +1,25 @@
 """The ``surp`` codec: a SuRP successive-refinement bitstream, shared by all tensors refined together.
 
 The stream (one shared blob per artifact) carries what the decoder needs to replay the refinement exactly: the
-number of magnitudes, the initial threshold, the refresh rule and its data, the positions picked in every round as
-gaps, and one sign bit per non-zero. Each tensor's record carries its slice of the flattened vector and its L2 norm.
+number of magnitudes and how they split into tensors (segments), the initial threshold, the refresh rule and its
+data, which positions were picked in which round, and one sign bit per non-zero. Each tensor's record carries its
+slice of the flattened vector and its L2 norm.
+
+Version 2 (written) codes the picks as (our design):
+
+* the **support** (every non-zero position) once, as gaps within its tensor; a tensor with at least
+  :data:`OWN_CONTEXT_MIN` non-zeros gets its own gap model, the small ones (biases, heads) share one;
+* each non-zero's **first round** (its label: the round that first picked it, i.e. its magnitude level);
+* **refinement picks** (a position picked again) per round, as gaps among the positions already in the support.
+
+That is the same information as coding every round's new positions as gaps among the zeros (version 1, still
+read), but the positions are coded once with per-tensor statistics: 4-5% shorter on LeNet-300-100.
 
 Symbol streams and how they are coded:
 
-* gaps (``>= 1``) and round sizes: Exp-Golomb split, the bucket ``floor(log2 g)`` ANS-coded (constriction) with its
+* gaps (``>= 1``) and counts: Exp-Golomb split, the bucket ``floor(log2 g)`` ANS-coded (constriction) with its
   histogram, the ``bucket`` low bits raw;
-* ladder refresh steps: ANS-coded with their histogram; ``mean`` refresh values: float64;
+* labels and ladder refresh steps: ANS-coded with their histogram; ``mean`` refresh values: float64;
 * signs: raw bits.
 
 :func:`stream_statistics` gives the empirical entropy of those symbols, the bound the stream is compared with.
@@ -30,10 +41,14 @@ from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name,
 from lightning_compress.codec.entropy import ans_decode, ans_encode, leb128
 from lightning_compress.functional.successive_pruning import SurpResult, reconstruct
 
-__all__ = ["SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
+__all__ = ["OWN_CONTEXT_MIN", "SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
 
-_VERSION = 1
-_HEAD = struct.Struct("<BBdd")  # version, refresh (0 ladder, 1 mean), t0, ladder; then varints n, rounds, signs
+_VERSION = 2
+_READABLE = (1, 2)
+_HEAD = struct.Struct("<BBdd")  # version, refresh (0 ladder, 1 mean), t0, ladder; then varints
+
+#: A tensor with at least this many non-zeros codes its support gaps with its own model (version 2).
+OWN_CONTEXT_MIN = 1000
 
 
 class _Writer:
@@ -49,8 +64,8 @@ class _Writer:
 
 
 class _Reader:
-    def __init__(self, data: bytes, offset: int) -> None:
-        self.data, self.pos = data, offset
+    def __init__(self, data: bytes, offset: int, version: int = _VERSION) -> None:
+        self.data, self.pos, self.version = data, offset, version
 
     def varint(self) -> int:
         value = shift = 0
@@ -73,14 +88,40 @@ class _Reader:
         return out
 
 
-def _histogram_block(w: _Writer, counts: np.ndarray) -> None:
-    w.varint(len(counts))
-    for c in counts:
-        w.varint(int(c))
+def _quantized_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One byte per count: exact below 16, else the exponent and a 3-bit mantissa (at most 1/9 below the count).
+
+    The ANS model only needs the probabilities roughly: a byte per histogram entry instead of a two-byte varint
+    costs ~0.001 bits per symbol and saves ~1 byte per entry. Returns (codes,
+    the counts they stand for); every non-zero count stays non-zero.
+    """
+    counts = counts.astype(np.int64)
+    if counts.size and counts.max() >= 1 << 32:
+        raise ValueError("surp stream: a histogram count is too large to quantize.")
+    exponent = np.maximum(np.floor(np.log2(np.maximum(counts, 1))).astype(np.int64), 4)
+    exponent -= (np.left_shift(1, exponent) > np.maximum(counts, 16)).astype(np.int64)  # float rounding of log2
+    mantissa = (counts >> (exponent - 3)) & 7
+    codes = np.where(counts < 16, counts, 16 + (exponent - 4) * 8 + mantissa)
+    return codes.astype(np.uint8), _dequantized_counts(codes)
+
+
+def _dequantized_counts(codes: np.ndarray) -> np.ndarray:
+    codes = codes.astype(np.int64)
+    exponent, mantissa = (codes - 16) // 8 + 4, (codes - 16) % 8
+    return np.where(codes < 16, codes, np.left_shift(8 + mantissa, np.maximum(exponent - 3, 0))).astype(np.uint32)
+
+
+def _histogram_block(w: _Writer, counts: np.ndarray) -> np.ndarray:
+    """Write an ANS model's histogram; returns the counts the decoder will see (quantized)."""
+    codes, model = _quantized_counts(counts)
+    w.block(codes.tobytes())
+    return model
 
 
 def _read_histogram(r: _Reader) -> np.ndarray:
-    return np.array([r.varint() for _ in range(r.varint())], dtype=np.uint32)
+    if r.version == 1:  # exact counts as varints
+        return np.array([r.varint() for _ in range(r.varint())], dtype=np.uint32)
+    return _dequantized_counts(np.frombuffer(r.block(), dtype=np.uint8))
 
 
 def _pack_variable_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
@@ -124,8 +165,7 @@ def _histogram_bits(symbols: np.ndarray) -> float:
 def _write_exp_golomb(w: _Writer, values: np.ndarray) -> None:
     """Integers >= 1: bucket floor(log2 v) ANS-coded with its histogram, then the bucket's low bits raw."""
     buckets = _exp_golomb_buckets(values)
-    counts = np.bincount(buckets, minlength=1).astype(np.uint32)
-    _histogram_block(w, counts)
+    counts = _histogram_block(w, np.bincount(buckets, minlength=1))
     w.block(ans_encode(buckets.astype(np.int32), counts))
     w.block(_pack_variable_bits(values - np.left_shift(1, buckets), buckets))
 
@@ -193,49 +233,66 @@ def _merge_rounds(
     return rounds
 
 
-def encode_stream(result: SurpResult, signs: np.ndarray) -> bytes:
-    """Serialise a refinement and the signs of its non-zero positions (``signs`` over all ``n`` positions)."""
-    refine_counts, new_counts, refine_gaps, new_gaps, order = _split_rounds(result)
-    sign_bits = (signs[order] < 0).astype(np.uint8)
-    w = _Writer()
-    w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
-    for value in (result.n, len(result.rounds), order.size):
-        w.varint(value)
-    _write_exp_golomb(w, refine_counts + 1)
-    _write_exp_golomb(w, new_counts + 1)
+def _first_picks(result: SurpResult) -> tuple[np.ndarray, np.ndarray]:
+    """The support (ascending) and, per position in it, the round that first picked it (its label)."""
+    first = np.full(result.n, -1, dtype=np.int64)
+    for r, positions in enumerate(result.rounds):
+        first[positions[first[positions] < 0]] = r
+    support = np.flatnonzero(first >= 0)
+    return support, first[support]
+
+
+def _segment_contexts(segment_counts: np.ndarray) -> np.ndarray:
+    """Gap-model id per segment: 0 shared by the small segments, 1, 2, ... one each for the large ones."""
+    own = segment_counts >= OWN_CONTEXT_MIN
+    return np.where(own, np.cumsum(own), 0)
+
+
+def _support_gaps(support: np.ndarray, segments: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Non-zeros per segment, and per gap model the gaps within each of its segments (segment order)."""
+    bounds = np.cumsum([0, *segments])
+    cuts = np.searchsorted(support, bounds)
+    segment_counts = np.diff(cuts)
+    contexts = _segment_contexts(segment_counts)
+    per_context: list[list[np.ndarray]] = [[] for _ in range(int(contexts.max(initial=0)) + 1)]
+    for i, context in enumerate(contexts.tolist()):
+        local = support[cuts[i] : cuts[i + 1]] - bounds[i]
+        per_context[context].append(np.diff(local, prepend=-1))
+    return segment_counts, [np.concatenate(g) if g else np.zeros(0, dtype=np.int64) for g in per_context]
+
+
+def _read_support(r: _Reader, segments: list[int], segment_counts: np.ndarray) -> np.ndarray:
+    contexts = _segment_contexts(segment_counts)
+    bounds = np.cumsum([0, *segments])
+    parts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(segments)
+    for context in range(int(contexts.max(initial=0)) + 1):
+        members = np.flatnonzero(contexts == context)
+        total = int(segment_counts[members].sum())
+        if total == 0:
+            continue
+        gaps = _read_exp_golomb(r, total)
+        for i, chunk in zip(members, np.split(gaps, np.cumsum(segment_counts[members])[:-1]), strict=True):
+            local = np.cumsum(chunk) - 1
+            if local.size and local[-1] >= segments[i]:
+                raise ValueError("surp stream corrupt (position outside its tensor).")
+            parts[i] = local + bounds[i]
+    return np.concatenate(parts)
+
+
+def _write_refresh(w: _Writer, result: SurpResult) -> None:
     if result.refresh == "ladder":
         steps = np.array(result.refresh_steps, dtype=np.int64)
-        counts = np.bincount(steps, minlength=1).astype(np.uint32)
-        _histogram_block(w, counts)
+        counts = _histogram_block(w, np.bincount(steps, minlength=1))
         w.block(ans_encode(steps.astype(np.int32), counts))
     else:
         values = np.array(result.refresh_values, dtype=np.float64)
         flags = ~np.isnan(values)
         w.block(np.packbits(flags.astype(np.uint8)).tobytes())
         w.block(values[flags].astype("<f8").tobytes())
-    _write_exp_golomb(w, refine_gaps)
-    _write_exp_golomb(w, new_gaps)
-    w.block(np.packbits(sign_bits).tobytes())
-    return b"".join(w.parts)
 
 
-def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
-    """Inverse of :func:`encode_stream`: the replayed refinement (``recon`` filled) and the signs.
-
-    Raises:
-        ValueError: when the stream is truncated or corrupt.
-    """
-    if len(data) < _HEAD.size:
-        raise ValueError("surp stream truncated (header).")
-    version, mean_flag, t0, ladder = _HEAD.unpack_from(data)
-    if version != _VERSION or mean_flag not in (0, 1):
-        raise ValueError(f"not a surp stream of version {_VERSION} (version byte {version}).")
-    r = _Reader(data, _HEAD.size)
-    n, n_rounds, n_signs = r.varint(), r.varint(), r.varint()
-    refine_counts = _read_exp_golomb(r, n_rounds) - 1
-    new_counts = _read_exp_golomb(r, n_rounds) - 1
-    result = SurpResult(n=n, t0=t0, refresh="mean" if mean_flag else "ladder", ladder=ladder)
-    if mean_flag:
+def _read_refresh(r: _Reader, result: SurpResult, n_rounds: int) -> None:
+    if result.refresh == "mean":
         flags = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))[:n_rounds].astype(bool)
         values = np.full(n_rounds, math.nan)
         values[flags] = np.frombuffer(r.block(), dtype="<f8")
@@ -245,21 +302,123 @@ def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
         counts = _read_histogram(r)
         result.refresh_steps = ans_decode(r.block(), counts, n_rounds).astype(int).tolist()
         result.refresh_values = [math.nan] * n_rounds
+
+
+def _rounds_from_labels(
+    support: np.ndarray, labels: np.ndarray, refine_counts: np.ndarray, refine_gaps: np.ndarray
+) -> list[np.ndarray]:
+    rounds, ri = [], 0
+    for r, rc in enumerate(refine_counts.tolist()):
+        earlier = support[labels < r]
+        old_rank = np.cumsum(refine_gaps[ri : ri + rc]) - 1
+        ri += rc
+        if old_rank.size and old_rank[-1] >= earlier.size:
+            raise ValueError("surp stream corrupt (refinement outside the support).")
+        rounds.append(np.sort(np.concatenate([earlier[old_rank], support[labels == r]])))
+    return rounds
+
+
+def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | None = None) -> bytes:
+    """Serialise a refinement and the signs of its non-zero positions (``signs`` over all ``n`` positions).
+
+    Args:
+        result: the refinement.
+        signs: ``+-1`` per position (only the non-zeros' are stored).
+        segments: sizes of the tensors the ``n`` positions are made of, in order (default: one segment); each
+            large tensor gets its own model of its positions' gaps.
+    """
+    segments = [result.n] if segments is None else [int(x) for x in segments]
+    if sum(segments) != result.n or min(segments, default=0) < 1:
+        raise ValueError(f"`segments` must be positive sizes summing to n={result.n}, got {segments}.")
+    refine_counts, _, refine_gaps, _, _ = _split_rounds(result)
+    support, labels = _first_picks(result)
+    segment_counts, context_gaps = _support_gaps(support, segments)
+    w = _Writer()
+    w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
+    for value in (result.n, len(result.rounds), support.size, len(segments), *segments, *segment_counts.tolist()):
+        w.varint(value)
+    _write_exp_golomb(w, refine_counts + 1)
+    _write_refresh(w, result)
+    for gaps in context_gaps:
+        if gaps.size:
+            _write_exp_golomb(w, gaps)
+    label_counts = np.bincount(labels, minlength=len(result.rounds)).astype(np.uint32)  # new positions per round
+    _write_exp_golomb(w, label_counts.astype(np.int64) + 1)
+    w.block(ans_encode(labels.astype(np.int32), label_counts))
+    _write_exp_golomb(w, refine_gaps)
+    w.block(np.packbits((signs[support] < 0).astype(np.uint8)).tobytes())
+    return b"".join(w.parts)
+
+
+def _decode_v1(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
+    """Version 1 body: every round's new positions as gaps among the zeros; signs in first-pick order."""
+    n_rounds, n_signs = r.varint(), r.varint()
+    refine_counts = _read_exp_golomb(r, n_rounds) - 1
+    new_counts = _read_exp_golomb(r, n_rounds) - 1
+    _read_refresh(r, result, n_rounds)
     refine_gaps = _read_exp_golomb(r, int(refine_counts.sum()))
     new_gaps = _read_exp_golomb(r, int(new_counts.sum()))
     if int(new_counts.sum()) != n_signs:
         raise ValueError("surp stream corrupt (sign count).")
-    result.rounds = _merge_rounds(n, refine_counts, new_counts, refine_gaps, new_gaps)
-    sign_bits = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))
-    if sign_bits.size < n_signs:
+    rounds = _merge_rounds(result.n, refine_counts, new_counts, refine_gaps, new_gaps)
+    result.rounds = rounds
+    return rounds, _split_rounds(result)[4], r.block()
+
+
+def _decode_v2(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
+    """Version 2 body: the support per tensor, every non-zero's first round, refinement picks; signs by position."""
+    n_rounds, n_support, n_segments = r.varint(), r.varint(), r.varint()
+    if n_segments > result.n:
+        raise ValueError("surp stream corrupt (segment count).")
+    segments = [r.varint() for _ in range(n_segments)]
+    segment_counts = np.array([r.varint() for _ in range(n_segments)], dtype=np.int64)
+    if sum(segments) != result.n or int(segment_counts.sum()) != n_support:
+        raise ValueError("surp stream corrupt (segment sizes).")
+    refine_counts = _read_exp_golomb(r, n_rounds) - 1
+    _read_refresh(r, result, n_rounds)
+    support = _read_support(r, segments, segment_counts)
+    label_counts = (_read_exp_golomb(r, n_rounds) - 1).astype(np.uint32)
+    if int(label_counts.sum()) != n_support:
+        raise ValueError("surp stream corrupt (new positions per round).")
+    labels = ans_decode(r.block(), label_counts, n_support).astype(np.int64)
+    refine_gaps = _read_exp_golomb(r, int(refine_counts.sum()))
+    return _rounds_from_labels(support, labels, refine_counts, refine_gaps), support, r.block()
+
+
+def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
+    """Inverse of :func:`encode_stream` (reads versions 1 and 2): the replayed refinement (``recon`` filled), signs.
+
+    Raises:
+        ValueError: when the stream is truncated or corrupt.
+    """
+    if len(data) < _HEAD.size:
+        raise ValueError("surp stream truncated (header).")
+    version, mean_flag, t0, ladder = _HEAD.unpack_from(data)
+    if version not in _READABLE or mean_flag not in (0, 1):
+        raise ValueError(f"not a surp stream of version {_READABLE} (version byte {version}).")
+    r = _Reader(data, _HEAD.size, version)
+    result = SurpResult(n=r.varint(), t0=t0, refresh="mean" if mean_flag else "ladder", ladder=ladder)
+    result.rounds, signed, sign_block = (_decode_v1 if version == 1 else _decode_v2)(r, result)
+    sign_bits = np.unpackbits(np.frombuffer(sign_block, dtype=np.uint8))
+    if sign_bits.size < signed.size:
         raise ValueError("surp stream truncated (signs).")
     if r.pos != len(data):
         raise ValueError("surp stream corrupt (trailing bytes).")
     result.recon = reconstruct(result)
-    order = _split_rounds(result)[4]
-    signs = np.zeros(n)
-    signs[order] = np.where(sign_bits[:n_signs] == 1, -1.0, 1.0)
+    signs = np.zeros(result.n)
+    signs[signed] = np.where(sign_bits[: signed.size] == 1, -1.0, 1.0)
     return result, signs
+
+
+def _layout(stream: bytes) -> tuple[int, list[int]]:
+    """A stream's version and segment sizes (version 1: one segment)."""
+    version = stream[0]
+    r = _Reader(stream, _HEAD.size)
+    n = r.varint()
+    if version == 1:
+        return 1, [n]
+    r.varint(), r.varint()
+    return version, [r.varint() for _ in range(r.varint())]
 
 
 @dataclass(frozen=True)
@@ -288,18 +447,20 @@ def _exp_golomb_entropy(values: np.ndarray) -> float:
 def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
     """The bound a stream is compared with.
 
-    Empirical entropy of the coded symbols: Exp-Golomb buckets by their histogram, raw bits as they are, refresh
-    data, sign bits. Also the ideal code length of the gaps under the per-round geometric model
-    ``Geometric(|C| / n)`` that the paper uses for its rate estimate.
+    Empirical entropy of the coded symbols, in the layout of the stream's version: Exp-Golomb buckets by their
+    histogram (per gap model), raw bits as they are, labels by their histogram, refresh data, sign bits. Also the
+    ideal code length of the picks under the per-round geometric model ``Geometric(|C| / n)`` that the paper uses
+    for its rate estimate.
     """
+    version, segments = _layout(stream)
     refine_counts, new_counts, refine_gaps, new_gaps, _ = _split_rounds(result)
-    entropy = (
-        _exp_golomb_entropy(refine_gaps)
-        + _exp_golomb_entropy(new_gaps)
-        + _exp_golomb_entropy(refine_counts + 1)
-        + _exp_golomb_entropy(new_counts + 1)
-        + result.nonzeros
-    )
+    entropy = _exp_golomb_entropy(refine_gaps) + _exp_golomb_entropy(refine_counts + 1) + result.nonzeros
+    if version == 1:
+        entropy += _exp_golomb_entropy(new_gaps) + _exp_golomb_entropy(new_counts + 1)
+    else:
+        support, labels = _first_picks(result)
+        entropy += sum(_exp_golomb_entropy(g) for g in _support_gaps(support, segments)[1])
+        entropy += _exp_golomb_entropy(new_counts + 1) + (_histogram_bits(labels) if labels.size else 0.0)
     if result.refresh == "ladder":
         entropy += _histogram_bits(np.array(result.refresh_steps, dtype=np.int64))
     else:

@@ -139,6 +139,8 @@ def refine(
     nonzero = 0
     # (1 - s) * n carries float error (0.05 * 5000 = 250.00000000000003): round it first
     target_nonzero = math.inf if target_sparsity is None else math.ceil(round((1.0 - target_sparsity) * n, 6))
+    # a vector already sparser than the target can only keep its own non-zeros (else the rounds never end)
+    target_nonzero = min(target_nonzero, int(np.count_nonzero(u)))
     enough_nonzero = (
         target_nonzero if math.isinf(target_nonzero) else math.ceil(round((1 - support_tolerance) * target_nonzero, 6))
     )
