@@ -8,12 +8,14 @@ import zlib
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lightning_compress as lc
 from lightning_compress.codec import ArtifactError, CodecSpec, container, get_codec, read_artifact
+from lightning_compress.codec.entropy import AnsStackReader, AnsStackWriter, ans_encode
 from lightning_compress.models import available_models, build_model
 
 
@@ -185,3 +187,24 @@ def test_every_zoo_model_is_registered() -> None:
         "resnet18",
         "resnet50",
     }
+
+
+def test_shared_ans_stream_round_trip_and_errors() -> None:
+    rng = np.random.default_rng(0)
+    sequences = [(rng.integers(0, k, size=m), k) for k, m in ((2, 50), (7, 0), (30, 400), (3, 9))]
+    writer = AnsStackWriter()
+    for symbols, k in sequences:
+        writer.add(symbols, np.bincount(symbols, minlength=k) + 1)
+    data = writer.finish()
+    separate = sum(len(ans_encode(s.astype(np.int32), np.bincount(s, minlength=k) + 1)) for s, k in sequences)
+    assert len(data) < separate  # one coder state and padding instead of one per sequence
+    reader = AnsStackReader(data)
+    for symbols, k in sequences:
+        assert reader.take(np.bincount(symbols, minlength=k) + 1, symbols.size).tolist() == symbols.tolist()
+    reader.finish()
+    unread = AnsStackReader(data)
+    unread.take(np.bincount(sequences[0][0], minlength=2) + 1, 50)
+    with pytest.raises(ValueError, match="left over"):
+        unread.finish()
+    with pytest.raises(ValueError, match="32-bit words"):
+        AnsStackReader(data[:-1])

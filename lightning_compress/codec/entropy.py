@@ -7,7 +7,7 @@ import math
 import constriction
 import numpy as np
 
-__all__ = ["ans_decode", "ans_encode", "leb128", "pack_fixed", "unpack_fixed"]
+__all__ = ["AnsStackReader", "AnsStackWriter", "ans_decode", "ans_encode", "leb128", "pack_fixed", "unpack_fixed"]
 
 
 def _model(counts: np.ndarray) -> object:
@@ -53,6 +53,66 @@ def ans_decode(data: bytes, counts: np.ndarray, n: int) -> np.ndarray:
     if not decoder.is_empty():
         raise ValueError("corrupt ANS stream: data left over after decoding.")
     return symbols
+
+
+class AnsStackWriter:
+    """Several symbol sequences, each with its own categorical model, in one ANS stream.
+
+    One stream pays the coder's final state and word padding once instead of once per sequence (~6 bytes each).
+    Sequences are read back in the order they were added (:class:`AnsStackReader`).
+
+    Example:
+        >>> import numpy as np
+        >>> writer = AnsStackWriter()
+        >>> writer.add(np.array([0, 1, 1]), np.array([1, 2]))
+        >>> writer.add(np.array([2, 2, 0, 1]), np.array([1, 1, 2]))
+        >>> reader = AnsStackReader(writer.finish())
+        >>> reader.take(np.array([1, 2]), 3).tolist(), reader.take(np.array([1, 1, 2]), 4).tolist()
+        ([0, 1, 1], [2, 2, 0, 1])
+        >>> reader.finish()
+    """
+
+    def __init__(self) -> None:
+        self._sequences: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, symbols: np.ndarray, counts: np.ndarray) -> None:
+        """Queue ``symbols`` (ints in ``[0, len(counts))``), coded with the i.i.d. model ``counts``."""
+        if symbols.size:
+            self._sequences.append((np.ascontiguousarray(symbols, dtype=np.int32), np.asarray(counts)))
+
+    def finish(self) -> bytes:
+        """The compressed stream (ANS is last-in first-out: the last sequence is pushed first)."""
+        coder = constriction.stream.stack.AnsCoder()
+        for symbols, counts in reversed(self._sequences):
+            coder.encode_reverse(symbols, _model(counts))
+        return coder.get_compressed().astype("<u4").tobytes()
+
+
+class AnsStackReader:
+    """Reads the sequences of an :class:`AnsStackWriter` stream in order.
+
+    Raises:
+        ValueError: when the data is not a whole number of 32-bit words, runs out, or has data left at the end.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise ValueError(f"ANS stream of {len(data)} bytes is not a whole number of 32-bit words.")
+        self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+
+    def take(self, counts: np.ndarray, n: int) -> np.ndarray:
+        """The next ``n`` symbols, coded with the model ``counts``."""
+        if n == 0:
+            return np.zeros(0, dtype=np.int32)
+        try:
+            return np.asarray(self._coder.decode(_model(counts), n), dtype=np.int32)
+        except Exception as err:  # constriction raises plain exceptions on exhausted/invalid streams
+            raise ValueError(f"corrupt ANS stream ({err}).") from err
+
+    def finish(self) -> None:
+        """Check that every symbol was read."""
+        if not self._coder.is_empty():
+            raise ValueError("corrupt ANS stream: data left over after decoding.")
 
 
 def pack_fixed(symbols: np.ndarray, bits: int) -> bytes:

@@ -18,9 +18,11 @@ read), but the positions are coded once with per-tensor statistics: 4-5% shorter
 Symbol streams and how they are coded:
 
 * gaps (``>= 1``) and counts: Exp-Golomb split, the bucket ``floor(log2 g)`` ANS-coded (constriction) with its
-  histogram, the ``bucket`` low bits raw;
+  histogram (one byte per entry, log-quantized), the ``bucket`` low bits raw;
 * labels and ladder refresh steps: ANS-coded with their histogram; ``mean`` refresh values: float64;
 * signs: raw bits.
+
+In version 2 all ANS-coded sequences share one ANS stream (one final coder state instead of one per sequence).
 
 :func:`stream_statistics` gives the empirical entropy of those symbols, the bound the stream is compared with.
 """
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
-from lightning_compress.codec.entropy import ans_decode, ans_encode, leb128
+from lightning_compress.codec.entropy import AnsStackReader, AnsStackWriter, ans_decode, leb128
 from lightning_compress.functional.successive_pruning import SurpResult, reconstruct
 
 __all__ = ["OWN_CONTEXT_MIN", "SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
@@ -54,6 +56,7 @@ OWN_CONTEXT_MIN = 1000
 class _Writer:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
+        self.ans = AnsStackWriter()  # every ANS-coded sequence of the stream, in write order
 
     def varint(self, value: int) -> None:
         self.parts.append(leb128([value]))
@@ -66,6 +69,13 @@ class _Writer:
 class _Reader:
     def __init__(self, data: bytes, offset: int, version: int = _VERSION) -> None:
         self.data, self.pos, self.version = data, offset, version
+        self.ans: AnsStackReader | None = None  # version 2: one ANS stream for all sequences
+
+    def symbols(self, counts: np.ndarray, n: int) -> np.ndarray:
+        """The next ``n`` ANS-coded symbols: from the shared stream (version 2) or their own block (version 1)."""
+        if self.ans is None:
+            return ans_decode(self.block(), counts, n)
+        return self.ans.take(counts, n)
 
     def varint(self) -> int:
         value = shift = 0
@@ -165,14 +175,13 @@ def _histogram_bits(symbols: np.ndarray) -> float:
 def _write_exp_golomb(w: _Writer, values: np.ndarray) -> None:
     """Integers >= 1: bucket floor(log2 v) ANS-coded with its histogram, then the bucket's low bits raw."""
     buckets = _exp_golomb_buckets(values)
-    counts = _histogram_block(w, np.bincount(buckets, minlength=1))
-    w.block(ans_encode(buckets.astype(np.int32), counts))
+    w.ans.add(buckets, _histogram_block(w, np.bincount(buckets, minlength=1)))
     w.block(_pack_variable_bits(values - np.left_shift(1, buckets), buckets))
 
 
 def _read_exp_golomb(r: _Reader, n: int) -> np.ndarray:
     counts = _read_histogram(r)
-    buckets = ans_decode(r.block(), counts, n).astype(np.int64)
+    buckets = r.symbols(counts, n).astype(np.int64)
     if buckets.size and buckets.min() < 0:
         raise ValueError("surp stream corrupt (negative bucket).")
     return np.left_shift(1, buckets) + _unpack_variable_bits(r.block(), buckets)
@@ -282,8 +291,7 @@ def _read_support(r: _Reader, segments: list[int], segment_counts: np.ndarray) -
 def _write_refresh(w: _Writer, result: SurpResult) -> None:
     if result.refresh == "ladder":
         steps = np.array(result.refresh_steps, dtype=np.int64)
-        counts = _histogram_block(w, np.bincount(steps, minlength=1))
-        w.block(ans_encode(steps.astype(np.int32), counts))
+        w.ans.add(steps, _histogram_block(w, np.bincount(steps, minlength=1)))
     else:
         values = np.array(result.refresh_values, dtype=np.float64)
         flags = ~np.isnan(values)
@@ -300,7 +308,7 @@ def _read_refresh(r: _Reader, result: SurpResult, n_rounds: int) -> None:
         result.refresh_steps = [0] * n_rounds
     else:
         counts = _read_histogram(r)
-        result.refresh_steps = ans_decode(r.block(), counts, n_rounds).astype(int).tolist()
+        result.refresh_steps = r.symbols(counts, n_rounds).astype(int).tolist()
         result.refresh_values = [math.nan] * n_rounds
 
 
@@ -337,6 +345,7 @@ def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | N
     w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
     for value in (result.n, len(result.rounds), support.size, len(segments), *segments, *segment_counts.tolist()):
         w.varint(value)
+    ans_at = len(w.parts)  # the shared ANS stream goes here, once every sequence is in
     _write_exp_golomb(w, refine_counts + 1)
     _write_refresh(w, result)
     for gaps in context_gaps:
@@ -344,9 +353,11 @@ def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | N
             _write_exp_golomb(w, gaps)
     label_counts = np.bincount(labels, minlength=len(result.rounds)).astype(np.uint32)  # new positions per round
     _write_exp_golomb(w, label_counts.astype(np.int64) + 1)
-    w.block(ans_encode(labels.astype(np.int32), label_counts))
+    w.ans.add(labels, label_counts)
     _write_exp_golomb(w, refine_gaps)
     w.block(np.packbits((signs[support] < 0).astype(np.uint8)).tobytes())
+    ans = w.ans.finish()
+    w.parts.insert(ans_at, leb128([len(ans)]) + ans)
     return b"".join(w.parts)
 
 
@@ -374,14 +385,16 @@ def _decode_v2(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.nda
     segment_counts = np.array([r.varint() for _ in range(n_segments)], dtype=np.int64)
     if sum(segments) != result.n or int(segment_counts.sum()) != n_support:
         raise ValueError("surp stream corrupt (segment sizes).")
+    r.ans = AnsStackReader(r.block())
     refine_counts = _read_exp_golomb(r, n_rounds) - 1
     _read_refresh(r, result, n_rounds)
     support = _read_support(r, segments, segment_counts)
     label_counts = (_read_exp_golomb(r, n_rounds) - 1).astype(np.uint32)
     if int(label_counts.sum()) != n_support:
         raise ValueError("surp stream corrupt (new positions per round).")
-    labels = ans_decode(r.block(), label_counts, n_support).astype(np.int64)
+    labels = r.symbols(label_counts, n_support).astype(np.int64)
     refine_gaps = _read_exp_golomb(r, int(refine_counts.sum()))
+    r.ans.finish()
     return _rounds_from_labels(support, labels, refine_counts, refine_gaps), support, r.block()
 
 
