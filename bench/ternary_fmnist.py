@@ -10,7 +10,8 @@
 
     Two ablations isolate where NTK-LC loses accuracy: ``eps = 0`` (dense +-1 weights, step activations) and
     ``ntk_activations=original`` (97% sparse ternary weights, the ReLUs kept); ``ntk_activations=staircase`` is
-    our three-value alternative to the paper's two-level steps.
+    our three-value alternative to the paper's two-level steps, and ``ntk_learnable_activations`` (ours) trains
+    the step activations' levels and thresholds with the head.
 
 Every size is the artifact file's bytes against the fp32 bytes of the same model.
 Run: ``python -m bench.ternary_fmnist [--seeds 0] [--epochs 10] [--ntk-epochs 10] [--skip-ntk | --skip-qat]``
@@ -90,6 +91,17 @@ def main() -> None:
         variants["RF-MLP NTK-LC, our staircase {0,b1,b2} (ntk_activations=staircase)"] = (
             "ntk_mlp_fmnist",
             ["compress.ternarization.ntk_activations=staircase"],
+        )
+        variants["RF-MLP NTK-LC, step act. learnable (ntk_learnable_activations)"] = (
+            "ntk_mlp_fmnist",
+            ["compress.ternarization.ntk_learnable_activations=true"],
+        )
+        variants["RF-MLP NTK-LC, our staircase, learnable (ntk_learnable_activations)"] = (
+            "ntk_mlp_fmnist",
+            [
+                "compress.ternarization.ntk_activations=staircase",
+                "compress.ternarization.ntk_learnable_activations=true",
+            ],
         )
         variants["ablation: ternary 97% zeros, ReLU kept (ntk_activations=original)"] = (
             "ntk_mlp_fmnist",

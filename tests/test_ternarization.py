@@ -347,13 +347,20 @@ def test_ddp_ranks_hold_identical_ternary_weights(tmp_path: Path) -> None:
 
 # -- the callback: ntk ------------------------------------------------------------------------------------------------
 def _rf_fit(
-    tmp_path: Path, storage: str = "symbols", epochs: int = 5, activations: str = "step"
+    tmp_path: Path, storage: str = "symbols", epochs: int = 5, activations: str = "step", learnable: bool = False
 ) -> tuple[lc.ImageClassifier, lc.Ternarization]:
     torch.manual_seed(0)
     model = lc.ImageClassifier(
         RandomFeatureMLP(16, [128, 128, 64], 4), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.1)
     )
-    cb = lc.Ternarization(mode="ntk", sparsity=0.5, storage=storage, restarts=10, ntk_activations=activations)
+    cb = lc.Ternarization(
+        mode="ntk",
+        sparsity=0.5,
+        storage=storage,
+        restarts=10,
+        ntk_activations=activations,
+        ntk_learnable_activations=learnable,
+    )
     train, val = ordered_loaders()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=epochs)).fit(model, train, val)
     return model, cb
@@ -401,6 +408,26 @@ def test_ntk_staircase_activations_have_three_rising_levels(tmp_path: Path) -> N
     assert len(cb.residuals) == 3
 
 
+def test_ntk_learnable_activations_train_with_the_head_and_round_trip(tmp_path: Path) -> None:
+    frozen, _ = _rf_fit(tmp_path / "frozen", activations="staircase", epochs=2)
+    learned, _ = _rf_fit(tmp_path / "learned", activations="staircase", epochs=2, learnable=True)
+    for net in (frozen.backbone, learned.backbone):
+        assert isinstance(net, RandomFeatureMLP)
+        assert all(not w.requires_grad for w in net.hidden_weights())  # the hidden weights stay frozen either way
+    frozen_acts = [a for a in frozen.backbone.activations if isinstance(a, StepActivation)]
+    learned_acts = [a for a in learned.backbone.activations if isinstance(a, StepActivation)]
+    # same matching (same seed) at the start; only the learnable ones moved
+    for f, g in zip(frozen_acts, learned_acts, strict=True):
+        assert not f.amplitudes.requires_grad
+        assert g.amplitudes.requires_grad
+        assert not torch.allclose(f.amplitudes, g.amplitudes)
+    path = lc.save(learned, tmp_path / "learned.lcz")
+    loaded = lc.load(path, model=RandomFeatureMLP(16, [128, 128, 64], 4))
+    x = torch.randn(32, 16)
+    learned.backbone.eval()
+    assert torch.equal(loaded(x), learned.backbone(x))
+
+
 @pytest.mark.parametrize("storage", ["symbols", "seed"])
 def test_ntk_artifact_round_trip_is_exact(tmp_path: Path, storage: str) -> None:
     model, cb = _rf_fit(tmp_path, storage=storage, epochs=1)
@@ -442,6 +469,7 @@ def test_invalid_arguments() -> None:
         ({"seed": -1}, "`seed`"),
         ({"storage": "disk"}, "`storage`"),
         ({"ntk_activations": "relu"}, "`ntk_activations`"),
+        ({"ntk_learnable_activations": "yes"}, "`ntk_learnable_activations`"),
     ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=name):

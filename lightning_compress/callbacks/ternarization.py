@@ -76,6 +76,8 @@ class Ternarization(CompressionCallback):
             (our design: the rising three-value staircase ``{0, b1, b1 + b2}`` of qat mode, least-squares matched
             on every layer) or ``"original"`` (keep the network's activation, only the hidden weights become sparse
             ternary; the centring constants follow the original activation).
+        ntk_learnable_activations: ntk (our design): the matched step activations' levels and thresholds train with
+            the head (a few scalars per layer, straight-through ramp for the thresholds); the paper freezes them.
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -102,6 +104,7 @@ class Ternarization(CompressionCallback):
         seed: int = 0,
         storage: str = "symbols",
         ntk_activations: str = "step",
+        ntk_learnable_activations: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("qat", "ntk"):
@@ -130,7 +133,10 @@ class Ternarization(CompressionCallback):
             raise ValueError(f"`storage` must be 'symbols' or 'seed', got {storage!r}.")
         if ntk_activations not in ("step", "staircase", "original"):
             raise ValueError(f"`ntk_activations` must be 'step', 'staircase' or 'original', got {ntk_activations!r}.")
+        if not isinstance(ntk_learnable_activations, bool):
+            raise ValueError(f"`ntk_learnable_activations` must be a bool, got {ntk_learnable_activations!r}.")
         self.ntk_activations = ntk_activations
+        self.ntk_learnable_activations = ntk_learnable_activations
         self.mode = mode
         self.rule = rule
         self.sparsity = float(sparsity) if sparsity is not None else (0.95 if mode == "ntk" else None)
@@ -187,7 +193,7 @@ class Ternarization(CompressionCallback):
             net.input_mean.copy_(mean)
             net.input_scale.copy_(scale)
             for i, step in enumerate(steps):
-                net.activations[i] = StepActivation.from_step(step)
+                net.activations[i] = StepActivation.from_step(step, learnable=self.ntk_learnable_activations)
             for i, weight in enumerate(net.hidden_weights()):
                 weight.copy_(sparse_ternary(tuple(weight.shape), self._ntk_sparsity, self.seed + i))
                 weight.requires_grad_(False)
