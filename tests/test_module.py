@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_compress import ImageClassifier
 from lightning_compress.module import evaluate_accuracy
 from lightning_compress.schedules import hold_then_cosine
+from tests.helpers.models import trainer_kwargs
 
 
 def loader(n: int = 64) -> DataLoader:
@@ -29,14 +30,7 @@ def test_fit_logs_metrics_and_learns(tmp_path: Path) -> None:
         top_k=(1, 5),
     )
     before = evaluate_accuracy(model, loader())
-    trainer = pl.Trainer(
-        max_epochs=15,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=15))
     trainer.fit(model, loader(), loader())
     metrics = dict(trainer.callback_metrics)
     trainer.test(model, loader(), verbose=False)
@@ -82,15 +76,7 @@ def test_hold_then_cosine_gets_the_fit_length(tmp_path: Path, interval: str) -> 
         scheduler_interval=interval,
     )
     lrs = LearningRates()
-    trainer = pl.Trainer(
-        max_epochs=4,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[lrs],
-    )
+    trainer = pl.Trainer(callbacks=[lrs], **trainer_kwargs(tmp_path, max_epochs=4))
     trainer.fit(model, loader(), loader())
     assert len(lrs.lrs) == 16  # 4 epochs x 4 batches
     assert lrs.lrs[:8] == [pytest.approx(0.1)] * 8  # held for the first half of the fit

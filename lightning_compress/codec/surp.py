@@ -108,8 +108,7 @@ def _quantized_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     counts = counts.astype(np.int64)
     if counts.size and counts.max() >= 1 << 32:
         raise ValueError("surp stream: a histogram count is too large to quantize.")
-    exponent = np.maximum(np.floor(np.log2(np.maximum(counts, 1))).astype(np.int64), 4)
-    exponent -= (np.left_shift(1, exponent) > np.maximum(counts, 16)).astype(np.int64)  # float rounding of log2
+    exponent = _exp_golomb_buckets(np.maximum(counts, 16))  # floor(log2), at least 4
     mantissa = (counts >> (exponent - 3)) & 7
     codes = np.where(counts < 16, counts, 16 + (exponent - 4) * 8 + mantissa)
     return codes.astype(np.uint8), _dequantized_counts(codes)
