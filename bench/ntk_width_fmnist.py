@@ -27,19 +27,16 @@ from typing import Any
 import numpy as np
 
 from bench.common import mean_std, write_results
-from bench.ternary_fmnist import run_one
+from bench.ternary_fmnist import DENSE_RF_OVERRIDES, LEARNABLE_STAIRCASE_OVERRIDES, run_one
 
 NAME = "ntk_width_fmnist"
 RECIPE = "ntk_mlp_fmnist"
 DENSE = "dense RF-MLP (Gaussian, ReLU)"
 #: command-line key -> (row label, overrides of the recipe)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "dense": (DENSE, ["compress=[]", "+callbacks.calibrate._target_=bench.ternary_fmnist.CalibrateRandomFeatures"]),
+    "dense": (DENSE, DENSE_RF_OVERRIDES),
     "steps": ("NTK-LC, paper's steps", []),
-    "staircase": (
-        "NTK-LC, our staircase, learnable",
-        ["compress.ternarization.ntk_activations=staircase", "compress.ternarization.ntk_learnable_activations=true"],
-    ),
+    "staircase": ("NTK-LC, our staircase, learnable", LEARNABLE_STAIRCASE_OVERRIDES),
 }
 
 

@@ -33,6 +33,13 @@ from lightning_compress.models.random_features import RandomFeatureMLP
 
 NAME = "ternary_fmnist"
 _KEYS = ("test/acc", "test/acc_artifact", "fit/wall_s", "size/artifact_bytes", "size/fp32_bytes", "size/ratio")
+#: ``ntk_mlp_fmnist`` overrides for the dense random-feature baseline (no compression, same input normalisation)
+DENSE_RF_OVERRIDES = ["compress=[]", "+callbacks.calibrate._target_=bench.ternary_fmnist.CalibrateRandomFeatures"]
+#: ``ntk_mlp_fmnist`` overrides for our learnable staircase (``ntk_activations=staircase`` + learnable levels)
+LEARNABLE_STAIRCASE_OVERRIDES = [
+    "compress.ternarization.ntk_activations=staircase",
+    "compress.ternarization.ntk_learnable_activations=true",
+]
 
 
 class CalibrateRandomFeatures(pl.Callback):
@@ -79,10 +86,7 @@ def main() -> None:
     }
     variants = {} if args.skip_qat else qat
     if not args.skip_ntk:
-        variants["RF-MLP 2000-2000-1000 dense (Gaussian, ReLU)"] = (
-            "ntk_mlp_fmnist",
-            ["compress=[]", "+callbacks.calibrate._target_=bench.ternary_fmnist.CalibrateRandomFeatures"],
-        )
+        variants["RF-MLP 2000-2000-1000 dense (Gaussian, ReLU)"] = ("ntk_mlp_fmnist", DENSE_RF_OVERRIDES)
         variants["RF-MLP NTK-LC (ternary 97% zeros, step act.)"] = ("ntk_mlp_fmnist", [])
         variants["ablation: NTK-LC at eps=0 (dense +-1 weights, step act.)"] = (
             "ntk_mlp_fmnist",
@@ -98,10 +102,7 @@ def main() -> None:
         )
         variants["RF-MLP NTK-LC, our staircase, learnable (ntk_learnable_activations)"] = (
             "ntk_mlp_fmnist",
-            [
-                "compress.ternarization.ntk_activations=staircase",
-                "compress.ternarization.ntk_learnable_activations=true",
-            ],
+            LEARNABLE_STAIRCASE_OVERRIDES,
         )
         variants["ablation: ternary 97% zeros, ReLU kept (ntk_activations=original)"] = (
             "ntk_mlp_fmnist",
