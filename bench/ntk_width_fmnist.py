@@ -14,8 +14,9 @@ the ``1/sqrt(width)`` rate of a Monte Carlo estimate of the kernel; the width at
 is extrapolated, not measured.
 
 Run: ``python -m bench.ntk_width_fmnist [--widths 500 1000 2000 4000] [--seeds 0] [--epochs 10]
-[--variants dense steps staircase] [--name ntk_width_fmnist]`` (``--name`` keeps a partial rerun, e.g. more seeds
-at one width, from overwriting the sweep's results).
+[--variants dense steps staircase] [--activation-lr-scales 1.0] [--name ntk_width_fmnist]`` (``--name`` keeps a
+partial rerun, e.g. more seeds at one width, from overwriting the sweep's results; ``--activation-lr-scales``
+trains the staircase once per ``Ternarization(activation_lr_scale=...)`` value).
 """
 
 from __future__ import annotations
@@ -59,17 +60,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--activation-lr-scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--name", default=NAME, help="results file stem")
     args = parser.parse_args()
     if "dense" not in args.variants:
         parser.error("--variants must include dense (the gaps are taken against it)")
 
-    labels = [VARIANTS[v][0] for v in args.variants]
+    selected: list[tuple[str, list[str]]] = []
+    for key in args.variants:
+        label, extra = VARIANTS[key]
+        if key != "staircase" or args.activation_lr_scales == [1.0]:
+            selected.append((label, extra))
+            continue
+        for scale in args.activation_lr_scales:
+            override = f"compress.ternarization.activation_lr_scale={scale}"
+            selected.append((f"{label}, activation lr x{scale:g}", [*extra, override]))
+    labels = [label for label, _ in selected]
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {label: {} for label in labels}
     for width in args.widths:
         shape = ",".join(map(str, widths_of(width)))
-        for key in args.variants:
-            label, extra = VARIANTS[key]
+        for label, extra in selected:
             runs[label][width] = [
                 run_one(RECIPE, seed, args.epochs, [f"model.widths=[{shape}]", *extra]) for seed in args.seeds
             ]

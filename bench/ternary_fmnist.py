@@ -15,7 +15,7 @@
 
 Every size is the artifact file's bytes against the fp32 bytes of the same model.
 Run: ``python -m bench.ternary_fmnist [--seeds 0] [--epochs 10] [--ntk-epochs 10] [--skip-ntk | --skip-qat]``
-(``--skip-qat`` writes ``results/ternary_fmnist_ntk.*``).
+(``--skip-qat`` writes ``results/ternary_fmnist_ntk.*``, ``--skip-ntk`` writes ``results/ternary_fmnist_qat.*``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--skip-ntk", action="store_true")
     parser.add_argument("--skip-qat", action="store_true")
     args = parser.parse_args()
+    if args.skip_ntk and args.skip_qat:
+        parser.error("--skip-ntk and --skip-qat together leave nothing to run")
 
     qat = {
         "LeNet-300-100 fp32": ("dense_lenet300_fmnist", []),
@@ -143,7 +145,7 @@ def main() -> None:
         "only). The paper convention counts 1 bit per non-zero hidden weight and per neuron against 32 bits per "
         "weight and neuron (head at 32 bits on both sides)."
     )
-    name = f"{NAME}_ntk" if args.skip_qat else NAME
+    name = f"{NAME}_ntk" if args.skip_qat else f"{NAME}_qat" if args.skip_ntk else NAME
     print(write_results(name, {"runs": runs, "seeds": args.seeds}, table, notes).read_text())
 
 

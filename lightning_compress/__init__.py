@@ -17,7 +17,7 @@ from lightning_compress.callbacks import (
 )
 from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
 from lightning_compress.models import build_model
-from lightning_compress.module import ImageClassifier
+from lightning_compress.module import ImageClassifier, param_groups
 from lightning_compress.report import SizeReport, size_report
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "__version__",
     "build_model",
     "load",
+    "param_groups",
     "read_artifact",
     "save",
     "size_report",

@@ -14,10 +14,56 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-__all__ = ["ImageClassifier", "evaluate_accuracy"]
+__all__ = ["LR_SCALE_ATTR", "ImageClassifier", "evaluate_accuracy", "param_groups"]
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+#: A module carrying this attribute (a float) asks for its own parameters to train at that multiple of the
+#: optimizer's learning rate (e.g. ``Ternarization(activation_lr_scale=...)`` sets it on its step activations).
+LR_SCALE_ATTR = "lc_lr_scale"
+
+
+def param_groups(model: nn.Module, lr: float | None = None) -> list[dict[str, Any]]:
+    """The trainable parameters of ``model`` as optimizer param groups, one per learning-rate scale.
+
+    A parameter's scale is the :data:`LR_SCALE_ATTR` attribute of the module that owns it (1.0 when absent). Each
+    group carries its ``lr_scale``; with ``lr`` given it also carries ``lr = lr * lr_scale``, ready for any torch
+    optimizer in a LightningModule's own ``configure_optimizers``. :class:`ImageClassifier` does this for you.
+
+    Args:
+        model: the module whose parameters are grouped.
+        lr: the base learning rate, or ``None`` to leave ``lr`` to the optimizer (then apply ``lr_scale`` yourself,
+            as :class:`ImageClassifier` does).
+
+    Returns:
+        Param groups, the unscaled one first; parameters with ``requires_grad=False`` are left out.
+
+    Raises:
+        ValueError: when a module's :data:`LR_SCALE_ATTR` is not a positive number.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> net[1].lc_lr_scale = 0.1
+        >>> groups = param_groups(net, lr=1e-2)
+        >>> [(len(g["params"]), g["lr"]) for g in groups]
+        [(2, 0.01), (2, 0.001)]
+    """
+    by_scale: dict[float, list[nn.Parameter]] = {}
+    for name, module in model.named_modules():
+        scale = getattr(module, LR_SCALE_ATTR, 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"module {name!r}: `{LR_SCALE_ATTR}` must be a number > 0, got {scale!r}.")
+        trainable = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if trainable:
+            by_scale.setdefault(float(scale), []).extend(trainable)
+    scales = sorted(by_scale, key=lambda s: (s != 1.0, s))
+    groups: list[dict[str, Any]] = [{"params": by_scale[s], "lr_scale": s} for s in scales]
+    if lr is not None:
+        for group in groups:
+            group["lr"] = lr * group["lr_scale"]
+    return groups
 
 
 def _metrics(num_classes: int, top_k: Sequence[int], prefix: str) -> MetricCollection:
@@ -40,7 +86,8 @@ class ImageClassifier(pl.LightningModule):
     Args:
         backbone: the network; it is what :func:`lightning_compress.save` stores.
         num_classes: number of classes.
-        optimizer: ``params -> Optimizer`` (default: Adam, lr 1e-3).
+        optimizer: ``param groups -> Optimizer`` (default: Adam, lr 1e-3); it gets :func:`param_groups`, and each
+            group's lr is then multiplied by its ``lr_scale``.
         scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped every epoch (or step, see below). A factory
             with a ``total_steps`` parameter (e.g. :func:`lightning_compress.schedules.hold_then_cosine`) gets the
             fit's length in scheduler steps: optimizer steps or epochs, by ``scheduler_interval``.
@@ -118,8 +165,10 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-3)
+        groups = param_groups(self)
+        optimizer = self.optimizer_factory(groups) if self.optimizer_factory else torch.optim.Adam(groups, lr=1e-3)
+        for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         return {

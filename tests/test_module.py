@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_compress import ImageClassifier
-from lightning_compress.module import evaluate_accuracy
+from lightning_compress.module import evaluate_accuracy, param_groups
 from lightning_compress.schedules import hold_then_cosine
 from tests.helpers.models import trainer_kwargs
 
@@ -93,3 +93,31 @@ def test_hold_then_cosine_invalid_arguments() -> None:
     ):
         with pytest.raises(ValueError, match=f"`{name}`"):
             hold_then_cosine(opt, **kwargs)  # type: ignore[arg-type]
+
+
+def test_param_groups_split_by_lr_scale_and_skip_frozen_parameters() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    net[1].lc_lr_scale = 0.5
+    net[2].weight.requires_grad_(False)
+    groups = param_groups(net, lr=0.2)
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.5]
+    assert [g["lr"] for g in groups] == [pytest.approx(0.2), pytest.approx(0.1)]
+    assert [len(g["params"]) for g in groups] == [3, 2]  # net[2].weight is frozen, its bias is not
+    net[1].lc_lr_scale = -1.0
+    with pytest.raises(ValueError, match=r"'1'.*lc_lr_scale"):
+        param_groups(net)
+
+
+def test_classifier_scales_each_group_before_the_scheduler_sees_it(tmp_path: Path) -> None:
+    backbone = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 6))
+    backbone[0].lc_lr_scale = 0.1
+    model = ImageClassifier(
+        backbone,
+        num_classes=6,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+    )
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2))
+    trainer.fit(model, loader(), loader())
+    lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+    assert lrs == [pytest.approx(0.1 * 0.25), pytest.approx(0.01 * 0.25)]  # both halved twice from their own start

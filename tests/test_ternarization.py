@@ -347,12 +347,19 @@ def test_ddp_ranks_hold_identical_ternary_weights(tmp_path: Path) -> None:
 
 # -- the callback: ntk ------------------------------------------------------------------------------------------------
 def _rf_fit(
-    tmp_path: Path, storage: str = "symbols", epochs: int = 5, activations: str = "step", learnable: bool = False
-) -> tuple[lc.ImageClassifier, lc.Ternarization]:
+    tmp_path: Path,
+    storage: str = "symbols",
+    epochs: int = 5,
+    activations: str = "step",
+    learnable: bool = False,
+    activation_lr_scale: float = 1.0,
+    model: pl.LightningModule | None = None,
+) -> tuple[pl.LightningModule, lc.Ternarization]:
     torch.manual_seed(0)
-    model = lc.ImageClassifier(
-        RandomFeatureMLP(16, [128, 128, 64], 4), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.1)
-    )
+    if model is None:
+        model = lc.ImageClassifier(
+            RandomFeatureMLP(16, [128, 128, 64], 4), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.1)
+        )
     cb = lc.Ternarization(
         mode="ntk",
         sparsity=0.5,
@@ -360,6 +367,7 @@ def _rf_fit(
         restarts=10,
         ntk_activations=activations,
         ntk_learnable_activations=learnable,
+        activation_lr_scale=activation_lr_scale,
     )
     train, val = ordered_loaders()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=epochs)).fit(model, train, val)
@@ -428,6 +436,66 @@ def test_ntk_learnable_activations_train_with_the_head_and_round_trip(tmp_path: 
     assert torch.equal(loaded(x), learned.backbone(x))
 
 
+class _FirstStepUpdates(pl.Callback):
+    """How far the first optimizer step moved the head and the step activations' amplitudes."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        if trainer.global_step == 0:
+            self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        if trainer.global_step == 1:
+            after = dict(pl_module.named_parameters())
+            self.moved = {n: float((after[n].detach() - b).abs().max()) for n, b in self.before.items()}
+
+
+def test_activation_lr_scale_slows_the_activations_only(tmp_path: Path) -> None:
+    """Adam's first step moves every parameter by about its lr: 0.1 for the head, 0.1 x scale for the activations."""
+    updates = {}
+    for scale in (1.0, 0.01):
+        model = lc.ImageClassifier(
+            RandomFeatureMLP(16, [128, 128, 64], 4), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.1)
+        )
+        probe = _FirstStepUpdates()
+        cb = lc.Ternarization(
+            mode="ntk",
+            sparsity=0.5,
+            restarts=10,
+            ntk_activations="staircase",
+            ntk_learnable_activations=True,
+            activation_lr_scale=scale,
+        )
+        train, val = ordered_loaders()
+        pl.Trainer(callbacks=[cb, probe], **trainer_kwargs(tmp_path / str(scale), max_epochs=1)).fit(model, train, val)
+        updates[scale] = probe.moved
+    for scale, moved in updates.items():
+        assert moved["backbone.head.weight"] == pytest.approx(0.1, rel=1e-3)
+        amplitude_moves = [v for n, v in moved.items() if n.endswith("amplitudes")]
+        assert len(amplitude_moves) == 3
+        assert max(amplitude_moves) == pytest.approx(0.1 * scale, rel=1e-3)
+    assert lc.param_groups(model)[1]["lr_scale"] == 0.01  # the scale stays on the modules after fit
+
+
+class _PlainAdamClassifier(pl.LightningModule):
+    """A user's own module whose optimizer ignores param groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = RandomFeatureMLP(16, [32, 32, 16], 4)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.01)
+
+
+def test_activation_lr_scale_warns_when_the_optimizer_ignores_it(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"activation_lr_scale=0\.1.*param_groups"):
+        _rf_fit(tmp_path, epochs=1, learnable=True, activation_lr_scale=0.1, model=_PlainAdamClassifier())
+
+
 @pytest.mark.parametrize("storage", ["symbols", "seed"])
 def test_ntk_artifact_round_trip_is_exact(tmp_path: Path, storage: str) -> None:
     model, cb = _rf_fit(tmp_path, storage=storage, epochs=1)
@@ -470,6 +538,10 @@ def test_invalid_arguments() -> None:
         ({"storage": "disk"}, "`storage`"),
         ({"ntk_activations": "relu"}, "`ntk_activations`"),
         ({"ntk_learnable_activations": "yes"}, "`ntk_learnable_activations`"),
+        ({"activation_lr_scale": 0.0}, "`activation_lr_scale`"),
+        ({"activation_lr_scale": "fast"}, "`activation_lr_scale`"),
+        ({"activation_lr_scale": 0.1}, "`activation_lr_scale` applies to learnable"),  # qat without activations
+        ({"mode": "ntk", "activation_lr_scale": 0.1}, "`activation_lr_scale` applies to learnable"),
     ]
     for kwargs, name in cases:
         with pytest.raises(ValueError, match=name):

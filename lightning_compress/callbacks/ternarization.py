@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
@@ -34,6 +34,7 @@ from lightning_compress.functional.ternarization import (
 )
 from lightning_compress.layers import StepActivation, TernaryMixin, dense_layer, ternary_layer
 from lightning_compress.models.random_features import RandomFeatureMLP, activation_moments
+from lightning_compress.module import LR_SCALE_ATTR
 
 __all__ = ["Ternarization"]
 
@@ -78,6 +79,11 @@ class Ternarization(CompressionCallback):
             ternary; the centring constants follow the original activation).
         ntk_learnable_activations: ntk (our design): the matched step activations' levels and thresholds train with
             the head (a few scalars per layer, straight-through ramp for the thresholds); the paper freezes them.
+        activation_lr_scale: learning rate of the learnable step activations' levels and thresholds, as a multiple
+            of the optimizer's (our design: they are a few scalars that every feature shares, so they move faster
+            than the weights do). It is set as :data:`lightning_compress.module.LR_SCALE_ATTR` on each step
+            activation; :class:`~lightning_compress.ImageClassifier` honours it, and your own module does with
+            ``torch.optim.Adam(lightning_compress.param_groups(self, lr=...))``. A warning says when it is not.
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -105,6 +111,7 @@ class Ternarization(CompressionCallback):
         storage: str = "symbols",
         ntk_activations: str = "step",
         ntk_learnable_activations: bool = False,
+        activation_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if mode not in ("qat", "ntk"):
@@ -135,6 +142,17 @@ class Ternarization(CompressionCallback):
             raise ValueError(f"`ntk_activations` must be 'step', 'staircase' or 'original', got {ntk_activations!r}.")
         if not isinstance(ntk_learnable_activations, bool):
             raise ValueError(f"`ntk_learnable_activations` must be a bool, got {ntk_learnable_activations!r}.")
+        if isinstance(activation_lr_scale, bool) or not isinstance(activation_lr_scale, (int, float)):
+            raise ValueError(f"`activation_lr_scale` must be a number > 0, got {activation_lr_scale!r}.")
+        if not activation_lr_scale > 0:
+            raise ValueError(f"`activation_lr_scale` must be a number > 0, got {activation_lr_scale!r}.")
+        learnable = ntk_learnable_activations if mode == "ntk" else activations is not False
+        if activation_lr_scale != 1.0 and not learnable:
+            raise ValueError(
+                "`activation_lr_scale` applies to learnable step activations: set `activations` (qat) or "
+                "`ntk_learnable_activations=True` (ntk), or leave it at 1.0."
+            )
+        self.activation_lr_scale = float(activation_lr_scale)
         self.ntk_activations = ntk_activations
         self.ntk_learnable_activations = ntk_learnable_activations
         self.mode = mode
@@ -193,7 +211,7 @@ class Ternarization(CompressionCallback):
             net.input_mean.copy_(mean)
             net.input_scale.copy_(scale)
             for i, step in enumerate(steps):
-                net.activations[i] = StepActivation.from_step(step, learnable=self.ntk_learnable_activations)
+                net.activations[i] = self._step_activation(step, learnable=self.ntk_learnable_activations)
             for i, weight in enumerate(net.hidden_weights()):
                 weight.copy_(sparse_ternary(tuple(weight.shape), self._ntk_sparsity, self.seed + i))
                 weight.requires_grad_(False)
@@ -322,8 +340,30 @@ class Ternarization(CompressionCallback):
         assert steps is not None  # noqa: S101 - broadcast returns rank 0's value
         for name, step in zip(relus, steps, strict=True):
             ramp = max(abs(step.thresholds[-1] - step.thresholds[0]) / 2, 1e-3)
-            module.set_submodule(name, StepActivation.from_step(step, learnable=True, ramp=ramp))
+            module.set_submodule(name, self._step_activation(step, learnable=True, ramp=ramp))
         self.residuals = [s.residual for s in steps]
+
+    def _step_activation(self, step: StepFunction, learnable: bool, ramp: float = 0.5) -> StepActivation:
+        activation = StepActivation.from_step(step, learnable=learnable, ramp=ramp)
+        if learnable and self.activation_lr_scale != 1.0:
+            setattr(activation, LR_SCALE_ATTR, self.activation_lr_scale)
+        return activation
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.activation_lr_scale == 1.0:
+            return
+        scaled = {id(p) for m in pl_module.modules() if hasattr(m, LR_SCALE_ATTR) for p in m.parameters()}
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        honoured = [
+            g.get("lr_scale") == self.activation_lr_scale for g in groups if any(id(p) in scaled for p in g["params"])
+        ]
+        if scaled and not (honoured and all(honoured)):
+            rank_zero_warn(
+                f"Ternarization(activation_lr_scale={self.activation_lr_scale}) is not applied: the optimizer does not "
+                "group the step activations' parameters by their scale. Build it from "
+                "`lightning_compress.param_groups(self, lr=...)` in configure_optimizers."
+            )
 
     def _input_scales(self, trainer: pl.Trainer, module: nn.Module, names: list[str]) -> list[float]:
         """RMS of each named module's input over the calibration batches (the ``tau`` its moments are taken at)."""
