@@ -16,18 +16,20 @@ is extrapolated, not measured.
 Run: ``python -m bench.ntk_width_fmnist [--widths 500 1000 2000 4000] [--seeds 0] [--epochs 10]
 [--variants dense steps staircase] [--activation-lr-scales 1.0] [--name ntk_width_fmnist]`` (``--name`` keeps a
 partial rerun, e.g. more seeds at one width, from overwriting the sweep's results; ``--activation-lr-scales``
-trains the staircase once per ``Ternarization(activation_lr_scale=...)`` value).
+trains the staircase once per ``Ternarization(activation_lr_scale=...)`` value). ``--pool NAME [NAME ...]`` trains
+nothing: it pools earlier results files by seed into one table (``--name`` names it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from typing import Any
 
 import numpy as np
 
-from bench.common import mean_std, write_results
+from bench.common import RESULTS, mean_std, write_results
 from bench.ternary_fmnist import DENSE_RF_OVERRIDES, LEARNABLE_STAIRCASE_OVERRIDES, run_one
 
 NAME = "ntk_width_fmnist"
@@ -54,6 +56,32 @@ def power_fit(widths: list[int], gaps: list[float]) -> tuple[float, float] | Non
     return float(math.exp(intercept)), float(slope)
 
 
+#: label -> width -> seed -> the run's metrics
+Runs = dict[str, dict[int, dict[int, dict[str, Any]]]]
+
+
+def pooled_runs(names: list[str]) -> tuple[Runs, int]:
+    """The runs of earlier results files, keyed by seed (a later file wins a repeated seed), and their epochs."""
+    runs: Runs = {}
+    epochs: set[int] = set()
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            raise SystemExit(f"--pool: no results file {path}; run the benchmark with --name {name} first.")
+        payload = json.loads(path.read_text())
+        seeds = payload["seeds"] if "seeds" in payload else [payload["seed"]]  # the first version ran one seed
+        seeds_of = payload.get("seeds_of_runs", {})  # a pooled file records each row's seed
+        epochs.add(int(payload["epochs"]))
+        for label, by_width in payload["runs"].items():
+            for width, rows in by_width.items():
+                rows = [rows] if isinstance(rows, dict) else rows  # the first version stored one run per width
+                row_seeds = seeds_of.get(label, {}).get(width, seeds)
+                runs.setdefault(label, {}).setdefault(int(width), {}).update(zip(row_seeds, rows, strict=True))
+    if len(epochs) != 1:
+        raise SystemExit(f"--pool: the files were trained for different epochs {sorted(epochs)}; pool like with like.")
+    return runs, epochs.pop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--widths", type=int, nargs="+", default=[500, 1000, 2000, 4000])
@@ -61,62 +89,59 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--activation-lr-scales", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--pool", nargs="+", metavar="NAME", help="train nothing: pool these results files by seed")
     parser.add_argument("--name", default=NAME, help="results file stem")
     args = parser.parse_args()
     if "dense" not in args.variants:
         parser.error("--variants must include dense (the gaps are taken against it)")
 
-    selected: list[tuple[str, list[str]]] = []
-    for key in args.variants:
-        label, extra = VARIANTS[key]
-        if key != "staircase" or args.activation_lr_scales == [1.0]:
-            selected.append((label, extra))
-            continue
-        for scale in args.activation_lr_scales:
-            override = f"compress.ternarization.activation_lr_scale={scale}"
-            selected.append((f"{label}, activation lr x{scale:g}", [*extra, override]))
-    labels = [label for label, _ in selected]
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {label: {} for label in labels}
-    for width in args.widths:
-        shape = ",".join(map(str, widths_of(width)))
-        for label, extra in selected:
-            runs[label][width] = [
-                run_one(RECIPE, seed, args.epochs, [f"model.widths=[{shape}]", *extra]) for seed in args.seeds
-            ]
+    if args.pool:
+        runs, args.epochs = pooled_runs(args.pool)
+        args.widths = sorted({w for by_width in runs.values() for w in by_width})
+        args.seeds = sorted({seed for by_width in runs.values() for rows in by_width.values() for seed in rows})
+    else:
+        runs = train_runs(args)
 
     def gaps(label: str, width: int) -> list[float]:
-        """Per-seed gap to the dense net of the same seed, in points."""
-        pairs = zip(runs[DENSE][width], runs[label][width], strict=True)
-        return [100 * (dense["test/acc"] - row["test/acc"]) for dense, row in pairs]
+        """Per-seed gap to the dense net of the same seed, in points (seeds without a dense run are left out)."""
+        dense = runs[DENSE].get(width, {})
+        rows = runs[label].get(width, {})
+        return [100 * (dense[seed]["test/acc"] - row["test/acc"]) for seed, row in rows.items() if seed in dense]
 
     table: list[dict[str, Any]] = []
     for width in args.widths:
-        for label in labels:
-            rows = runs[label][width]
-            acc, acc_sd = mean_std([100 * r["test/acc"] for r in rows])
-            gap, gap_sd = mean_std(gaps(label, width))
+        for label, by_width in runs.items():
+            if width not in by_width:
+                continue
+            rows = by_width[width]
+            acc, acc_sd = mean_std([100 * r["test/acc"] for r in rows.values()])
+            width_gaps = gaps(label, width)
+            gap, gap_sd = mean_std(width_gaps) if width_gaps else (math.nan, math.nan)
             table.append(
                 {
                     "widths": "-".join(map(str, widths_of(width))),
                     "model": label,
+                    "seeds": ", ".join(map(str, rows)),
                     "test acc (%)": f"{acc:.2f} ± {acc_sd:.2f}",
-                    "gap to dense (pt)": "-" if label == DENSE else f"{gap:.2f} ± {gap_sd:.2f}",
-                    "artifact bytes": f"{int(rows[0]['size/artifact_bytes']):,}",
-                    "ratio vs fp32": f"{rows[0]['size/ratio']:.1f}x",
+                    "gap to dense (pt)": "-"
+                    if label == DENSE
+                    else f"{gap:.2f} ± {gap_sd:.2f} ({', '.join(f'{g:.2f}' for g in width_gaps)})",
+                    "artifact bytes": f"{int(next(iter(rows.values()))['size/artifact_bytes']):,}",
+                    "ratio vs fp32": f"{next(iter(rows.values()))['size/ratio']:.1f}x",
                 }
             )
     fits: dict[str, dict[str, float]] = {}
-    for label in labels:
-        if label == DENSE:
-            continue
-        fit = power_fit(args.widths, [mean_std(gaps(label, w))[0] for w in args.widths])
+    for label, by_width in runs.items():
+        widths = [w for w in sorted(by_width) if label != DENSE and gaps(label, w)]
+        fit = power_fit(widths, [mean_std(gaps(label, w))[0] for w in widths])
         if fit is not None:
             c, slope = fit
             one_point = (1.0 / c) ** (1.0 / slope) if slope < 0 else math.inf
             fits[label] = {"c": c, "slope": slope, "width_for_1pt": one_point}
     notes = (
-        f"Seeds {', '.join(map(str, args.seeds))} (mean ± sd; gaps per seed), {args.epochs} epochs (Adam 1e-2, "
-        "cosine, head and learnable activations only), "
+        ("Pooled from " + ", ".join(f"results/{n}.json" for n in args.pool) + ". " if args.pool else "")
+        + f"Seeds {', '.join(map(str, args.seeds))} (mean ± sd; gaps per seed against the dense net of the same "
+        f"seed), {args.epochs} epochs (Adam 1e-2, cosine, head and learnable activations only), "
         "hidden widths w-w-w/2, 97% sparse ternary weights. Ratio: fp32 bytes of the same model / artifact file "
         "bytes. Fitted gap = c * w^slope: "
         + (
@@ -127,8 +152,34 @@ def main() -> None:
             or "none (it needs two widths)"
         )
     )
-    payload = {"runs": {k: {str(w): r for w, r in v.items()} for k, v in runs.items()}, "fits": fits, **vars(args)}
+    payload = {
+        "runs": {k: {str(w): list(r.values()) for w, r in v.items()} for k, v in runs.items()},
+        "seeds_of_runs": {k: {str(w): list(r) for w, r in v.items()} for k, v in runs.items()},
+        "fits": fits,
+        **vars(args),
+    }
     print(write_results(args.name, payload, table, notes).read_text())
+
+
+def train_runs(args: argparse.Namespace) -> Runs:
+    """Train every selected variant at every width and seed."""
+    selected: list[tuple[str, list[str]]] = []
+    for key in args.variants:
+        label, extra = VARIANTS[key]
+        if key != "staircase" or args.activation_lr_scales == [1.0]:
+            selected.append((label, extra))
+            continue
+        for scale in args.activation_lr_scales:
+            override = f"compress.ternarization.activation_lr_scale={scale}"
+            selected.append((f"{label}, activation lr x{scale:g}", [*extra, override]))
+    runs: Runs = {label: {} for label, _ in selected}
+    for width in args.widths:
+        shape = ",".join(map(str, widths_of(width)))
+        for label, extra in selected:
+            runs[label][width] = {
+                seed: run_one(RECIPE, seed, args.epochs, [f"model.widths=[{shape}]", *extra]) for seed in args.seeds
+            }
+    return runs
 
 
 if __name__ == "__main__":
