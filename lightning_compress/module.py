@@ -14,7 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-__all__ = ["LR_SCALE_ATTR", "ImageClassifier", "evaluate_accuracy", "param_groups"]
+__all__ = ["LR_SCALE_ATTR", "ImageClassifier", "evaluate_accuracy", "is_lr_scale", "param_groups"]
 
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -22,6 +22,11 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 #: A module carrying this attribute (a float) asks for its own parameters to train at that multiple of the
 #: optimizer's learning rate (e.g. ``Ternarization(activation_lr_scale=...)`` sets it on its step activations).
 LR_SCALE_ATTR = "lc_lr_scale"
+
+
+def is_lr_scale(value: object) -> bool:
+    """Whether ``value`` is a valid learning-rate multiple: a real number > 0 (a bool is not one)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
 
 
 def param_groups(model: nn.Module, lr: float | None = None) -> list[dict[str, Any]]:
@@ -53,7 +58,7 @@ def param_groups(model: nn.Module, lr: float | None = None) -> list[dict[str, An
     by_scale: dict[float, list[nn.Parameter]] = {}
     for name, module in model.named_modules():
         scale = getattr(module, LR_SCALE_ATTR, 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        if not is_lr_scale(scale):
             raise ValueError(f"module {name!r}: `{LR_SCALE_ATTR}` must be a number > 0, got {scale!r}.")
         trainable = [p for p in module.parameters(recurse=False) if p.requires_grad]
         if trainable:

@@ -34,7 +34,7 @@ from lightning_compress.functional.ternarization import (
 )
 from lightning_compress.layers import StepActivation, TernaryMixin, dense_layer, ternary_layer
 from lightning_compress.models.random_features import RandomFeatureMLP, activation_moments
-from lightning_compress.module import LR_SCALE_ATTR
+from lightning_compress.module import LR_SCALE_ATTR, is_lr_scale
 
 __all__ = ["Ternarization"]
 
@@ -80,10 +80,11 @@ class Ternarization(CompressionCallback):
         ntk_learnable_activations: ntk (our design): the matched step activations' levels and thresholds train with
             the head (a few scalars per layer, straight-through ramp for the thresholds); the paper freezes them.
         activation_lr_scale: learning rate of the learnable step activations' levels and thresholds, as a multiple
-            of the optimizer's (our design: they are a few scalars that every feature shares, so they move faster
-            than the weights do). It is set as :data:`lightning_compress.module.LR_SCALE_ATTR` on each step
-            activation; :class:`~lightning_compress.ImageClassifier` honours it, and your own module does with
-            ``torch.optim.Adam(lightning_compress.param_groups(self, lr=...))``. A warning says when it is not.
+            of the optimizer's (our design: they are a few scalars that every feature shares; below 1 they settle
+            more steadily, see the README's measurement). It is set as :data:`lightning_compress.module.LR_SCALE_ATTR`
+            on each step activation; :class:`~lightning_compress.ImageClassifier` honours it, and your own module
+            does with ``torch.optim.Adam(lightning_compress.param_groups(self, lr=...))``. A warning says when it is
+            not.
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -142,9 +143,7 @@ class Ternarization(CompressionCallback):
             raise ValueError(f"`ntk_activations` must be 'step', 'staircase' or 'original', got {ntk_activations!r}.")
         if not isinstance(ntk_learnable_activations, bool):
             raise ValueError(f"`ntk_learnable_activations` must be a bool, got {ntk_learnable_activations!r}.")
-        if isinstance(activation_lr_scale, bool) or not isinstance(activation_lr_scale, (int, float)):
-            raise ValueError(f"`activation_lr_scale` must be a number > 0, got {activation_lr_scale!r}.")
-        if not activation_lr_scale > 0:
+        if not is_lr_scale(activation_lr_scale):
             raise ValueError(f"`activation_lr_scale` must be a number > 0, got {activation_lr_scale!r}.")
         learnable = ntk_learnable_activations if mode == "ntk" else activations is not False
         if activation_lr_scale != 1.0 and not learnable:
@@ -353,12 +352,16 @@ class Ternarization(CompressionCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.activation_lr_scale == 1.0:
             return
-        scaled = {id(p) for m in pl_module.modules() if hasattr(m, LR_SCALE_ATTR) for p in m.parameters()}
-        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        honoured = [
-            g.get("lr_scale") == self.activation_lr_scale for g in groups if any(id(p) in scaled for p in g["params"])
-        ]
-        if scaled and not (honoured and all(honoured)):
+        # each tagged trainable parameter must sit in an optimizer group carrying its module's scale
+        wanted = {
+            id(p): getattr(m, LR_SCALE_ATTR)
+            for m in pl_module.modules()
+            if hasattr(m, LR_SCALE_ATTR)
+            for p in m.parameters(recurse=False)
+            if p.requires_grad
+        }
+        placed = {id(p): g.get("lr_scale") for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        if any(placed.get(key) != scale for key, scale in wanted.items()):
             rank_zero_warn(
                 f"Ternarization(activation_lr_scale={self.activation_lr_scale}) is not applied: the optimizer does not "
                 "group the step activations' parameters by their scale. Build it from "
