@@ -42,10 +42,10 @@ class L1NeuronPruning(NeuronElimination):
         super().__init__(verbose=False, **kwargs)
         self.widths = widths
 
-    def _decide(self, trainer: pl.Trainer, module: nn.Module) -> list[RoundRecord]:
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: nn.Module) -> list[RoundRecord]:
         alive = self.alive()
         goal = self.widths[min(self._round, len(self.widths) - 1)]
-        example = next(iter(self.training_inputs(trainer, 1, "L1NeuronPruning")))[:2]
+        example = next(iter(self.training_inputs(trainer, pl_module, 1, "L1NeuronPruning")))[:2]
         device = next(module.parameters()).device
         graph = tp.DependencyGraph().build_dependency(module, example_inputs=example.to(device), verbose=False)
         importance = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)

@@ -26,7 +26,7 @@ def test_callback_on_gpu_round_trips(tmp_path: Path, method: str) -> None:
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
     train = DataLoader(blobs(256), batch_size=32)
-    val = DataLoader(blobs(128, seed=7), batch_size=64)
+    val = DataLoader(blobs(128, sample_seed=7), batch_size=64)
     writer = lc.ArtifactWriter(tmp_path / "gpu.lcz")
     devices: list[torch.device] = []
 

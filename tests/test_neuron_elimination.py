@@ -240,7 +240,7 @@ def test_greedy_round_follows_size_goal_and_floor() -> None:
 
 # -- callback ----------------------------------------------------------------------------------------------------------
 def _big_loaders() -> tuple[DataLoader, DataLoader]:
-    return DataLoader(blobs(1024), batch_size=64), DataLoader(blobs(256, seed=7), batch_size=128)
+    return DataLoader(blobs(1024), batch_size=64), DataLoader(blobs(256, sample_seed=7), batch_size=128)
 
 
 def _fit(
@@ -300,8 +300,7 @@ def test_post_hoc_short_fit_on_a_trained_model(tmp_path: Path) -> None:
     pl.Trainer(**trainer_kwargs(tmp_path / "post", max_epochs=1), callbacks=[callback]).fit(model, train, val)
     assert len(callback.history) == 2
     assert sum(p.numel() for p in model.backbone.parameters()) <= 0.5 * callback._dense_params
-    accuracy = lc.module.evaluate_accuracy(model, train)  # the val blobs have other centres; train is in-distribution
-    assert accuracy > 0.9
+    assert lc.module.evaluate_accuracy(model, val) > 0.9
 
 
 def test_masks_keep_removed_neurons_zero_during_training(tmp_path: Path) -> None:
@@ -321,6 +320,8 @@ def test_masks_keep_removed_neurons_zero_during_training(tmp_path: Path) -> None
 def test_accuracy_budget_undoes_a_round_and_stops(tmp_path: Path) -> None:
     callback = lc.NeuronElimination(rounds=3, target_params=0.02, accuracy_budget=0.0, monitor="val/acc", verbose=False)
     model = _fit(tmp_path, callback, epochs=4, hidden=24)
+    assert callback._best is not None
+    assert callback._best > 0.8  # the watched metric is well above chance (0.25)
     assert callback._stopped
     assert callback.summary().get("neuron_elimination/undone_rounds", 0) >= 1
     assert sum(p.numel() for p in model.backbone.parameters()) > 0.02 * callback._dense_params

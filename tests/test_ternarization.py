@@ -306,6 +306,7 @@ def test_qat_learns_from_a_trained_checkpoint(tmp_path: Path) -> None:
     train, val = ordered_loaders()
     pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
     dense_acc = lc.module.evaluate_accuracy(model.backbone, val)
+    assert dense_acc > 0.8  # chance: 0.25
     pl.Trainer(callbacks=[lc.Ternarization()], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
     assert lc.module.evaluate_accuracy(model.backbone, val) > dense_acc - 0.05
 

@@ -127,6 +127,7 @@ def test_callback_shares_exactly_k_values_and_round_trips(tmp_path: Path) -> Non
     ws = lc.WeightSharing(k_bounds=(2, 64), pop_size=8, n_gen=4, progress=False, accuracy_budget=0.02)
     model = _fit(tmp_path, ws)
     summary = ws.summary()
+    assert summary["weight_sharing/baseline_metric"] > 0.8  # the dense net learned (chance: 0.25)
     k_shared = int(summary["weight_sharing/num_shared"])
     values = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
     assert len(torch.unique(values)) == k_shared

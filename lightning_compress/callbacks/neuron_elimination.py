@@ -24,6 +24,7 @@ from typing_extensions import override
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
+from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     DependenceSolver,
     Elimination,
@@ -42,7 +43,16 @@ from lightning_compress.functional.neuron_elimination import (
     shrink_,
 )
 
-__all__ = ["NeuronElimination"]
+__all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
+
+#: The last round's tolerance when none is given.
+DEFAULT_TOLERANCE = 0.05
+#: The default guard's budget on an accuracy-like metric: 1 point.
+DEFAULT_ACCURACY_BUDGET = 0.01
+#: The default guard's budget on a loss-like metric, relative to its best value.
+DEFAULT_LOSS_BUDGET = 0.02
+_MAX_WORDS = ("acc", "f1", "auc", "top", "iou", "precision", "recall", "score", "map", "bleu")
+_MIN_WORDS = ("loss", "err", "ppl", "perplexity", "mse", "mae", "nll")
 
 
 class NeuronElimination(CompressionCallback):
@@ -116,15 +126,15 @@ class NeuronElimination(CompressionCallback):
 
     def __init__(
         self,
-        tolerance: float = 0.05,
+        tolerance: float | None = None,
         start_tolerance: float = 1e-6,
         schedule: str = "geometric",
         rounds: int = 10,
         score: str = "output",
         target_params: float | None = None,
-        accuracy_budget: float | None = None,
-        monitor: str = "val/acc",
-        mode: str = "max",
+        accuracy_budget: float | str | None = "auto",
+        monitor: str | None = None,
+        mode: str | None = None,
         layers: Sequence[str] | None = None,
         calibration_batches: int | None = None,
         min_rows_per_neuron: int = 10,
@@ -132,10 +142,15 @@ class NeuronElimination(CompressionCallback):
         ridge: float = 1e-10,
         removal: str = "mask",
         final_fraction: float = 0.2,
+        unguarded_tolerance: float = 1e-3,
+        forward_inputs: ForwardInputs | None = None,
         verbose: bool = True,
     ) -> None:
-        super().__init__()
-        if not (isinstance(tolerance, int | float) and 0.0 <= float(tolerance) <= 1.0):
+        super().__init__(forward_inputs)
+        # "Go as far as asked": an explicit size target or tolerance is not held back by the default guard.
+        explicit = target_params is not None or tolerance is not None
+        tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+        if not (_is_number(tolerance) and 0.0 <= tolerance <= 1.0):
             raise ValueError(f"`tolerance` must be a number in [0, 1] (a 1 - R^2 fraction), got {tolerance!r}.")
         if not (isinstance(start_tolerance, int | float) and 0.0 <= float(start_tolerance) <= float(tolerance)):
             raise ValueError(f"`start_tolerance` must be in [0, tolerance={tolerance}], got {start_tolerance!r}.")
@@ -149,12 +164,14 @@ class NeuronElimination(CompressionCallback):
             raise ValueError(f"`score` must be 'r2' or 'output', got {score!r}.")
         if target_params is not None and not (isinstance(target_params, int | float) and 0 < target_params < 1):
             raise ValueError(f"`target_params` must be None or a fraction in (0, 1), got {target_params!r}.")
-        if accuracy_budget is not None and not (isinstance(accuracy_budget, int | float) and accuracy_budget >= 0):
-            raise ValueError(f"`accuracy_budget` must be None or a number >= 0, got {accuracy_budget!r}.")
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"`monitor` must be a metric name, got {monitor!r}.")
-        if mode not in ("max", "min"):
-            raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}.")
+        if accuracy_budget not in ("auto", None) and not (_is_number(accuracy_budget) and float(accuracy_budget) >= 0):
+            raise ValueError(f"`accuracy_budget` must be 'auto', None or a number >= 0, got {accuracy_budget!r}.")
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
+        if mode not in (None, "max", "min"):
+            raise ValueError(f"`mode` must be None (from the metric's name), 'max' or 'min', got {mode!r}.")
+        if not (isinstance(unguarded_tolerance, int | float) and 0.0 < float(unguarded_tolerance) <= 1.0):
+            raise ValueError(f"`unguarded_tolerance` must be a number in (0, 1], got {unguarded_tolerance!r}.")
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
             raise ValueError(f"`layers` must be None or a list of module names, got {layers!r}.")
         if calibration_batches is not None and (not isinstance(calibration_batches, int) or calibration_batches < 1):
@@ -176,9 +193,16 @@ class NeuronElimination(CompressionCallback):
         self.score = score
         self.tolerances = anneal_tolerance(self.start_tolerance, self.tolerance, rounds, schedule)
         self.target_params = None if target_params is None else float(target_params)
-        self.accuracy_budget = None if accuracy_budget is None else float(accuracy_budget)
+        #: None: no guard; a number: the guard's budget; resolved from "auto" here (on unless the call asked for a size)
+        self.accuracy_budget: float | None
+        if accuracy_budget == "auto":
+            self.accuracy_budget = None if explicit else DEFAULT_ACCURACY_BUDGET
+        else:
+            self.accuracy_budget = None if accuracy_budget is None else float(accuracy_budget)
+        self.guard_is_default = accuracy_budget == "auto" and not explicit
         self.monitor = monitor
         self.mode = mode
+        self.unguarded_tolerance = float(unguarded_tolerance)
         self.layers = None if layers is None else list(layers)
         self.calibration_batches = calibration_batches
         self.min_rows_per_neuron = min_rows_per_neuron
@@ -196,6 +220,8 @@ class NeuronElimination(CompressionCallback):
         self._stopped = False
         self._finished = False
         self._best: float | None = None
+        self._stop_reason = ""
+        self._capped = False
         self._dense_params = 0
         self._dense_fp32_bytes = 0
         self._table: list[tuple[int, int | None, int | None]] = []
@@ -237,6 +263,7 @@ class NeuronElimination(CompressionCallback):
     # -- set-up ------------------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         launcher = getattr(trainer.strategy, "launcher", None)
@@ -261,10 +288,23 @@ class NeuronElimination(CompressionCallback):
         if self._finished:
             raise RuntimeError("This NeuronElimination already finished a fit; use a new instance for a new fit.")
         module = self.target_module(pl_module)
+        if (
+            self.accuracy_budget is not None
+            and not self.should_skip(trainer)
+            and not self.has_validation(trainer, pl_module)
+        ):
+            if not self.guard_is_default:
+                raise ValueError(
+                    "NeuronElimination(accuracy_budget=...) watches a validation metric, but this fit has no "
+                    "validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`); pass "
+                    "validation data to `fit`, or `accuracy_budget=None`."
+                )
+            self._unguarded("the fit has no validation loop")
+        if self._capped:
+            self._cap_tolerances()
         if not self.pairs:
-            example = next(iter(self.training_inputs(trainer, 1, "NeuronElimination")))
-            device = next(module.parameters()).device
-            self.pairs, self.skipped = find_layer_pairs(module, example[:2].to(device), self.layers)
+            example = self.check_forward(trainer, pl_module, "NeuronElimination")
+            self.pairs, self.skipped = find_layer_pairs(module, example, self.layers)
             if not self.pairs:
                 rank_zero_warn(f"NeuronElimination found no eligible layer pair: {self.skipped}.")
             self._dense_params = sum(p.numel() for p in module.parameters())
@@ -281,6 +321,51 @@ class NeuronElimination(CompressionCallback):
             self._round_steps = [max(1, round(span * (i + 1) / self.rounds)) for i in range(self.rounds)]
         self._refresh_masks(module)
         self._apply_masks()
+
+    def _unguarded(self, why: str) -> None:
+        """No metric to guard with: the default guard gives way to a loss-free rule, a low tolerance."""
+        self.accuracy_budget = None
+        self._capped = True
+        self._cap_tolerances()
+        rank_zero_info(
+            f"NeuronElimination: {why}, so its default accuracy guard cannot run; it eliminates only neurons whose "
+            f"score is at most `unguarded_tolerance`={self.unguarded_tolerance:g} (loss-free rule). Pass `monitor=` "
+            "for a guard, or `tolerance=` / `target_params=` to go further."
+        )
+
+    def _cap_tolerances(self) -> None:
+        self.tolerances = [min(t, self.unguarded_tolerance) for t in self.tolerances]
+
+    def _resolve_monitor(self, trainer: pl.Trainer) -> bool:
+        """Find the metric to guard with (first validation); False when there is none."""
+        if self.monitor is not None:
+            if self.monitor not in trainer.callback_metrics:
+                raise ValueError(
+                    f"NeuronElimination: `monitor`={self.monitor!r} was not logged in validation; logged metrics: "
+                    f"{sorted(trainer.callback_metrics)}. Pass one of them, or `monitor=None` to find one."
+                )
+        else:
+            names = sorted(k for k in trainer.callback_metrics if "val" in k.lower())
+            ranked = [n for n in names if any(w in n.lower() for w in _MAX_WORDS)] + [
+                n for n in names if any(w in n.lower() for w in _MIN_WORDS)
+            ]
+            if not ranked:
+                self._unguarded(f"no validation metric was found among {sorted(trainer.callback_metrics)}")
+                return False
+            self.monitor = ranked[0]
+        if self.mode is None:
+            lowered = self.monitor.lower()
+            self.mode = (
+                "min" if any(w in lowered for w in _MIN_WORDS) and not any(w in lowered for w in _MAX_WORDS) else "max"
+            )
+        rank_zero_info(
+            f"NeuronElimination guards {self.monitor!r} ({self.mode}): a round that costs more than "
+            f"{self.accuracy_budget:g}{' of its best, relative' if self._relative_budget() else ''} is undone."
+        )
+        return True
+
+    def _relative_budget(self) -> bool:
+        return self.guard_is_default and self.mode == "min"
 
     # -- training hooks --------------------------------------------------------------------------------------------
     @override
@@ -316,11 +401,13 @@ class NeuronElimination(CompressionCallback):
         fraction = self.target_params ** (self._round / (self.rounds - 1))
         return int(self._dense_params * fraction), target
 
-    def _decide(self, trainer: pl.Trainer, module: nn.Module) -> list[RoundRecord]:
+    def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: nn.Module) -> list[RoundRecord]:
         """Statistics on every rank (summed), eliminations decided on rank 0 and broadcast."""
         alive = self.alive()
         batches = self.calibration_batches
-        inputs = self.training_inputs(trainer, batches if batches is not None else 2**62, "NeuronElimination")
+        inputs = self.training_inputs(
+            trainer, pl_module, batches if batches is not None else 2**62, "NeuronElimination"
+        )
         rows = None if batches is not None else 4 * self.min_rows_per_neuron
         moments = collect_moments(module, self._current_pairs(alive), inputs, rows_per_neuron=rows)
         for moment in moments:
@@ -399,7 +486,7 @@ class NeuronElimination(CompressionCallback):
                 "state": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
             }
         alive_before = self.alive()
-        records = self._decide(trainer, module)
+        records = self._decide(trainer, pl_module, module)
         for record in records:
             pair = self.pairs[record.pair]
             consumer = module.get_submodule(pair.consumer)
@@ -437,7 +524,7 @@ class NeuronElimination(CompressionCallback):
         }
         for pair, n in zip(self.pairs, counts, strict=True):
             figures[f"neurons/{pair.producer}"] = float(n)
-        metric = trainer.callback_metrics.get(self.monitor)
+        metric = trainer.callback_metrics.get(self.monitor) if self.monitor is not None else None
         if metric is not None:
             figures["val_metric"] = float(metric)
         self.history[-1]["figures"] = figures
@@ -450,6 +537,7 @@ class NeuronElimination(CompressionCallback):
         _, target = self._params_goal()
         if target is not None and params <= target:
             self._stopped = True
+            self._stop_reason = f"it reached target_params={self.target_params}"
             rank_zero_info("NeuronElimination reached `target_params`; annealing stops.")
 
     def _shrink_round(
@@ -471,12 +559,17 @@ class NeuronElimination(CompressionCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.accuracy_budget is None or self.should_skip(trainer):
             return
+        if (self.monitor is None or self.mode is None) and not self._resolve_monitor(trainer):
+            return
+        assert self.monitor is not None  # noqa: S101 - resolved above
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
-            rank_zero_warn(f"NeuronElimination: `monitor`={self.monitor!r} was not logged; no accuracy budget check.")
-            return
+            raise ValueError(f"NeuronElimination: `monitor`={self.monitor!r} is no longer logged in validation.")
         value = float(metric) if self.mode == "max" else -float(metric)
-        undo = bool(self._snapshot is not None and self._best is not None and self._best - value > self.accuracy_budget)
+        budget = self.accuracy_budget
+        if self._relative_budget() and self._best is not None:
+            budget = DEFAULT_LOSS_BUDGET * abs(self._best)
+        undo = bool(self._snapshot is not None and self._best is not None and self._best - value > budget)
         undo = bool(self.broadcast(trainer, undo))
         if undo:
             assert self._snapshot is not None  # noqa: S101 - undo implies a snapshot
@@ -491,6 +584,10 @@ class NeuronElimination(CompressionCallback):
                 trainer.strategy.setup_optimizers(trainer)
             self._refresh_masks(module)
             self._stopped = True
+            self._stop_reason = (
+                f"{self.monitor} fell {(self._best or 0.0) - value:.4g} below its best (budget {budget:.4g}); "
+                f"the last {undone} round(s) were undone"
+            )
             self.log_figures(trainer, {"undone_rounds": float(undone)})
             rank_zero_info(
                 f"NeuronElimination: {self.monitor} fell {(self._best or 0.0) - value:.4f} below its best (budget "
@@ -506,8 +603,12 @@ class NeuronElimination(CompressionCallback):
         if self.should_skip(trainer) or not self.pairs:
             return
         module = self.target_module(pl_module)
-        if self._round < self.rounds and not self._stopped:
-            rank_zero_info(f"NeuronElimination: fit ended after {self._round} of {self.rounds} rounds.")
+        if not self._stop_reason:
+            self._stop_reason = (
+                f"all {self.rounds} rounds ran (last tolerance {self.tolerances[-1]:.2g})"
+                if self._round >= self.rounds
+                else f"the fit ended after {self._round} of {self.rounds} rounds"
+            )
         if self.removal == "mask":
             self._apply_masks()
             shrink_(module, self.pairs, self.removed())
@@ -519,6 +620,13 @@ class NeuronElimination(CompressionCallback):
         figures = {"final_params": float(params), "final_params_fraction": params / max(self._dense_params, 1)}
         figures["rounds_done"] = float(len(self.history))
         self.log_figures(trainer, figures)
+        widths = ", ".join(
+            f"{p.producer} {p.channels}->{len(a)}" for p, a in zip(self.pairs, self.alive(), strict=True)
+        )
+        rank_zero_info(
+            f"NeuronElimination removed {sum(len(r) for r in self.removed())} neurons ({widths}), keeping "
+            f"{figures['final_params_fraction']:.1%} of the parameters; it stopped because {self._stop_reason}."
+        )
         if self.verbose and trainer.is_global_zero:
             Console().print(self.summary_table(module))
 
@@ -548,6 +656,10 @@ class NeuronElimination(CompressionCallback):
             "stopped": self._stopped,
             "finished": self._finished,
             "best": self._best,
+            "capped": self._capped,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "stop_reason": self._stop_reason,
             "dense_params": self._dense_params,
             "dense_fp32_bytes": self._dense_fp32_bytes,
             "param_table": [list(row) for row in self._table],
@@ -563,9 +675,21 @@ class NeuronElimination(CompressionCallback):
         self._stopped = bool(state_dict.get("stopped", False))
         self._finished = bool(state_dict.get("finished", False))
         self._best = state_dict.get("best")
+        self._capped = bool(state_dict.get("capped", False))
+        if self._capped:
+            self.accuracy_budget = None
+            self._cap_tolerances()
+        self.monitor = state_dict.get("monitor", self.monitor)
+        self.mode = state_dict.get("mode", self.mode)
+        self._stop_reason = str(state_dict.get("stop_reason", ""))
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
         self._table = [(int(n), r, c) for n, r, c in state_dict.get("param_table", [])]
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _resize_before_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

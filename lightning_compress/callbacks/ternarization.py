@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.container import CodecSpec, save
+from lightning_compress.functional.forward import call_forward
 from lightning_compress.functional.ternarization import (
     StepFunction,
     match_step_activation,
@@ -177,7 +178,9 @@ class Ternarization(CompressionCallback):
     # -- set-up: structural changes happen before optimizers exist ---------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.ternarized:
+        super().setup(trainer, pl_module, stage)
+        # under fast_dev_run nothing is compressed, so nothing is swapped in either (it would never be baked)
+        if stage != "fit" or self.ternarized or self.should_skip(trainer):
             return
         module = self.target_module(pl_module)
         if self.mode == "ntk":
@@ -186,7 +189,9 @@ class Ternarization(CompressionCallback):
             self._setup_qat(trainer, module)
 
     def _calibration_inputs(self, trainer: pl.Trainer) -> Iterator[torch.Tensor]:
-        return self.training_inputs(trainer, self.calibration_batches, f"Ternarization(mode={self.mode!r})")
+        return self.training_inputs(
+            trainer, trainer.lightning_module, self.calibration_batches, f"Ternarization(mode={self.mode!r})"
+        )
 
     # ntk ---------------------------------------------------------------------------------------------------------
     def _setup_ntk(self, trainer: pl.Trainer, module: nn.Module) -> None:
@@ -386,7 +391,7 @@ class Ternarization(CompressionCallback):
         try:
             with torch.no_grad():
                 for x in self._calibration_inputs(trainer):
-                    module(x.float())
+                    call_forward(module, x.float() if isinstance(x, torch.Tensor) else x)
         finally:
             module.train(was_training)
             for h in handles:

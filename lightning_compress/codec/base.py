@@ -114,6 +114,11 @@ _DTYPES: Mapping[str, torch.dtype] = {
 }
 
 
+def stored_dtype_names() -> list[str]:
+    """Names of the dtypes an artifact stores, sorted."""
+    return sorted(_DTYPES)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     return str(dtype).removeprefix("torch.")

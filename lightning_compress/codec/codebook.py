@@ -97,8 +97,12 @@ class CodebookCodec(Codec):
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta
-        k = int(meta["k"])
+        k = meta["k"]
         blob = encoded.shared[meta["key"]]
+        if not isinstance(meta["has_counts"], bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"codebook codec: `k`={k!r} / `has_counts`={meta['has_counts']!r} are not int / bool.")
+        if len(blob) != (8 if meta["has_counts"] else 4) * k:
+            raise ValueError(f"codebook codec: a shared blob of {len(blob)} bytes is not a codebook of k={k!r} values.")
         codebook = np.frombuffer(blob[: 4 * k], dtype="<f4")
         n = 1
         for s in encoded.shape:

@@ -27,7 +27,13 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from lightning_compress.codec.base import EncodedTensor, get_codec
+from lightning_compress.codec.base import (
+    EncodedTensor,
+    available_codecs,
+    dtype_from_name,
+    get_codec,
+    stored_dtype_names,
+)
 
 __all__ = ["FORMAT_VERSION", "Artifact", "ArtifactError", "CodecSpec", "TensorRecord", "load", "read_artifact", "save"]
 
@@ -49,6 +55,13 @@ _HEADER_ZDICT_V2 = (
     b'{"key":"surp-","norm":0.'
 )
 _DIGEST_BYTES = 32
+_MAX_DIMS = 8
+_STORED_DTYPES = frozenset(stored_dtype_names())
+#: Default bound on the values an artifact may decode to (4 GiB of fp32): a header cannot make a reader allocate
+#: more than this; ``max_elements=`` raises it for a genuinely larger model.
+MAX_ELEMENTS = 2**30
+#: Modules a method inserts (step activations) hold a handful of values each.
+_MAX_INSERTED_ELEMENTS = 2**20
 
 
 def _deflate_header(text: bytes) -> bytes:
@@ -100,8 +113,17 @@ def _insert_modules(module: nn.Module, records: Mapping[str, Mapping[str, Any]],
         cls = _MODULE_TYPES.get(record["type"])
         if cls is None:
             raise ArtifactError(f"{path}: module {name!r} has type {record['type']!r}, unknown to this library.")
-        if not isinstance(module.get_submodule(name), cls):
-            module.set_submodule(name, cls(**record["kwargs"]))
+        try:
+            if not isinstance(module.get_submodule(name), cls):
+                with torch.device("meta"):  # its size first: constructor arguments come from the header
+                    size = sum(t.numel() for t in cls(**record["kwargs"]).state_dict().values())
+                if size > _MAX_INSERTED_ELEMENTS:
+                    raise ValueError(f"it would hold {size:,} values")
+                module.set_submodule(name, cls(**record["kwargs"]))
+        except Exception as err:
+            raise ArtifactError(
+                f"{path}: header field 'modules.{name}' does not fit the model: {type(err).__name__}: {err}"
+            ) from err
 
 
 class ArtifactError(ValueError):
@@ -181,12 +203,34 @@ class Artifact:
         """
         for record in self.tensors:
             if record.name == name:
-                return get_codec(record.codec).decode(self.encoded(record))
+                return self._decode(record)
         raise KeyError(f"{self.path}: no tensor named {name!r}")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """All tensors, decoded, in stored order."""
-        return {r.name: get_codec(r.codec).decode(self.encoded(r)) for r in self.tensors}
+        """All tensors, decoded, in stored order.
+
+        Raises:
+            ArtifactError: naming the file and the tensor whose payload or side information does not decode.
+        """
+        return {r.name: self._decode(r) for r in self.tensors}
+
+    def _decode(self, record: TensorRecord) -> torch.Tensor:
+        # The header passed its checks, but a codec's side information and payload can still disagree (a hostile
+        # or damaged file with a recomputed checksum): every failure becomes an ArtifactError naming the tensor.
+        try:
+            tensor = get_codec(record.codec).decode(self.encoded(record))
+        except ArtifactError:
+            raise
+        except Exception as err:
+            raise ArtifactError(
+                f"{self.path}: tensor {record.name!r} ({record.codec}) does not decode: {type(err).__name__}: {err}"
+            ) from err
+        if tuple(tensor.shape) != record.shape or tensor.dtype != dtype_from_name(record.dtype):
+            raise ArtifactError(
+                f"{self.path}: tensor {record.name!r} decodes to {tuple(tensor.shape)} {tensor.dtype}, but its "
+                f"record says {record.shape} {record.dtype}."
+            )
+        return tensor
 
 
 def artifact_module(model: nn.Module) -> nn.Module:
@@ -315,13 +359,24 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return path
 
 
-def read_artifact(path: str | os.PathLike[str]) -> Artifact:
-    """Parse and verify an artifact file.
+def read_artifact(path: str | os.PathLike[str], *, max_elements: int = MAX_ELEMENTS) -> Artifact:
+    """Parse and verify an artifact file: checksum, then every header field's type and range.
+
+    Nothing is decoded here; the tensors' extents must tile the payload exactly, and their shapes may not add up to
+    more than ``max_elements`` values, so a hostile header cannot make a reader allocate more than that.
+
+    Args:
+        path: the artifact.
+        max_elements: the most values the tensors may decode to (default :data:`MAX_ELEMENTS`).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ArtifactError: naming the file, if it is not an artifact, is of a newer format, is truncated or corrupted.
+        ArtifactError: naming the file (and the header field), if it is not an artifact, is of a newer format, is
+            truncated, corrupted or malformed.
+        ValueError: for a ``max_elements`` that is not an int >= 1.
     """
+    if not _is_count(max_elements) or max_elements < 1:
+        raise ValueError(f"`max_elements` must be an int >= 1, got {max_elements!r}.")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Artifact file {str(path)!r} does not exist.")
@@ -339,79 +394,276 @@ def read_artifact(path: str | os.PathLike[str]) -> Artifact:
     if hashlib.sha256(body).digest() != digest:
         raise ArtifactError(f"{path}: checksum mismatch, the file is truncated or corrupted.")
     start = _PREFIX.size
+    if header_len > len(body) - start:
+        raise ArtifactError(f"{path}: header length {header_len} runs past the end of the file.")
     try:
         header = json.loads(_inflate_header(body[start : start + header_len], version))
-    except (zlib.error, json.JSONDecodeError) as err:
+    except (zlib.error, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ArtifactError(f"{path}: unreadable header ({err}).") from err
     payload = body[start + header_len :]
-    tensors = [
-        TensorRecord(
-            name=t["name"],
-            role=t["role"],
-            shape=tuple(t["shape"]),
-            dtype=t["dtype"],
-            codec=t["codec"],
-            meta=t["meta"],
-            offset=t["offset"],
-            nbytes=t["nbytes"],
-        )
-        for t in header["tensors"]
-    ]
-    shared = {str(k): (int(v[0]), int(v[1])) for k, v in header.get("shared", {}).items()}
-    extents = [r.offset + r.nbytes for r in tensors] + [o + n for o, n in shared.values()]
-    if max(extents, default=0) != len(payload):
-        raise ArtifactError(f"{path}: payload length does not match its index.")
+    return _parse_header(header, path, version, payload, len(data), max_elements)
+
+
+def _parse_header(
+    header: Any, path: Path, version: int, payload: bytes, file_bytes: int, max_elements: int
+) -> Artifact:
+    """Check every header field's type and range before anything is built from it (see ``read_artifact``)."""
+
+    def fail(field_name: str, why: str) -> ArtifactError:
+        return ArtifactError(f"{path}: header field {field_name!r} {why}")
+
+    if not isinstance(header, dict):
+        raise fail("<header>", f"must be a JSON object, got {type(header).__name__}.")
+    if header.get("format_version", version) != version:
+        raise fail("format_version", f"is {header.get('format_version')!r}, but the file prefix says {version}.")
+    architecture = header.get("architecture")
+    if architecture is not None:
+        if not (isinstance(architecture, dict) and isinstance(architecture.get("name"), str)):
+            raise fail("architecture", "must be null or an object with a string 'name'.")
+        if not isinstance(architecture.get("kwargs", {}), dict):
+            raise fail("architecture.kwargs", "must be an object of builder arguments.")
+    modules = header.get("modules", {})
+    if not isinstance(modules, dict):
+        raise fail("modules", "must be an object (module name -> {type, kwargs}).")
+    for name, record in modules.items():
+        if not (isinstance(record, dict) and isinstance(record.get("kwargs", {}), dict) and name):
+            raise fail(f"modules.{name}", "must be an object with 'type' and 'kwargs'.")
+        if record.get("type") not in _MODULE_TYPES:
+            raise fail(f"modules.{name}.type", f"is {record.get('type')!r}; known types: {sorted(_MODULE_TYPES)}.")
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise fail("metadata", "must be an object.")
+    reference = header.get("reference_fp32_bytes")
+    if reference is not None and not _is_count(reference):
+        raise fail("reference_fp32_bytes", f"must be null or an int >= 0, got {reference!r}.")
+    shared_field = header.get("shared", {})
+    if not isinstance(shared_field, dict):
+        raise fail("shared", "must be an object (key -> [offset, nbytes]).")
+    shared: dict[str, tuple[int, int]] = {}
+    for key, extent in shared_field.items():
+        if not (isinstance(extent, list) and len(extent) == 2 and all(_is_count(v) for v in extent)):
+            raise fail(f"shared.{key}", f"must be [offset, nbytes] with ints >= 0, got {extent!r}.")
+        shared[key] = (extent[0], extent[1])
+    raw_tensors = header.get("tensors")
+    if not isinstance(raw_tensors, list):
+        raise fail("tensors", "must be a list of tensor records.")
+    codecs = set(available_codecs())
+    tensors: list[TensorRecord] = []
+    names: set[str] = set()
+    elements = 0
+    for i, t in enumerate(raw_tensors):
+        where = f"tensors[{i}]"
+        if not isinstance(t, dict):
+            raise fail(where, "must be an object.")
+        name, shape, meta = t.get("name"), t.get("shape"), t.get("meta")
+        if not isinstance(name, str) or not name or name in names:
+            raise fail(f"{where}.name", f"must be a unique non-empty string, got {name!r}.")
+        names.add(name)
+        if not all(isinstance(t.get(k), str) for k in ("role", "dtype", "codec")):
+            raise fail(where, "must give 'role', 'dtype' and 'codec' as strings.")
+        if t.get("role") not in ("parameter", "buffer"):
+            raise fail(f"{where}.role", f"must be 'parameter' or 'buffer', got {t.get('role')!r}.")
+        if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS and all(_is_count(s) for s in shape)):
+            raise fail(f"{where}.shape", f"must be a list of at most {_MAX_DIMS} ints >= 0, got {shape!r}.")
+        if t.get("dtype") not in _STORED_DTYPES:
+            raise fail(f"{where}.dtype", f"is {t.get('dtype')!r}; stored dtypes: {sorted(_STORED_DTYPES)}.")
+        if t.get("codec") not in codecs:
+            raise fail(f"{where}.codec", f"is {t.get('codec')!r}; registered codecs: {sorted(codecs)}.")
+        if not isinstance(meta, dict):
+            raise fail(f"{where}.meta", "must be an object.")
+        keys = meta.get("shared_keys", [])
+        if not (isinstance(keys, list) and all(isinstance(k, str) and k in shared for k in keys)):
+            raise fail(f"{where}.meta.shared_keys", f"must name blobs of 'shared', got {keys!r}.")
+        if not (_is_count(t.get("offset")) and _is_count(t.get("nbytes"))):
+            raise fail(f"{where}.offset/nbytes", f"must be ints >= 0, got {t.get('offset')!r}/{t.get('nbytes')!r}.")
+        record = TensorRecord(name, t["role"], tuple(shape), t["dtype"], t["codec"], meta, t["offset"], t["nbytes"])
+        elements += record.numel
+        if elements > max_elements:
+            raise fail(
+                f"{where}.shape",
+                f"brings the artifact to more than max_elements={max_elements:,} values; pass a larger "
+                "`max_elements` to read it if it is genuine.",
+            )
+        tensors.append(record)
+    # The tensors' and blobs' extents must tile the payload exactly: no gap, no overlap, nothing past its end.
+    extents = sorted([(r.offset, r.nbytes, r.name) for r in tensors] + [(o, n, k) for k, (o, n) in shared.items()])
+    position = 0
+    for offset, nbytes, owner in extents:
+        if offset != position:
+            raise ArtifactError(
+                f"{path}: header field 'offset' of {owner!r} is {offset}, expected {position} (payload index broken)."
+            )
+        position += nbytes
+    if position != len(payload):
+        raise ArtifactError(f"{path}: payload length {len(payload)} does not match its index ({position} bytes).")
     return Artifact(
         path=path,
         format_version=version,
-        architecture=header.get("architecture"),
-        modules=header.get("modules", {}),
-        reference_fp32_bytes=header.get("reference_fp32_bytes"),
-        metadata=header.get("metadata", {}),
+        architecture=architecture,
+        modules=modules,
+        reference_fp32_bytes=reference,
+        metadata=metadata,
         tensors=tensors,
-        file_bytes=len(data),
+        file_bytes=file_bytes,
         payload=payload,
         shared=shared,
     )
 
 
-def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, strict: bool = True) -> nn.Module:
+def _is_count(value: Any) -> bool:
+    """An int >= 0 (JSON booleans are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def load(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    strict: bool = True,
+    max_elements: int = MAX_ELEMENTS,
+) -> nn.Module:
     """Rebuild the module stored in an artifact.
 
     Zoo models are rebuilt from their recorded name and arguments. Any other module needs ``model``, a fresh
     instance of its class; parameters whose stored shape differs (structurally compressed layers) are resized
     before loading, so the returned module's forward equals the saved one's.
 
+    Before any tensor is decoded, the header is checked against the model it describes: the architecture is built
+    on the ``meta`` device (no memory), inserted modules must be registered types, and every tensor record must name
+    a tensor of that model, with its dtype, its number of dimensions and no dimension larger than the model's (a
+    structurally compressed layer may be smaller). A zoo model must still run on its input shape with the stored
+    shapes (checked on ``meta``) and keep its output shape. Path arguments recorded in the architecture
+    (``weights_path``, ...) are ignored: the artifact's own tensors replace those weights, and a file never makes
+    the reader open another file.
+
     Args:
         path: the artifact written by :func:`save`.
         model: a fresh instance to fill, required when the artifact has no zoo architecture.
         strict: passed to ``load_state_dict``.
+        max_elements: the most values the artifact may decode to (see :func:`read_artifact`).
 
     Returns:
         The module in eval mode, on CPU.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ArtifactError: if the file is not a valid artifact.
+        ArtifactError: if the file is not a valid artifact, or does not fit the model it describes (or ``model``).
         ValueError: if the architecture is unknown and no ``model`` was given.
     """
-    artifact = read_artifact(path)
+    artifact = read_artifact(path, max_elements=max_elements)
     if model is None:
-        arch = artifact.architecture
-        if not arch:
+        if not artifact.architecture:
             raise ValueError(
                 f"{artifact.path}: the artifact was saved from a module outside the model zoo; "
                 "pass `model=` a fresh instance of its class to fill."
             )
-        from lightning_compress.models import build_model
-
-        model = build_model(arch["name"], **arch.get("kwargs", {}))
+        _check_zoo_structure(artifact, max_elements)
+        model = _build_zoo_model(artifact, torch.device("cpu"))
     module = artifact_module(model)
-    state = artifact.state_dict()
     _insert_modules(module, artifact.modules, artifact.path)
+    _check_records(module, artifact, strict)
+    state = artifact.state_dict()
     resize_to_state(module, state)
-    module.load_state_dict(state, strict=strict)
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        raise ArtifactError(f"{artifact.path}: the tensors do not fit the model: {err}") from err
     return model.eval()
+
+
+def _build_zoo_model(artifact: Artifact, device: torch.device) -> nn.Module:
+    """The recorded zoo architecture, built on ``device`` (``meta`` for checks); path arguments dropped."""
+    from lightning_compress.models import available_models, build_model
+
+    arch = artifact.architecture or {}
+    name = arch.get("name")
+    if name not in available_models():
+        raise ArtifactError(
+            f"{artifact.path}: header field 'architecture.name' is {name!r}; the model zoo has {available_models()}."
+        )
+    kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if not str(k).endswith("_path")}
+    try:
+        with device:
+            return build_model(name, **kwargs)
+    except Exception as err:
+        raise ArtifactError(
+            f"{artifact.path}: header field 'architecture.kwargs' does not build {name!r}: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _check_zoo_structure(artifact: Artifact, max_elements: int) -> None:
+    """Build the architecture on ``meta``, bound its size, and check that the stored shapes still run."""
+    meta = torch.device("meta")
+    skeleton = _build_zoo_model(artifact, meta)
+    dense_elements = sum(t.numel() for t in skeleton.state_dict().values())
+    if dense_elements > max_elements:
+        raise ArtifactError(
+            f"{artifact.path}: header field 'architecture.kwargs' describes a model of {dense_elements:,} values, more "
+            f"than max_elements={max_elements:,}; pass a larger `max_elements` if the file is genuine."
+        )
+    in_shape = _input_shape(skeleton, artifact)
+    reference = _meta_forward(skeleton, in_shape, artifact) if in_shape is not None else None
+    with meta:
+        _insert_modules(skeleton, artifact.modules, artifact.path)
+    _check_records(skeleton, artifact, strict=True)
+    dense_shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    smaller = [r.name for r in artifact.tensors if r.shape != dense_shapes.get(r.name, r.shape)]
+    if smaller and artifact.reference_fp32_bytes is None:
+        raise ArtifactError(
+            f"{artifact.path}: tensors {smaller[:3]} are smaller than the architecture's, but header field "
+            "'reference_fp32_bytes' (set by structural compression) is null."
+        )
+    resize_to_state(
+        skeleton, {r.name: torch.empty(r.shape, dtype=dtype_from_name(r.dtype), device=meta) for r in artifact.tensors}
+    )
+    if in_shape is not None:
+        output = _meta_forward(skeleton, in_shape, artifact)
+        if reference is not None and output.shape != reference.shape:
+            raise ArtifactError(
+                f"{artifact.path}: the stored shapes change the model's output from {tuple(reference.shape)} to "
+                f"{tuple(output.shape)}."
+            )
+
+
+def _input_shape(model: nn.Module, artifact: Artifact) -> tuple[int, ...] | None:
+    arch = artifact.architecture or {}
+    in_shape = arch.get("kwargs", {}).get("in_shape", getattr(model, "lc_in_shape", None))
+    if isinstance(in_shape, list | tuple) and all(_is_count(s) for s in in_shape):
+        return (1, *in_shape)
+    return None
+
+
+def _meta_forward(model: nn.Module, in_shape: tuple[int, ...], artifact: Artifact) -> torch.Tensor:
+    try:
+        with torch.no_grad():
+            return model.eval()(torch.empty(in_shape, device="meta"))
+    except Exception as err:
+        raise ArtifactError(
+            f"{artifact.path}: the stored tensor shapes do not chain into a working model: {err}"
+        ) from err
+
+
+def _check_records(module: nn.Module, artifact: Artifact, strict: bool) -> None:
+    """Every record names a tensor of ``module`` with its dtype and rank, and no dimension larger than its own."""
+    expected = module.state_dict(keep_vars=True)
+    for record in artifact.tensors:
+        where = f"{artifact.path}: tensor {record.name!r}"
+        current = expected.get(record.name)
+        if current is None:
+            if strict:
+                raise ArtifactError(f"{where} is not a tensor of the model ({type(module).__name__}).")
+            continue
+        if record.dtype != str(current.dtype).removeprefix("torch."):
+            raise ArtifactError(f"{where}: header field 'dtype' is {record.dtype!r}, the model's is {current.dtype}.")
+        if len(record.shape) != current.dim() or any(s > c for s, c in zip(record.shape, current.shape, strict=True)):
+            raise ArtifactError(
+                f"{where}: header field 'shape' is {list(record.shape)}, which does not fit the model's "
+                f"{list(current.shape)} (a compressed layer may only be smaller)."
+            )
+    if strict:
+        missing = sorted(set(expected) - {r.name for r in artifact.tensors})
+        if missing:
+            raise ArtifactError(f"{artifact.path}: the artifact lacks tensors of the model: {missing[:5]}.")
 
 
 def resize_to_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

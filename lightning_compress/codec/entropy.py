@@ -128,10 +128,10 @@ def unpack_fixed(data: bytes, bits: int, n: int) -> np.ndarray:
     """Inverse of :func:`pack_fixed`.
 
     Raises:
-        ValueError: when ``data`` is too short for ``n`` symbols.
+        ValueError: when ``data`` is not exactly ``n`` symbols long (padded to a byte).
     """
-    if len(data) < math.ceil(n * bits / 8):
-        raise ValueError(f"fixed-length stream of {len(data)} bytes is too short for {n} symbols of {bits} bits.")
+    if len(data) != math.ceil(n * bits / 8):
+        raise ValueError(f"fixed-length stream of {len(data)} bytes does not hold {n} symbols of {bits} bits.")
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: n * bits].reshape(n, bits).astype(np.int64)
     return (flat << np.arange(bits - 1, -1, -1, dtype=np.int64)).sum(axis=1).astype(np.int32)
 

@@ -529,8 +529,14 @@ class SurpCodec(Codec):
         meta = encoded.meta
         recon, signs = _decoded(encoded.shared[meta["key"]])
         n = math.prod(encoded.shape)
-        start = int(meta["offset"])
+        start, norm = meta["offset"], meta["norm"]
+        if not (
+            isinstance(start, int) and start >= 0 and isinstance(norm, float) and math.isfinite(norm) and norm >= 0
+        ):
+            raise ValueError(
+                f"surp codec: `offset`={start!r} / `norm`={norm!r} are not an int >= 0 / a finite float >= 0."
+            )
         if start + n > recon.size:
             raise ValueError("surp codec: tensor slice outside the stream.")
-        values = (signs[start : start + n] * recon[start : start + n] * float(meta["norm"])).astype(np.float32)
+        values = (signs[start : start + n] * recon[start : start + n] * norm).astype(np.float32)
         return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))

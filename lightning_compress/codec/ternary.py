@@ -103,8 +103,12 @@ class TernaryCodec(Codec):
         if encoded.meta["coding"] == "seed":
             values = sparse_ternary(encoded.shape, float(encoded.meta["sparsity"]), int(encoded.meta["seed"]))
             return values.to(dtype_from_name(encoded.dtype))
-        rows = int(encoded.meta["rows"])
+        rows = encoded.meta["rows"]
+        if not isinstance(encoded.meta["per_channel"], bool):
+            raise ValueError(f"ternary codec: `per_channel` must be a bool, got {encoded.meta['per_channel']!r}.")
         n = int(np.prod(encoded.shape)) if encoded.shape else 1
+        if not isinstance(rows, int) or rows < min(n, 1) or (rows and n % rows) or len(encoded.payload) < 4 * rows:
+            raise ValueError(f"ternary codec: {rows!r} scale rows do not fit a tensor of {n} values and its payload.")
         scales = np.frombuffer(encoded.payload[: 4 * rows], dtype="<f4")
         body = encoded.payload[4 * rows :]
         if encoded.meta["coding"] == "packed":

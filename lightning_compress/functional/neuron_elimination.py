@@ -46,6 +46,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_compress.functional.forward import call_forward, to_device
+
 __all__ = [
     "ActivationMoments",
     "DependenceSolver",
@@ -318,10 +320,13 @@ class ActivationMoments:
 def collect_moments(
     module: nn.Module,
     pairs: Sequence[LayerPair],
-    inputs: Iterable[torch.Tensor],
+    inputs: Iterable[Any],
     rows_per_neuron: int | None = None,
 ) -> list[ActivationMoments]:
     """Accumulate every pair's consumer-input moments over ``inputs`` (eval mode, no gradients).
+
+    Each element of ``inputs`` is one batch's forward arguments: a tensor, a tuple or a dict (see
+    :func:`~lightning_compress.functional.forward.call_forward`).
 
     Stops early once every pair has ``rows_per_neuron`` rows per neuron (when given). The module's train/eval
     mode is restored afterwards.
@@ -342,7 +347,7 @@ def collect_moments(
     try:
         with torch.no_grad():
             for x in inputs:
-                module(x.to(device))
+                call_forward(module, to_device(x, device))
                 if rows_per_neuron is not None and all(
                     m.count >= rows_per_neuron * p.channels for p, m in zip(pairs, moments, strict=True)
                 ):

@@ -47,7 +47,7 @@ def main(method: str, out: Path) -> None:
     model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
     # 32-wide hidden layers need >= 320 calibration rows per layer (min_rows_per_neuron)
     train = DataLoader(blobs(1024 if method == "neuron_elimination" else 256), batch_size=32, shuffle=True)
-    val = DataLoader(blobs(128, seed=7), batch_size=64)
+    val = DataLoader(blobs(128, sample_seed=7), batch_size=64)
     trainer = pl.Trainer(
         # NeuronElimination shrinks layers at fit end, which ddp_spawn cannot hand back to the main process
         strategy="ddp" if method == "neuron_elimination" else "ddp_spawn",

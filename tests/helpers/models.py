@@ -12,10 +12,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def blobs(n: int = 256, dim: int = 16, classes: int = 4, seed: int = 0) -> TensorDataset:
-    """Gaussian class clusters: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, dim, generator=g) * 2.0
+def blobs(
+    n: int = 256, dim: int = 16, classes: int = 4, seed: int = 0, sample_seed: int | None = None
+) -> TensorDataset:
+    """Gaussian class clusters, learnable in a few steps.
+
+    ``seed`` draws the cluster centres (the distribution), ``sample_seed`` (default ``seed``) the samples: two sets
+    with one ``seed`` and different ``sample_seed`` are distinct samples of one distribution.
+    """
+    centers = torch.randn(classes, dim, generator=torch.Generator().manual_seed(seed)) * 2.0
+    g = torch.Generator().manual_seed(seed if sample_seed is None else sample_seed + 7919)
     y = torch.randint(0, classes, (n,), generator=g)
     x = centers[y] + torch.randn(n, dim, generator=g)
     return TensorDataset(x, y)
@@ -25,7 +31,7 @@ def loaders(batch_size: int = 32, seed: int = 0) -> tuple[DataLoader, DataLoader
     """(train, val) loaders of distinct samples of the same distribution."""
     return (
         DataLoader(blobs(256, seed=seed), batch_size=batch_size, shuffle=True),
-        DataLoader(blobs(128, seed=seed + 100), batch_size=64),
+        DataLoader(blobs(128, seed=seed, sample_seed=seed + 100), batch_size=64),
     )
 
 
@@ -53,7 +59,7 @@ def trainer_kwargs(tmp_path: object, **overrides: object) -> dict[str, object]:
 
 def ordered_loaders() -> tuple[DataLoader, DataLoader]:
     """(train, val) loaders without shuffling: the data order is reproducible across a resume."""
-    return DataLoader(blobs(256), batch_size=32), DataLoader(blobs(128, seed=7), batch_size=64)
+    return DataLoader(blobs(256), batch_size=32), DataLoader(blobs(128, sample_seed=7), batch_size=64)
 
 
 class CrashAtEpoch(pl.Callback):
