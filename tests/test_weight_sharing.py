@@ -190,14 +190,6 @@ def test_state_round_trip_and_resume(tmp_path: Path) -> None:
     del model
 
 
-def test_needs_validation_data(tmp_path: Path) -> None:
-    ws = lc.WeightSharing(k_bounds=(2, 8), pop_size=4, n_gen=1, progress=False)
-    model = lc.ImageClassifier(mlp(), num_classes=4)
-    train, _ = loaders()
-    with pytest.raises(RuntimeError, match="needs validation data"):
-        pl.Trainer(callbacks=[ws], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, train)
-
-
 def test_invalid_arguments() -> None:
     cases = [
         ({"k_bounds": (1, 10)}, "`k_bounds`"),

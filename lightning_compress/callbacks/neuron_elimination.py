@@ -384,9 +384,14 @@ class NeuronElimination(CompressionCallback):
         self._apply_masks()
         if self.should_skip(trainer):
             return
+        guarded = self.accuracy_budget is not None
         while not self._stopped and self._round < self.rounds and trainer.global_step >= self._round_steps[self._round]:
+            if guarded and self._round > 0 and self._best is None:
+                break  # lossy rounds wait until a validation has set the guard's baseline
             self._run_round(trainer, pl_module)
             self._round += 1
+            if guarded:
+                break  # a delayed round catches up one step at a time, not all at once
 
     # -- rounds --------------------------------------------------------------------------------------------------
     def _params_goal(self) -> tuple[int | None, int | None]:
@@ -603,6 +608,11 @@ class NeuronElimination(CompressionCallback):
         if self.should_skip(trainer) or not self.pairs:
             return
         module = self.target_module(pl_module)
+        if not self._stop_reason and self.accuracy_budget is not None and self._best is None:
+            self._stop_reason = (
+                "no validation ran during the fit to give its accuracy guard a baseline (validate more often, e.g. "
+                "`check_val_every_n_epoch=1`, or pass `accuracy_budget=None`)"
+            )
         if not self._stop_reason:
             self._stop_reason = (
                 f"all {self.rounds} rounds ran (last tolerance {self.tolerances[-1]:.2g})"

@@ -159,6 +159,16 @@ class WeightSharing(CompressionCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.done:  # resumed after sharing: keep the stored codebook, re-attach the codec plan
             self._attach(pl_module)
+            return
+        if self.should_skip(trainer):
+            return
+        # fail before the first step, not after the whole fit: the search needs (inputs, targets) validation data
+        if self._validation_loader(trainer) is None:
+            raise ValueError(
+                "WeightSharing needs validation data for its fitness: pass `val_dataloaders` (or a datamodule with "
+                "val_dataloader) to `trainer.fit`, held out from the training set."
+            )
+        self._validation_batches(trainer, pl_module, pl_module.device, probe=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -249,21 +259,40 @@ class WeightSharing(CompressionCallback):
         self.set_codec_plan(module, dict.fromkeys(self._state["names"], spec))
         self._shared_values = [(p, p.detach().clone()) for _, p in self.named_tensors(module, self._state["names"])]
 
-    def _validation_batches(self, trainer: pl.Trainer, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    @staticmethod
+    def _validation_loader(trainer: pl.Trainer) -> Any:
+        """The first validation loader given to ``fit`` (also when Lightning skips its own validation loop)."""
+        if trainer.limit_val_batches == 0:
+            return None
         loaders = trainer.val_dataloaders
+        if loaders is None:
+            source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+            loaders = source.dataloader() if source is not None and source.is_defined() else None
         if isinstance(loaders, Sequence) and not isinstance(loaders, torch.utils.data.DataLoader):
             loaders = loaders[0] if loaders else None
+        return loaders
+
+    def _validation_batches(
+        self, trainer: pl.Trainer, pl_module: nn.Module, device: torch.device, probe: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The cached validation batches; with ``probe``, only the first, run through the model as a check."""
+        loaders = self._validation_loader(trainer)
         if loaders is None:
-            raise RuntimeError(
-                "WeightSharing needs validation data for its fitness: pass `val_dataloaders` (or a datamodule with "
-                "val_dataloader) to `trainer.fit`, held out from the training set."
-            )
+            raise RuntimeError("WeightSharing: the validation data given to `fit` is gone.")
         batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         seen = 0
         for batch in loaders:
-            if not isinstance(batch, Sequence) or len(batch) < 2:
-                raise TypeError("WeightSharing expects validation batches of the form (inputs, targets).")
+            if not (
+                isinstance(batch, Sequence) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch[:2])
+            ):
+                raise TypeError(
+                    "WeightSharing scores candidates by classification on validation batches of the form (inputs, "
+                    f"targets); got a {type(batch).__name__}. Give `fit` such validation data."
+                )
             x, y = batch[0].to(device), batch[1].to(device)
+            if probe:
+                self._probe(pl_module, x[:2], y[:2])
+                return []
             if self.max_val_samples is not None:
                 x, y = x[: self.max_val_samples - seen], y[: self.max_val_samples - seen]
             batches.append((x, y))
@@ -271,6 +300,26 @@ class WeightSharing(CompressionCallback):
             if self.max_val_samples is not None and seen >= self.max_val_samples:
                 break
         return batches
+
+    @staticmethod
+    @torch.no_grad()
+    def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(x)
+        except Exception as err:
+            raise TypeError(
+                f"WeightSharing calls `model(inputs)` on validation batches (inputs, targets), and it failed "
+                f"({type(err).__name__}: {err})."
+            ) from err
+        finally:
+            model.train(was_training)
+        if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == len(x)):
+            raise TypeError(
+                "WeightSharing scores candidates by classification: `model(inputs)` must return logits of shape "
+                f"(batch, classes); got {getattr(logits, 'shape', type(logits).__name__)}."
+            )
 
     def _error_fn(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
         from torchmetrics.functional.classification import multiclass_f1_score
@@ -295,7 +344,7 @@ class WeightSharing(CompressionCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[nn.Parameter], out_dir: Path
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        batches = self._validation_batches(trainer, pl_module.device)
+        batches = self._validation_batches(trainer, pl_module, pl_module.device)
         problem = WeightSharingProblem(params, self._error_fn(pl_module, batches))
         baseline_error = problem.error_fn()
         k_min, k_max = self.k_bounds
