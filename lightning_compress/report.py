@@ -201,6 +201,10 @@ def size_report(model_or_path: nn.Module | str | os.PathLike[str], **save_kwargs
         >>> report.params, report.fp32_bytes, report.artifact_bytes > report.fp32_bytes
         (1010, 4040, True)
     """
+    if not isinstance(model_or_path, nn.Module | str | os.PathLike):
+        raise ValueError(
+            f"`model_or_path` must be a torch.nn.Module or an artifact path, got {type(model_or_path).__name__}."
+        )
     if isinstance(model_or_path, nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             path = save(model_or_path, Path(tmp) / "model.lcz", **save_kwargs)

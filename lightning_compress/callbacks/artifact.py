@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
+from lightning_compress.arguments import check_choice, check_names
 from lightning_compress.codec.container import save
 
 __all__ = ["ArtifactWriter"]
@@ -45,8 +47,16 @@ class ArtifactWriter(Callback):
         metadata: dict[str, Any] | None = None,
         metric_prefixes: Sequence[str] = ("val",),
     ) -> None:
-        if precision not in ("float32", "float16"):
-            raise ValueError(f"`precision` must be 'float32' or 'float16', got {precision!r}.")
+        check_choice("precision", precision, ("float32", "float16"))
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"`metadata` must be None or a dict of JSON-able values, got {type(metadata).__name__}.")
+        try:
+            json.dumps(metadata or {}, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"`metadata` must hold JSON-able, finite values only: {err}") from err
+        check_names("metric_prefixes", metric_prefixes, allow_none=False)
         self.path = Path(path)
         self.precision = precision
         self.metadata = dict(metadata or {})

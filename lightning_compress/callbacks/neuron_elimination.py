@@ -21,6 +21,7 @@ from rich.table import Table
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
@@ -150,42 +151,28 @@ class NeuronElimination(CompressionCallback):
         # "Go as far as asked": an explicit size target or tolerance is not held back by the default guard.
         explicit = target_params is not None or tolerance is not None
         tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-        if not (_is_number(tolerance) and 0.0 <= tolerance <= 1.0):
-            raise ValueError(f"`tolerance` must be a number in [0, 1] (a 1 - R^2 fraction), got {tolerance!r}.")
-        if not (isinstance(start_tolerance, int | float) and 0.0 <= float(start_tolerance) <= float(tolerance)):
-            raise ValueError(f"`start_tolerance` must be in [0, tolerance={tolerance}], got {start_tolerance!r}.")
-        if schedule not in ("geometric", "linear", "cosine"):
-            raise ValueError(f"`schedule` must be 'geometric', 'linear' or 'cosine', got {schedule!r}.")
-        if schedule == "geometric" and float(start_tolerance) <= 0:
-            raise ValueError(f"`start_tolerance` must be > 0 for a geometric schedule, got {start_tolerance!r}.")
-        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-            raise ValueError(f"`rounds` must be an int >= 1, got {rounds!r}.")
-        if score not in ("r2", "output"):
-            raise ValueError(f"`score` must be 'r2' or 'output', got {score!r}.")
-        if target_params is not None and not (isinstance(target_params, int | float) and 0 < target_params < 1):
-            raise ValueError(f"`target_params` must be None or a fraction in (0, 1), got {target_params!r}.")
-        if accuracy_budget not in ("auto", None) and not (_is_number(accuracy_budget) and float(accuracy_budget) >= 0):
-            raise ValueError(f"`accuracy_budget` must be 'auto', None or a number >= 0, got {accuracy_budget!r}.")
+        check_number("tolerance", tolerance, low=0, high=1)
+        check_number("start_tolerance", start_tolerance, low=0, high=tolerance)
+        check_choice("schedule", schedule, ("geometric", "linear", "cosine"))
+        if schedule == "geometric":
+            check_number("start_tolerance", start_tolerance, low=0, low_open=True, high=tolerance)
+        check_number("rounds", rounds, low=1, integer=True)
+        check_choice("score", score, ("r2", "output"))
+        check_number("target_params", target_params, low=0, high=1, low_open=True, high_open=True, allow_none=True)
+        if accuracy_budget != "auto":
+            check_number("accuracy_budget", accuracy_budget, low=0, allow_none=True)
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
-        if mode not in (None, "max", "min"):
-            raise ValueError(f"`mode` must be None (from the metric's name), 'max' or 'min', got {mode!r}.")
-        if not (isinstance(unguarded_tolerance, int | float) and 0.0 < float(unguarded_tolerance) <= 1.0):
-            raise ValueError(f"`unguarded_tolerance` must be a number in (0, 1], got {unguarded_tolerance!r}.")
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise ValueError(f"`layers` must be None or a list of module names, got {layers!r}.")
-        if calibration_batches is not None and (not isinstance(calibration_batches, int) or calibration_batches < 1):
-            raise ValueError(f"`calibration_batches` must be None or an int >= 1, got {calibration_batches!r}.")
-        if not isinstance(min_rows_per_neuron, int) or min_rows_per_neuron < 1:
-            raise ValueError(f"`min_rows_per_neuron` must be an int >= 1, got {min_rows_per_neuron!r}.")
-        if not isinstance(min_neurons, int) or min_neurons < 1:
-            raise ValueError(f"`min_neurons` must be an int >= 1, got {min_neurons!r}.")
-        if not (isinstance(ridge, int | float) and 0 <= float(ridge) < 1):
-            raise ValueError(f"`ridge` must be in [0, 1), got {ridge!r}.")
-        if removal not in ("mask", "immediate"):
-            raise ValueError(f"`removal` must be 'mask' or 'immediate', got {removal!r}.")
-        if not (isinstance(final_fraction, int | float) and 0.0 <= float(final_fraction) < 1.0):
-            raise ValueError(f"`final_fraction` must be in [0, 1), got {final_fraction!r}.")
+        check_choice("mode", mode, ("max", "min"), allow_none=True)
+        check_number("unguarded_tolerance", unguarded_tolerance, low=0, low_open=True, high=1)
+        check_names("layers", layers)
+        check_number("calibration_batches", calibration_batches, low=1, integer=True, allow_none=True)
+        check_number("min_rows_per_neuron", min_rows_per_neuron, low=1, integer=True)
+        check_number("min_neurons", min_neurons, low=1, integer=True)
+        check_number("ridge", ridge, low=0, high=1, high_open=True)
+        check_choice("removal", removal, ("mask", "immediate"))
+        check_number("final_fraction", final_fraction, low=0, high=1, high_open=True)
+        check_bool("verbose", verbose)
         self.tolerance = float(tolerance)
         self.start_tolerance = float(start_tolerance)
         self.schedule = schedule
@@ -415,8 +402,14 @@ class NeuronElimination(CompressionCallback):
         )
         rows = None if batches is not None else 4 * self.min_rows_per_neuron
         moments = collect_moments(module, self._current_pairs(alive), inputs, rows_per_neuron=rows)
-        for moment in moments:
+        for pair, moment in zip(self.pairs, moments, strict=True):
             packed = trainer.strategy.reduce(moment.as_tensor(), reduce_op="sum")
+            if not bool(torch.isfinite(packed).all()):
+                raise FloatingPointError(
+                    f"NeuronElimination: the calibration statistics of {pair.producer}'s outputs hold NaN or Inf (the "
+                    "model has diverged, or its inputs do); nothing was eliminated. Lower the learning rate or check "
+                    "the data."
+                )
             moment.load_tensor(packed)
         decided: list[dict[str, Any]] | None = None
         if trainer.is_global_zero:
@@ -695,11 +688,6 @@ class NeuronElimination(CompressionCallback):
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
         self._table = [(int(n), r, c) for n, r, c in state_dict.get("param_table", [])]
-
-
-def _is_number(value: Any) -> bool:
-    """An int or float, not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _resize_before_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

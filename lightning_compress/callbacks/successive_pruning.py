@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
+from lightning_compress.arguments import check_choice, check_number, is_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.container import CodecSpec, save
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
@@ -86,30 +87,24 @@ class SuccessivePruning(CompressionCallback):
         final_fraction: float = 0.2,
     ) -> None:
         super().__init__()
-        if not 0.0 < float(target_sparsity) < 1.0:
-            raise ValueError(f"`target_sparsity` must be in (0, 1), got {target_sparsity!r}.")
-        if bit_budget is not None and (not isinstance(bit_budget, int) or bit_budget < 64):
-            raise ValueError(f"`bit_budget` must be None or an int >= 64 (bits), got {bit_budget!r}.")
-        if not float(alpha) > 0:
-            raise ValueError(f"`alpha` must be > 0, got {alpha!r}.")
-        if refresh not in ("ladder", "mean"):
-            raise ValueError(f"`refresh` must be 'ladder' or 'mean', got {refresh!r}.")
-        if not 0.0 < float(ladder) < 1.0:
-            raise ValueError(f"`ladder` must be in (0, 1), got {ladder!r}.")
-        if not isinstance(refine_steps, int) or refine_steps < 0:
-            raise ValueError(f"`refine_steps` must be an int >= 0, got {refine_steps!r}.")
-        if not 0.0 <= float(support_tolerance) < 1.0:
-            raise ValueError(f"`support_tolerance` must be in [0, 1), got {support_tolerance!r}.")
-        if parameters not in ("all", "weights"):
-            raise ValueError(f"`parameters` must be 'all' or 'weights', got {parameters!r}.")
-        if not 0.0 <= float(final_fraction) < 1.0:
-            raise ValueError(f"`final_fraction` must be in [0, 1), got {final_fraction!r}.")
-        if stages is not None:
-            stage_list = [float(s) for s in stages]
-            if not stage_list or any(not 0 < s < 1 for s in stage_list) or sorted(stage_list) != stage_list:
-                raise ValueError(f"`stages` must be increasing sparsities in (0, 1), got {stages!r}.")
-        else:
-            stage_list = sparsity_schedule(float(target_sparsity))
+        check_number("target_sparsity", target_sparsity, low=0, high=1, low_open=True, high_open=True)
+        check_number("bit_budget", bit_budget, low=64, integer=True, allow_none=True)
+        check_number("alpha", alpha, low=0, low_open=True)
+        check_choice("refresh", refresh, ("ladder", "mean"))
+        check_number("ladder", ladder, low=0, high=1, low_open=True, high_open=True)
+        check_number("refine_steps", refine_steps, low=0, integer=True)
+        check_number("support_tolerance", support_tolerance, low=0, high=1, high_open=True)
+        check_choice("parameters", parameters, ("all", "weights"))
+        check_number("final_fraction", final_fraction, low=0, high=1, high_open=True)
+        if stages is not None and (
+            isinstance(stages, str)
+            or not isinstance(stages, Sequence)
+            or not stages
+            or not all(is_number(v) and 0 < v < 1 for v in stages)
+            or sorted(stages) != list(stages)
+        ):
+            raise ValueError(f"`stages` must be None or increasing sparsities in (0, 1), got {stages!r}.")
+        stage_list = [float(s) for s in stages] if stages is not None else sparsity_schedule(float(target_sparsity))
         self.target_sparsity = stage_list[-1] if stages is not None else float(target_sparsity)
         self.stages = stage_list
         self.bit_budget = bit_budget

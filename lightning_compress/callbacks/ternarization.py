@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.container import CodecSpec, save
 from lightning_compress.functional.forward import call_forward
@@ -116,34 +117,22 @@ class Ternarization(CompressionCallback):
         activation_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if mode not in ("qat", "ntk"):
-            raise ValueError(f"`mode` must be 'qat' or 'ntk', got {mode!r}.")
-        if rule not in ("twn", "sparsity"):
-            raise ValueError(f"`rule` must be 'twn' or 'sparsity', got {rule!r}.")
-        if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
-            raise ValueError(f"`sparsity` must be None or in [0, 1), got {sparsity!r}.")
+        check_choice("mode", mode, ("qat", "ntk"))
+        check_choice("rule", rule, ("twn", "sparsity"))
+        check_number("sparsity", sparsity, low=0, high=1, high_open=True, allow_none=True)
         if mode == "qat" and rule == "sparsity" and sparsity is None:
-            raise ValueError("`sparsity` is required with rule='sparsity'.")
-        if first_layer not in _LAYER_CHOICES:
-            raise ValueError(f"`first_layer` must be one of {_LAYER_CHOICES}, got {first_layer!r}.")
-        if last_layer not in _LAYER_CHOICES:
-            raise ValueError(f"`last_layer` must be one of {_LAYER_CHOICES}, got {last_layer!r}.")
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise ValueError(f"`layers` must be None or a list of module names, got {layers!r}.")
-        if not isinstance(calibration_batches, int) or calibration_batches < 1:
-            raise ValueError(f"`calibration_batches` must be an int >= 1, got {calibration_batches!r}.")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"`restarts` must be an int >= 1, got {restarts!r}.")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
-        if activations not in (False, True, "binary", "ternary"):
-            raise ValueError(f"`activations` must be False, True, 'binary' or 'ternary', got {activations!r}.")
-        if storage not in ("symbols", "seed"):
-            raise ValueError(f"`storage` must be 'symbols' or 'seed', got {storage!r}.")
-        if ntk_activations not in ("step", "staircase", "original"):
-            raise ValueError(f"`ntk_activations` must be 'step', 'staircase' or 'original', got {ntk_activations!r}.")
-        if not isinstance(ntk_learnable_activations, bool):
-            raise ValueError(f"`ntk_learnable_activations` must be a bool, got {ntk_learnable_activations!r}.")
+            raise ValueError("`sparsity` is required with rule='sparsity' (a fraction of zeros in [0, 1)).")
+        check_bool("per_channel", per_channel)
+        check_choice("first_layer", first_layer, _LAYER_CHOICES)
+        check_choice("last_layer", last_layer, _LAYER_CHOICES)
+        check_names("layers", layers)
+        check_number("calibration_batches", calibration_batches, low=1, integer=True)
+        check_number("restarts", restarts, low=1, integer=True)
+        check_number("seed", seed, low=0, integer=True)
+        check_choice("activations", activations, (False, True, "binary", "ternary"))
+        check_choice("storage", storage, ("symbols", "seed"))
+        check_choice("ntk_activations", ntk_activations, ("step", "staircase", "original"))
+        check_bool("ntk_learnable_activations", ntk_learnable_activations)
         if not is_lr_scale(activation_lr_scale):
             raise ValueError(f"`activation_lr_scale` must be a number > 0, got {activation_lr_scale!r}.")
         learnable = ntk_learnable_activations if mode == "ntk" else activations is not False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.arguments import check_bool, check_choice, check_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.container import CodecSpec
 from lightning_compress.functional.weight_sharing import (
@@ -107,26 +109,28 @@ class WeightSharing(CompressionCallback):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        bounds = tuple(int(v) for v in k_bounds)
-        if len(bounds) != 2 or not 2 <= bounds[0] < bounds[1]:
-            raise ValueError(f"`k_bounds` must be two ints (k_min, k_max) with 2 <= k_min < k_max, got {k_bounds!r}.")
-        for name, value, low in (
-            ("pop_size", pop_size, 2),
-            ("n_gen", n_gen, 1),
-            ("merge_candidates", merge_candidates, 0),
+        if (
+            isinstance(k_bounds, str)
+            or not isinstance(k_bounds, Sequence)
+            or len(k_bounds) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in k_bounds)
+            or not 2 <= k_bounds[0] < k_bounds[1]
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
-        if metric not in _METRICS:
-            raise ValueError(f"`metric` must be one of {_METRICS}, got {metric!r}.")
-        if not 0.0 <= float(accuracy_budget) < 1.0:
-            raise ValueError(f"`accuracy_budget` must be a fraction in [0, 1), got {accuracy_budget!r}.")
-        if parameters not in ("all", "weights"):
-            raise ValueError(f"`parameters` must be 'all' or 'weights', got {parameters!r}.")
-        if at_epoch is not None and (not isinstance(at_epoch, int) or at_epoch < 0):
-            raise ValueError(f"`at_epoch` must be None or an int >= 0, got {at_epoch!r}.")
-        if max_val_samples is not None and (not isinstance(max_val_samples, int) or max_val_samples < 1):
-            raise ValueError(f"`max_val_samples` must be None or a positive int, got {max_val_samples!r}.")
+            raise ValueError(f"`k_bounds` must be two ints (k_min, k_max) with 2 <= k_min < k_max, got {k_bounds!r}.")
+        bounds = (int(k_bounds[0]), int(k_bounds[1]))
+        check_number("pop_size", pop_size, low=2, integer=True)
+        check_number("n_gen", n_gen, low=1, integer=True)
+        check_number("merge_candidates", merge_candidates, low=0, integer=True)
+        check_choice("metric", metric, _METRICS)
+        check_number("accuracy_budget", accuracy_budget, low=0, high=1, high_open=True)
+        check_choice("parameters", parameters, ("all", "weights"))
+        check_bool("merge", merge)
+        check_number("at_epoch", at_epoch, low=0, integer=True, allow_none=True)
+        check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
+        check_number("seed", seed, low=0, integer=True)
+        if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
+            raise ValueError(f"`output_dir` must be None or a directory path, got {output_dir!r}.")
+        check_bool("progress", progress)
         self.k_bounds = (bounds[0], bounds[1])
         self.pop_size = pop_size
         self.n_gen = n_gen

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from lightning_compress.arguments import check_bool, check_choice
 from lightning_compress.codec.base import (
     EncodedTensor,
     available_codecs,
@@ -286,10 +287,24 @@ def save(
         >>> torch.equal(net(x), back(x))
         True
     """
-    if precision not in ("float32", "float16"):
-        raise ValueError(f"`precision` must be 'float32' or 'float16', got {precision!r}.")
+    check_choice("precision", precision, ("float32", "float16"))
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
+    if codecs is not None and not isinstance(codecs, Mapping):
+        raise ValueError(f"`codecs` must be None or a mapping tensor name -> codec, got {type(codecs).__name__}.")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ValueError(f"`metadata` must be None or a mapping of JSON-able values, got {type(metadata).__name__}.")
+    try:
+        json.dumps(dict(metadata or {}), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`metadata` must hold JSON-able, finite values only: {err}") from err
     module = artifact_module(model)
     state = module.state_dict()
+    for name, tensor in state.items():  # nothing is written for a diverged model
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"tensor {name!r} holds NaN or Inf values; nothing was written to {str(path)!r}.")
     param_names = {name for name, _ in module.named_parameters()}
     plan: dict[str, CodecSpec] = {k: _resolve_spec(v) for k, v in getattr(module, CODEC_PLAN_ATTR, {}).items()}
     for name, spec in (codecs or {}).items():
@@ -377,6 +392,8 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int = MAX_ELEME
     """
     if not _is_count(max_elements) or max_elements < 1:
         raise ValueError(f"`max_elements` must be an int >= 1, got {max_elements!r}.")
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Artifact file {str(path)!r} does not exist.")
@@ -550,6 +567,9 @@ def load(
         ArtifactError: if the file is not a valid artifact, or does not fit the model it describes (or ``model``).
         ValueError: if the architecture is unknown and no ``model`` was given.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise ValueError(f"`model` must be None or a fresh torch.nn.Module to fill, got {type(model).__name__}.")
+    check_bool("strict", strict)
     artifact = read_artifact(path, max_elements=max_elements)
     if model is None:
         if not artifact.architecture:
