@@ -69,6 +69,24 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+class SpawnedProcessGroupTeardown(pl.Callback):
+    """Destroy the process group at the end of every stage run in spawned processes (``ddp_spawn``).
+
+    Each stage (fit, then test) spawns fresh worker processes. Left to the interpreter's exit, the gloo process
+    group was torn down while its threads still ran, and a worker could die with SIGABRT ("terminate called without
+    an active exception") after a green stage. Here every rank meets at a barrier and destroys it while the
+    interpreter is still whole; nothing after the ``teardown`` hook in a worker uses collectives.
+    """
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import torch.distributed as dist
+
+        spawned = type(getattr(trainer.strategy, "launcher", None)).__name__ == "_MultiProcessingLauncher"
+        if spawned and dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple[dict[str, float], dict[str, Any]]:
     """Run one experiment described by a composed config.
 
@@ -100,6 +118,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         *instantiate_children(cfg.get("callbacks")),
         *instantiate_children(cfg.get("compress")),
         *extra_callbacks,
+        SpawnedProcessGroupTeardown(),
     ]
     writer = None
     if cfg.artifact.save:  # last, so it sees every compression callback's result
