@@ -77,9 +77,12 @@ class NeuronElimination(CompressionCallback):
     geometric size schedule from the second round on, eliminating the most dependent neurons beyond the tolerance
     when needed, and stop at the target.
 
-    **Accuracy budget.** With ``accuracy_budget`` the monitored validation metric is compared with its best after
-    every validation that follows a round; if it dropped by more than the budget, the rounds since the previous
-    validation are undone (weights restored) and annealing stops.
+    **Accuracy guard.** The monitored validation metric is compared with its best after every validation that follows
+    a round; if it dropped by more than ``accuracy_budget``, the rounds since the previous validation are undone
+    (weights restored) and annealing stops. It is on by default (1 point, on the first validation metric found,
+    whatever its name) unless ``tolerance`` or ``target_params`` is given; lossy rounds wait for a first validation.
+    Without any validation metric the default guard gives way to a loss-free rule: tolerances are capped at
+    ``unguarded_tolerance``. One log line at the end says what was removed and why annealing stopped.
 
     **Removal.** With ``removal="mask"`` (default) shapes stay fixed during ``fit``: the removed neurons' producer
     rows, BatchNorm entries and consumer columns are zero, their gradients are masked before every optimizer step
@@ -91,18 +94,21 @@ class NeuronElimination(CompressionCallback):
     (:func:`~lightning_compress.functional.neuron_elimination.replay_`), so resuming from any checkpoint works.
 
     Args:
-        tolerance: the last round's tolerance on ``1 - R^2`` (fraction of a neuron's variance the others may leave
-            unexplained).
+        tolerance: the last round's tolerance on the score; ``None`` = 0.05. Giving it turns the default guard off.
         start_tolerance: the first round's tolerance (near 0: only exactly dependent neurons go).
         schedule: ``"geometric"``, ``"linear"`` or ``"cosine"`` relaxation from start to end.
         rounds: number of elimination rounds.
         score: ``"output"`` (default; our design): weight-aware, the fraction of the consumer's pre-activation
             variance the elimination loses, ``r_j ||W_j||^2 / tr(W Sigma W^T)``; ``"r2"``: the redundancy
             ``1 - R^2`` (scale-free, blind to how much the consumer uses the neuron). The tolerances apply to it.
-        target_params: optional fraction of the model's parameters to keep, in (0, 1).
-        accuracy_budget: optional largest drop of ``monitor`` from its best before a round is undone.
-        monitor: validation metric of the budget.
-        mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like) for ``monitor``.
+        target_params: optional fraction of the model's parameters to keep, in (0, 1). Giving it turns the default
+            guard off.
+        accuracy_budget: largest drop of ``monitor`` from its best before the rounds since the last validation are
+            undone; ``"auto"`` (default): 0.01 (2% of the best for a loss-like metric) unless ``tolerance`` or
+            ``target_params`` is given; ``None``: no guard.
+        monitor: validation metric of the guard; ``None``: the first logged metric with ``val`` in its name,
+            accuracy-like names first.
+        mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like) for ``monitor``; ``None``: from its name.
         layers: restrict to these producer module names (relative to the compressed module).
         calibration_batches: training batches per round for the statistics; ``None`` (default) reads batches until
             every layer has ``4 * min_rows_per_neuron`` rows per neuron (at most one pass over the training data).
@@ -112,6 +118,11 @@ class NeuronElimination(CompressionCallback):
         ridge: diagonal ridge of the Gram matrices, relative to their mean diagonal.
         removal: ``"mask"`` or ``"immediate"`` (see above).
         final_fraction: fraction of the training steps after the last round (fine-tuning).
+        unguarded_tolerance: the tolerance cap of the loss-free rule that replaces the default guard when the fit
+            has no validation metric.
+        forward_inputs: a function from a training batch to the forward's arguments (a tensor, a tuple or a dict),
+            for calibration; default: the LightningModule's ``lc_forward_inputs(batch)`` if defined, else
+            ``batch[0]``.
         verbose: print a summary table at the end of ``fit``.
 
     Raises:
