@@ -220,6 +220,7 @@ class NeuronElimination(CompressionCallback):
         self._best: float | None = None
         self._stop_reason = ""
         self._capped = False
+        self._monitor_resolved = False
         self._dense_params = 0
         self._dense_fp32_bytes = 0
         self._table: list[tuple[int, int | None, int | None]] = []
@@ -566,11 +567,17 @@ class NeuronElimination(CompressionCallback):
     # -- accuracy budget -------------------------------------------------------------------------------------------
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.accuracy_budget is None or self.should_skip(trainer):
+        if self.accuracy_budget is None:
             return
-        if (self.monitor is None or self.mode is None) and not self._resolve_monitor(trainer):
+        # The sanity check's validation runs before the first step: the metric is found (or refused) there already.
+        first = not self._monitor_resolved and (trainer.sanity_checking or not self.should_skip(trainer))
+        if first:
+            self._monitor_resolved = True
+            if not self._resolve_monitor(trainer):
+                return
+        if self.should_skip(trainer):
             return
-        assert self.monitor is not None  # noqa: S101 - resolved above
+        assert self.monitor is not None  # noqa: S101 - resolved at the first validation
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
             raise ValueError(f"NeuronElimination: `monitor`={self.monitor!r} is no longer logged in validation.")
