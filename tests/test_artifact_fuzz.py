@@ -245,23 +245,27 @@ def test_fuzzed_artifacts_raise_artifact_error(tmp_path: Path) -> None:
     assert outcomes == CASES
 
 
-def test_hostile_architecture_is_refused_before_allocating(tmp_path: Path) -> None:
-    data = _fixture_bytes(tmp_path)
-    version, header, payload = _split(data)
-    header["architecture"]["kwargs"]["in_shape"] = [1, 100000, 100000]
-    path = tmp_path / "big.lcz"
-    path.write_bytes(_join(header, payload, version))
-    with pytest.raises(ArtifactError, match=r"architecture.kwargs.*max_elements"):
-        lc.load(path)
+def _huge_input(header: dict[str, Any]) -> None:
+    header["architecture"]["kwargs"]["in_shape"] = [1, 100000, 100000]  # the 12 TB case of the original report
 
 
-def test_modules_field_of_wrong_type_names_the_field(tmp_path: Path) -> None:
-    data = _fixture_bytes(tmp_path)
-    version, header, payload = _split(data)
+def _modules_string(header: dict[str, Any]) -> None:
     header["modules"] = "x"
-    path = tmp_path / "m.lcz"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "named"),
+    [(_huge_input, r"architecture.kwargs.*max_elements"), (_modules_string, r"'modules'")],
+    ids=["huge-architecture", "modules-string"],
+)
+def test_reported_hostile_headers_name_the_field(
+    tmp_path: Path, mutate: Callable[[dict[str, Any]], None], named: str
+) -> None:
+    version, header, payload = _split(_fixture_bytes(tmp_path))
+    mutate(header)
+    path = tmp_path / "hostile.lcz"
     path.write_bytes(_join(header, payload, version))
-    with pytest.raises(ArtifactError, match=r"'modules'"):
+    with pytest.raises(ArtifactError, match=named):
         lc.load(path)
 
 

@@ -86,6 +86,16 @@ _MODULE_TYPES: dict[str, type[nn.Module]] = {}
 _M = TypeVar("_M", bound=type[nn.Module])
 
 
+#: Architectures ``load`` rebuilds by name. The model zoo registers its builders here, so the registry points down
+#: and this module never imports the zoo.
+_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_architecture(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Let :func:`load` rebuild artifacts whose header names architecture ``name`` (the model zoo calls this)."""
+    _ARCHITECTURES[name] = builder
+
+
 def register_module_type(name: str) -> Callable[[_M], _M]:
     """Register a module class that artifacts record by ``name`` and :func:`load` rebuilds.
 
@@ -593,18 +603,20 @@ def load(
 
 def _build_zoo_model(artifact: Artifact, device: torch.device) -> nn.Module:
     """The recorded zoo architecture, built on ``device`` (``meta`` for checks); path arguments dropped."""
-    from lightning_compress.models import available_models, build_model
-
     arch = artifact.architecture or {}
     name = arch.get("name")
-    if name not in available_models():
+    builder = _ARCHITECTURES.get(name) if isinstance(name, str) else None
+    if builder is None:
         raise ArtifactError(
-            f"{artifact.path}: header field 'architecture.name' is {name!r}; the model zoo has {available_models()}."
+            f"{artifact.path}: header field 'architecture.name' is {name!r}; "
+            f"the model zoo has {sorted(_ARCHITECTURES)}."
         )
     kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if not str(k).endswith("_path")}
     try:
         with device:
-            return build_model(name, **kwargs)
+            model = builder(**kwargs)
+        object.__setattr__(model, "lc_spec", {"name": name, "kwargs": kwargs})  # a re-save keeps the architecture
+        return model
     except Exception as err:
         raise ArtifactError(
             f"{artifact.path}: header field 'architecture.kwargs' does not build {name!r}: {type(err).__name__}: {err}"

@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from lightning_compress.codec.container import register_architecture
+
 __all__ = ["available_models", "build_model", "register_model"]
 
 _Builder = TypeVar("_Builder", bound=Callable[..., nn.Module])
@@ -20,6 +22,7 @@ def register_model(name: str) -> Callable[[_Builder], _Builder]:
         if name in _MODELS:
             raise ValueError(f"Model name {name!r} is already registered.")
         _MODELS[name] = fn
+        register_architecture(name, fn)  # artifacts naming this model load without the container importing the zoo
         return fn
 
     return decorator
