@@ -11,6 +11,7 @@ accuracy is the reloaded ``.lcz`` artifact's, and the drop is against the dense 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_compress as lc
-from bench.common import mean_std, write_results
+from bench.common import RESULTS, mean_std, write_results
 from lightning_compress.data import FashionMNISTDataModule
 
 CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
@@ -33,7 +34,10 @@ CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
     "SuccessivePruning()": lambda: lc.SuccessivePruning(),
     "Ternarization()": lambda: lc.Ternarization(),
     "WeightSharing()": lambda: lc.WeightSharing(progress=False),
+    # the same default, in a fit without validation data: the guard gives way to the loss-free rule
+    "NeuronElimination(), no validation": lambda: lc.NeuronElimination(verbose=False),
 }
+NO_VALIDATION = {"NeuronElimination(), no validation"}
 EPOCHS = {"mlp": 6, "cnn": 3}
 
 
@@ -135,7 +139,7 @@ def run(arch: str, name: str, seed: int, data: dict[str, TensorDataset], out: Pa
     train = DataLoader(data["train"], batch_size=128, shuffle=True)
     val = DataLoader(data["val"], batch_size=1000)
     started = time.perf_counter()
-    trainer.fit(model, train, val)
+    trainer.fit(model, train, None if name in NO_VALIDATION else val)
     fit_s = time.perf_counter() - started
     path = lc.save(model, out / f"{arch}-{seed}-{name.rstrip('()')}.lcz")
     fresh = UserClassifier(build())
@@ -145,7 +149,7 @@ def run(arch: str, name: str, seed: int, data: dict[str, TensorDataset], out: Pa
         "arch": arch,
         "callback": name,
         "seed": seed,
-        "val_acc": float(trainer.callback_metrics["val_acc"]),
+        "val_acc": float(trainer.callback_metrics.get("val_acc", float("nan"))),
         "test_acc": accuracy(loaded, data["test"]),
         "test_acc_in_memory": accuracy(model, data["test"]),
         "params_fraction": sum(p.numel() for p in loaded.parameters()) / dense_params,
@@ -160,23 +164,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--archs", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    parser.add_argument("--callbacks", nargs="+", default=list(CALLBACKS), choices=list(CALLBACKS))
+    parser.add_argument(
+        "--callbacks", nargs="+", default=[c for c in CALLBACKS if c not in NO_VALIDATION], choices=list(CALLBACKS)
+    )
+    parser.add_argument(
+        "--reference", help="take the dense runs from this results file (same seeds and code) instead of training them"
+    )
     parser.add_argument("--name", default="defaults_fmnist")
     args = parser.parse_args()
     torch.set_num_threads(2)
     data = fmnist_tensors()
     runs: list[dict[str, Any]] = []
+    if args.reference:
+        stored = json.loads((RESULTS / f"{args.reference}.json").read_text())["runs"]
+        runs = [r for r in stored if r["callback"] == "dense" and r["arch"] in args.archs and r["seed"] in args.seeds]
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             for seed in args.seeds:
                 for name in args.callbacks:
+                    if name == "dense" and args.reference:
+                        continue
                     row = run(arch, name, seed, data, Path(tmp))
                     runs.append(row)
                     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     table = []
     for arch in args.archs:
         dense = {r["seed"]: r["test_acc"] for r in runs if r["arch"] == arch and r["callback"] == "dense"}
-        for name in args.callbacks:
+        for name in ["dense", *[c for c in args.callbacks if c != "dense"]] if args.reference else args.callbacks:
             rows = [r for r in runs if r["arch"] == arch and r["callback"] == name]
             acc = mean_std([100 * r["test_acc"] for r in rows])
             drops = [100 * (dense[r["seed"]] - r["test_acc"]) for r in rows if r["seed"] in dense]

@@ -4,21 +4,51 @@ Public API::
 
     import lightning_compress as lc
     lc.save(model, "model.lcz"); model = lc.load("model.lcz"); lc.size_report("model.lcz").print()
+
+The names below are imported on first use (PEP 562), so ``import lightning_compress.codec`` reads and writes
+artifacts without importing Lightning, torchvision or torch-pruning.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from lightning_compress.callbacks import (
-    ArtifactWriter,
-    NeuronElimination,
-    SuccessivePruning,
-    Ternarization,
-    WeightSharing,
-)
-from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
-from lightning_compress.models import build_model
-from lightning_compress.module import ImageClassifier, param_groups
-from lightning_compress.report import SizeReport, size_report
+if TYPE_CHECKING:
+    from lightning_compress.callbacks import (
+        ArtifactWriter,
+        NeuronElimination,
+        SuccessivePruning,
+        Ternarization,
+        WeightSharing,
+    )
+    from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
+    from lightning_compress.models import build_model
+    from lightning_compress.module import ImageClassifier, param_groups
+    from lightning_compress.report import SizeReport, size_report
+
+#: Public name -> the module that defines it.
+_PUBLIC = {
+    "ArtifactWriter": "lightning_compress.callbacks",
+    "NeuronElimination": "lightning_compress.callbacks",
+    "SuccessivePruning": "lightning_compress.callbacks",
+    "Ternarization": "lightning_compress.callbacks",
+    "WeightSharing": "lightning_compress.callbacks",
+    "ArtifactError": "lightning_compress.codec",
+    "CodecSpec": "lightning_compress.codec",
+    "load": "lightning_compress.codec",
+    "read_artifact": "lightning_compress.codec",
+    "save": "lightning_compress.codec",
+    "build_model": "lightning_compress.models",
+    "ImageClassifier": "lightning_compress.module",
+    "param_groups": "lightning_compress.module",
+    "SizeReport": "lightning_compress.report",
+    "size_report": "lightning_compress.report",
+}
+#: Subpackages reachable as attributes (``lc.module.evaluate_accuracy``), imported on first use too.
+_SUBMODULES = ("arguments", "callbacks", "cli", "codec", "data", "functional", "layers", "models", "module", "report")
 
 __all__ = [
     "ArtifactError",
@@ -38,3 +68,22 @@ __all__ = [
     "save",
     "size_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        if name == "load":  # rebuilding a zoo model by name needs the zoo registered
+            importlib.import_module("lightning_compress.models")
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lightning_compress.{name}")
+    raise AttributeError(f"module 'lightning_compress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBMODULES])
+
+
+assert set(__all__) == {"__version__", *_PUBLIC}  # noqa: S101 - the two lists name the same API

@@ -208,3 +208,17 @@ def test_shared_ans_stream_round_trip_and_errors() -> None:
         unread.finish()
     with pytest.raises(ValueError, match="32-bit words"):
         AnsStackReader(data[:-1])
+
+
+def test_codec_imports_no_lightning() -> None:
+    """The codec layer depends on nothing above it: reading and writing artifacts never imports Lightning."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_compress.codec\n"
+        "heavy = [m for m in ('lightning', 'torchvision', 'torch_pruning') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

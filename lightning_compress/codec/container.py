@@ -609,7 +609,13 @@ def _build_zoo_model(artifact: Artifact, device: torch.device) -> nn.Module:
     if builder is None:
         raise ArtifactError(
             f"{artifact.path}: header field 'architecture.name' is {name!r}; "
-            f"the model zoo has {sorted(_ARCHITECTURES)}."
+            f"the model zoo has {sorted(_ARCHITECTURES)}"
+            + (
+                ""
+                if _ARCHITECTURES
+                else " (nothing registered: use lightning_compress.load, or import lightning_compress.models)"
+            )
+            + "."
         )
     kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if not str(k).endswith("_path")}
     try:
