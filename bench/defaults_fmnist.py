@@ -2,7 +2,7 @@
 
 As a new user would: a plain ``LightningModule`` (its own ``training_step``, a validation metric named ``val_acc``,
 Adam 1e-3), its own in-memory DataLoaders (55,000 train / 5,000 held-out validation / the 10,000 test images), and one
-callback with no arguments. Two networks: a 784-300-100-10 MLP (6 epochs) and a LeNet-5-style CNN (3 epochs). The test
+callback with no arguments. Two networks: a 784-300-100-10 MLP (6 epochs) and LeNet-5 with Caffe's sizes (3 epochs). The test
 accuracy is the reloaded ``.lcz`` artifact's, and the drop is against the dense run of the same seed.
 
     python -m bench.defaults_fmnist --seeds 0 1 2
@@ -48,19 +48,18 @@ def mlp() -> nn.Module:
 
 
 def cnn() -> nn.Module:
+    """LeNet-5 with Caffe's sizes (conv20-pool-conv50-pool-fc500-fc10, 431k parameters), written out by the user."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2),
+        nn.Conv2d(1, 20, 5),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
+        nn.Conv2d(20, 50, 5),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(400, 120),
+        nn.Linear(800, 500),
         nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, 10),
+        nn.Linear(500, 10),
     )
 
 

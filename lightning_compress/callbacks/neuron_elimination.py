@@ -221,6 +221,7 @@ class NeuronElimination(CompressionCallback):
         self._stop_reason = ""
         self._capped = False
         self._monitor_resolved = False
+        self._validated = False
         self._dense_params = 0
         self._dense_fp32_bytes = 0
         self._table: list[tuple[int, int | None, int | None]] = []
@@ -385,12 +386,16 @@ class NeuronElimination(CompressionCallback):
             return
         guarded = self.accuracy_budget is not None
         while not self._stopped and self._round < self.rounds and trainer.global_step >= self._round_steps[self._round]:
-            if guarded and self._round > 0 and self._best is None:
-                break  # lossy rounds wait until a validation has set the guard's baseline
+            if guarded and self._round > 0 and not self._validated:
+                # Each lossy round waits for a validation after the previous one (the first sets the baseline): the
+                # guard then judges every round alone, and an undo costs one round, not several.
+                break
             self._run_round(trainer, pl_module)
             self._round += 1
             if guarded:
-                break  # a delayed round catches up one step at a time, not all at once
+                if self._round > 1:  # a lossy round: the next one waits for a validation of this one
+                    self._validated = False
+                break
 
     # -- rounds --------------------------------------------------------------------------------------------------
     def _params_goal(self) -> tuple[int | None, int | None]:
@@ -612,6 +617,7 @@ class NeuronElimination(CompressionCallback):
         else:
             self._best = value if self._best is None else max(self._best, value)
         self._snapshot = None
+        self._validated = True
 
     # -- end of fit ------------------------------------------------------------------------------------------------
     @override
@@ -678,6 +684,7 @@ class NeuronElimination(CompressionCallback):
             "finished": self._finished,
             "best": self._best,
             "capped": self._capped,
+            "validated": self._validated,
             "monitor": self.monitor,
             "mode": self.mode,
             "stop_reason": self._stop_reason,
@@ -697,6 +704,7 @@ class NeuronElimination(CompressionCallback):
         self._finished = bool(state_dict.get("finished", False))
         self._best = state_dict.get("best")
         self._capped = bool(state_dict.get("capped", False))
+        self._validated = bool(state_dict.get("validated", False))
         if self._capped:
             self.accuracy_budget = None
             self._cap_tolerances()
