@@ -80,7 +80,8 @@ class NeuronElimination(CompressionCallback):
     **Accuracy guard.** The monitored validation metric is compared with its best after every validation that follows
     a round; if it dropped by more than ``accuracy_budget``, the rounds since the previous validation are undone
     (weights restored) and annealing stops. It is on by default (1 point, on the first validation metric found,
-    whatever its name) unless ``tolerance`` or ``target_params`` is given; lossy rounds wait for a first validation.
+    whatever its name) unless ``tolerance`` or ``target_params`` is given; with a guard each lossy round waits for a
+    validation of the previous one, so every round is judged alone.
     Without any validation metric the default guard gives way to a loss-free rule: tolerances are capped at
     ``unguarded_tolerance``. One log line at the end says what was removed and why annealing stopped.
 
