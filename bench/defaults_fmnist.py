@@ -2,8 +2,8 @@
 
 As a new user would: a plain ``LightningModule`` (its own ``training_step``, a validation metric named ``val_acc``,
 Adam 1e-3), its own in-memory DataLoaders (55,000 train / 5,000 held-out validation / the 10,000 test images), and one
-callback with no arguments. Two networks: a 784-300-100-10 MLP (6 epochs) and LeNet-5 with Caffe's sizes (3 epochs). The test
-accuracy is the reloaded ``.lcz`` artifact's, and the drop is against the dense run of the same seed.
+callback with no arguments. Two networks: a 784-300-100-10 MLP (6 epochs) and LeNet-5 with Caffe's sizes (3 epochs).
+The test accuracy is the reloaded ``.lcz`` artifact's, and the drop is against the dense run of the same seed.
 
     python -m bench.defaults_fmnist --seeds 0 1 2
 """
