@@ -6,11 +6,12 @@ Each check raises ``ValueError("`name` must be <what is accepted>, got <value>."
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_bool", "check_choice", "check_names", "check_number", "is_number"]
+__all__ = ["check_bool", "check_choice", "check_metadata", "check_names", "check_number", "is_number"]
 
 
 def is_number(value: Any) -> bool:
@@ -103,3 +104,19 @@ def check_names(name: str, value: Any, allow_none: bool = True) -> None:
         return
     if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"`{name}` must be {'None or ' if allow_none else ''}a list of names, got {value!r}.")
+
+
+def check_metadata(name: str, value: Any, kind: type[Mapping[Any, Any]] = Mapping) -> None:
+    """Check that ``value`` is None or a ``kind`` (a mapping) that JSON holds exactly (no NaN or Inf, no objects).
+
+    Raises:
+        ValueError: naming ``name``.
+    """
+    if value is None:
+        return
+    if not isinstance(value, kind):
+        raise ValueError(f"`{name}` must be None or a dict of JSON-able values, got {type(value).__name__}.")
+    try:
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must hold JSON-able, finite values only: {err}") from err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from lightning_compress.arguments import check_choice, check_names
+from lightning_compress.arguments import check_choice, check_metadata, check_names
 from lightning_compress.codec.container import save
 
 __all__ = ["ArtifactWriter"]
@@ -50,12 +49,7 @@ class ArtifactWriter(Callback):
         check_choice("precision", precision, ("float32", "float16"))
         if not isinstance(path, str | os.PathLike) or not str(path):
             raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError(f"`metadata` must be None or a dict of JSON-able values, got {type(metadata).__name__}.")
-        try:
-            json.dumps(metadata or {}, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"`metadata` must hold JSON-able, finite values only: {err}") from err
+        check_metadata("metadata", metadata, kind=dict)
         check_names("metric_prefixes", metric_prefixes, allow_none=False)
         self.path = Path(path)
         self.precision = precision

@@ -301,8 +301,6 @@ class NeuronElimination(CompressionCallback):
                     "validation data to `fit`, or `accuracy_budget=None`."
                 )
             self._unguarded("the fit has no validation loop")
-        if self._capped:
-            self._cap_tolerances()
         if not self.pairs:
             example = self.check_forward(trainer, pl_module, "NeuronElimination")
             self.pairs, self.skipped = find_layer_pairs(module, example, self.layers)

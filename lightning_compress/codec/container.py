@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from lightning_compress.arguments import check_bool, check_choice
+from lightning_compress.arguments import check_bool, check_choice, check_metadata
 from lightning_compress.codec.base import (
     EncodedTensor,
     available_codecs,
     dtype_from_name,
+    dtype_name,
     get_codec,
     stored_dtype_names,
 )
@@ -304,12 +305,7 @@ def save(
         raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
     if codecs is not None and not isinstance(codecs, Mapping):
         raise ValueError(f"`codecs` must be None or a mapping tensor name -> codec, got {type(codecs).__name__}.")
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise ValueError(f"`metadata` must be None or a mapping of JSON-able values, got {type(metadata).__name__}.")
-    try:
-        json.dumps(dict(metadata or {}), allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"`metadata` must hold JSON-able, finite values only: {err}") from err
+    check_metadata("metadata", metadata)
     module = artifact_module(model)
     state = module.state_dict()
     for name, tensor in state.items():  # nothing is written for a diverged model
@@ -691,7 +687,7 @@ def _check_records(module: nn.Module, artifact: Artifact, strict: bool) -> None:
             if strict:
                 raise ArtifactError(f"{where} is not a tensor of the model ({type(module).__name__}).")
             continue
-        if record.dtype != str(current.dtype).removeprefix("torch."):
+        if record.dtype != dtype_name(current.dtype):
             raise ArtifactError(f"{where}: header field 'dtype' is {record.dtype!r}, the model's is {current.dtype}.")
         if len(record.shape) != current.dim() or any(s > c for s, c in zip(record.shape, current.shape, strict=True)):
             raise ArtifactError(
