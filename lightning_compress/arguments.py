@@ -11,7 +11,15 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_bool", "check_choice", "check_metadata", "check_names", "check_number", "is_number"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_metadata",
+    "check_names",
+    "check_number",
+    "check_parameters",
+    "is_number",
+]
 
 
 def is_number(value: Any) -> bool:
@@ -120,3 +128,18 @@ def check_metadata(name: str, value: Any, kind: type[Mapping[Any, Any]] = Mappin
         json.dumps(dict(value), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"`{name}` must hold JSON-able, finite values only: {err}") from err
+
+
+def check_parameters(name: str, value: Any) -> None:
+    """Check a tensor selection: ``"all"``, ``"weights"`` or a non-empty list of parameter or module names.
+
+    Raises:
+        ValueError: naming ``name``.
+    """
+    if isinstance(value, str):
+        check_choice(name, value, ("all", "weights"))
+        return
+    if not isinstance(value, Sequence) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(
+            f"`{name}` must be 'all', 'weights' or a non-empty list of parameter/module names, got {value!r}."
+        )

@@ -198,8 +198,8 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
     class CheckZeros(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
             flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
-            if cb._mask:  # after the first stage: every masked entry is exactly zero, biases included
-                mask = torch.cat([m.reshape(-1) for m in cb._mask])
+            if cb._support:  # after the first stage: every masked entry is exactly zero, biases included
+                mask = torch.cat([m.reshape(-1) for m in cb._support.values()])
                 assert torch.all(flat[mask == 0] == 0)
                 zero_sets.append(flat == 0)
 

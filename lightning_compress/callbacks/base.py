@@ -1,10 +1,25 @@
-"""What every compression callback shares: skip rules, the module to compress, logging, rank handling, codec plans."""
+"""What every compression callback shares: windows, ordering, claims, masking and freezing by name, ranks, skip rules.
+
+Composition (several callbacks in one ``fit``) rests on four rules kept here, so each callback keeps only its method:
+
+* **Claims.** In ``setup`` each callback claims aspects (structure, support, values) of named tensors in the model's
+  :class:`~lightning_compress.codec.representation.Representation`; a second owner of an aspect is refused there,
+  before the first step. The artifact's codecs are derived from the representation at save time.
+* **Windows.** Each callback acts within ``[start, end]``, fractions of the fit's optimizer steps. Without explicit
+  windows, several callbacks get consecutive ones in the order structure, support, values
+  (:func:`default_windows`); callbacks that share tensors must act in that order in windows that do not overlap.
+* **Order.** Per-step actions and end-of-fit actions of all compression callbacks run in that aspect order, whatever
+  the order of ``Trainer(callbacks=...)`` (the first compression callback leads).
+* **Names, not objects.** Masks (support) and frozen values are held by tensor name and looked up in the model every
+  time they are applied, so a layer that shrinks or is swapped never leaves a stale reference behind.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from typing import Any
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -13,7 +28,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from typing_extensions import override
 
-from lightning_compress.codec.container import CODEC_PLAN_ATTR, CodecSpec, artifact_module
+from lightning_compress.arguments import check_number
+from lightning_compress.codec.container import artifact_module
+from lightning_compress.codec.representation import ASPECTS, CompositionError, Representation, representation_of
 from lightning_compress.functional.forward import (
     ForwardInputs,
     call_forward,
@@ -22,7 +39,7 @@ from lightning_compress.functional.forward import (
     to_device,
 )
 
-__all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback"]
+__all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback", "default_windows"]
 
 #: Method a LightningModule may define, ``lc_forward_inputs(batch)``: the forward's arguments for a training batch.
 FORWARD_INPUTS_ATTR = "lc_forward_inputs"
@@ -32,27 +49,173 @@ _SHARDING_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 log = logging.getLogger(__name__)
 
 
+#: Training share of each method in composed default windows (Weight sharing acts once, at the end of the fit).
+_PHASE_ORDER = ("structure", "support", "values")
+
+
+def default_windows(callbacks: Iterable[CompressionCallback]) -> dict[int, tuple[float, float]]:
+    """Consecutive windows for callbacks given without ``start``/``end``, in the order structure, support, values.
+
+    One callback keeps its own default (:attr:`CompressionCallback.DEFAULT_WINDOW`). Several split the fit into
+    equal consecutive phases, one per aspect that trains (structure, support, trained values); a method that acts
+    once at the end (``DEFAULT_WINDOW == (1.0, 1.0)``, WeightSharing) stays there. Each method keeps its own
+    fine-tuning share inside its window (``final_fraction``).
+
+    Returns:
+        ``id(callback)`` -> ``(start, end)``.
+
+    Example:
+        >>> from lightning_compress import NeuronElimination, SuccessivePruning, WeightSharing
+        >>> cbs = [WeightSharing(), SuccessivePruning(), NeuronElimination()]
+        >>> sorted(default_windows(cbs).values())
+        [(0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    """
+    callbacks = list(callbacks)
+    if len(callbacks) == 1:
+        return {id(callbacks[0]): callbacks[0].DEFAULT_WINDOW}
+    at_end = [cb for cb in callbacks if cb.DEFAULT_WINDOW == (1.0, 1.0)]
+    training = [cb for cb in callbacks if cb not in at_end]
+    phases = sorted({cb.ASPECT for cb in training}, key=_PHASE_ORDER.index)
+    windows = {id(cb): (1.0, 1.0) for cb in at_end}
+    for cb in training:
+        i = phases.index(cb.ASPECT)
+        windows[id(cb)] = (i / len(phases), (i + 1) / len(phases))
+    return windows
+
+
 class CompressionCallback(Callback):
     """Base of the compression callbacks.
 
     Subclasses compress :meth:`target_module` (the module an artifact stores: the LightningModule's backbone when
-    it exposes ``lc_artifact_module``, else the LightningModule itself), report their figures through
-    :meth:`summary` (the ``lcompress`` job merges them into its metrics) and tell :func:`lightning_compress.save`
-    which codec to use per tensor with :meth:`set_codec_plan`.
+    it exposes ``lc_artifact_module``, else the LightningModule itself), claim the aspects they decide with
+    :meth:`claim` in ``setup``, act in :meth:`before_step` / :meth:`act` (each training step, inside or around their
+    window) and :meth:`finish` (end of fit), hold masks and frozen values with :meth:`hold_support` /
+    :meth:`hold_values`, and report their figures through :meth:`summary`.
+
+    Args:
+        forward_inputs: a function from a training batch to the forward's arguments (for calibration).
+        start: fraction of the fit's optimizer steps where this callback's window starts (``None``: default).
+        end: fraction where it ends (``None``: default); ``start == end`` acts once at that point.
     """
 
     #: Prefix of the keys this callback logs, e.g. ``"weight_sharing"``.
     LOG_PREFIX = "compress"
+    #: The aspect of a tensor this method decides: ``"structure"``, ``"support"`` or ``"values"``.
+    ASPECT: ClassVar[str] = "values"
+    #: Window when this callback is the only compression callback and none is given.
+    DEFAULT_WINDOW: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
-    def __init__(self, forward_inputs: ForwardInputs | None = None) -> None:
+    def __init__(
+        self, forward_inputs: ForwardInputs | None = None, start: float | None = None, end: float | None = None
+    ) -> None:
         if forward_inputs is not None and not callable(forward_inputs):
             raise ValueError(
                 f"`forward_inputs` must be None or a function from a batch to the forward's arguments (a tensor, a "
                 f"tuple of positional arguments or a dict of keyword arguments), got {forward_inputs!r}."
             )
+        check_number("start", start, low=0, high=1, allow_none=True)
+        check_number("end", end, low=0, high=1, allow_none=True)
+        if start is not None and end is not None and float(start) > float(end):
+            raise ValueError(f"`start` ({start}) must not be after `end` ({end}): both are fractions of the fit.")
         self.forward_inputs = forward_inputs
+        self.start = None if start is None else float(start)
+        self.end = None if end is None else float(end)
+        self._window: tuple[float, float] | None = None
+        self._total_steps = 0
         self._summary: dict[str, float] = {}
+        #: tensor name -> mask (1 keeps, 0 prunes), re-applied after every optimizer step
+        self._support: dict[str, torch.Tensor] = {}
+        #: tensor name -> value held fixed (gradients zeroed, value put back after every step)
+        self._frozen: dict[str, torch.Tensor] = {}
 
+    @property
+    def owner(self) -> str:
+        """The name this callback claims tensors under (its class name)."""
+        return type(self).__name__
+
+    # -- composition -------------------------------------------------------------------------------------------
+    @staticmethod
+    def compression_callbacks(trainer: pl.Trainer) -> list[CompressionCallback]:
+        """Every compression callback of ``trainer``, in aspect order (structure, support, values), stable."""
+        found = [cb for cb in trainer.callbacks if isinstance(cb, CompressionCallback)]  # type: ignore[attr-defined]
+        return sorted(found, key=lambda cb: ASPECTS.index(cb.ASPECT))
+
+    def _leads(self, trainer: pl.Trainer) -> bool:
+        first = next((cb for cb in trainer.callbacks if isinstance(cb, CompressionCallback)), None)  # type: ignore[attr-defined]
+        return first is self
+
+    @staticmethod
+    def representation(pl_module: nn.Module) -> Representation:
+        """The representation of the compressed module (claims of every callback)."""
+        return representation_of(artifact_module(pl_module))
+
+    def claim(self, pl_module: nn.Module, aspect: str, names: Iterable[str], kind: str) -> None:
+        """Claim ``aspect`` of the named tensors (refused with both owners named if another callback holds it)."""
+        self.representation(pl_module).claim(self.owner, aspect, names, kind)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """``(start, end)`` fractions of the fit (resolved in ``setup`` from the arguments and the other callbacks)."""
+        if self._window is not None:
+            return self._window
+        start = self.start if self.start is not None else self.DEFAULT_WINDOW[0]
+        end = self.end if self.end is not None else max(self.DEFAULT_WINDOW[1], start)
+        return (start, end)
+
+    def window_steps(self) -> tuple[int, int]:
+        """The window in optimizer steps of this fit."""
+        start, end = self.window
+        return round(start * self._total_steps), round(end * self._total_steps)
+
+    def steps_in_window(self, count: int, final_fraction: float) -> list[int]:
+        """``count`` evenly spaced steps over the first ``1 - final_fraction`` of the window (the last at its end)."""
+        first, last = self.window_steps()
+        span = max(round((last - first) * (1.0 - final_fraction)), count)
+        return [first + max(1, round(span * (i + 1) / count)) for i in range(count)]
+
+    def _resolve_windows(self, trainer: pl.Trainer) -> None:
+        callbacks = self.compression_callbacks(trainer)
+        if all(cb.start is None and cb.end is None for cb in callbacks):
+            defaults = default_windows(callbacks)
+            for cb in callbacks:
+                cb._window = defaults[id(cb)]
+        else:
+            for cb in callbacks:
+                cb._window = None
+                cb._window = cb.window
+
+    def check_composition(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
+        """Refuse windows that overlap or run out of aspect order on shared tensors (before the first step)."""
+        rep = self.representation(pl_module)
+        mine = {n for aspect in ASPECTS for n in rep.owned(self.owner, aspect)}
+        for other in self.compression_callbacks(trainer):
+            if other is self or ASPECTS.index(other.ASPECT) < ASPECTS.index(self.ASPECT):
+                continue
+            theirs = {n for aspect in ASPECTS for n in rep.owned(other.owner, aspect)}
+            shared = sorted(mine & theirs)
+            if not shared or other.ASPECT == self.ASPECT:
+                continue
+            (s0, e0), (s1, e1) = self.window, other.window
+            if e0 > s1:
+                raise CompositionError(
+                    f"{self.owner} (window {s0:g}-{e0:g} of the fit, {self.ASPECT}) and {other.owner} (window "
+                    f"{s1:g}-{e1:g}, {other.ASPECT}) act on the same tensors ({', '.join(shared[:3])}"
+                    f"{', ...' if len(shared) > 3 else ''}) in overlapping windows: the {self.ASPECT} must be decided "
+                    f"before the {other.ASPECT}. Give {self.owner} an `end` at most {other.owner}'s `start`, or leave "
+                    "every `start`/`end` unset for consecutive default windows."
+                )
+
+    # -- hooks the subclasses fill ------------------------------------------------------------------------------
+    def before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called before every training step, in aspect order (e.g. swap layers when the window opens)."""
+
+    def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called after every training step (masks already re-applied), in aspect order."""
+
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called once at the end of the fit, in aspect order."""
+
+    # -- the shared hooks ---------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse strategies that shard parameters (FSDP, DeepSpeed): every method reads whole tensors."""
@@ -62,6 +225,107 @@ class CompressionCallback(Callback):
                 f"{type(self).__name__} reads and rewrites whole parameter tensors, which the {name} strategy shards "
                 "across processes; use strategy='ddp' (or a single device)."
             )
+        if stage == "fit":
+            owners = [cb.owner for cb in self.compression_callbacks(trainer)]
+            if owners.count(self.owner) > 1:
+                raise CompositionError(
+                    f"{owners.count(self.owner)} {self.owner} callbacks in one fit: give one instance the tensors it "
+                    "should compress (`parameters=` / `layers=`), or combine them into one."
+                )
+            self._resolve_windows(trainer)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        self._total_steps = int(total) if math.isfinite(total) else 0
+        self.check_composition(trainer, pl_module)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._leads(trainer) and not self.should_skip(trainer):
+            for cb in self.compression_callbacks(trainer):
+                cb.before_step(trainer, pl_module)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not (self._support or self._frozen):
+            return
+        params = dict(self.target_module(pl_module).named_parameters())
+        for name, mask in self._support.items():
+            grad = params[name].grad
+            if grad is not None:
+                grad.mul_(mask)
+        for name in self._frozen:
+            grad = params[name].grad
+            if grad is not None:
+                grad.zero_()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._leads(trainer):
+            callbacks = self.compression_callbacks(trainer)
+            for cb in callbacks:
+                cb.apply_holds(pl_module)
+            if not self.should_skip(trainer):
+                for cb in callbacks:
+                    cb.act(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._leads(trainer) and not self.should_skip(trainer):
+            for cb in self.compression_callbacks(trainer):
+                cb.apply_holds(pl_module)
+                cb.finish(trainer, pl_module)
+
+    # -- holds: masks and frozen values, by name ------------------------------------------------------------------
+    def hold_support(self, pl_module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        """Keep the zeros of ``masks`` (name -> 0/1 tensor) for the rest of the fit, applied now."""
+        params = dict(self.target_module(pl_module).named_parameters())
+        self._support = {n: m.to(params[n].device, params[n].dtype) for n, m in masks.items()}
+        self.apply_holds(pl_module)
+
+    def hold_values(self, pl_module: nn.Module, names: Iterable[str]) -> None:
+        """Keep the named tensors at their current values for the rest of the fit."""
+        params = dict(self.target_module(pl_module).named_parameters())
+        self._frozen.update({n: params[n].detach().clone() for n in names})
+
+    def release_holds(self) -> None:
+        """Stop holding masks and values (e.g. after the layers they refer to changed shape)."""
+        self._support, self._frozen = {}, {}
+
+    @torch.no_grad()
+    def apply_holds(self, pl_module: nn.Module) -> None:
+        """Re-apply the masks and frozen values (momentum and weight decay move entries whose gradient is zero)."""
+        if not (self._support or self._frozen):
+            return
+        params = dict(self.target_module(pl_module).named_parameters())
+        for name, mask in self._support.items():
+            params[name].mul_(mask)
+        for name, value in self._frozen.items():
+            params[name].copy_(value)
+
+    @staticmethod
+    def rebuild_optimizers(trainer: pl.Trainer) -> None:
+        """Build the optimizers again after parameters changed shape, keeping the LR schedulers' progress.
+
+        Under DDP the model is wrapped again first, so gradient buckets match the new shapes. Optimizer moments
+        restart (they referred to the old shapes).
+        """
+        strategy = trainer.strategy
+        schedulers = [config.scheduler.state_dict() for config in strategy.lr_scheduler_configs]
+        wrapped = strategy.model
+        if wrapped is not None and wrapped is not strategy.lightning_module and hasattr(strategy, "configure_ddp"):
+            strategy.model = strategy.lightning_module
+            strategy.configure_ddp()
+        strategy.setup_optimizers(trainer)
+        for config, state in zip(strategy.lr_scheduler_configs, schedulers, strict=False):
+            config.scheduler.load_state_dict(state)
 
     @staticmethod
     def target_module(pl_module: nn.Module) -> nn.Module:
@@ -88,13 +352,6 @@ class CompressionCallback(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(prefixed, step=trainer.global_step)
-
-    @staticmethod
-    def set_codec_plan(module: nn.Module, plan: Mapping[str, CodecSpec]) -> None:
-        """Ask :func:`lightning_compress.save` to write the named tensors with the given codecs."""
-        current: dict[str, CodecSpec] = dict(getattr(module, CODEC_PLAN_ATTR, {}))
-        current.update(plan)
-        object.__setattr__(module, CODEC_PLAN_ATTR, current)
 
     @staticmethod
     def broadcast(trainer: pl.Trainer, obj: Any) -> Any:

@@ -8,7 +8,6 @@ contribution redistributed onto the survivors (Shah, Olivier, Raj 2020). The alg
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -118,7 +117,11 @@ class NeuronElimination(CompressionCallback):
         min_neurons: neurons kept at least in every layer.
         ridge: diagonal ridge of the Gram matrices, relative to their mean diagonal.
         removal: ``"mask"`` or ``"immediate"`` (see above).
-        final_fraction: fraction of the training steps after the last round (fine-tuning).
+        final_fraction: fraction of the window after the last round (fine-tuning under the masks).
+        start: where the window starts, as a fraction of the fit's optimizer steps (default 0).
+        end: where it ends (default 1; 0.5 when other compression callbacks follow). When it ends before the fit
+            does, the layers are shrunk there and the optimizers built again (the LR schedulers keep their
+            progress; under DDP the model is wrapped again), so the methods that follow work on the smaller layers.
         unguarded_tolerance: the tolerance cap of the loss-free rule that replaces the default guard when the fit
             has no validation metric.
         forward_inputs: a function from a training batch to the forward's arguments (a tensor, a tuple or a dict),
@@ -136,6 +139,7 @@ class NeuronElimination(CompressionCallback):
     """
 
     LOG_PREFIX = "neuron_elimination"
+    ASPECT = "structure"
 
     def __init__(
         self,
@@ -158,8 +162,10 @@ class NeuronElimination(CompressionCallback):
         unguarded_tolerance: float = 1e-3,
         forward_inputs: ForwardInputs | None = None,
         verbose: bool = True,
+        start: float | None = None,
+        end: float | None = None,
     ) -> None:
-        super().__init__(forward_inputs)
+        super().__init__(forward_inputs, start=start, end=end)
         # "Go as far as asked": an explicit size target or tolerance is not held back by the default guard.
         explicit = target_params is not None or tolerance is not None
         tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
@@ -218,6 +224,8 @@ class NeuronElimination(CompressionCallback):
         self._round_steps: list[int] = []
         self._stopped = False
         self._finished = False
+        #: the step where the window's end shrank the layers mid-fit (None: at the end of fit, or not yet)
+        self._shrunk_at: int | None = None
         self._best: float | None = None
         self._stop_reason = ""
         self._capped = False
@@ -227,8 +235,6 @@ class NeuronElimination(CompressionCallback):
         self._dense_fp32_bytes = 0
         self._table: list[tuple[int, int | None, int | None]] = []
         # runtime only
-        self._masks: dict[str, torch.Tensor] = {}
-        self._params: dict[str, nn.Parameter] = {}
         self._snapshot: dict[str, Any] | None = None
         self._warned_rows: set[str] = set()
         self._resize_hook: Any = None
@@ -251,15 +257,12 @@ class NeuronElimination(CompressionCallback):
         """Original indices of the surviving neurons of every pair (ascending)."""
         return [sorted(set(range(p.channels)) - set(gone)) for p, gone in zip(self.pairs, self.removed(), strict=True)]
 
-    def _refresh_masks(self, module: nn.Module) -> None:
-        self._params = dict(module.named_parameters())
-        self._masks = {} if self.removal == "immediate" else elimination_masks(module, self.pairs, self.removed())
-        self._masks = {k: v.to(self._params[k].device) for k, v in self._masks.items()}
-
-    @torch.no_grad()
-    def _apply_masks(self) -> None:
-        for name, mask in self._masks.items():
-            self._params[name].mul_(mask)
+    def _refresh_masks(self, pl_module: nn.Module) -> None:
+        """Hold the removed neurons' entries at zero (mask removal), by tensor name."""
+        if self.removal == "immediate" or self._finished:
+            self.release_holds()
+            return
+        self.hold_support(pl_module, elimination_masks(self.target_module(pl_module), self.pairs, self.removed()))
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @override
@@ -267,28 +270,47 @@ class NeuronElimination(CompressionCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        module = self.target_module(pl_module)
+        kinds = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+        layers = [n for n, m in module.named_modules() if isinstance(m, kinds)]
+        if self.layers is not None:
+            layers = [n for n in layers if n in self.layers]
+        self.claim(
+            pl_module,
+            "structure",
+            [
+                f"{n}.{p}" if n else p
+                for n in layers
+                for p, _ in module.get_submodule(n).named_parameters(recurse=False)
+            ],
+            kind="eliminate",
+        )
         launcher = getattr(trainer.strategy, "launcher", None)
         if type(launcher).__name__ == "_MultiProcessingLauncher":
             raise ValueError(
                 "NeuronElimination shrinks layers at the end of fit, and a spawn-based strategy (e.g. 'ddp_spawn') "
                 "cannot return the smaller model to the main process; use strategy='ddp'."
             )
-        if self.removal == "immediate":
-            if trainer.world_size > 1:
-                raise ValueError(
-                    f"`removal`='immediate' rebuilds the optimizers and works on a single device; got world size "
-                    f"{trainer.world_size}. Use removal='mask'."
-                )
-            # resuming: the checkpoint holds already smaller layers; give the model their shapes just before
-            # Lightning loads it (the checkpoint path is not known yet in `setup`)
-            if self._resize_hook is None:
-                self._resize_hook = pl_module.register_load_state_dict_pre_hook(_resize_before_load)
+        if self.removal == "immediate" and trainer.world_size > 1:
+            raise ValueError(
+                f"`removal`='immediate' rebuilds the optimizers and works on a single device; got world size "
+                f"{trainer.world_size}. Use removal='mask'."
+            )
+        # resuming: the checkpoint may hold already smaller layers (immediate removal, or a window that ended before
+        # the fit); give the model their shapes just before Lightning loads it (the path is not known in `setup`)
+        if self._resize_hook is None:
+            self._resize_hook = pl_module.register_load_state_dict_pre_hook(_resize_before_load)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        module = self.target_module(pl_module)
+        if self._finished and self._shrunk_at is not None:
+            # resumed after the window ended mid-fit: the checkpoint holds the smaller layers already
+            object.__setattr__(module, REFERENCE_ATTR, self._dense_fp32_bytes)
+            return
         if self._finished:
             raise RuntimeError("This NeuronElimination already finished a fit; use a new instance for a new fit.")
-        module = self.target_module(pl_module)
         if (
             self.accuracy_budget is not None
             and not self.should_skip(trainer)
@@ -314,12 +336,8 @@ class NeuronElimination(CompressionCallback):
                 f"({', '.join(f'{p.producer}->{p.consumer}' for p in self.pairs)}); skipped: {self.skipped}"
             )
         if not self._round_steps:
-            total = trainer.estimated_stepping_batches
-            total = int(total) if math.isfinite(total) else 0
-            span = max(int(total * (1.0 - self.final_fraction)), self.rounds)
-            self._round_steps = [max(1, round(span * (i + 1) / self.rounds)) for i in range(self.rounds)]
-        self._refresh_masks(module)
-        self._apply_masks()
+            self._round_steps = self.steps_in_window(self.rounds, self.final_fraction)
+        self._refresh_masks(pl_module)
 
     def _unguarded(self, why: str) -> None:
         """No metric to guard with: the default guard gives way to a loss-free rule, a low tolerance."""
@@ -366,22 +384,14 @@ class NeuronElimination(CompressionCallback):
     def _relative_budget(self) -> bool:
         return self.guard_is_default and self.mode == "min"
 
-    # -- training hooks --------------------------------------------------------------------------------------------
+    # -- training steps --------------------------------------------------------------------------------------------
     @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        for name, mask in self._masks.items():
-            grad = self._params[name].grad
-            if grad is not None:
-                grad.mul_(mask)
-
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._apply_masks()
-        if self.should_skip(trainer):
+    def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._finished:
+            return
+        end = self.window_steps()[1]
+        if self.window[1] < 1.0 and trainer.global_step >= end:  # the window ends before the fit: shrink now
+            self._finish_structure(trainer, pl_module, rebuild=True)
             return
         guarded = self.accuracy_budget is not None
         while not self._stopped and self._round < self.rounds and trainer.global_step >= self._round_steps[self._round]:
@@ -524,8 +534,7 @@ class NeuronElimination(CompressionCallback):
         )
         if self.removal == "immediate":
             self._shrink_round(trainer, module, alive_before, records)
-        self._refresh_masks(module)
-        self._apply_masks()
+        self._refresh_masks(pl_module)
         counts = [len(a) for a in self.alive()]
         params = param_count(self._table, self.pairs, counts)
         figures: dict[str, float] = {
@@ -563,15 +572,12 @@ class NeuronElimination(CompressionCallback):
             positions[record.pair] = [lookup[e.neuron] for e in record.eliminations]
         current = self._current_pairs(alive_before)
         shrink_(module, current, positions)
-        schedulers = [config.scheduler.state_dict() for config in trainer.strategy.lr_scheduler_configs]
-        trainer.strategy.setup_optimizers(trainer)
-        for config, state in zip(trainer.strategy.lr_scheduler_configs, schedulers, strict=False):
-            config.scheduler.load_state_dict(state)
+        self.rebuild_optimizers(trainer)
 
     # -- accuracy budget -------------------------------------------------------------------------------------------
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.accuracy_budget is None:
+        if self.accuracy_budget is None or self._finished:
             return
         # The sanity check's validation runs before the first step: the metric is found (or refused) there already.
         first = not self._monitor_resolved and (trainer.sanity_checking or not self.should_skip(trainer))
@@ -601,8 +607,8 @@ class NeuronElimination(CompressionCallback):
             undone = len(self.history) - self._snapshot["history"]
             del self.history[self._snapshot["history"] :]
             if self.removal == "immediate":
-                trainer.strategy.setup_optimizers(trainer)
-            self._refresh_masks(module)
+                self.rebuild_optimizers(trainer)
+            self._refresh_masks(pl_module)
             self._stopped = True
             self._stop_reason = (
                 f"{self.monitor} fell {(self._best or 0.0) - value:.4g} below its best (budget {budget:.4g}); "
@@ -618,12 +624,21 @@ class NeuronElimination(CompressionCallback):
         self._snapshot = None
         self._validated = True
 
-    # -- end of fit ------------------------------------------------------------------------------------------------
+    # -- end of the window -----------------------------------------------------------------------------------------
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.should_skip(trainer) or not self.pairs:
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._finished:
+            self._finish_structure(trainer, pl_module, rebuild=False)
+
+    def _finish_structure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rebuild: bool) -> None:
+        """Shrink the layers to the surviving neurons (mask removal); ``rebuild``: the fit goes on after it."""
+        if not self.pairs:
+            self._finished = True
             return
         module = self.target_module(pl_module)
+        if self._snapshot is not None:
+            self._stop_reason = self._stop_reason or "its window ended (the last round was kept without a validation)"
+            self._snapshot = None
         if not self._stop_reason and self.accuracy_budget is not None and self._best is None:
             self._stop_reason = (
                 "no validation ran during the fit to give its accuracy guard a baseline (validate more often, e.g. "
@@ -633,13 +648,17 @@ class NeuronElimination(CompressionCallback):
             self._stop_reason = (
                 f"all {self.rounds} rounds ran (last tolerance {self.tolerances[-1]:.2g})"
                 if self._round >= self.rounds
-                else f"the fit ended after {self._round} of {self.rounds} rounds"
+                else f"its window ended after {self._round} of {self.rounds} rounds"
             )
         if self.removal == "mask":
-            self._apply_masks()
+            self.apply_holds(pl_module)
             shrink_(module, self.pairs, self.removed())
-        self._masks, self._params = {}, {}
         self._finished = True
+        self.release_holds()
+        if rebuild:
+            self._shrunk_at = int(trainer.global_step)
+            if self.removal == "mask":
+                self.rebuild_optimizers(trainer)
         if not hasattr(module, REFERENCE_ATTR):  # the ratio of the artifact is against the original model
             object.__setattr__(module, REFERENCE_ATTR, self._dense_fp32_bytes)
         params = sum(p.numel() for p in module.parameters())
@@ -681,6 +700,7 @@ class NeuronElimination(CompressionCallback):
             "round_steps": list(self._round_steps),
             "stopped": self._stopped,
             "finished": self._finished,
+            "shrunk_at": self._shrunk_at,
             "best": self._best,
             "capped": self._capped,
             "validated": self._validated,
@@ -701,6 +721,7 @@ class NeuronElimination(CompressionCallback):
         self._round_steps = list(state_dict.get("round_steps", []))
         self._stopped = bool(state_dict.get("stopped", False))
         self._finished = bool(state_dict.get("finished", False))
+        self._shrunk_at = state_dict.get("shrunk_at")
         self._best = state_dict.get("best")
         self._capped = bool(state_dict.get("capped", False))
         self._validated = bool(state_dict.get("validated", False))

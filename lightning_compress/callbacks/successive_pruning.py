@@ -16,11 +16,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
 from typing_extensions import override
 
-from lightning_compress.arguments import check_choice, check_number, is_number
+from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.codec.container import CodecSpec, save
+from lightning_compress.codec.base import CodecSpec
+from lightning_compress.codec.container import save
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.functional.successive_pruning import SurpResult, normalise, refine, sparsity_schedule
@@ -32,16 +34,21 @@ class SuccessivePruning(CompressionCallback):
     """Prune by successive refinement during ``fit``, and store the result as a SuRP bitstream.
 
     Stages of increasing sparsity (default the paper's ``1 - 0.8**k`` list up to ``target_sparsity``) are spread
-    over the first ``1 - final_fraction`` of the training steps (``trainer.estimated_stepping_batches``), so the
-    target is reached before the end of any fit without tuning. At each stage the selected tensors are refined
+    over the first ``1 - final_fraction`` of the callback's window (``start``-``end``, fractions of
+    ``trainer.estimated_stepping_batches``; default the whole fit), so the target is reached before the end of any
+    fit without tuning. At each stage the selected tensors are refined
     from scratch (per-tensor L2 normalisation, one vector, threshold ``alpha * mean``, quanta subtracted from the
     residual, threshold decay and refresh) until the stage's sparsity; the reconstruction replaces the weights and
     its zeros become the mask. Between stages the mask is enforced: gradients of pruned entries are zeroed in
     ``on_before_optimizer_step`` and the mask re-applied after every optimizer step, so momentum and weight decay
     cannot regrow them (biases and normalisation parameters included when selected).
 
-    At the end of ``fit`` the retrained weights are refined once more to the target and encoded; those are the
-    final weights and what :func:`lightning_compress.save` writes with the ``surp`` codec.
+    SuccessivePruning owns the **support** of its tensors (which entries are zero); the zeros stay until the end of
+    ``fit``. It also owns their **values** unless a value method (Ternarization, WeightSharing) claims them: then
+    that method works on the non-zeros and the artifact codes the support with it. The values it owns are refined
+    once more at the end of ``fit`` (to the target, or to the support they have when some tensors went to a value
+    method) and encoded; those are the final weights and what :func:`lightning_compress.save` writes with the
+    ``surp`` codec.
 
     Refinement is vectorised (every candidate above the threshold in one round) and deterministic; decisions are
     taken on rank 0 and broadcast as the bitstream, so every rank holds the same weights.
@@ -59,9 +66,13 @@ class SuccessivePruning(CompressionCallback):
             smallest ones; our design). The final re-encode starts from weights already at the target, and
             reaching every last tiny survivor takes rounds that refine all the others to a useless precision: on
             LeNet-300-100 at 98% sparsity 0.005 cut the stream by a fifth. 0 = exactly the target.
-        parameters: ``"all"`` (paper: every parameter) or ``"weights"`` (Conv/Linear weights only).
+        parameters: ``"all"`` (paper: every parameter), ``"weights"`` (Conv/Linear weights only) or a list of
+            parameter/module names.
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
-        final_fraction: fraction of the training steps after the last stage (fine-tuning at the target).
+        final_fraction: fraction of the window after the last stage (fine-tuning at the target).
+        start: where the window starts, as a fraction of the fit's optimizer steps (default 0, or after
+            NeuronElimination's window when both are used).
+        end: where it ends (default 1).
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -72,6 +83,7 @@ class SuccessivePruning(CompressionCallback):
     """
 
     LOG_PREFIX = "surp"
+    ASPECT = "support"
 
     def __init__(
         self,
@@ -82,11 +94,13 @@ class SuccessivePruning(CompressionCallback):
         ladder: float = 0.9,
         refine_steps: int = 0,
         support_tolerance: float = 0.005,
-        parameters: str = "all",
+        parameters: str | Sequence[str] = "all",
         stages: Sequence[float] | None = None,
         final_fraction: float = 0.2,
+        start: float | None = None,
+        end: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(start=start, end=end)
         check_number("target_sparsity", target_sparsity, low=0, high=1, low_open=True, high_open=True)
         check_number("bit_budget", bit_budget, low=64, integer=True, allow_none=True)
         check_number("alpha", alpha, low=0, low_open=True)
@@ -94,7 +108,7 @@ class SuccessivePruning(CompressionCallback):
         check_number("ladder", ladder, low=0, high=1, low_open=True, high_open=True)
         check_number("refine_steps", refine_steps, low=0, integer=True)
         check_number("support_tolerance", support_tolerance, low=0, high=1, high_open=True)
-        check_choice("parameters", parameters, ("all", "weights"))
+        check_parameters("parameters", parameters)
         check_number("final_fraction", final_fraction, low=0, high=1, high_open=True)
         if stages is not None and (
             isinstance(stages, str)
@@ -113,68 +127,66 @@ class SuccessivePruning(CompressionCallback):
         self.ladder = float(ladder)
         self.refine_steps = refine_steps
         self.support_tolerance = float(support_tolerance)
-        self.parameters = parameters
+        self.parameters = parameters if isinstance(parameters, str) else list(parameters)
         self.final_fraction = float(final_fraction)
         self._stage = 0
         self._stage_steps: list[int] = []
-        self._mask: list[torch.Tensor] = []
-        self._params: list[torch.nn.Parameter] = []
         self._names: list[str] = []
+        self._owns_values: dict[str, bool] = {}
+        self._saved_masks: dict[str, torch.Tensor] = {}
         self._final: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(target_sparsity=self.target_sparsity, parameters=self.parameters)
+        return self._generate_state_key(target_sparsity=self.target_sparsity, parameters=str(self.parameters))
 
-    # -- set-up and masking ------------------------------------------------------------------------------------
+    # -- set-up ------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._names = [n for n, _ in select_parameters(self.target_module(pl_module), self.parameters)]
+            self.claim(pl_module, "support", self._names, kind="surp")
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        module = self.target_module(pl_module)
-        selected = select_parameters(module, self.parameters)
-        self._names = [n for n, _ in selected]
-        self._params = [p for _, p in selected]
+        super().on_fit_start(trainer, pl_module)
+        rep = self.representation(pl_module)
+        # the values nobody else claimed are SuRP's own: refined and stored in its stream
+        self.claim(
+            pl_module, "values", [n for n in self._names if rep.owner(n, "values") in (None, self.owner)], "surp"
+        )
         if not self._stage_steps:
-            total = trainer.estimated_stepping_batches
-            total = int(total) if math.isfinite(total) else 0
-            span = max(int(total * (1.0 - self.final_fraction)), len(self.stages))
-            self._stage_steps = [max(1, round(span * (i + 1) / len(self.stages))) for i in range(len(self.stages))]
-        if self._mask:  # resumed: masks from the checkpoint
-            self._mask = [m.to(p.device) for m, p in zip(self._mask, self._params, strict=True)]
+            self._stage_steps = self.steps_in_window(len(self.stages), self.final_fraction)
+        if self._saved_masks:  # resumed: masks from the checkpoint
+            self.hold_support(pl_module, self._saved_masks)
+            self._saved_masks = {}
         if self._final is not None:
             self._attach(pl_module)
 
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        for param, mask in zip(self._params, self._mask, strict=False):
-            if param.grad is not None:
-                param.grad.mul_(mask)
+    @property
+    def _value_names(self) -> list[str]:
+        """The tensors whose values SuccessivePruning stores (the rest went to a value method)."""
+        return [n for n in self._names if self._owns_values.get(n, True)]
+
+    def _params(self, pl_module: nn.Module, names: Sequence[str]) -> list[torch.Tensor]:
+        params = dict(self.target_module(pl_module).named_parameters())
+        return [params[n] for n in names]
 
     @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self._apply_mask()
-        while (
-            self._stage < len(self.stages)
-            and trainer.global_step >= self._stage_steps[self._stage]
-            and not self.should_skip(trainer)
-        ):
+    def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        while self._stage < len(self.stages) and trainer.global_step >= self._stage_steps[self._stage]:
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
 
-    @torch.no_grad()
-    def _apply_mask(self) -> None:
-        for param, mask in zip(self._params, self._mask, strict=False):
-            param.mul_(mask)
-
     # -- stages --------------------------------------------------------------------------------------------------
-    def _refine(self, sparsity: float | None, max_picks: int | None = None) -> tuple[SurpResult, bytes, list[float]]:
-        tensors = [p.detach().double().cpu().numpy() for p in self._params]
-        u, signs, norms = normalise(tensors)
+    def _refine(
+        self, tensors: list[torch.Tensor], sparsity: float | None, max_picks: int | None = None
+    ) -> tuple[SurpResult, bytes, list[float]]:
+        arrays = [t.detach().double().cpu().numpy() for t in tensors]
+        u, signs, norms = normalise(arrays)
         result = refine(
             u,
             target_sparsity=sparsity,
@@ -185,52 +197,59 @@ class SuccessivePruning(CompressionCallback):
             refine_steps=self.refine_steps if sparsity is not None else 0,
             support_tolerance=self.support_tolerance,
         )
-        return result, encode_stream(result, signs, segments=[p.numel() for p in self._params]), norms
+        return result, encode_stream(result, signs, segments=[t.numel() for t in tensors]), norms
 
-    def _encode_within_budget(self) -> tuple[SurpResult, bytes, list[float]]:
+    def _encode_within_budget(self, tensors: list[torch.Tensor]) -> tuple[SurpResult, bytes, list[float]]:
         """Largest refinement whose stream fits ``bit_budget`` (binary search over the number of picks)."""
         assert self.bit_budget is not None  # noqa: S101 - only called with a budget
-        best = self._refine(None, max_picks=1)
-        lo, hi = 1, sum(p.numel() for p in self._params) * 8
+        best = self._refine(tensors, None, max_picks=1)
+        lo, hi = 1, sum(t.numel() for t in tensors) * 8
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            candidate = self._refine(None, max_picks=mid)
+            candidate = self._refine(tensors, None, max_picks=mid)
             if 8 * len(candidate[1]) <= self.bit_budget:
                 best, lo = candidate, mid
             else:
                 hi = mid - 1
         return best
 
-    def _decide(self, trainer: pl.Trainer, sparsity: float | None) -> tuple[bytes, list[float]]:
+    def _decide(self, trainer: pl.Trainer, names: list[str], sparsity: float | None) -> tuple[bytes, list[float]]:
         """Refine on rank 0 and broadcast the stream and norms (small) to every rank."""
         payload: tuple[bytes, list[float]] | None = None
         if trainer.is_global_zero:
+            tensors = self._params(trainer.lightning_module, names)
             if sparsity is None:
-                _, stream, norms = self._encode_within_budget()
+                _, stream, norms = self._encode_within_budget(tensors)
             else:
-                _, stream, norms = self._refine(sparsity)
+                _, stream, norms = self._refine(tensors, sparsity)
             payload = (stream, norms)
         payload = self.broadcast(trainer, payload)
         assert payload is not None  # noqa: S101 - broadcast returns rank 0's payload
         return payload
 
     @torch.no_grad()
-    def _write(self, stream: bytes, norms: list[float]) -> SurpResult:
+    def _write(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> SurpResult:
+        """Put the refinement into the named tensors; their zeros become the held support."""
         result, signs = decode_stream(stream)
         values = signs * result.recon
         offset = 0
-        self._mask = []
-        for param, norm in zip(self._params, norms, strict=True):
+        masks = dict(self._support)
+        for name, param, norm in zip(names, self._params(pl_module, names), norms, strict=True):
             n = param.numel()
             chunk = torch.from_numpy((values[offset : offset + n] * norm).astype(np.float32)).reshape(param.shape)
             param.copy_(chunk.to(param.device, param.dtype))
-            self._mask.append((chunk != 0).to(param.device, param.dtype))
+            masks[name] = chunk != 0
             offset += n
+        self.hold_support(pl_module, masks)
         return result
 
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
-        stream, norms = self._decide(trainer, sparsity)
-        result = self._write(stream, norms)
+        names = self._value_names if final else self._names
+        if final and names != self._names:  # some values went to a value method: keep the support they have now
+            params = self._params(trainer.lightning_module, names)
+            sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
+        stream, norms = self._decide(trainer, names, sparsity)
+        result = self._write(trainer.lightning_module, names, stream, norms)
         stats = stream_statistics(result, stream)
         figures: dict[str, float] = {
             "stage": float(self._stage + (0 if final else 1)),
@@ -243,10 +262,10 @@ class SuccessivePruning(CompressionCallback):
             "geometric_bits_per_param": stats.geometric_bits / result.n,
         }
         if final:
-            self._final = {"stream": stream, "norms": norms}
+            self._final = {"stream": stream, "norms": norms, "names": names}
             self._attach(trainer.lightning_module)
         if trainer.is_global_zero:
-            figures["artifact_bytes"] = float(self._artifact_bytes(trainer.lightning_module, stream, norms))
+            figures["artifact_bytes"] = float(self._artifact_bytes(trainer.lightning_module, names, stream, norms))
         self.history.append(figures)
         self.log_figures(trainer, figures)
         rank_zero_info(
@@ -255,31 +274,41 @@ class SuccessivePruning(CompressionCallback):
             f"{stats.overhead:.4f}x its symbols' entropy)."
         )
 
-    def _plan(self, stream: bytes, norms: list[float]) -> dict[str, CodecSpec]:
+    def _plan(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> dict[str, Any]:
+        """Codec options per tensor: its slice of the shared stream and its norm."""
         plan, offset = {}, 0
-        for name, param, norm in zip(self._names, self._params, norms, strict=True):
-            plan[name] = CodecSpec("surp", {"stream": stream, "offset": offset, "numel": param.numel(), "norm": norm})
+        for name, param, norm in zip(names, self._params(pl_module, names), norms, strict=True):
+            plan[name] = {"stream": stream, "offset": offset, "numel": param.numel(), "norm": norm}
             offset += param.numel()
         return plan
 
-    def _artifact_bytes(self, pl_module: pl.LightningModule, stream: bytes, norms: list[float]) -> int:
+    def _artifact_bytes(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> int:
         module = self.target_module(pl_module)
+        codecs = {n: CodecSpec("surp", o) for n, o in self._plan(pl_module, names, stream, norms).items()}
         with tempfile.TemporaryDirectory() as tmp:
-            return save(module, Path(tmp) / "stage.lcz", codecs=self._plan(stream, norms)).stat().st_size
+            return save(module, Path(tmp) / "stage.lcz", codecs=codecs).stat().st_size
 
-    def _attach(self, pl_module: pl.LightningModule) -> None:
+    def _attach(self, pl_module: nn.Module) -> None:
         assert self._final is not None  # noqa: S101 - called once the final stream exists
-        self.set_codec_plan(self.target_module(pl_module), self._plan(self._final["stream"], self._final["norms"]))
+        names = list(self._final.get("names", self._names))
+        plan = self._plan(pl_module, names, self._final["stream"], self._final["norms"])
+        self.representation(pl_module).decide(self.owner, "values", plan)
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.should_skip(trainer):
-            return
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         while self._stage < len(self.stages) - 1:  # fits too short for the schedule still reach the target
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
+        rep = self.representation(pl_module)
+        self._owns_values = {n: rep.owner(n, "values") == self.owner for n in self._names}
+        if not self._value_names:  # every value went to a value method: it stores them, with this support
+            if self._stage < len(self.stages):
+                self._run_stage(trainer, self.stages[self._stage])
+            self._stage = len(self.stages)
+            return
         self._stage = len(self.stages)
-        self._run_stage(trainer, None if self.bit_budget is not None else self.target_sparsity, final=True)
+        budget = self.bit_budget is not None and self._value_names == self._names
+        self._run_stage(trainer, None if budget else self.target_sparsity, final=True)
 
     # -- state -------------------------------------------------------------------------------------------------------
     @override
@@ -287,14 +316,17 @@ class SuccessivePruning(CompressionCallback):
         return {
             "stage": self._stage,
             "stage_steps": list(self._stage_steps),
+            "mask_names": list(self._support),
             "masks": [
-                torch.from_numpy(np.packbits(m.detach().cpu().numpy().astype(bool).reshape(-1))) for m in self._mask
+                torch.from_numpy(np.packbits(m.detach().cpu().numpy().astype(bool).reshape(-1)))
+                for m in self._support.values()
             ],
-            "mask_shapes": [list(m.shape) for m in self._mask],
+            "mask_shapes": [list(m.shape) for m in self._support.values()],
             "final_stream": None
             if self._final is None
             else torch.frombuffer(bytearray(self._final["stream"]), dtype=torch.uint8),
             "final_norms": None if self._final is None else list(self._final["norms"]),
+            "final_names": None if self._final is None else list(self._final["names"]),
             "history": list(self.history),
         }
 
@@ -302,13 +334,22 @@ class SuccessivePruning(CompressionCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._stage = int(state_dict.get("stage", 0))
         self._stage_steps = list(state_dict.get("stage_steps", []))
-        self._mask = []
-        for packed, shape in zip(state_dict.get("masks", []), state_dict.get("mask_shapes", []), strict=True):
+        self._saved_masks = {}
+        names = state_dict.get("mask_names", [])
+        for name, packed, shape in zip(
+            names, state_dict.get("masks", []), state_dict.get("mask_shapes", []), strict=True
+        ):
             n = math.prod(shape)
             bits = np.unpackbits(packed.numpy())[:n].astype(np.float32)
-            self._mask.append(torch.from_numpy(bits).reshape(shape))
+            self._saved_masks[name] = torch.from_numpy(bits).reshape(shape)
         stream = state_dict.get("final_stream")
         self._final = (
-            None if stream is None else {"stream": stream.numpy().tobytes(), "norms": state_dict["final_norms"]}
+            None
+            if stream is None
+            else {
+                "stream": stream.numpy().tobytes(),
+                "norms": state_dict["final_norms"],
+                "names": state_dict.get("final_names") or list(self._names),
+            }
         )
         self.history = list(state_dict.get("history", []))

@@ -25,7 +25,8 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.codec.container import CodecSpec, save
+from lightning_compress.codec.base import CodecSpec
+from lightning_compress.codec.container import save
 from lightning_compress.functional.forward import call_forward
 from lightning_compress.functional.ternarization import (
     StepFunction,
@@ -81,6 +82,11 @@ class Ternarization(CompressionCallback):
             ternary; the centring constants follow the original activation).
         ntk_learnable_activations: ntk (our design): the matched step activations' levels and thresholds train with
             the head (a few scalars per layer, straight-through ramp for the thresholds); the paper freezes them.
+        start: qat: where training with ternary weights starts, as a fraction of the fit's optimizer steps (default
+            0, or after the structure and support methods when composed). Layers are swapped for their ternary
+            twins there (with ``activations``, the optimizers are built again then: single device).
+        end: qat: where the ternary values are fixed into the weights (default 1, the end of ``fit``); after it
+            they are held.
         activation_lr_scale: learning rate of the learnable step activations' levels and thresholds, as a multiple
             of the optimizer's (our design: they are a few scalars that every feature shares; below 1 they settle
             more steadily, see the README's measurement). It is set as :data:`lightning_compress.module.LR_SCALE_ATTR`
@@ -97,6 +103,7 @@ class Ternarization(CompressionCallback):
     """
 
     LOG_PREFIX = "ternary"
+    ASPECT = "values"
 
     def __init__(
         self,
@@ -115,8 +122,10 @@ class Ternarization(CompressionCallback):
         ntk_activations: str = "step",
         ntk_learnable_activations: bool = False,
         activation_lr_scale: float = 1.0,
+        start: float | None = None,
+        end: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(start=start, end=end)
         check_choice("mode", mode, ("qat", "ntk"))
         check_choice("rule", rule, ("twn", "sparsity"))
         check_number("sparsity", sparsity, low=0, high=1, high_open=True, allow_none=True)
@@ -158,6 +167,7 @@ class Ternarization(CompressionCallback):
         self.ternarized: list[str] = []
         self.residuals: list[float] = []
         self._baked = False
+        self._swapped = False
 
     @property
     @override
@@ -168,14 +178,39 @@ class Ternarization(CompressionCallback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        # under fast_dev_run nothing is compressed, so nothing is swapped in either (it would never be baked)
-        if stage != "fit" or self.ternarized or self.should_skip(trainer):
+        if stage != "fit":
             return
         module = self.target_module(pl_module)
+        if self.mode == "qat":
+            names = self.ternarized or [f"{n}.weight" for n in self._qat_layers(module)]
+            self.claim(pl_module, "values", names, kind="ternary")
+        # under fast_dev_run nothing is compressed, so nothing is swapped in either (it would never be baked)
+        if self._swapped or self._baked or self.should_skip(trainer):
+            return
         if self.mode == "ntk":
             self._setup_ntk(trainer, module)
-        else:
+            self._swapped = True
+        elif self.window[0] == 0.0:  # before the optimizers exist: step activations' parameters join them
             self._setup_qat(trainer, module)
+
+    @override
+    def before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode != "qat" or self._swapped or self._baked:
+            return
+        if trainer.global_step >= self.window_steps()[0]:  # the window opens: ternary twins from now on
+            self._setup_qat(trainer, self.target_module(pl_module))
+            if self.activations:
+                if trainer.world_size > 1:
+                    raise RuntimeError(
+                        "Ternarization(activations=..., start>0) adds parameters mid-fit, which DDP cannot take; use "
+                        "start=0 or a single device."
+                    )
+                self.rebuild_optimizers(trainer)
+
+    @override
+    def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._swapped and not self._baked and self.window[1] < 1.0 and trainer.global_step >= self.window_steps()[1]:
+            self._finish_values(trainer, pl_module)
 
     def _calibration_inputs(self, trainer: pl.Trainer) -> Iterator[torch.Tensor]:
         return self.training_inputs(
@@ -211,7 +246,10 @@ class Ternarization(CompressionCallback):
         net.refresh_centers()
         self.ternarized = [f"{self._prefix(module, net)}hidden.{i}.weight" for i in range(len(net.hidden))]
         self.residuals = [s.residual for s in steps]
-        self.set_codec_plan(module, self._ntk_plan(self.storage))
+        self.claim(module, "values", self.ternarized, kind="ternary")
+        self.representation(module).decide(
+            self.owner, "values", {n: s.options for n, s in self._ntk_plan(self.storage).items()}
+        )
         rank_zero_info(
             f"Ternarization(ntk, {self.ntk_activations} activations): {len(steps)} step activations matched (residuals "
             f"{', '.join(f'{r:.2e}' for r in self.residuals)}), hidden weights ternary at sparsity "
@@ -302,11 +340,9 @@ class Ternarization(CompressionCallback):
         for name in names:
             module.set_submodule(name, ternary_layer(module.get_submodule(name), **options))
         self.ternarized = [f"{n}.weight" for n in names]
+        self._swapped = True
         if self.activations:
             self._replace_relus(trainer, module)
-        self.set_codec_plan(
-            module, {n: CodecSpec("ternary", {"per_channel": self.per_channel}) for n in self.ternarized}
-        )
         rank_zero_info(
             f"Ternarization(qat): {len(names)} layers ternary ({', '.join(names)})"
             + (f", {len(self.residuals)} ReLUs replaced by step activations." if self.activations else ".")
@@ -344,6 +380,14 @@ class Ternarization(CompressionCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self._baked and self.mode == "qat":  # resumed after its window: the ternary values are held again
+            module = self.target_module(pl_module)
+            self._bake(module)
+            self.representation(module).decide(
+                self.owner, "values", {n: {"per_channel": self.per_channel} for n in self.ternarized}
+            )
+            self.hold_values(module, self.ternarized)
         if self.activation_lr_scale == 1.0:
             return
         # each tagged trainable parameter must sit in an optimizer group carrying its module's scale
@@ -387,14 +431,20 @@ class Ternarization(CompressionCallback):
                 h.remove()
         return [math.sqrt(sums[n] / max(counts[n], 1)) or 1.0 for n in names]
 
-    # -- end of fit: ternary values into the weights, plain layers back ------------------------------------------
+    # -- end of the window: ternary values into the weights, plain layers back ------------------------------------
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.should_skip(trainer) or self._baked or not self.ternarized:
-            return
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._baked and self._swapped and self.ternarized:
+            self._finish_values(trainer, pl_module)
+
+    def _finish_values(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = self.target_module(pl_module)
         if self.mode == "qat":
             self._bake(module)
+            self.representation(module).decide(
+                self.owner, "values", {n: {"per_channel": self.per_channel} for n in self.ternarized}
+            )
+            self.hold_values(module, self.ternarized)  # the ternary values stay for the rest of the fit
         self._baked = True
         figures = self._figures(module)
         self.log_figures(trainer, figures)
@@ -448,16 +498,22 @@ class Ternarization(CompressionCallback):
         return {"paper_dense_bits": float(dense_bits), "paper_ratio": dense_bits / compressed_bits}
 
     def _artifact_bytes(self, module: nn.Module, storage: str) -> int:
-        codecs = self._ntk_plan(storage) if self.mode == "ntk" else None
+        codecs = dict(self._ntk_plan(storage)) if self.mode == "ntk" else None
         with tempfile.TemporaryDirectory() as tmp:
             return save(module, Path(tmp) / "ternary.lcz", codecs=codecs).stat().st_size
 
     # -- state ---------------------------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"ternarized": list(self.ternarized), "residuals": list(self.residuals), "baked": self._baked}
+        return {
+            "ternarized": list(self.ternarized),
+            "residuals": list(self.residuals),
+            "baked": self._baked,
+            "swapped": self._swapped,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.residuals = list(state_dict.get("residuals", []))
         self._baked = bool(state_dict.get("baked", False))
+        self.ternarized = list(state_dict.get("ternarized", self.ternarized))

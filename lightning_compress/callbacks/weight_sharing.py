@@ -20,9 +20,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_compress.arguments import check_bool, check_choice, check_number
+from lightning_compress.arguments import check_bool, check_choice, check_number, check_parameters
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.codec.container import CodecSpec
 from lightning_compress.functional.weight_sharing import (
     Binning,
     SearchPoint,
@@ -45,7 +44,8 @@ _METRICS = ("accuracy", "f1_macro")
 class WeightSharing(CompressionCallback):
     """Share one codebook across the network, chosen on the validation data given to ``fit``.
 
-    At the end of ``fit`` (or at the end of epoch ``at_epoch``):
+    Once, at the end of its window (default: the end of ``fit``; ``end=`` a fraction of the fit's optimizer steps, or
+    the documented alias ``at_epoch``):
 
     1. the selected tensors are concatenated; ``k`` equal-width bins between their min and max; empty bins dropped;
        each weight takes the mean of its bin;
@@ -56,10 +56,13 @@ class WeightSharing(CompressionCallback):
     4. **choice rule**: the solution with the fewest shared values whose validation metric is within
        ``accuracy_budget`` of the unshared model's (if none is, the most accurate one, with a warning).
 
-    The chosen codebook is written into the weights; the artifact stores it once and the indices ANS-coded
-    (codec ``codebook``). The Pareto front goes to ``<output_dir>/weight_sharing_pareto.{csv,png}`` and, with a
-    W&B logger, to a table and a scatter plot. With ``at_epoch``, training continues and only the unshared
-    tensors (``parameters="weights"``: biases and normalisation) keep learning.
+    The chosen codebook is written into the weights and held there for the rest of the fit; the artifact stores it
+    once and the indices ANS-coded (codec ``codebook``). WeightSharing owns the **values** of its tensors. After
+    SuccessivePruning (which owns their support) only the non-zeros are binned, zeros stay exactly zero and the
+    artifact codes support and indices in one stream (codec ``sparse_codebook``). The Pareto front goes to
+    ``<output_dir>/weight_sharing_pareto.{csv,png}`` and, with a W&B logger, to a table and a scatter plot. With
+    ``end < 1`` (or ``at_epoch``), training continues and only the unshared tensors (``parameters="weights"``:
+    biases and normalisation) keep learning.
 
     The validation data must be held out from the training set (the datamodules here carve it from train); never
     pass the test set.
@@ -71,15 +74,17 @@ class WeightSharing(CompressionCallback):
         metric: ``"accuracy"`` or ``"f1_macro"`` (the paper's); the error is ``1 - metric``.
         accuracy_budget: allowed drop of the validation metric from the unshared model, as a fraction (0.005 =
             0.5 point).
-        parameters: ``"all"`` (every parameter, as in the paper's experiments) or ``"weights"`` (Conv/Linear
-            weights only).
+        parameters: ``"all"`` (every parameter, as in the paper's experiments), ``"weights"`` (Conv/Linear
+            weights only) or a list of parameter/module names.
         merge: run the iterative merge.
         merge_candidates: how many front solutions are merged.
-        at_epoch: share at the end of this epoch (0-based) and keep training the rest; ``None`` = end of fit.
+        at_epoch: alias of ``end`` in epochs: share at the end of this epoch (0-based) and keep training the rest.
         max_val_samples: cap on cached validation samples (``None`` = the whole validation loader).
         seed: NSGA-II seed.
         output_dir: where the Pareto CSV/PNG go (default: the trainer's log dir).
         progress: show a progress bar over generations (rank 0).
+        start: accepted for symmetry with the other callbacks; sharing happens once, at ``end``.
+        end: where sharing happens, as a fraction of the fit's optimizer steps (default 1: the end of ``fit``).
 
     Raises:
         ValueError: for an invalid argument (the message names it).
@@ -91,6 +96,8 @@ class WeightSharing(CompressionCallback):
     """
 
     LOG_PREFIX = "weight_sharing"
+    ASPECT = "values"
+    DEFAULT_WINDOW = (1.0, 1.0)
 
     def __init__(
         self,
@@ -99,7 +106,7 @@ class WeightSharing(CompressionCallback):
         n_gen: int = 20,
         metric: str = "accuracy",
         accuracy_budget: float = 0.005,
-        parameters: str = "all",
+        parameters: str | Sequence[str] = "all",
         merge: bool = True,
         merge_candidates: int = 3,
         at_epoch: int | None = None,
@@ -107,8 +114,10 @@ class WeightSharing(CompressionCallback):
         seed: int = 1,
         output_dir: str | None = None,
         progress: bool = True,
+        start: float | None = None,
+        end: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(start=start, end=end)
         if (
             isinstance(k_bounds, str)
             or not isinstance(k_bounds, Sequence)
@@ -123,9 +132,11 @@ class WeightSharing(CompressionCallback):
         check_number("merge_candidates", merge_candidates, low=0, integer=True)
         check_choice("metric", metric, _METRICS)
         check_number("accuracy_budget", accuracy_budget, low=0, high=1, high_open=True)
-        check_choice("parameters", parameters, ("all", "weights"))
+        check_parameters("parameters", parameters)
         check_bool("merge", merge)
         check_number("at_epoch", at_epoch, low=0, integer=True, allow_none=True)
+        if at_epoch is not None and end is not None:
+            raise ValueError("Give `end` (a fraction of the fit) or its alias `at_epoch` (an epoch), not both.")
         check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
         check_number("seed", seed, low=0, integer=True)
         if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
@@ -136,7 +147,7 @@ class WeightSharing(CompressionCallback):
         self.n_gen = n_gen
         self.metric = metric
         self.accuracy_budget = float(accuracy_budget)
-        self.parameters = parameters
+        self.parameters = parameters if isinstance(parameters, str) else list(parameters)
         self.merge = merge
         self.merge_candidates = merge_candidates
         self.at_epoch = at_epoch
@@ -146,12 +157,11 @@ class WeightSharing(CompressionCallback):
         self.progress = progress
         self.points: list[SearchPoint] = []
         self._state: dict[str, Any] = {"done": False}
-        self._shared_values: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(parameters=self.parameters, at_epoch=self.at_epoch)
+        return self._generate_state_key(parameters=str(self.parameters), at_epoch=self.at_epoch)
 
     @property
     def done(self) -> bool:
@@ -160,8 +170,16 @@ class WeightSharing(CompressionCallback):
 
     # -- hooks -------------------------------------------------------------------------------------------------
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            names = [n for n, _ in select_parameters(self.target_module(pl_module), self.parameters)]
+            self.claim(pl_module, "values", names, kind="codebook")
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.done:  # resumed after sharing: keep the stored codebook, re-attach the codec plan
+        super().on_fit_start(trainer, pl_module)
+        if self.done:  # resumed after sharing: keep the stored codebook, hold it again
             self._attach(pl_module)
             return
         if self.should_skip(trainer):
@@ -181,26 +199,15 @@ class WeightSharing(CompressionCallback):
             self.share(trainer, pl_module)
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_epoch is None and not self.done and not self.should_skip(trainer):
+    def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        end = self.window_steps()[1]
+        if self.at_epoch is None and not self.done and self.window[1] < 1.0 and trainer.global_step >= end:
             self.share(trainer, pl_module)
 
     @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        for param, _ in self._shared_values:
-            if param.grad is not None:
-                param.grad.zero_()
-
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        # Momentum and weight decay move parameters even with zero gradients: put the shared values back.
-        with torch.no_grad():
-            for param, value in self._shared_values:
-                param.copy_(value)
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_epoch is None and not self.done:
+            self.share(trainer, pl_module)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -214,12 +221,17 @@ class WeightSharing(CompressionCallback):
     def share(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Search on rank 0, broadcast the chosen codebook and indices, apply them on every rank."""
         module = self.target_module(pl_module)
-        selected = select_parameters(module, self.parameters)
+        rep = self.representation(pl_module)
+        names = rep.owned(self.owner, "values")
+        params = dict(module.named_parameters())
+        selected = [params[n] for n in names]
+        # tensors whose support another method owns keep their zeros: only their non-zeros are binned
+        keep_zeros = [rep.owner(n, "support") is not None for n in names]
         # trainer.log_dir broadcasts: resolve it on every rank, never inside rank-0-only code
         out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         decision: dict[str, Any] | None = None
         if trainer.is_global_zero:
-            decision = self._search(trainer, pl_module, [p for _, p in selected], out_dir)
+            decision = self._search(trainer, pl_module, selected, keep_zeros, out_dir)
         decision = self.broadcast(trainer, decision)
         assert decision is not None  # noqa: S101 - broadcast returns rank 0's decision
         binning = Binning(
@@ -228,10 +240,11 @@ class WeightSharing(CompressionCallback):
             sums=torch.zeros(0),
             counts=torch.tensor(decision["counts"]),
         )
-        WeightSharingProblem([p for _, p in selected], lambda: 0.0).write(binning)
+        WeightSharingProblem(selected, lambda: 0.0, keep_zeros).write(binning)
         self._state = {
             "done": True,
-            "names": [n for n, _ in selected],
+            "names": names,
+            "keep_zeros": keep_zeros,
             **{k: v for k, v in decision.items() if k != "indices"},
         }
         self._attach(pl_module)
@@ -251,17 +264,28 @@ class WeightSharing(CompressionCallback):
         }
         self.log_figures(trainer, figures)
         rank_zero_info(
-            f"WeightSharing: {decision['num_shared']} shared values (k={decision['k']}, merged={decision['merged']}), "
-            f"val {self.metric} {decision['metric']:.4f} vs {decision['baseline_metric']:.4f} unshared, "
-            f"index entropy {decision['entropy_bits']:.3f} bits, {decision['evaluations']} evaluations in "
-            f"{decision['search_s']:.1f}s."
+            f"WeightSharing: {decision['num_shared']} shared values (k={decision['k']}, merged={decision['merged']}"
+            f"{', zeros kept' if any(keep_zeros) else ''}), val {self.metric} {decision['metric']:.4f} vs "
+            f"{decision['baseline_metric']:.4f} unshared, index entropy {decision['entropy_bits']:.3f} bits, "
+            f"{decision['evaluations']} evaluations in {decision['search_s']:.1f}s."
         )
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
+        """Record the codebook in the representation and hold the shared values for the rest of the fit."""
+        options = {"codebook": self._state["codebook"], "counts": self._state["counts"]}
+        names = list(self._state["names"])
+        keep = list(self._state.get("keep_zeros", [False] * len(names)))
         module = self.target_module(pl_module)
-        spec = CodecSpec("codebook", {"codebook": self._state["codebook"], "counts": self._state["counts"]})
-        self.set_codec_plan(module, dict.fromkeys(self._state["names"], spec))
-        self._shared_values = [(p, p.detach().clone()) for _, p in self.named_tensors(module, self._state["names"])]
+        params = dict(module.named_parameters())
+        decided = {}
+        for name, kept in zip(names, keep, strict=True):
+            if not kept and bool((params[name] == 0).any()) and 0.0 not in options["codebook"]:
+                # a tensor without a pruned support that holds exact zeros: its codebook lists 0 too
+                decided[name] = {"codebook": sorted([*options["codebook"], 0.0])}
+            else:
+                decided[name] = dict(options)
+        self.representation(pl_module).decide(self.owner, "values", decided)
+        self.hold_values(pl_module, names)
 
     @staticmethod
     def _validation_loader(trainer: pl.Trainer) -> Any:
@@ -345,11 +369,16 @@ class WeightSharing(CompressionCallback):
         return error
 
     def _search(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[nn.Parameter], out_dir: Path
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        params: list[nn.Parameter],
+        keep_zeros: list[bool],
+        out_dir: Path,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         batches = self._validation_batches(trainer, pl_module, pl_module.device)
-        problem = WeightSharingProblem(params, self._error_fn(pl_module, batches))
+        problem = WeightSharingProblem(params, self._error_fn(pl_module, batches), keep_zeros)
         baseline_error = problem.error_fn()
         k_min, k_max = self.k_bounds
         with self._progress_bar(self.n_gen) as advance:
@@ -374,6 +403,11 @@ class WeightSharing(CompressionCallback):
                 f"one ({chosen.num_shared} shared values). Raise k_bounds[1] or the budget."
             )
         binning = merged_binnings[chosen.k] if chosen.merged else uniform_binning(problem.values, chosen.k)
+        if any(keep_zeros) and bool((binning.codebook == 0).any()):
+            # a bin whose mean is exactly 0 would turn kept weights into pruned ones: nudge it off zero
+            nudged = binning.codebook.clone()
+            nudged[nudged == 0] = float(torch.finfo(torch.float32).tiny)
+            binning = Binning(nudged, binning.indices, binning.sums, binning.counts)
         codebook = binning.codebook.float()
         self._write_outputs(trainer, out_dir, baseline_error, chosen)
         return {

@@ -13,6 +13,8 @@ from lightning_compress.codec.container import (
     save,
 )
 from lightning_compress.codec.dense import DenseCodec
+from lightning_compress.codec.representation import CompositionError, Representation, representation_of
+from lightning_compress.codec.sparse_codebook import SparseCodebookCodec
 from lightning_compress.codec.surp import SurpCodec
 from lightning_compress.codec.ternary import TernaryCodec
 
@@ -23,8 +25,11 @@ __all__ = [
     "CodebookCodec",
     "Codec",
     "CodecSpec",
+    "CompositionError",
     "DenseCodec",
     "EncodedTensor",
+    "Representation",
+    "SparseCodebookCodec",
     "SurpCodec",
     "TensorRecord",
     "TernaryCodec",
@@ -33,5 +38,6 @@ __all__ = [
     "load",
     "read_artifact",
     "register_codec",
+    "representation_of",
     "save",
 ]

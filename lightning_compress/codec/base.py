@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "Codec",
+    "CodecSpec",
     "EncodedTensor",
     "available_codecs",
     "get_codec",
@@ -23,6 +24,14 @@ __all__ = [
     "tensor_from_bytes",
     "tensor_to_bytes",
 ]
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """Which codec writes a tensor, with its options (e.g. ``CodecSpec("dense", {"precision": "float16"})``)."""
+
+    codec: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

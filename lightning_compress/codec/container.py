@@ -29,6 +29,7 @@ from torch import nn
 
 from lightning_compress.arguments import check_bool, check_choice, check_metadata
 from lightning_compress.codec.base import (
+    CodecSpec,
     EncodedTensor,
     available_codecs,
     dtype_from_name,
@@ -36,6 +37,7 @@ from lightning_compress.codec.base import (
     get_codec,
     stored_dtype_names,
 )
+from lightning_compress.codec.representation import representation_of
 
 __all__ = ["FORMAT_VERSION", "Artifact", "ArtifactError", "CodecSpec", "TensorRecord", "load", "read_artifact", "save"]
 
@@ -77,8 +79,6 @@ def _inflate_header(data: bytes, version: int) -> bytes:
     return decompressor.decompress(data) + decompressor.flush()
 
 
-#: Attribute on a model root where callbacks record which codec each tensor should be written with.
-CODEC_PLAN_ATTR = "_lc_codec_plan"
 #: Module attribute set by structural compression: fp32 bytes of the model before it was made smaller.
 REFERENCE_ATTR = "_lc_reference_fp32_bytes"
 #: Modules a compression method puts into a network (e.g. step activations), by type name, so that ``load`` can put
@@ -140,14 +140,6 @@ def _insert_modules(module: nn.Module, records: Mapping[str, Mapping[str, Any]],
 
 class ArtifactError(ValueError):
     """A file is not a readable lightning_compress artifact (wrong magic, version, checksum or truncated)."""
-
-
-@dataclass(frozen=True)
-class CodecSpec:
-    """Which codec writes a tensor, with its options (e.g. ``CodecSpec("dense", {"precision": "float16"})``)."""
-
-    codec: str
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -272,7 +264,8 @@ def save(
     """Write ``model`` to one compressed artifact file, atomically.
 
     Every tensor of ``model.state_dict()`` is written by a named codec: first ``codecs[name]`` if given, then the
-    plan a compression callback attached to the model, else ``dense`` at ``precision``.
+    codec its representation calls for (what the compression callbacks decided, see
+    :mod:`lightning_compress.codec.representation`), else ``dense`` at ``precision``.
 
     Args:
         model: the module to store; a LightningModule exposing ``lc_artifact_module`` is unwrapped to it.
@@ -312,7 +305,8 @@ def save(
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"tensor {name!r} holds NaN or Inf values; nothing was written to {str(path)!r}.")
     param_names = {name for name, _ in module.named_parameters()}
-    plan: dict[str, CodecSpec] = {k: _resolve_spec(v) for k, v in getattr(module, CODEC_PLAN_ATTR, {}).items()}
+    # each tensor's codec follows from its representation (what the compression methods decided), then overrides
+    plan: dict[str, CodecSpec] = representation_of(module).codec_plan()
     for name, spec in (codecs or {}).items():
         if name not in state:
             raise ValueError(f"`codecs` names tensor {name!r}, which the model does not have.")

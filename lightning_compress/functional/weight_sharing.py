@@ -167,24 +167,44 @@ class WeightSharingProblem:
     Args:
         params: the tensors sharing one codebook (modified in place while evaluating; restore with :meth:`restore`).
         error_fn: validation error of the model as its parameters currently are (lower is better).
+        keep_zeros: per tensor, whether its zeros are a pruned support to keep: then only its non-zeros are binned
+            and its zeros stay exactly zero (default: bin every value).
+
+    Example:
+        >>> w = torch.tensor([0.0, 1.0, 0.0, 3.0])
+        >>> problem = WeightSharingProblem([w], lambda: 0.0, keep_zeros=[True])
+        >>> problem.write(uniform_binning(problem.values, 2))
+        >>> w.tolist()
+        [0.0, 2.0, 0.0, 2.0]
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], error_fn: ErrorFn) -> None:
+    def __init__(
+        self, params: Sequence[torch.Tensor], error_fn: ErrorFn, keep_zeros: Sequence[bool] | None = None
+    ) -> None:
         self.params = list(params)
         self.error_fn = error_fn
         self.original = [p.detach().clone() for p in self.params]
-        self.values = torch.cat([p.reshape(-1).cpu() for p in self.original])
+        keep = list(keep_zeros) if keep_zeros is not None else [False] * len(self.params)
+        if len(keep) != len(self.params):
+            raise ValueError(f"`keep_zeros` has {len(keep)} entries for {len(self.params)} tensors.")
+        self.masks = [
+            (o != 0).reshape(-1).cpu() if k else torch.ones(o.numel(), dtype=torch.bool)
+            for o, k in zip(self.original, keep, strict=True)
+        ]
+        self.values = torch.cat([o.reshape(-1).cpu()[m] for o, m in zip(self.original, self.masks, strict=True)])
         self.cache: dict[int, SearchPoint] = {}
         self.evaluations = 0
 
     @torch.no_grad()
     def write(self, binning: Binning) -> None:
-        """Set every parameter to its shared value."""
+        """Set every (kept) entry to its shared value."""
         flat = binning.values(torch.float32)
         offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.copy_(flat[offset : offset + n].reshape(p.shape).to(p.device, p.dtype))
+        for p, mask in zip(self.params, self.masks, strict=True):
+            n = int(mask.sum())
+            full = torch.zeros(p.numel(), dtype=torch.float32)
+            full[mask] = flat[offset : offset + n]
+            p.copy_(full.reshape(p.shape).to(p.device, p.dtype))
             offset += n
 
     @torch.no_grad()
