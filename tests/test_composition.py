@@ -17,7 +17,7 @@ import torch
 import lightning_compress as lc
 from lightning_compress.callbacks.base import CompressionCallback, default_windows
 from lightning_compress.codec.representation import CompositionError, Representation
-from tests.helpers.models import loaders, mlp, trainer_kwargs
+from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 
 _EPOCHS = 4
 
@@ -182,3 +182,35 @@ def test_representation_is_plain_data() -> None:
     assert back.state_dict() == rep.state_dict()
     assert back.codec_plan()["a"].codec == "sparse_codebook"
     assert "b" not in back.codec_plan()  # support alone, values not decided yet: the default codec
+
+
+def _fit_composed(root: Path, ckpt_path: str | None = None, crash_at: int | None = None) -> Path:
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
+    extra = [CrashAtEpoch(crash_at)] if crash_at is not None else []
+    callbacks = [_ws(), _surp(), _ne(), ckpt, *extra]
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(root, max_epochs=6, enable_checkpointing=True))
+    train, val = ordered_loaders()
+    trainer.fit(model, train, val, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    return lc.save(model, root / "final.lcz")
+
+
+@pytest.mark.parametrize("crash_at", [2, 4], ids=["during-elimination", "after-the-shrink"])
+def test_resumed_composed_fit_writes_the_same_artifact(tmp_path: Path, crash_at: int) -> None:
+    full = _fit_composed(tmp_path / "full")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit_composed(tmp_path / "part", crash_at=crash_at)
+    ckpt = sorted((tmp_path / "part" / "ckpt").glob("*.ckpt"))[-1]
+    resumed = _fit_composed(tmp_path / "resumed", ckpt_path=str(ckpt))
+    assert resumed.read_bytes() == full.read_bytes()
+
+
+def test_composed_ddp_fit_decides_the_same_on_both_ranks(tmp_path: Path) -> None:
+    rank0, rank1 = run_ddp_check("composed", tmp_path)
+    assert rank0["0.weight"].shape[0] < 32  # shrunk
+    assert sum(int((t == 0).sum()) for t in rank0.values()) >= 0.75 * sum(t.numel() for t in rank0.values())
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    artifact = lc.read_artifact(tmp_path / "model.lcz")
+    assert {r.codec for r in artifact.tensors} == {"sparse_codebook"}

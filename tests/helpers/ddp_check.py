@@ -28,6 +28,16 @@ class DumpRankWeights(pl.Callback):
         torch.save(state, self.out / f"rank{trainer.global_rank}.pt")
 
 
+def make_callbacks(method: str) -> list[pl.Callback]:
+    if method == "composed":  # the full recipe's shape: shrink, prune, share
+        return [
+            make_callback("neuron_elimination"),
+            lc.SuccessivePruning(target_sparsity=0.8),
+            make_callback("weight_sharing"),
+        ]
+    return [make_callback(method)]
+
+
 def make_callback(method: str) -> pl.Callback:
     if method == "weight_sharing":
         return lc.WeightSharing(k_bounds=(2, 48), pop_size=6, n_gen=3, progress=False)
@@ -46,20 +56,21 @@ def main(method: str, out: Path) -> None:
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
     # 32-wide hidden layers need >= 320 calibration rows per layer (min_rows_per_neuron)
-    train = DataLoader(blobs(1024 if method == "neuron_elimination" else 256), batch_size=32, shuffle=True)
+    eliminates = method in ("neuron_elimination", "composed")
+    train = DataLoader(blobs(1024 if eliminates else 256), batch_size=32, shuffle=True)
     val = DataLoader(blobs(128, sample_seed=7), batch_size=64)
     trainer = pl.Trainer(
         # NeuronElimination shrinks layers at fit end, which ddp_spawn cannot hand back to the main process
-        strategy="ddp" if method == "neuron_elimination" else "ddp_spawn",
+        strategy="ddp" if eliminates else "ddp_spawn",
         accelerator="cpu",
         devices=2,
-        max_epochs=2,
+        max_epochs=4 if method == "composed" else 2,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=out,
-        callbacks=[make_callback(method), DumpRankWeights(out), lc.ArtifactWriter(out / "model.lcz")],
+        callbacks=[*make_callbacks(method), DumpRankWeights(out), lc.ArtifactWriter(out / "model.lcz")],
     )
     trainer.fit(model, train, val)
 
