@@ -193,7 +193,7 @@ def test_ddp_sim_run(tmp_path: Path, fake_fmnist_root: Path) -> None:
 
 def _recipe_params() -> list[object]:
     # SuRP on the 15M/25M-parameter models takes ~100 s on 2 CPU cores: slow (they still compose in the fast suite)
-    slow = {"surp_vgg16_cifar10", "surp_resnet50_imagenet"}
+    slow = {"surp_vgg16_cifar10", "surp_resnet50_imagenet", "full_vgg16_cifar10", "full_resnet50_imagenet"}
     return [pytest.param(r, marks=pytest.mark.slow) if r in slow else r for r in options("recipe")]
 
 

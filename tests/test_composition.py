@@ -90,7 +90,7 @@ def _check_effects(names: tuple[str, ...], model: lc.ImageClassifier, path: Path
         if "SuccessivePruning" in names:
             assert {codecs[n] for n in shared} == {"sparse_codebook"}
     if "SuccessivePruning" in names and not {"WeightSharing", "Ternarization"} & set(names):
-        assert set(codecs[n] for n in weights) == {"surp"}
+        assert {codecs[n] for n in weights} == {"surp"}
     loaded = lc.load(path, model=mlp())
     x = torch.randn(8, 16)
     model.eval()
@@ -121,10 +121,11 @@ def test_combination_composes_or_is_refused(names: tuple[str, ...], tmp_path: Pa
             trainer.fit(model, train, val)
         message = str(err.value)
         assert all(n in message for n in names if n in ("Ternarization", "WeightSharing")), message
-        assert refused in message and "parameters=" in message
+        assert refused in message
+        assert "parameters=" in message
         assert not steps, "refused after training started"
         return
-    model, callbacks = _fit(names, tmp_path)
+    model, _ = _fit(names, tmp_path)
     path = lc.save(model, tmp_path / "composed.lcz")
     _check_effects(names, model, path)
 
@@ -134,7 +135,9 @@ def test_split_tensors_let_two_value_methods_compose(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(), num_classes=4)
     tern = lc.Ternarization(layers=["0", "2"])
-    share = lc.WeightSharing(parameters=["0.bias", "2.bias", "4"], k_bounds=(2, 16), pop_size=4, n_gen=2, progress=False)
+    share = lc.WeightSharing(
+        parameters=["0.bias", "2.bias", "4"], k_bounds=(2, 16), pop_size=4, n_gen=2, progress=False
+    )
     train, val = loaders()
     pl.Trainer(callbacks=[tern, share], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
     codecs = {r.name: r.codec for r in lc.read_artifact(lc.save(model, tmp_path / "split.lcz")).tensors}

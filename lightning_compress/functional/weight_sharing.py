@@ -171,11 +171,11 @@ class WeightSharingProblem:
             and its zeros stay exactly zero (default: bin every value).
 
     Example:
-        >>> w = torch.tensor([0.0, 1.0, 0.0, 3.0])
+        >>> w = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0])
         >>> problem = WeightSharingProblem([w], lambda: 0.0, keep_zeros=[True])
-        >>> problem.write(uniform_binning(problem.values, 2))
+        >>> problem.write(uniform_binning(problem.values, 2))  # bins [1, 4) and {4}: zeros are not binned
         >>> w.tolist()
-        [0.0, 2.0, 0.0, 2.0]
+        [0.0, 1.5, 0.0, 1.5, 4.0]
     """
 
     def __init__(
