@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # also codec.base.LIBRARY_VERSION (written into artifacts); a test keeps them equal
 
 if TYPE_CHECKING:
     from lightning_compress.callbacks import (

@@ -170,12 +170,48 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
                 metrics.get("test/acc", math.nan),
                 metrics["test/acc_artifact"],
             )
+        _compare_with_reference(cfg, metrics)
         for lg in loggers:
             if "test/acc_artifact" in metrics:
                 lg.log_metrics({"test/acc_artifact": metrics["test/acc_artifact"]})
         report.log_to(loggers)  # also flushes the loggers
     objects = {"datamodule": datamodule, "module": module, "trainer": trainer, "artifact_path": artifact_path}
     return metrics, objects
+
+
+def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """Print this run next to the dense reference a committed benchmark measured (``reference.file``/``.net``).
+
+    The dense reference is read, not trained again: the mean over the benchmark's seeds of the best dense run of
+    each seed, the figure its drops are taken against.
+    """
+    reference = cfg.get("reference") or {}
+    file, net = reference.get("file"), reference.get("net")
+    if not file or "test/acc_artifact" not in metrics:
+        return
+    path = Path(str(file))
+    if not path.is_file():
+        log.warning("Dense reference %s not found; run `python -m bench.composed_fmnist` to measure it.", path)
+        return
+    import json
+    import statistics
+
+    runs = json.loads(path.read_text())["runs"]
+    best = [max(v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")) for run in runs]
+    dense = statistics.fmean(best)
+    metrics["reference/dense_acc"] = dense
+    drop = 100 * (dense - metrics["test/acc_artifact"])
+    log.info(
+        "Dense reference (read from %s, not trained in this job: the best of its dense runs per seed, mean of %d "
+        "seeds): test/acc %.4f. This run, reloaded from its artifact: %.4f, %.1fx smaller than fp32, a drop of "
+        "%.2f pt.",
+        path,
+        len(best),
+        dense,
+        metrics["test/acc_artifact"],
+        metrics.get("size/ratio", math.nan),
+        drop,
+    )
 
 
 def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:

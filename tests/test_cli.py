@@ -245,3 +245,29 @@ def test_every_recipe_runs_on_fake_data(tmp_path: Path, fake_fmnist_root: Path, 
     for name in cfg.get("compress") or {}:
         assert any(k.startswith(prefixes[name]) for k in metrics)
     GlobalHydra.instance().clear()
+
+
+def test_main_job_compares_with_the_committed_dense_reference(tmp_path: Path) -> None:
+    """The full_* recipes end with the dense reference read from a benchmark's JSON (the best dense run per seed)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from lightning_compress.cli import _compare_with_reference
+
+    bench = tmp_path / "composed.json"
+    runs = [
+        {
+            "lenet300/dense@0.001": {"acc": 0.89},
+            "lenet300/dense@0.003": {"acc": 0.90},
+            "lenet5/dense@0.001": {"acc": 0.5},
+        },
+        {"lenet300/dense@0.001": {"acc": 0.88}, "lenet300/dense@0.003": {"acc": 0.86}},
+    ]
+    bench.write_text(json.dumps({"runs": runs}))
+    metrics = {"test/acc_artifact": 0.88, "size/ratio": 150.0}
+    _compare_with_reference(OmegaConf.create({"reference": {"file": str(bench), "net": "lenet300"}}), metrics)
+    assert metrics["reference/dense_acc"] == pytest.approx(0.89)  # mean of 0.90 and 0.88
+    missing = {"test/acc_artifact": 0.88}
+    _compare_with_reference(OmegaConf.create({"reference": {"file": str(tmp_path / "none.json"), "net": "x"}}), missing)
+    assert "reference/dense_acc" not in missing

@@ -222,3 +222,13 @@ def test_codec_imports_no_lightning() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_one_version_everywhere() -> None:
+    """The package, the artifact header and pyproject name one version (the codec layer keeps its own copy)."""
+    import tomllib
+
+    from lightning_compress.codec.base import LIBRARY_VERSION
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert lc.__version__ == LIBRARY_VERSION == pyproject["project"]["version"]

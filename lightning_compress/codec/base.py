@@ -14,7 +14,12 @@ from typing import Any, ClassVar
 
 import torch
 
+#: The library's version, written into every artifact header (here, at the bottom of the package, so the codec layer
+#: never imports the package root above it).
+LIBRARY_VERSION = "0.1.0"
+
 __all__ = [
+    "LIBRARY_VERSION",
     "Codec",
     "CodecSpec",
     "EncodedTensor",

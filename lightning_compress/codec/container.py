@@ -29,6 +29,7 @@ from torch import nn
 
 from lightning_compress.arguments import check_bool, check_choice, check_metadata
 from lightning_compress.codec.base import (
+    LIBRARY_VERSION,
     CodecSpec,
     EncodedTensor,
     available_codecs,
@@ -342,11 +343,9 @@ def save(
         blobs.append(blob)
         offset += len(blob)
 
-    from lightning_compress import __version__
-
     header = {
         "format_version": FORMAT_VERSION,
-        "library_version": __version__,
+        "library_version": LIBRARY_VERSION,
         "architecture": getattr(module, "lc_spec", None),
         "modules": _inserted_modules(module),
         "metadata": dict(metadata or {}),
