@@ -61,7 +61,7 @@ def _fit(names: tuple[str, ...], tmp_path: Path) -> tuple[lc.ImageClassifier, li
     return model, callbacks
 
 
-def _check_effects(names: tuple[str, ...], model: lc.ImageClassifier, path: Path) -> None:
+def check_effects(names: tuple[str, ...], model: lc.ImageClassifier, path: Path) -> None:
     """Each method's effect is in the file: smaller shapes, kept zeros, one magnitude per ternary row, a codebook."""
     artifact = lc.read_artifact(path)
     state = artifact.state_dict()
@@ -127,7 +127,7 @@ def test_combination_composes_or_is_refused(names: tuple[str, ...], tmp_path: Pa
         return
     model, _ = _fit(names, tmp_path)
     path = lc.save(model, tmp_path / "composed.lcz")
-    _check_effects(names, model, path)
+    check_effects(names, model, path)
 
 
 def test_split_tensors_let_two_value_methods_compose(tmp_path: Path) -> None:

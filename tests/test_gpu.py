@@ -43,3 +43,34 @@ def test_callback_on_gpu_round_trips(tmp_path: Path, method: str) -> None:
     loaded = lc.load(tmp_path / "gpu.lcz", model=mlp())
     for a, b in zip(model.backbone.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("NeuronElimination", "SuccessivePruning", "WeightSharing"),
+        ("NeuronElimination", "SuccessivePruning", "Ternarization"),
+        ("SuccessivePruning", "WeightSharing"),
+    ],
+    ids=lambda names: "+".join(n[:4] for n in names),
+)
+def test_composed_fit_on_gpu(tmp_path: Path, names: tuple[str, ...]) -> None:
+    """Composition on CUDA: masks and frozen values held by name on the device, layers shrunk, optimizers rebuilt."""
+    from tests.helpers.models import loaders
+    from tests.test_composition import FACTORIES, check_effects
+
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    devices: list[torch.device] = []
+
+    class RecordDevice(pl.Callback):
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            devices.append(next(pl_module.parameters()).device)
+
+    train, val = loaders()
+    callbacks = [*[FACTORIES[n]() for n in names], RecordDevice()]
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=4, accelerator="gpu", devices=1))
+    trainer.fit(model, train, val)
+    assert devices[0].type == "cuda"
+    model.cpu()
+    check_effects(names, model, lc.save(model, tmp_path / "composed.lcz"))
