@@ -167,6 +167,15 @@ def test_overlapping_windows_on_shared_tensors_are_refused(tmp_path: Path) -> No
         pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, train, val)
 
 
+def test_sharing_at_an_epoch_while_pruning_goes_on_is_refused(tmp_path: Path) -> None:
+    """The issue's case: WeightSharing(at_epoch=...) fixed values that SuccessivePruning's later stages rewrote."""
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    train, val = loaders()
+    callbacks = [lc.WeightSharing(at_epoch=0, progress=False), lc.SuccessivePruning(target_sparsity=0.8)]
+    with pytest.raises(CompositionError, match="overlapping windows"):
+        pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
+
+
 def test_two_instances_of_one_method_are_refused(tmp_path: Path) -> None:
     model = lc.ImageClassifier(mlp(), num_classes=4)
     train, val = loaders()

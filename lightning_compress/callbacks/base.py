@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -29,7 +31,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_number
-from lightning_compress.codec.container import artifact_module
+from lightning_compress.codec.base import CodecSpec
+from lightning_compress.codec.container import artifact_module, save
 from lightning_compress.codec.representation import ASPECTS, CompositionError, Representation, representation_of
 from lightning_compress.functional.forward import (
     ForwardInputs,
@@ -158,6 +161,12 @@ class CompressionCallback(Callback):
         """``(start, end)`` fractions of the fit (resolved in ``setup`` from the arguments and the other callbacks)."""
         if self._window is not None:
             return self._window
+        return self.explicit_window(None) or self.DEFAULT_WINDOW
+
+    def explicit_window(self, trainer: pl.Trainer | None) -> tuple[float, float] | None:
+        """The window the arguments ask for (``None``: none given, the defaults decide)."""
+        if self.start is None and self.end is None:
+            return None
         start = self.start if self.start is not None else self.DEFAULT_WINDOW[0]
         end = self.end if self.end is not None else max(self.DEFAULT_WINDOW[1], start)
         return (start, end)
@@ -175,14 +184,10 @@ class CompressionCallback(Callback):
 
     def _resolve_windows(self, trainer: pl.Trainer) -> None:
         callbacks = self.compression_callbacks(trainer)
-        if all(cb.start is None and cb.end is None for cb in callbacks):
-            defaults = default_windows(callbacks)
-            for cb in callbacks:
-                cb._window = defaults[id(cb)]
-        else:
-            for cb in callbacks:
-                cb._window = None
-                cb._window = cb.window
+        explicit = {id(cb): cb.explicit_window(trainer) for cb in callbacks}
+        defaults = default_windows(callbacks) if all(w is None for w in explicit.values()) else {}
+        for cb in callbacks:
+            cb._window = explicit[id(cb)] or defaults.get(id(cb)) or cb.DEFAULT_WINDOW
 
     def check_composition(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
         """Refuse windows that overlap or run out of aspect order on shared tensors (before the first step)."""
@@ -309,6 +314,14 @@ class CompressionCallback(Callback):
             params[name].mul_(mask)
         for name, value in self._frozen.items():
             params[name].copy_(value)
+
+    def trial_bytes(self, pl_module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
+        """Size of the artifact the module would be written as now (a real file, in a temporary directory).
+
+        ``codecs`` overrides the codecs the representation calls for (e.g. a stage not yet recorded in it).
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            return save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs=codecs).stat().st_size
 
     @staticmethod
     def rebuild_optimizers(trainer: pl.Trainer) -> None:

@@ -7,9 +7,7 @@ retraining between them, and a real entropy-coded bitstream (codec ``surp``) for
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,7 +20,6 @@ from typing_extensions import override
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.base import CodecSpec
-from lightning_compress.codec.container import save
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.functional.successive_pruning import SurpResult, normalise, refine, sparsity_schedule
@@ -283,10 +280,8 @@ class SuccessivePruning(CompressionCallback):
         return plan
 
     def _artifact_bytes(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> int:
-        module = self.target_module(pl_module)
         codecs = {n: CodecSpec("surp", o) for n, o in self._plan(pl_module, names, stream, norms).items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            return save(module, Path(tmp) / "stage.lcz", codecs=codecs).stat().st_size
+        return self.trial_bytes(pl_module, codecs)
 
     def _attach(self, pl_module: nn.Module) -> None:
         assert self._final is not None  # noqa: S101 - called once the final stream exists

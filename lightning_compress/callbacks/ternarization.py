@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,7 +24,6 @@ from typing_extensions import override
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.base import CodecSpec
-from lightning_compress.codec.container import save
 from lightning_compress.functional.forward import call_forward
 from lightning_compress.functional.ternarization import (
     StepFunction,
@@ -498,9 +495,7 @@ class Ternarization(CompressionCallback):
         return {"paper_dense_bits": float(dense_bits), "paper_ratio": dense_bits / compressed_bits}
 
     def _artifact_bytes(self, module: nn.Module, storage: str) -> int:
-        codecs = dict(self._ntk_plan(storage)) if self.mode == "ntk" else None
-        with tempfile.TemporaryDirectory() as tmp:
-            return save(module, Path(tmp) / "ternary.lcz", codecs=codecs).stat().st_size
+        return self.trial_bytes(module, dict(self._ntk_plan(storage)) if self.mode == "ntk" else None)
 
     # -- state ---------------------------------------------------------------------------------------------------
     @override

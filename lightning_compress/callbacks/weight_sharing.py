@@ -177,6 +177,15 @@ class WeightSharing(CompressionCallback):
             self.claim(pl_module, "values", names, kind="codebook")
 
     @override
+    def explicit_window(self, trainer: pl.Trainer | None) -> tuple[float, float] | None:
+        epochs = None if trainer is None else trainer.max_epochs
+        if self.at_epoch is not None and epochs is not None and epochs > 0:
+            # the alias in epochs is a window like any other: composition checks see when sharing happens
+            at = min(1.0, (self.at_epoch + 1) / epochs)
+            return (at, at)
+        return super().explicit_window(trainer)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         if self.done:  # resumed after sharing: keep the stored codebook, hold it again
