@@ -48,7 +48,19 @@ _PUBLIC = {
     "size_report": "lightning_compress.report",
 }
 #: Subpackages reachable as attributes (``lc.module.evaluate_accuracy``), imported on first use too.
-_SUBMODULES = ("arguments", "callbacks", "cli", "codec", "data", "functional", "layers", "models", "module", "report")
+_SUBMODULES = (
+    "arguments",
+    "callbacks",
+    "cli",
+    "codec",
+    "data",
+    "functional",
+    "layers",
+    "models",
+    "module",
+    "report",
+    "sweep",
+)
 
 __all__ = [
     "ArtifactError",

@@ -214,27 +214,53 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     )
 
 
-def metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:
-    """The metric a sweeper optimises.
+def metric_value(metrics: Mapping[str, float], name: str | Sequence[str] | None) -> float | tuple[float, ...] | None:
+    """The metric a sweeper optimises, or a tuple of them (a multi-objective search, e.g. bytes and accuracy).
 
     Raises:
         KeyError: naming the missing metric and listing the available ones.
     """
     if not name:
         return None
+    if not isinstance(name, str):
+        values = tuple(metric_value(metrics, str(n)) for n in name)
+        return tuple(float(v) for v in values if v is not None)
     if name not in metrics:
         raise KeyError(f"`optimized_metric` {name!r} was not logged; available: {sorted(metrics)}.")
     return float(metrics[name])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     """Entry point of ``lcompress``; returns ``cfg.optimized_metric`` for sweepers."""
     try:
         metrics, _ = train(cfg)
+    except Exception as err:
+        _write_job_metrics(cfg, {}, f"failed: {type(err).__name__}: {err}")
+        raise
     finally:
         _finish_wandb()
+    _write_job_metrics(cfg, metrics, "ok")
     return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def _write_job_metrics(cfg: DictConfig, metrics: Mapping[str, float], status: str) -> None:
+    """``job_metrics.json`` in the job's output dir: what the sweep summary (:mod:`lightning_compress.sweep`) reads."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightning_compress.sweep import JOB_METRICS
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (train() called directly)
+        overrides = []
+    out = Path(str(cfg.paths.output_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    payload = {"status": "ok" if status == "ok" else "failed", "error": None if status == "ok" else status}
+    (out / JOB_METRICS).write_text(json.dumps({**payload, "overrides": overrides, "metrics": finite}, indent=1))
 
 
 if __name__ == "__main__":

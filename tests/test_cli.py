@@ -271,3 +271,69 @@ def test_main_job_compares_with_the_committed_dense_reference(tmp_path: Path) ->
     missing = {"test/acc_artifact": 0.88}
     _compare_with_reference(OmegaConf.create({"reference": {"file": str(tmp_path / "none.json"), "net": "x"}}), missing)
     assert "reference/dense_acc" not in missing
+
+
+def test_multirun_ends_with_a_sweep_summary(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    """Two jobs over a compression knob: the sweep dir gets the CSV (one row per job, Pareto marked) and the PNG."""
+    import csv
+
+    proc = _run_cli(
+        [
+            "-m",
+            "compress=[successive_pruning]",
+            "compress.successive_pruning.target_sparsity=0.5,0.9",
+            "debug=fast",
+            "data.debian_dir=/none",
+        ],
+        tmp_path,
+        fake_fmnist_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = next(tmp_path.glob("train/multiruns/*"))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert "compress.successive_pruning.target_sparsity=0.9" in rows[1]["overrides"]
+    assert float(rows[1]["artifact_bytes"]) < float(rows[0]["artifact_bytes"])  # 90% zeros: the smaller file
+    assert any(r["pareto"] == "True" for r in rows)
+    assert (sweep / "sweep_summary.png").stat().st_size > 1000
+    assert "Pareto-optimal" in proc.stdout
+
+
+def test_sweep_summary_reports_a_failed_job(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from lightning_compress.sweep import JOB_METRICS, summarise_sweep
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "1").mkdir()
+    metrics = {"test/acc": 0.8, "test/acc_artifact": 0.8, "size/artifact_bytes": 1000.0, "size/ratio": 10.0}
+    (tmp_path / "0" / JOB_METRICS).write_text(json.dumps({"status": "ok", "overrides": ["a=1"], "metrics": metrics}))
+    path = summarise_sweep(tmp_path)
+    assert path is not None
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["job"], r["status"], r["pareto"]) for r in rows] == [("0", "ok", "True"), ("1", "failed", "False")]
+
+
+def test_pareto_search_runs_two_objective_trials(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    """hparams_search=pareto_<recipe>: Optuna NSGA-II over the method's knobs, main returns (bytes, val acc)."""
+    import csv
+
+    proc = _run_cli(
+        [
+            "-m",
+            "hparams_search=pareto_surp_lenet300_fmnist",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.population_size=2",
+            "debug=fast",
+            "data.debian_dir=/none",
+        ],
+        tmp_path,
+        fake_fmnist_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = next(tmp_path.glob("surp_lenet300_fmnist/multiruns/*"))
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 2
+    assert all("compress.successive_pruning.target_sparsity=" in r["overrides"] for r in rows)
+    assert (sweep / "optimization_results.yaml").is_file()  # the sweeper's own record of the front

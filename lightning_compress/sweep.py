@@ -1,0 +1,161 @@
+"""Sweep summary: after a Hydra multirun, one table and one picture of bytes on disk against accuracy.
+
+Every ``lcompress`` job writes ``job_metrics.json`` into its output directory (its overrides, status and figures).
+:class:`SweepSummary`, a Hydra callback registered in ``conf/train.yaml``, reads them all when the multirun ends and
+writes into the sweep directory:
+
+* ``sweep_summary.csv``: one row per job (overrides, test accuracy, reloaded-artifact accuracy, artifact bytes, ratio,
+  fit wall time, whether it is Pareto-optimal); a failed job is a row with ``status=failed``;
+* ``sweep_summary.png``: artifact bytes (log axis) against test accuracy, the Pareto points marked and joined;
+* a rich table of the Pareto points in the terminal.
+
+It reads files only, so it works with any launcher (basic, Optuna, submitit) whose jobs share the sweep directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JOB_METRICS", "SweepSummary", "pareto_mask", "summarise_sweep"]
+
+log = logging.getLogger(__name__)
+
+#: File every job writes into its output directory.
+JOB_METRICS = "job_metrics.json"
+_COLUMNS = ("job", "status", "overrides", "test_acc", "artifact_acc", "artifact_bytes", "ratio", "fit_wall_s", "pareto")
+
+
+def pareto_mask(sizes: Sequence[float], accuracies: Sequence[float]) -> list[bool]:
+    """Which points no other point beats (smaller or equal size and higher or equal accuracy, one strictly).
+
+    Example:
+        >>> pareto_mask([10, 20, 30, 15], [0.8, 0.9, 0.85, 0.7])
+        [True, True, False, False]
+    """
+    points = list(zip(sizes, accuracies, strict=True))
+    return [
+        not any((s2 <= s and a2 >= a) and (s2 < s or a2 > a) for j, (s2, a2) in enumerate(points) if j != i)
+        for i, (s, a) in enumerate(points)
+    ]
+
+
+def _row(job_dir: Path) -> dict[str, Any]:
+    path = job_dir / JOB_METRICS
+    if not path.is_file():
+        return {"job": job_dir.name, "status": "failed", "overrides": "(no job_metrics.json: the job did not finish)"}
+    data = json.loads(path.read_text())
+    metrics = data.get("metrics", {})
+    accuracy = metrics.get("test/acc_artifact", metrics.get("test/acc"))
+    return {
+        "job": job_dir.name,
+        "status": data.get("status", "ok") if not data.get("error") else "failed",
+        "overrides": " ".join(data.get("overrides", [])) or "-",
+        "test_acc": metrics.get("test/acc"),
+        "artifact_acc": accuracy,
+        "artifact_bytes": metrics.get("size/artifact_bytes"),
+        "ratio": metrics.get("size/ratio"),
+        "fit_wall_s": metrics.get("fit/wall_s"),
+    }
+
+
+def summarise_sweep(sweep_dir: str | Path, console: Any = None) -> Path | None:
+    """Write ``sweep_summary.{csv,png}`` into ``sweep_dir`` from its jobs' ``job_metrics.json``; the CSV's path.
+
+    Returns ``None`` when the directory holds no job.
+    """
+    sweep = Path(sweep_dir)
+    jobs = (
+        sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if sweep.is_dir()
+        else []
+    )
+    if not jobs:
+        return None
+    rows = [_row(job) for job in jobs]
+    scored = [r for r in rows if r["status"] == "ok" and r.get("artifact_bytes") and r.get("artifact_acc") is not None]
+    mask = pareto_mask([r["artifact_bytes"] for r in scored], [r["artifact_acc"] for r in scored])
+    for row in rows:
+        row["pareto"] = False
+    for row, best in zip(scored, mask, strict=True):
+        row["pareto"] = best
+    csv_path = sweep / "sweep_summary.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(_COLUMNS))
+        writer.writeheader()
+        writer.writerows({c: row.get(c) for c in _COLUMNS} for row in rows)
+    if scored:
+        _plot(scored, sweep / "sweep_summary.png")
+    _print_pareto([r for r in scored if r["pareto"]], len(rows), console)
+    return csv_path
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r["artifact_bytes"] for r in rows], [100 * r["artifact_acc"] for r in rows], c="0.6", s=20, label="job")
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["artifact_bytes"])
+    ax.plot(
+        [r["artifact_bytes"] for r in front],
+        [100 * r["artifact_acc"] for r in front],
+        "o-",
+        c="tab:red",
+        label="Pareto",
+    )
+    for r in front:
+        ax.annotate(r["job"], (r["artifact_bytes"], 100 * r["artifact_acc"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("artifact bytes on disk")
+    ax.set_ylabel("test accuracy of the reloaded artifact (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _print_pareto(front: list[dict[str, Any]], jobs: int, console: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Sweep: {len(front)} Pareto-optimal of {jobs} jobs (bytes vs accuracy)")
+    for column in ("job", "overrides", "acc (%)", "bytes", "ratio"):
+        table.add_column(column, justify="left" if column in ("job", "overrides") else "right")
+    for r in sorted(front, key=lambda r: r["artifact_bytes"]):
+        ratio = r.get("ratio")
+        table.add_row(
+            r["job"],
+            r["overrides"],
+            f"{100 * r['artifact_acc']:.2f}",
+            f"{int(r['artifact_bytes']):,}",
+            "-" if ratio is None or not math.isfinite(ratio) else f"{ratio:.1f}x",
+        )
+    (console or Console()).print(table)
+
+
+try:  # Hydra is a dependency of the CLI; the summary functions above work without it
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra-core is installed with the package
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class SweepSummary(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback: :func:`summarise_sweep` on the sweep directory when a multirun ends."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        """Summarise the finished sweep (a broken summary never fails the sweep: it is logged)."""
+        try:
+            path = summarise_sweep(config.hydra.sweep.dir)
+        except Exception:
+            log.exception("Sweep summary failed for %s", config.hydra.sweep.dir)
+            return
+        if path is not None:
+            log.info("Sweep summary: %s (and sweep_summary.png)", path)
