@@ -28,7 +28,7 @@ from lightning_compress.codec.container import load
 from lightning_compress.module import evaluate_accuracy
 from lightning_compress.report import size_report
 
-__all__ = ["instantiate_children", "main", "train"]
+__all__ = ["instantiate_children", "log_artifact_to_wandb", "main", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +174,23 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         for lg in loggers:
             if "test/acc_artifact" in metrics:
                 lg.log_metrics({"test/acc_artifact": metrics["test/acc_artifact"]})
+        for lg in loggers:
+            if type(lg).__name__ == "WandbLogger":
+                log_artifact_to_wandb(lg, artifact_path, metrics, cfg.task_name)
         report.log_to(loggers)  # also flushes the loggers
     objects = {"datamodule": datamodule, "module": module, "trainer": trainer, "artifact_path": artifact_path}
     return metrics, objects
+
+
+def log_artifact_to_wandb(logger: Any, path: Path, metrics: Mapping[str, float], task_name: str) -> None:
+    """Log the ``.lcz`` file as a W&B artifact of type ``model``, its size and accuracy figures as metadata."""
+    import wandb
+
+    keys = ("size/artifact_bytes", "size/ratio", "size/params", "test/acc", "test/acc_artifact", "val/acc")
+    metadata = {k: float(metrics[k]) for k in keys if k in metrics}
+    artifact = wandb.Artifact(name=f"{task_name}-model", type="model", metadata=metadata)
+    artifact.add_file(str(path), name=path.name)
+    logger.experiment.log_artifact(artifact, aliases=["latest"])
 
 
 def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:

@@ -3,7 +3,9 @@
 Per layer: parameters (elements), non-zeros, codec, bits per parameter, bytes of its payloads. Totals: the fp32 bytes
 of the same model (4 bytes per floating element, native size for integer buffers), the artifact's bytes on disk, and
 the compression ratio ``fp32 bytes / artifact bytes``. The container overhead (header, checksum) is its own row, so
-the bytes column sums to the file size.
+the bytes column sums to the file size. A blob several tensors share (a SuRP stream, a codebook) is split over them
+as its codec says (:meth:`~lightning_compress.codec.base.Codec.attribute_shared`); what no tensor accounts for (a
+stream's head, a codebook used by all) stays on a ``(shared: ...)`` row.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from lightning_compress.codec.base import dtype_from_name, fp32_nbytes
+from lightning_compress.codec.base import dtype_from_name, fp32_nbytes, get_codec
 from lightning_compress.codec.container import Artifact, read_artifact, save
 
 __all__ = ["LayerSize", "SizeReport", "size_report"]
@@ -174,8 +176,22 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
         row["bytes"] += record.nbytes
         dtype = dtype_from_name(record.dtype)
         fp32 += fp32_nbytes(record.numel, dtype)
+    shared_rows = []
+    for key, (_, nbytes) in artifact.shared.items():
+        # the codec that wrote a shared blob says how much of it each tensor accounts for; the rest is its overhead
+        users = [r for r in artifact.tensors if key in r.meta.get("shared_keys", [])]
+        shares = (
+            get_codec(users[0].codec).attribute_shared(
+                artifact.shared_blob(key), {r.name: {**r.meta, "numel": r.numel} for r in users}
+            )
+            if users
+            else {}
+        )
+        for record in users:
+            grouped[_layer_of(record.name)]["bytes"] += shares.get(record.name, 0)
+        shared_rows.append(LayerSize(f"(shared: {key})", 0, 0, "", nbytes - sum(shares.values())))
     rows = [LayerSize(k, v["params"], v["nonzeros"], "+".join(v["codecs"]), v["bytes"]) for k, v in grouped.items()]
-    rows += [LayerSize(f"(shared: {key})", 0, 0, "", nbytes) for key, (_, nbytes) in artifact.shared.items()]
+    rows += shared_rows
     return SizeReport(
         path=str(artifact.path),
         rows=rows,

@@ -337,3 +337,26 @@ def test_pareto_search_runs_two_objective_trials(tmp_path: Path, fake_fmnist_roo
     assert len(rows) == 2
     assert all("compress.successive_pruning.target_sparsity=" in r["overrides"] for r in rows)
     assert (sweep / "optimization_results.yaml").is_file()  # the sweeper's own record of the front
+
+
+def test_artifact_goes_to_wandb_as_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .lcz is logged as a W&B artifact of type model with its figures (W&B disabled: calls checked, no network)."""
+    import torch
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_compress.cli import log_artifact_to_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logged: list[object] = []
+    logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
+    monkeypatch.setattr(
+        type(logger.experiment), "log_artifact", lambda self, a, *args, **kw: logged.append(a), raising=False
+    )
+    path = lc.save(torch.nn.Linear(3, 2), tmp_path / "m.lcz")
+    metrics = {"size/artifact_bytes": float(path.stat().st_size), "size/ratio": 0.9, "test/acc": 0.5}
+    log_artifact_to_wandb(logger, path, metrics, "demo")
+    (artifact,) = logged
+    assert artifact.type == "model"  # type: ignore[attr-defined]
+    assert artifact.name.startswith("demo-model")  # type: ignore[attr-defined]
+    assert artifact.metadata["size/artifact_bytes"] == path.stat().st_size  # type: ignore[attr-defined]
+    assert "m.lcz" in artifact.manifest.entries  # type: ignore[attr-defined]

@@ -66,6 +66,14 @@ class Codec(ABC):
 
     name: ClassVar[str] = ""
 
+    def attribute_shared(self, blob: bytes, tensors: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """Bytes of the shared ``blob`` each tensor accounts for (its record's ``meta``, ``"numel"`` added).
+
+        The size report puts them on the tensors' rows and keeps the rest as the blob's own overhead. Default: none
+        (a codebook shared by every tensor is overhead of them all).
+        """
+        return {}
+
     @abstractmethod
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
         """Encode ``tensor``; ``options`` are codec specific (e.g. ``precision`` for ``dense``)."""

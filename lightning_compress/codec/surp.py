@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -433,6 +434,19 @@ def _layout(stream: bytes) -> tuple[int, list[int]]:
     return version, [r.varint() for _ in range(r.varint())]
 
 
+def _head_bytes(stream: bytes) -> int:
+    """Bytes of a stream's head: version, thresholds and the size varints before the coded symbols."""
+    r = _Reader(stream, _HEAD.size)
+    r.varint()
+    if stream[0] == 1:
+        return r.pos
+    r.varint(), r.varint()
+    segments = r.varint()
+    for _ in range(2 * segments):
+        r.varint()
+    return r.pos
+
+
 @dataclass(frozen=True)
 class StreamStatistics:
     """Sizes of a stream next to the empirical entropy of the symbols it codes (all in bits)."""
@@ -524,6 +538,24 @@ class SurpCodec(Codec):
                 "SuccessivePruning (or write it with another codec)."
             )
         return encoded
+
+    def attribute_shared(self, blob: bytes, tensors: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """Each tensor's share of the stream: the coded bytes in proportion to its picks (our rule).
+
+        Every pick (a new position with its sign and first round, or a refinement) belongs to one tensor; the
+        stream's head (version, thresholds, sizes) stays the blob's own overhead. Picks are weighted equally, so a
+        tensor with denser, cheaper positions is charged a little more than its exact entropy.
+        """
+        result, _ = decode_stream(blob)
+        picks = np.concatenate(result.rounds) if result.rounds else np.zeros(0, dtype=np.int64)
+        head = _head_bytes(blob)
+        shares: dict[str, int] = {}
+        total = max(int(picks.size), 1)
+        for name, meta in tensors.items():
+            start, numel = int(meta["offset"]), int(meta["numel"])
+            count = int(((picks >= start) & (picks < start + numel)).sum())
+            shares[name] = (len(blob) - head) * count // total
+        return shares
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta
