@@ -16,14 +16,19 @@ LeNet-5 (Caffe sizes, same training): dense at 1e-3 and 3e-3, ``full_lenet5_fmni
 Sizes are bytes of the file each method writes (ours: the ``.lcz``; peer 1: the xz file; peer 2: its bit count);
 ratios are against fp32 of the original model; our accuracies are measured on the model reloaded from its file.
 Fit wall time is the fit alone (``fit/wall_s``), in the same process and run as the dense fits.
-Run: ``python -m bench.composed_fmnist [--seeds 0 1 2] [--nets lenet300 lenet5]``.
+Run: ``python -m bench.composed_fmnist [--seeds 0 1 2] [--nets lenet300 lenet5]``. Each finished seed is appended to
+``bench/results/<name>.runs.json``; ``--resume`` reuses the seeds already there (and ``--add-log LOG`` takes the seed
+dicts an earlier run printed), so a long run can be split or continued; LeNet-5 fits may cover fewer seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -174,6 +179,9 @@ LABELS = {
 
 
 def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
+    runs = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
+    if not runs:
+        return []
     keys = [k.split("/", 1)[1] for k in runs[0] if k.startswith(f"{net}/")]
     dense = [k for k in keys if k.startswith("dense@")]
 
@@ -193,7 +201,8 @@ def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
         entry = f"{net}/{key}"
         is_dense = key in dense
         row = {
-            "net": "LeNet-300-100" if net == "lenet300" else "LeNet-5",
+            "net": ("LeNet-300-100" if net == "lenet300" else "LeNet-5")
+            + f" ({len(runs)} seed{'s' * (len(runs) > 1)})",
             "method": f"dense fp32, Adam {key.split('@')[1]}" if is_dense else LABELS.get(key, key),
             "test acc (%)": stat(lambda r, e=entry: 100 * r[e]["acc"]),
             "drop (pt)": "-" if is_dense else stat(lambda r, e=entry: 100 * (best_dense(r) - r[e]["acc"])),
@@ -220,10 +229,11 @@ def plot(runs: list[dict[str, Any]], nets: list[str], path: Any) -> None:
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4), squeeze=False)
     for ax, net in zip(axes[0], nets, strict=True):
         title = titles[net]
-        keys = sorted({k.split("/", 1)[1] for k in runs[0] if k.startswith(f"{net}/")})
+        net_runs = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
+        keys = sorted({k.split("/", 1)[1] for k in net_runs[0] if k.startswith(f"{net}/")}) if net_runs else []
         for key in keys:
-            ratios = [r[f"{net}/{key}"]["ratio"] for r in runs]
-            accs = [100 * r[f"{net}/{key}"]["acc"] for r in runs]
+            ratios = [r[f"{net}/{key}"]["ratio"] for r in net_runs]
+            accs = [100 * r[f"{net}/{key}"]["acc"] for r in net_runs]
             marker = "*" if key.startswith(("full", "eliminate", "surp_share")) else ("x" if "peer" in key else "o")
             ax.scatter(ratios, accs, marker=marker, s=80 if marker == "*" else 30, label=LABELS.get(key, key))
         ax.set_xscale("log")
@@ -242,25 +252,39 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--nets", nargs="+", default=["lenet300", "lenet5"], choices=["lenet300", "lenet5"])
     parser.add_argument("--name", default=NAME, help="results file name (a partial run: another name)")
+    parser.add_argument("--resume", action="store_true", help="reuse the seeds already in <name>.runs.json")
+    parser.add_argument("--add-log", default=None, help="add the seed dicts an earlier run printed to this log")
     args = parser.parse_args()
-    runs = []
+    store = RESULTS / f"{args.name}.runs.json"
+    runs: list[dict[str, Any]] = json.loads(store.read_text()) if args.resume and store.is_file() else []
+    if args.add_log:
+        for line in Path(args.add_log).read_text().splitlines():
+            if line.startswith("{'seed': "):
+                runs.append(ast.literal_eval(line))
     for seed in args.seeds:
+        if any(r["seed"] == seed for r in runs):
+            continue
         runs.append(run_seed(seed, args.epochs, args.nets))
         print(runs[-1], flush=True)
+        store.write_text(json.dumps(runs, indent=1))
+    runs.sort(key=lambda r: r["seed"])
+    store.write_text(json.dumps(runs, indent=1))
+    nets = [n for n in ("lenet300", "lenet5") if any(k.startswith(f"{n}/") for r in runs for k in r)]
     table = []
-    for net in args.nets:
+    for net in nets:
         table += summarise(runs, net)
     notes = (
-        f"Real Fashion-MNIST, {args.epochs} epochs of Adam, seeds {args.seeds}. Drops are against the best dense run "
+        f"Real Fashion-MNIST, {args.epochs} epochs of Adam, seeds {sorted(r['seed'] for r in runs)} (per net in its "
+        "rows). Drops are against the best dense run "
         "of the same seed (LeNet-300-100: LRs 1e-3, 2e-3, 3e-3; LeNet-5: 1e-3, 3e-3). Bytes are whole files (ours: "
         "the .lcz with header); ours' accuracy is measured on the model reloaded from its file. 'vs best peer' = "
         "smallest peer file / ours, per seed. 'wall vs dense' = fit wall time / the fastest dense fit of the seed, "
         "same process. The peers prune to 97.5% with the same training (Adam 3e-3, hold then cosine). Plot: "
         f"{args.name}.png."
     )
-    payload = {"runs": runs, "seeds": args.seeds, "epochs": args.epochs}
+    payload = {"runs": runs, "seeds": sorted(r["seed"] for r in runs), "epochs": args.epochs}
     path = write_results(args.name, payload, table, notes)
-    plot(runs, args.nets, RESULTS / f"{args.name}.png")
+    plot(runs, nets, RESULTS / f"{args.name}.png")
     print(path.read_text())
 
 
