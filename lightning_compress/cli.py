@@ -237,8 +237,11 @@ def metric_value(metrics: Mapping[str, float], name: str | Sequence[str] | None)
     if not name:
         return None
     if not isinstance(name, str):
-        values = tuple(metric_value(metrics, str(n)) for n in name)
-        return tuple(float(v) for v in values if v is not None)
+        return tuple(_one_metric(metrics, str(n)) for n in name)
+    return _one_metric(metrics, name)
+
+
+def _one_metric(metrics: Mapping[str, float], name: str) -> float:
     if name not in metrics:
         raise KeyError(f"`optimized_metric` {name!r} was not logged; available: {sorted(metrics)}.")
     return float(metrics[name])

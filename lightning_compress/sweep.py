@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 __all__ = ["JOB_METRICS", "SweepSummary", "pareto_mask", "summarise_sweep"]
 
 log = logging.getLogger(__name__)
@@ -141,13 +143,7 @@ def _print_pareto(front: list[dict[str, Any]], jobs: int, console: Any) -> None:
     (console or Console()).print(table)
 
 
-try:  # Hydra is a dependency of the CLI; the summary functions above work without it
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra-core is installed with the package
-    _HydraCallback = object  # type: ignore[assignment,misc]
-
-
-class SweepSummary(_HydraCallback):  # type: ignore[misc,valid-type]
+class SweepSummary(Callback):
     """Hydra callback: :func:`summarise_sweep` on the sweep directory when a multirun ends."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

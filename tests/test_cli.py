@@ -360,3 +360,38 @@ def test_artifact_goes_to_wandb_as_a_model(tmp_path: Path, monkeypatch: pytest.M
     assert artifact.name.startswith("demo-model")  # type: ignore[attr-defined]
     assert artifact.metadata["size/artifact_bytes"] == path.stat().st_size  # type: ignore[attr-defined]
     assert "m.lcz" in artifact.manifest.entries  # type: ignore[attr-defined]
+
+
+def test_submitit_local_sweep_runs_and_is_summarised(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    """Scale-out on an existing engine: hydra-submitit-launcher's local mode runs a 2-job sweep end to end."""
+    import csv
+
+    proc = _run_cli(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "seed=1,2",
+            "debug=fast",
+            "data.debian_dir=/none",
+            "artifact.verify=false",
+        ],
+        tmp_path,
+        fake_fmnist_root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = next(tmp_path.glob("train/multiruns/*"))
+    assert len(list(sweep.glob("*/model.lcz"))) == 2
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def test_slurm_launcher_config_composes() -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="lightning_compress.conf"):
+        cfg = compose("train", overrides=["hydra/launcher=lc_slurm", "trainer=ddp"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == 1

@@ -9,7 +9,7 @@ tensors use it. Each tensor's indices are coded in the smallest of three ways, r
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
 from lightning_compress.codec.entropy import ans_decode, ans_encode, pack_fixed, unpack_fixed
 
-__all__ = ["CodebookCodec", "codebook_indices"]
+__all__ = ["CodebookCodec", "SharedCodebook", "codebook_indices"]
 
 
 def codebook_indices(tensor: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -36,6 +36,57 @@ def codebook_indices(tensor: torch.Tensor, codebook: torch.Tensor) -> torch.Tens
             f"{codebook.numel()} values (e.g. {float(flat[bad][0])!r}); share the weights before saving."
         )
     return idx
+
+
+@dataclass(frozen=True)
+class SharedCodebook:
+    """A codebook and its optional network-wide index histogram, as one shared blob (``codebook`` codecs)."""
+
+    values: torch.Tensor
+    counts: np.ndarray | None
+
+    @property
+    def k(self) -> int:
+        """Number of codebook values."""
+        return int(self.values.numel())
+
+    @property
+    def blob(self) -> bytes:
+        """The stored form: fp32 values, then the counts as uint32 (when given)."""
+        counts = self.counts.astype("<u4").tobytes() if self.counts is not None else b""
+        return self.values.numpy().astype("<f4").tobytes() + counts
+
+    @property
+    def key(self) -> str:
+        """The blob's key in the artifact (by content: one blob however many tensors use it)."""
+        return "codebook-" + hashlib.sha256(self.blob).hexdigest()[:16]
+
+    @classmethod
+    def from_options(cls, codec: str, options: dict[str, Any], zero_allowed: bool = True) -> SharedCodebook:
+        """Pop and check ``codebook`` and ``counts`` from a codec's options (``codec`` names it in errors)."""
+        values = torch.tensor(list(options.pop("codebook")), dtype=torch.float32)
+        counts_opt = options.pop("counts", None)
+        if options:
+            raise TypeError(f"{codec} codec got unknown options {sorted(options)}; accepted: codebook, counts.")
+        has_zero = not zero_allowed and bool((values == 0).any())
+        if values.numel() == 0 or bool((values[1:] <= values[:-1]).any()) or has_zero:
+            without = "" if zero_allowed else ", without 0"
+            raise ValueError(f"{codec} codec: `codebook` must be non-empty and strictly increasing{without}.")
+        counts = None if counts_opt is None else np.asarray(list(counts_opt), dtype=np.uint32)
+        if counts is not None and counts.size != values.numel():
+            raise ValueError(f"{codec} codec: `counts` has {counts.size} entries for {values.numel()} codebook values.")
+        return cls(values, counts)
+
+    @staticmethod
+    def read(codec: str, meta: dict[str, Any], blob: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+        """(values, counts or None) of a stored blob, checked against the record's ``k`` and ``has_counts``."""
+        k, has_counts = meta["k"], meta["has_counts"]
+        if not isinstance(has_counts, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{codec} codec: `k`={k!r} / `has_counts`={has_counts!r} are not int / bool.")
+        if len(blob) != (8 if has_counts else 4) * k:
+            raise ValueError(f"{codec} codec: a shared blob of {len(blob)} bytes is not a codebook of k={k!r} values.")
+        counts = np.frombuffer(blob[4 * k : 8 * k], dtype="<u4") if has_counts else None
+        return np.frombuffer(blob[: 4 * k], dtype="<f4"), counts
 
 
 def _index_bits(k: int) -> int:
@@ -60,22 +111,9 @@ class CodebookCodec(Codec):
     name = "codebook"
 
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
-        codebook_values: Sequence[float] = options.pop("codebook")
-        counts_opt: Sequence[int] | None = options.pop("counts", None)
-        if options:
-            raise TypeError(f"codebook codec got unknown options {sorted(options)}; accepted: codebook, counts.")
-        codebook = torch.tensor(list(codebook_values), dtype=torch.float32)
-        if codebook.numel() == 0 or bool((codebook[1:] <= codebook[:-1]).any()):
-            raise ValueError("codebook codec: `codebook` must be non-empty and strictly increasing.")
-        k = codebook.numel()
+        shared = SharedCodebook.from_options(self.name, options)
+        codebook, shared_counts, k = shared.values, shared.counts, shared.k
         symbols = codebook_indices(tensor, codebook).numpy().astype(np.int32)
-        shared_counts = None if counts_opt is None else np.asarray(list(counts_opt), dtype=np.uint32)
-        if shared_counts is not None and shared_counts.size != k:
-            raise ValueError(f"codebook codec: `counts` has {shared_counts.size} entries for {k} codebook values.")
-        shared_blob = codebook.numpy().astype("<f4").tobytes() + (
-            shared_counts.astype("<u4").tobytes() if shared_counts is not None else b""
-        )
-        key = "codebook-" + hashlib.sha256(shared_blob).hexdigest()[:16]
 
         own_counts = np.bincount(symbols, minlength=k).astype(np.uint32)
         bits = _index_bits(k)
@@ -90,20 +128,15 @@ class CodebookCodec(Codec):
             codec=self.name,
             shape=tuple(tensor.shape),
             dtype=dtype_name(tensor.dtype),
-            meta={"key": key, "k": k, "coding": coding, "has_counts": shared_counts is not None},
+            meta={"key": shared.key, "k": k, "coding": coding, "has_counts": shared_counts is not None},
             payload=candidates[coding],
-            shared={key: shared_blob},
+            shared={shared.key: shared.blob},
         )
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta
-        k = meta["k"]
-        blob = encoded.shared[meta["key"]]
-        if not isinstance(meta["has_counts"], bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"codebook codec: `k`={k!r} / `has_counts`={meta['has_counts']!r} are not int / bool.")
-        if len(blob) != (8 if meta["has_counts"] else 4) * k:
-            raise ValueError(f"codebook codec: a shared blob of {len(blob)} bytes is not a codebook of k={k!r} values.")
-        codebook = np.frombuffer(blob[: 4 * k], dtype="<f4")
+        codebook, blob_counts = SharedCodebook.read(self.name, meta, encoded.shared[meta["key"]])
+        k = int(meta["k"])
         n = 1
         for s in encoded.shape:
             n *= s
@@ -113,8 +146,8 @@ class CodebookCodec(Codec):
         elif coding == "own":
             counts = np.frombuffer(encoded.payload[: 4 * k], dtype="<u4")
             symbols = ans_decode(encoded.payload[4 * k :], counts, n)
-        elif coding == "shared":
-            symbols = ans_decode(encoded.payload, np.frombuffer(blob[4 * k : 8 * k], dtype="<u4"), n)
+        elif coding == "shared" and blob_counts is not None:
+            symbols = ans_decode(encoded.payload, blob_counts, n)
         else:
             raise ValueError(f"codebook codec: unknown coding {coding!r}.")
         if symbols.size and (symbols.min() < 0 or symbols.max() >= k):

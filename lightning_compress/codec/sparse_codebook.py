@@ -13,15 +13,13 @@ Zero is never a codebook value: pruned entries stay exactly zero whatever the co
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
-from lightning_compress.codec.codebook import codebook_indices
+from lightning_compress.codec.codebook import SharedCodebook, codebook_indices
 from lightning_compress.codec.entropy import AnsStackReader, leb128
 from lightning_compress.codec.surp import _read_exp_golomb, _Reader, _write_exp_golomb, _Writer
 
@@ -48,24 +46,11 @@ class SparseCodebookCodec(Codec):
     name = "sparse_codebook"
 
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
-        codebook_values: Sequence[float] = options.pop("codebook")
-        counts_opt: Sequence[int] | None = options.pop("counts", None)
-        if options:
-            raise TypeError(f"sparse_codebook codec got unknown options {sorted(options)}; accepted: codebook, counts.")
-        codebook = torch.tensor(list(codebook_values), dtype=torch.float32)
-        if codebook.numel() == 0 or bool((codebook[1:] <= codebook[:-1]).any()) or bool((codebook == 0).any()):
-            raise ValueError("sparse_codebook codec: `codebook` must be non-empty, strictly increasing, without 0.")
-        k = codebook.numel()
+        shared = SharedCodebook.from_options(self.name, options, zero_allowed=False)
+        codebook, shared_counts, k = shared.values, shared.counts, shared.k
         flat = tensor.detach().reshape(-1).to("cpu", torch.float32)
         support = np.flatnonzero(flat.numpy() != 0)
         symbols = codebook_indices(flat[torch.from_numpy(support)], codebook).numpy().astype(np.int32)
-        shared_counts = None if counts_opt is None else np.asarray(list(counts_opt), dtype=np.uint32)
-        if shared_counts is not None and shared_counts.size != k:
-            raise ValueError(f"sparse_codebook codec: `counts` has {shared_counts.size} entries for {k} values.")
-        shared_blob = codebook.numpy().astype("<f4").tobytes() + (
-            shared_counts.astype("<u4").tobytes() if shared_counts is not None else b""
-        )
-        key = "codebook-" + hashlib.sha256(shared_blob).hexdigest()[:16]
 
         own_counts = np.bincount(symbols, minlength=k).astype(np.uint32)
         candidates = {"own": self._stream(support, symbols, own_counts, write_counts=True)}
@@ -76,9 +61,9 @@ class SparseCodebookCodec(Codec):
             codec=self.name,
             shape=tuple(tensor.shape),
             dtype=dtype_name(tensor.dtype),
-            meta={"key": key, "k": k, "coding": coding, "has_counts": shared_counts is not None},
+            meta={"key": shared.key, "k": k, "coding": coding, "has_counts": shared_counts is not None},
             payload=candidates[coding],
-            shared={key: shared_blob},
+            shared={shared.key: shared.blob},
         )
 
     @staticmethod
@@ -95,17 +80,10 @@ class SparseCodebookCodec(Codec):
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta
-        k = meta["k"]
-        blob = encoded.shared[meta["key"]]
-        if not isinstance(meta["has_counts"], bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(
-                f"sparse_codebook codec: `k`={k!r} / `has_counts`={meta['has_counts']!r} are not int/bool."
-            )
-        if len(blob) != (8 if meta["has_counts"] else 4) * k:
-            raise ValueError(f"sparse_codebook codec: a shared blob of {len(blob)} bytes is not a codebook of k={k}.")
-        if meta["coding"] not in ("own", "shared") or (meta["coding"] == "shared" and not meta["has_counts"]):
+        codebook, blob_counts = SharedCodebook.read(self.name, meta, encoded.shared[meta["key"]])
+        k = int(meta["k"])
+        if meta["coding"] not in ("own", "shared") or (meta["coding"] == "shared" and blob_counts is None):
             raise ValueError(f"sparse_codebook codec: unknown coding {meta['coding']!r}.")
-        codebook = np.frombuffer(blob[: 4 * k], dtype="<f4")
         n = 1
         for s in encoded.shape:
             n *= s
@@ -127,7 +105,8 @@ class SparseCodebookCodec(Codec):
                     raise ValueError("sparse_codebook codec: the tensor's own histogram is truncated.")
                 counts = np.frombuffer(data, dtype="<u4")
             else:
-                counts = np.frombuffer(blob[4 * k : 8 * k], dtype="<u4")
+                assert blob_counts is not None  # noqa: S101 - checked above
+                counts = blob_counts
             symbols = r.ans.take(counts, count)
             if symbols.size and (symbols.min() < 0 or symbols.max() >= k):
                 raise ValueError("sparse_codebook codec: decoded index outside the codebook (corrupt data).")
