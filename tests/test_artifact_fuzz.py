@@ -1,7 +1,8 @@
 """Hostile and damaged artifacts: every case raises ArtifactError, none returns a model or raises anything else.
 
 The cases are drawn with a fixed seed from one small zoo artifact that uses every codec (dense fp32 and fp16,
-codebook with shared counts, ternary, surp). Header mutations recompute the checksum, as an attacker would.
+codebook with shared counts, sparse_codebook, ternary, surp). Header mutations recompute the checksum, as an attacker
+would.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def _fixture_bytes(tmp_path: Path) -> bytes:
     w3 = state["fc3.weight"]
     state["fc3.weight"].copy_(torch.sign(w3).where(w3.abs() > 0.1, torch.zeros_like(w3)) * 0.3)
     codecs["fc3.weight"] = CodecSpec("ternary")
+    sparse_book = [-0.3, 0.1, 0.3]  # fc3.bias: pruned support + shared values (sparse_codebook)
+    b3 = state["fc3.bias"]
+    b3.copy_(torch.tensor([0.3, 0.0, -0.3]))
+    codecs["fc3.bias"] = CodecSpec("sparse_codebook", {"codebook": sparse_book, "counts": [1, 0, 1]})
     codecs["fc2.bias"] = CodecSpec("dense", {"precision": "float16"})
     state["fc2.bias"].copy_(state["fc2.bias"].half().float())
     path = lc.save(model, tmp_path / "fixture.lcz", codecs=codecs, metadata={"val/acc": 0.5})
@@ -145,7 +150,8 @@ def _mutate_header(rng: random.Random, header: dict[str, Any]) -> dict[str, Any]
             [d for d in ("float16", "float64", "int64", "bfloat16", "int8", "bool", "q") if d != t["dtype"]]
         )
     elif kind == 6:  # codecs
-        t["codec"] = rng.choice([c for c in ("dense", "codebook", "ternary", "surp", "zstd") if c != t["codec"]])
+        codecs = ("dense", "codebook", "sparse_codebook", "ternary", "surp", "zstd")
+        t["codec"] = rng.choice([c for c in codecs if c != t["codec"]])
     elif kind == 7:  # codec side information removed or of the wrong type
         keys = sorted(t["meta"])
         if keys:
