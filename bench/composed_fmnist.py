@@ -231,11 +231,13 @@ def plot(runs: list[dict[str, Any]], nets: list[str], path: Any) -> None:
         title = titles[net]
         net_runs = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
         keys = sorted({k.split("/", 1)[1] for k in net_runs[0] if k.startswith(f"{net}/")}) if net_runs else []
-        for key in keys:
+        colours = plt.get_cmap("tab20")
+        for i, key in enumerate(keys):
             ratios = [r[f"{net}/{key}"]["ratio"] for r in net_runs]
             accs = [100 * r[f"{net}/{key}"]["acc"] for r in net_runs]
             marker = "*" if key.startswith(("full", "eliminate", "surp_share")) else ("x" if "peer" in key else "o")
-            ax.scatter(ratios, accs, marker=marker, s=80 if marker == "*" else 30, label=LABELS.get(key, key))
+            label = LABELS.get(key, key).replace("**", "")
+            ax.scatter(ratios, accs, marker=marker, s=80 if marker == "*" else 30, color=colours(i % 20), label=label)
         ax.set_xscale("log")
         ax.set_xlabel("compression ratio vs fp32 (file bytes)")
         ax.set_ylabel("test accuracy (%)")
