@@ -28,6 +28,7 @@ import ast
 import copy
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +81,15 @@ def deep_compression_bytes(model: torch.nn.Module, clusters: int = 32) -> tuple[
             else:
                 idx_counts = torch.tensor([values.numel()])
             gaps = np.diff(pos.numpy(), prepend=-1)
-            gap_counts = np.bincount(gaps)
-            gap_counts = torch.from_numpy(gap_counts[gap_counts > 0])
+            gap_histogram = np.bincount(gaps)
+            gap_counts = torch.from_numpy(gap_histogram[gap_histogram > 0])
             n = values.numel()
             total_bits += n * huffman_average_length(idx_counts) + n * huffman_average_length(gap_counts)
             total_bits += 32 * len(idx_counts) + 8 * (len(idx_counts) + len(gap_counts))
     return math.ceil(total_bits / 8), quantized
 
 
-def run_recipe(recipe: str, common: list[str], extra: list[str] = ()) -> dict[str, Any]:
+def run_recipe(recipe: str, common: list[str], extra: Sequence[str] = ()) -> dict[str, Any]:
     """One recipe; accuracy of the model reloaded from its artifact."""
     with composed(recipe, [*common, *extra]) as cfg:
         m, objects = train(cfg)
