@@ -211,7 +211,11 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     import statistics
 
     runs = json.loads(path.read_text())["runs"]
-    best = [max(v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")) for run in runs]
+    per_seed = [[v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")] for run in runs]
+    best = [max(accs) for accs in per_seed if accs]  # seeds that measured this net
+    if not best:
+        log.warning("Dense reference %s holds no %r runs.", path, net)
+        return
     dense = statistics.fmean(best)
     metrics["reference/dense_acc"] = dense
     drop = 100 * (dense - metrics["test/acc_artifact"])
