@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelPruning
 
 from bench.common import RESULTS, composed, mean_std, quiet_run, write_results
-from bench.surp_lenet300_fmnist import peer_amounts, sparse_xz_bytes
+from bench.surp_lenet300_fmnist import gradual_l1_peer, peer_amounts, sparse_xz_bytes
 from lightning_compress.cli import train
 from lightning_compress.functional.weight_sharing import huffman_average_length, kmeans_binning
 from lightning_compress.module import evaluate_accuracy
@@ -109,14 +108,7 @@ def run_peers(dense_recipe: str, common: list[str], epochs: int, fp32: int) -> d
     amounts = peer_amounts(PEER_SPARSITY, epochs, 0.2)
     overrides = [*common, "artifact.save=false", "scheduler=hold_cosine", "optimizer.lr=3e-3"]
     with composed(dense_recipe, overrides) as cfg:
-        peer = ModelPruning(
-            "l1_unstructured",
-            amount=lambda e: amounts[e] if e < len(amounts) else 0.0,
-            use_global_unstructured=True,
-            make_pruning_permanent=True,
-            verbose=0,
-        )
-        m, objects = train(cfg, extra_callbacks=[peer])
+        m, objects = train(cfg, extra_callbacks=[gradual_l1_peer(amounts)])
     model = objects["module"].backbone
     test = objects["datamodule"].test_dataloader()
     xz_bytes, nonzeros = sparse_xz_bytes(model)

@@ -61,6 +61,17 @@ def peer_amounts(target: float, epochs: int, final_fraction: float) -> list[floa
     return amounts + [0.0] * (epochs - prune_epochs)
 
 
+def gradual_l1_peer(amounts: list[float]) -> ModelPruning:
+    """Lightning's ModelPruning: global L1 (weights and biases), ``amounts[e]`` of the remaining weights at epoch e."""
+    return ModelPruning(
+        "l1_unstructured",
+        amount=lambda e: amounts[e] if e < len(amounts) else 0.0,
+        use_global_unstructured=True,
+        make_pruning_permanent=True,
+        verbose=0,
+    )
+
+
 def recipe_training() -> tuple[float, str]:
     """Our recipe's learning rate and LR-scheduler choice; the peer trains with both."""
     with composed(NAME) as cfg:
@@ -72,14 +83,7 @@ def run_peer(common: list[str], epochs: int, sparsity: float, lr: float, schedul
     amounts = peer_amounts(sparsity, epochs, 0.2)
     overrides = [*common, "artifact.save=false", f"scheduler={scheduler}", f"optimizer.lr={lr}"]
     with composed("dense_lenet300_fmnist", overrides) as cfg:
-        peer = ModelPruning(
-            "l1_unstructured",
-            amount=lambda e: amounts[e] if e < len(amounts) else 0.0,
-            use_global_unstructured=True,
-            make_pruning_permanent=True,
-            verbose=0,
-        )
-        m, objects = train(cfg, extra_callbacks=[peer])
+        m, objects = train(cfg, extra_callbacks=[gradual_l1_peer(amounts)])
     model = objects["module"].backbone
     nbytes, nonzeros = sparse_xz_bytes(model)
     total = sum(t.numel() for t in model.state_dict().values())

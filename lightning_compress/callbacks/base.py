@@ -52,10 +52,6 @@ _SHARDING_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 log = logging.getLogger(__name__)
 
 
-#: Training share of each method in composed default windows (Weight sharing acts once, at the end of the fit).
-_PHASE_ORDER = ("structure", "support", "values")
-
-
 def default_windows(callbacks: Iterable[CompressionCallback]) -> dict[int, tuple[float, float]]:
     """Consecutive windows for callbacks given without ``start``/``end``, in the order structure, support, values.
 
@@ -78,7 +74,7 @@ def default_windows(callbacks: Iterable[CompressionCallback]) -> dict[int, tuple
         return {id(callbacks[0]): callbacks[0].DEFAULT_WINDOW}
     at_end = [cb for cb in callbacks if cb.DEFAULT_WINDOW == (1.0, 1.0)]
     training = [cb for cb in callbacks if cb not in at_end]
-    phases = sorted({cb.ASPECT for cb in training}, key=_PHASE_ORDER.index)
+    phases = sorted({cb.ASPECT for cb in training}, key=ASPECTS.index)
     windows = {id(cb): (1.0, 1.0) for cb in at_end}
     for cb in training:
         i = phases.index(cb.ASPECT)
@@ -175,6 +171,10 @@ class CompressionCallback(Callback):
         """The window in optimizer steps of this fit."""
         start, end = self.window
         return round(start * self._total_steps), round(end * self._total_steps)
+
+    def window_ended_mid_fit(self, trainer: pl.Trainer) -> bool:
+        """Whether this window ends before the fit does and its last step has been reached."""
+        return self.window[1] < 1.0 and trainer.global_step >= self.window_steps()[1]
 
     def steps_in_window(self, count: int, final_fraction: float) -> list[int]:
         """``count`` evenly spaced steps over the first ``1 - final_fraction`` of the window (the last at its end)."""
@@ -439,12 +439,3 @@ class CompressionCallback(Callback):
             "callback, or define `lc_forward_inputs(self, batch)` on your LightningModule: a function from a batch "
             "to the forward's arguments (a tensor, a tuple of positional arguments or a dict of keyword arguments)."
         )
-
-    @staticmethod
-    def named_tensors(module: nn.Module, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Parameters of ``module`` by name, in the order given."""
-        params = dict(module.named_parameters())
-        for name in names:
-            if name not in params:
-                raise KeyError(f"The model has no parameter {name!r} (was it restructured after compression?).")
-            yield name, params[name]

@@ -389,8 +389,7 @@ class NeuronElimination(CompressionCallback):
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._finished:
             return
-        end = self.window_steps()[1]
-        if self.window[1] < 1.0 and trainer.global_step >= end:  # the window ends before the fit: shrink now
+        if self.window_ended_mid_fit(trainer):  # shrink now: the methods that follow work on the smaller layers
             self._finish_structure(trainer, pl_module, rebuild=True)
             return
         guarded = self.accuracy_budget is not None

@@ -129,7 +129,6 @@ class SuccessivePruning(CompressionCallback):
         self._stage = 0
         self._stage_steps: list[int] = []
         self._names: list[str] = []
-        self._owns_values: dict[str, bool] = {}
         self._saved_masks: dict[str, torch.Tensor] = {}
         self._final: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
@@ -163,10 +162,10 @@ class SuccessivePruning(CompressionCallback):
         if self._final is not None:
             self._attach(pl_module)
 
-    @property
-    def _value_names(self) -> list[str]:
-        """The tensors whose values SuccessivePruning stores (the rest went to a value method)."""
-        return [n for n in self._names if self._owns_values.get(n, True)]
+    def _value_names(self, pl_module: nn.Module) -> list[str]:
+        """The tensors whose values SuccessivePruning stores (the rest went to a value method), in selection order."""
+        rep = self.representation(pl_module)
+        return [n for n in self._names if rep.owner(n, "values") == self.owner]
 
     def _params(self, pl_module: nn.Module, names: Sequence[str]) -> list[torch.Tensor]:
         params = dict(self.target_module(pl_module).named_parameters())
@@ -241,7 +240,7 @@ class SuccessivePruning(CompressionCallback):
         return result
 
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
-        names = self._value_names if final else self._names
+        names = self._value_names(trainer.lightning_module) if final else self._names
         if final and names != self._names:  # some values went to a value method: keep the support they have now
             params = self._params(trainer.lightning_module, names)
             sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
@@ -285,7 +284,7 @@ class SuccessivePruning(CompressionCallback):
 
     def _attach(self, pl_module: nn.Module) -> None:
         assert self._final is not None  # noqa: S101 - called once the final stream exists
-        names = list(self._final.get("names", self._names))
+        names = list(self._final["names"])
         plan = self._plan(pl_module, names, self._final["stream"], self._final["norms"])
         self.representation(pl_module).decide(self.owner, "values", plan)
 
@@ -294,15 +293,14 @@ class SuccessivePruning(CompressionCallback):
         while self._stage < len(self.stages) - 1:  # fits too short for the schedule still reach the target
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
-        rep = self.representation(pl_module)
-        self._owns_values = {n: rep.owner(n, "values") == self.owner for n in self._names}
-        if not self._value_names:  # every value went to a value method: it stores them, with this support
+        value_names = self._value_names(pl_module)
+        if not value_names:  # every value went to a value method: it stores them, with this support
             if self._stage < len(self.stages):
                 self._run_stage(trainer, self.stages[self._stage])
             self._stage = len(self.stages)
             return
         self._stage = len(self.stages)
-        budget = self.bit_budget is not None and self._value_names == self._names
+        budget = self.bit_budget is not None and value_names == self._names
         self._run_stage(trainer, None if budget else self.target_sparsity, final=True)
 
     # -- state -------------------------------------------------------------------------------------------------------

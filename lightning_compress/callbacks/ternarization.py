@@ -206,7 +206,7 @@ class Ternarization(CompressionCallback):
 
     @override
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._swapped and not self._baked and self.window[1] < 1.0 and trainer.global_step >= self.window_steps()[1]:
+        if self._swapped and not self._baked and self.window_ended_mid_fit(trainer):
             self._finish_values(trainer, pl_module)
 
     def _calibration_inputs(self, trainer: pl.Trainer) -> Iterator[torch.Tensor]:
@@ -379,12 +379,7 @@ class Ternarization(CompressionCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         if self._baked and self.mode == "qat":  # resumed after its window: the ternary values are held again
-            module = self.target_module(pl_module)
-            self._bake(module)
-            self.representation(module).decide(
-                self.owner, "values", {n: {"per_channel": self.per_channel} for n in self.ternarized}
-            )
-            self.hold_values(module, self.ternarized)
+            self._bake_and_hold(self.target_module(pl_module))
         if self.activation_lr_scale == 1.0:
             return
         # each tagged trainable parameter must sit in an optimizer group carrying its module's scale
@@ -437,17 +432,21 @@ class Ternarization(CompressionCallback):
     def _finish_values(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = self.target_module(pl_module)
         if self.mode == "qat":
-            self._bake(module)
-            self.representation(module).decide(
-                self.owner, "values", {n: {"per_channel": self.per_channel} for n in self.ternarized}
-            )
-            self.hold_values(module, self.ternarized)  # the ternary values stay for the rest of the fit
+            self._bake_and_hold(module)
         self._baked = True
         figures = self._figures(module)
         self.log_figures(trainer, figures)
         rank_zero_info(
             "Ternarization: " + ", ".join(f"{k} {v:,.4g}" for k, v in figures.items() if not k.startswith("residual"))
         )
+
+    def _bake_and_hold(self, module: nn.Module) -> None:
+        """Ternary values into the weights (plain layers back), recorded in the representation and held."""
+        self._bake(module)
+        self.representation(module).decide(
+            self.owner, "values", {n: {"per_channel": self.per_channel} for n in self.ternarized}
+        )
+        self.hold_values(module, self.ternarized)  # the ternary values stay for the rest of the fit
 
     @torch.no_grad()
     def _bake(self, module: nn.Module) -> None:
@@ -500,12 +499,8 @@ class Ternarization(CompressionCallback):
     # -- state ---------------------------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "ternarized": list(self.ternarized),
-            "residuals": list(self.residuals),
-            "baked": self._baked,
-            "swapped": self._swapped,
-        }
+        # not whether layers are swapped: a resumed fit swaps again in setup/before_step (fresh modules)
+        return {"ternarized": list(self.ternarized), "residuals": list(self.residuals), "baked": self._baked}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -209,8 +209,7 @@ class WeightSharing(CompressionCallback):
 
     @override
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        end = self.window_steps()[1]
-        if self.at_epoch is None and not self.done and self.window[1] < 1.0 and trainer.global_step >= end:
+        if self.at_epoch is None and not self.done and self.window_ended_mid_fit(trainer):
             self.share(trainer, pl_module)
 
     @override

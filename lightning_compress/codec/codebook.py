@@ -77,6 +77,24 @@ class SharedCodebook:
             raise ValueError(f"{codec} codec: `counts` has {counts.size} entries for {values.numel()} codebook values.")
         return cls(values, counts)
 
+    def counts_for(self, own_counts: np.ndarray) -> np.ndarray | None:
+        """The shared histogram, if it can code a tensor with ``own_counts`` (every symbol it uses has a count)."""
+        if self.counts is None or not bool((self.counts[own_counts > 0] > 0).all()):
+            return None
+        return self.counts
+
+    def encoded(self, codec: str, tensor: torch.Tensor, candidates: dict[str, bytes]) -> EncodedTensor:
+        """The tensor coded the shortest of the ``candidates`` ways (coding name -> payload), with this blob shared."""
+        coding = min(candidates, key=lambda c: len(candidates[c]))
+        return EncodedTensor(
+            codec=codec,
+            shape=tuple(tensor.shape),
+            dtype=dtype_name(tensor.dtype),
+            meta={"key": self.key, "k": self.k, "coding": coding, "has_counts": self.counts is not None},
+            payload=candidates[coding],
+            shared={self.key: self.blob},
+        )
+
     @staticmethod
     def read(codec: str, meta: dict[str, Any], blob: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         """(values, counts or None) of a stored blob, checked against the record's ``k`` and ``has_counts``."""
@@ -112,7 +130,7 @@ class CodebookCodec(Codec):
 
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
         shared = SharedCodebook.from_options(self.name, options)
-        codebook, shared_counts, k = shared.values, shared.counts, shared.k
+        codebook, k = shared.values, shared.k
         symbols = codebook_indices(tensor, codebook).numpy().astype(np.int32)
 
         own_counts = np.bincount(symbols, minlength=k).astype(np.uint32)
@@ -121,17 +139,9 @@ class CodebookCodec(Codec):
             "fixed": pack_fixed(symbols, bits),
             "own": own_counts.astype("<u4").tobytes() + ans_encode(symbols, own_counts),
         }
-        if shared_counts is not None and bool((shared_counts[own_counts > 0] > 0).all()):
+        if (shared_counts := shared.counts_for(own_counts)) is not None:
             candidates["shared"] = ans_encode(symbols, shared_counts)
-        coding = min(candidates, key=lambda c: len(candidates[c]))
-        return EncodedTensor(
-            codec=self.name,
-            shape=tuple(tensor.shape),
-            dtype=dtype_name(tensor.dtype),
-            meta={"key": shared.key, "k": k, "coding": coding, "has_counts": shared_counts is not None},
-            payload=candidates[coding],
-            shared={shared.key: shared.blob},
-        )
+        return shared.encoded(self.name, tensor, candidates)
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta

@@ -134,14 +134,6 @@ class Representation:
             if current is None or current.owner != owner or current.kind != kind:
                 setattr(rep, aspect, Claim(owner, kind))
 
-    def release(self, owner: str) -> None:
-        """Drop every claim of ``owner`` (a callback re-claims after a resume)."""
-        for rep in self.tensors.values():
-            for aspect in ASPECTS:
-                claim = getattr(rep, aspect)
-                if claim is not None and claim.owner == owner:
-                    setattr(rep, aspect, None)
-
     def owned(self, owner: str, aspect: str) -> list[str]:
         """Names of the tensors whose ``aspect`` ``owner`` holds, in claim order."""
         return [n for n, rep in self.tensors.items() if (c := getattr(rep, aspect)) is not None and c.owner == owner]
@@ -158,12 +150,6 @@ class Representation:
             if claim is None or claim.owner != owner:
                 raise KeyError(f"{owner} records a decision on the {aspect} of {name!r}, which it does not own.")
             claim.options = dict(opts)
-
-    def rename(self, mapping: Mapping[str, str]) -> None:
-        """Follow renamed tensors (e.g. a module swap that changes a parameter's path)."""
-        self.tensors = {mapping.get(n, n): rep for n, rep in self.tensors.items()}
-        for name, rep in self.tensors.items():
-            rep.name = name
 
     def codec_plan(self) -> dict[str, CodecSpec]:
         """Tensor name -> codec, derived from each tensor's representation (unlisted tensors: the default)."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
+from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, register_codec
 from lightning_compress.codec.codebook import SharedCodebook, codebook_indices
 from lightning_compress.codec.entropy import AnsStackReader, leb128
 from lightning_compress.codec.surp import _read_exp_golomb, _Reader, _write_exp_golomb, _Writer
@@ -47,24 +47,16 @@ class SparseCodebookCodec(Codec):
 
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
         shared = SharedCodebook.from_options(self.name, options, zero_allowed=False)
-        codebook, shared_counts, k = shared.values, shared.counts, shared.k
+        codebook, k = shared.values, shared.k
         flat = tensor.detach().reshape(-1).to("cpu", torch.float32)
         support = np.flatnonzero(flat.numpy() != 0)
         symbols = codebook_indices(flat[torch.from_numpy(support)], codebook).numpy().astype(np.int32)
 
         own_counts = np.bincount(symbols, minlength=k).astype(np.uint32)
         candidates = {"own": self._stream(support, symbols, own_counts, write_counts=True)}
-        if shared_counts is not None and bool((shared_counts[own_counts > 0] > 0).all()):
+        if (shared_counts := shared.counts_for(own_counts)) is not None:
             candidates["shared"] = self._stream(support, symbols, shared_counts, write_counts=False)
-        coding = min(candidates, key=lambda c: len(candidates[c]))
-        return EncodedTensor(
-            codec=self.name,
-            shape=tuple(tensor.shape),
-            dtype=dtype_name(tensor.dtype),
-            meta={"key": shared.key, "k": k, "coding": coding, "has_counts": shared_counts is not None},
-            payload=candidates[coding],
-            shared={shared.key: shared.blob},
-        )
+        return shared.encoded(self.name, tensor, candidates)
 
     @staticmethod
     def _stream(support: np.ndarray, symbols: np.ndarray, counts: np.ndarray, write_counts: bool) -> bytes:
