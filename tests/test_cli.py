@@ -273,24 +273,22 @@ def test_main_job_compares_with_the_committed_dense_reference(tmp_path: Path) ->
     assert "reference/dense_acc" not in missing
 
 
-def test_multirun_ends_with_a_sweep_summary(tmp_path: Path, fake_fmnist_root: Path) -> None:
-    """Two jobs over a compression knob: the sweep dir gets the CSV (one row per job, Pareto marked) and the PNG."""
+def _run_sweep(
+    args: list[str], task: str, tmp_path: Path, data: Path
+) -> tuple[subprocess.CompletedProcess[str], Path, list[dict[str, str]]]:
+    """Run ``lcompress -m ARGS`` and return (process, sweep dir, rows of its sweep_summary.csv)."""
     import csv
 
-    proc = _run_cli(
-        [
-            "-m",
-            "compress=[successive_pruning]",
-            "compress.successive_pruning.target_sparsity=0.5,0.9",
-            "debug=fast",
-            "data.debian_dir=/none",
-        ],
-        tmp_path,
-        fake_fmnist_root,
-    )
+    proc = _run_cli(["-m", *args, "debug=fast", "data.debian_dir=/none"], tmp_path, data)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep = next(tmp_path.glob("train/multiruns/*"))
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    sweep = next(tmp_path.glob(f"{task}/multiruns/*"))
+    return proc, sweep, list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+
+
+def test_multirun_ends_with_a_sweep_summary(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    """Two jobs over a compression knob: the sweep dir gets the CSV (one row per job, Pareto marked) and the PNG."""
+    args = ["compress=[successive_pruning]", "compress.successive_pruning.target_sparsity=0.5,0.9"]
+    proc, sweep, rows = _run_sweep(args, "train", tmp_path, fake_fmnist_root)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert "compress.successive_pruning.target_sparsity=0.9" in rows[1]["overrides"]
     assert float(rows[1]["artifact_bytes"]) < float(rows[0]["artifact_bytes"])  # 90% zeros: the smaller file
@@ -317,23 +315,10 @@ def test_sweep_summary_reports_a_failed_job(tmp_path: Path) -> None:
 
 def test_pareto_search_runs_two_objective_trials(tmp_path: Path, fake_fmnist_root: Path) -> None:
     """hparams_search=pareto_<recipe>: Optuna NSGA-II over the method's knobs, main returns (bytes, val acc)."""
-    import csv
-
-    proc = _run_cli(
-        [
-            "-m",
-            "hparams_search=pareto_surp_lenet300_fmnist",
-            "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.sampler.population_size=2",
-            "debug=fast",
-            "data.debian_dir=/none",
-        ],
-        tmp_path,
-        fake_fmnist_root,
+    args = ["hparams_search=pareto_surp_lenet300_fmnist", "hydra.sweeper.n_trials=2"]
+    _, sweep, rows = _run_sweep(
+        [*args, "hydra.sweeper.sampler.population_size=2"], "surp_lenet300_fmnist", tmp_path, fake_fmnist_root
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep = next(tmp_path.glob("surp_lenet300_fmnist/multiruns/*"))
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert len(rows) == 2
     assert all("compress.successive_pruning.target_sparsity=" in r["overrides"] for r in rows)
     assert (sweep / "optimization_results.yaml").is_file()  # the sweeper's own record of the front
@@ -364,24 +349,9 @@ def test_artifact_goes_to_wandb_as_a_model(tmp_path: Path, monkeypatch: pytest.M
 
 def test_submitit_local_sweep_runs_and_is_summarised(tmp_path: Path, fake_fmnist_root: Path) -> None:
     """Scale-out on an existing engine: hydra-submitit-launcher's local mode runs a 2-job sweep end to end."""
-    import csv
-
-    proc = _run_cli(
-        [
-            "-m",
-            "hydra/launcher=submitit_local",
-            "seed=1,2",
-            "debug=fast",
-            "data.debian_dir=/none",
-            "artifact.verify=false",
-        ],
-        tmp_path,
-        fake_fmnist_root,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep = next(tmp_path.glob("train/multiruns/*"))
+    args = ["hydra/launcher=submitit_local", "seed=1,2", "artifact.verify=false"]
+    _, sweep, rows = _run_sweep(args, "train", tmp_path, fake_fmnist_root)
     assert len(list(sweep.glob("*/model.lcz"))) == 2
-    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert [r["status"] for r in rows] == ["ok", "ok"]
 
 
