@@ -97,6 +97,13 @@ CASES: list[tuple[Callable[..., Any], dict[str, Any], str, str]] = [
     (WS, {"output_dir": 3}, "output_dir", "directory path"),
     (WS, {"progress": None}, "progress", "True or False"),
     # ArtifactWriter
+    # windows and tensor selections (every callback, from the shared base)
+    (SURP, {"start": 1.5}, "start", "[0, 1]"),
+    (NE, {"end": -0.1}, "end", "[0, 1]"),
+    (TERN, {"start": 0.8, "end": 0.2}, "start", "fractions of the fit"),
+    (WS, {"at_epoch": 2, "end": 0.5}, "end", "not both"),
+    (SURP, {"parameters": []}, "parameters", "list of parameter/module names"),
+    (WS, {"parameters": "biases"}, "parameters", "'weights'"),
     (lc.ArtifactWriter, {"precision": "int8"}, "precision", "'float16'"),
     (lc.ArtifactWriter, {"path": 3}, "path", "file path"),
     (lc.ArtifactWriter, {"metadata": [1]}, "metadata", "dict"),
@@ -187,3 +194,10 @@ def test_nan_calibration_statistics_are_named(tmp_path: Path) -> None:
 
     with pytest.raises(FloatingPointError, match=r"calibration statistics of 0's outputs hold NaN"):
         pl.Trainer(callbacks=[Poison(), callback], **trainer_kwargs(tmp_path)).fit(model, train, val)
+
+
+def test_unknown_names_in_a_tensor_selection_are_listed() -> None:
+    from lightning_compress.functional.selection import select_parameters
+
+    with pytest.raises(ValueError, match=r"`parameters` names \['9'\].*its parameters: \['0.weight'"):
+        select_parameters(_net(), ["0", "9"])
