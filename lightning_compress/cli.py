@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
@@ -27,8 +28,10 @@ from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.codec.container import load
 from lightning_compress.module import evaluate_accuracy
 from lightning_compress.report import size_report
+from lightning_compress.sweep import dense_reference, sweep_group
+from lightning_compress.tracking import finish_wandb, go_offline_without_key, log_artifact_to_wandb
 
-__all__ = ["instantiate_children", "log_artifact_to_wandb", "main", "train"]
+__all__ = ["instantiate_children", "main", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +45,14 @@ def instantiate_children(node: DictConfig | None) -> list[Any]:
     return [instantiate(child) for child in node.values() if isinstance(child, DictConfig) and "_target_" in child]
 
 
-def _wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", "~/.netrc")).expanduser()
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
 def _prepare_wandb(cfg: DictConfig) -> None:
-    """Go offline (in one line) when W&B is the logger and there is no API key, instead of prompting."""
+    """Group a sweep's runs and go offline (in one line) when W&B is the logger and there is no API key."""
     if not cfg.get("logger") or "wandb" not in cfg.logger:
         return
-    if os.environ.get("WANDB_MODE") or _wandb_has_credentials():
-        return
-    os.environ["WANDB_MODE"] = "offline"
-    log.info(
-        "W&B: no API key found, logging offline to %s/wandb (upload later with `wandb sync`).", cfg.paths.output_dir
-    )
-
-
-def _finish_wandb() -> None:
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+    if _in_multirun() and cfg.logger.wandb.get("group") is None:
+        # the jobs of one sweep share a W&B group, where the sweep summary's scatter also goes (SweepSummary)
+        cfg.logger.wandb.group = sweep_group(cfg.task_name, HydraConfig.get().sweep.dir)
+    go_offline_without_key(cfg.paths.output_dir)
 
 
 class SpawnedProcessGroupTeardown(pl.Callback):
@@ -182,17 +168,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
     return metrics, objects
 
 
-def log_artifact_to_wandb(logger: Any, path: Path, metrics: Mapping[str, float], task_name: str) -> None:
-    """Log the ``.lcz`` file as a W&B artifact of type ``model``, its size and accuracy figures as metadata."""
-    import wandb
-
-    keys = ("size/artifact_bytes", "size/ratio", "size/params", "test/acc", "test/acc_artifact", "val/acc")
-    metadata = {k: float(metrics[k]) for k in keys if k in metrics}
-    artifact = wandb.Artifact(name=f"{task_name}-model", type="model", metadata=metadata)
-    artifact.add_file(str(path), name=path.name)
-    logger.experiment.log_artifact(artifact, aliases=["latest"])
-
-
 def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     """Print this run next to the dense reference a committed benchmark measured (``reference.file``/``.net``).
 
@@ -203,28 +178,23 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     file, net = reference.get("file"), reference.get("net")
     if not file or "test/acc_artifact" not in metrics:
         return
-    path = Path(str(file))
-    if not path.is_file():
-        log.warning("Dense reference %s not found; run `python -m bench.composed_fmnist` to measure it.", path)
+    found = dense_reference(file, str(net))
+    if found is None:
+        log.warning(
+            "Dense reference: %s is missing or holds no %r dense run; `python -m bench.composed_fmnist` measures it.",
+            file,
+            net,
+        )
         return
-    import json
-    import statistics
-
-    runs = json.loads(path.read_text())["runs"]
-    per_seed = [[v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")] for run in runs]
-    best = [max(accs) for accs in per_seed if accs]  # seeds that measured this net
-    if not best:
-        log.warning("Dense reference %s holds no %r runs.", path, net)
-        return
-    dense = statistics.fmean(best)
+    dense, seeds = found
     metrics["reference/dense_acc"] = dense
     drop = 100 * (dense - metrics["test/acc_artifact"])
     log.info(
         "Dense reference (read from %s, not trained in this job: the best of its dense runs per seed, mean of %d "
         "seeds): test/acc %.4f. This run, reloaded from its artifact: %.4f, %.1fx smaller than fp32, a drop of "
         "%.2f pt.",
-        path,
-        len(best),
+        file,
+        seeds,
         dense,
         metrics["test/acc_artifact"],
         metrics.get("size/ratio", math.nan),
@@ -258,18 +228,29 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         metrics, _ = train(cfg)
     except Exception as err:
         _write_job_metrics(cfg, {}, f"failed: {type(err).__name__}: {err}")
-        raise
+        if not _in_multirun():
+            raise
+        # One failed job must not end the sweep (Hydra's sweepers stop at the first exception): it becomes a failed
+        # row of the sweep summary and a NaN objective, which Optuna records as a failed trial.
+        log.exception("Job failed; the sweep goes on (see the `failed` row of sweep_summary.csv).")
+        name = cfg.get("optimized_metric")
+        return None if not name else (math.nan if isinstance(name, str) else tuple(math.nan for _ in name))
     finally:
-        _finish_wandb()
+        finish_wandb()
     _write_job_metrics(cfg, metrics, "ok")
     return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def _in_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not under Hydra
+        return False
 
 
 def _write_job_metrics(cfg: DictConfig, metrics: Mapping[str, float], status: str) -> None:
     """``job_metrics.json`` in the job's output dir: what the sweep summary (:mod:`lightning_compress.sweep`) reads."""
     import json
-
-    from hydra.core.hydra_config import HydraConfig
 
     from lightning_compress.sweep import JOB_METRICS
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-__all__ = ["JOB_METRICS", "SweepSummary", "pareto_mask", "summarise_sweep"]
+__all__ = ["JOB_METRICS", "SweepSummary", "dense_reference", "pareto_mask", "summarise_sweep", "sweep_group"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,32 @@ def pareto_mask(sizes: Sequence[float], accuracies: Sequence[float]) -> list[boo
     ]
 
 
+def sweep_group(task_name: str, sweep_dir: str | Path) -> str:
+    """The W&B group of a sweep's runs and of its summary: the task name and the sweep directory's name.
+
+    Example:
+        >>> sweep_group("train", "outputs/train/multiruns/2026-11-30_01-40-00")
+        'train-2026-11-30_01-40-00'
+    """
+    return f"{task_name}-{Path(str(sweep_dir)).name}"
+
+
+def dense_reference(file: str | Path, net: str) -> tuple[float, int] | None:
+    """The dense test accuracy a committed benchmark measured for ``net``, and over how many seeds.
+
+    ``file`` is a benchmark result (``{"runs": [{"<net>/dense@<lr>": {"acc": ...}, ...}, ...]}``, one entry per
+    seed); the reference is the mean over seeds of each seed's best dense run. ``None`` when the file is missing or
+    holds no dense run of ``net``.
+    """
+    path = Path(str(file))
+    if not path.is_file():
+        return None
+    runs = json.loads(path.read_text())["runs"]
+    per_seed = [[v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")] for run in runs]
+    best = [max(accs) for accs in per_seed if accs]  # seeds that measured this net
+    return (sum(best) / len(best), len(best)) if best else None
+
+
 def _row(job_dir: Path) -> dict[str, Any]:
     path = job_dir / JOB_METRICS
     if not path.is_file():
@@ -66,10 +92,13 @@ def _row(job_dir: Path) -> dict[str, Any]:
     }
 
 
-def summarise_sweep(sweep_dir: str | Path, console: Any = None) -> Path | None:
-    """Write ``sweep_summary.{csv,png}`` into ``sweep_dir`` from its jobs' ``job_metrics.json``; the CSV's path.
+def summarise_sweep(
+    sweep_dir: str | Path, console: Any = None, reference_acc: float | None = None
+) -> list[dict[str, Any]]:
+    """Write ``sweep_summary.{csv,png}`` into ``sweep_dir`` from its jobs' ``job_metrics.json``; the rows.
 
-    Returns ``None`` when the directory holds no job.
+    ``reference_acc`` (the dense model's test accuracy, when the sweep has one) is drawn on the PNG. Returns no row
+    when the directory holds no job.
     """
     sweep = Path(sweep_dir)
     jobs = (
@@ -78,7 +107,7 @@ def summarise_sweep(sweep_dir: str | Path, console: Any = None) -> Path | None:
         else []
     )
     if not jobs:
-        return None
+        return []
     rows = [_row(job) for job in jobs]
     scored = [r for r in rows if r["status"] == "ok" and r.get("artifact_bytes") and r.get("artifact_acc") is not None]
     mask = pareto_mask([r["artifact_bytes"] for r in scored], [r["artifact_acc"] for r in scored])
@@ -92,12 +121,12 @@ def summarise_sweep(sweep_dir: str | Path, console: Any = None) -> Path | None:
         writer.writeheader()
         writer.writerows({c: row.get(c) for c in _COLUMNS} for row in rows)
     if scored:
-        _plot(scored, sweep / "sweep_summary.png")
+        _plot(scored, sweep / "sweep_summary.png", reference_acc)
     _print_pareto([r for r in scored if r["pareto"]], len(rows), console)
-    return csv_path
+    return rows
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], path: Path, reference_acc: float | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,6 +144,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     )
     for r in front:
         ax.annotate(r["job"], (r["artifact_bytes"], 100 * r["artifact_acc"]), fontsize=7)
+    if reference_acc is not None:
+        ax.axhline(100 * reference_acc, c="k", ls="--", lw=1, label=f"dense reference {100 * reference_acc:.2f}%")
     ax.set_xscale("log")
     ax.set_xlabel("artifact bytes on disk")
     ax.set_ylabel("test accuracy of the reloaded artifact (%)")
@@ -144,14 +175,35 @@ def _print_pareto(front: list[dict[str, Any]], jobs: int, console: Any) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: :func:`summarise_sweep` on the sweep directory when a multirun ends."""
+    """Hydra callback: when a multirun ends, :func:`summarise_sweep` on the sweep directory, then W&B.
+
+    The dense reference (``reference.{file,net}``, set by the ``full_*`` recipes) is drawn on the picture; when the
+    sweep logs to W&B (``logger: wandb``), one more run in the sweep's group holds the table and a bytes-accuracy
+    scatter (:func:`lightning_compress.tracking.log_sweep_to_wandb`).
+    """
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         """Summarise the finished sweep (a broken summary never fails the sweep: it is logged)."""
+        sweep = Path(str(config.hydra.sweep.dir))
         try:
-            path = summarise_sweep(config.hydra.sweep.dir)
+            reference = config.get("reference") or {}
+            dense = dense_reference(reference["file"], str(reference.get("net"))) if reference.get("file") else None
+            rows = summarise_sweep(sweep, reference_acc=dense[0] if dense else None)
+            if not rows:
+                return
+            log.info("Sweep summary: %s (and sweep_summary.png)", sweep / "sweep_summary.csv")
+            logger = config.get("logger")
+            if logger and "wandb" in logger:
+                from lightning_compress.tracking import log_sweep_to_wandb
+
+                png = sweep / "sweep_summary.png"
+                log_sweep_to_wandb(
+                    rows,
+                    _COLUMNS,
+                    png if png.is_file() else None,
+                    project=str(logger.wandb.get("project") or "lightning_compress"),
+                    group=str(logger.wandb.get("group") or sweep_group(config.task_name, sweep)),
+                    save_dir=sweep,
+                )
         except Exception:
-            log.exception("Sweep summary failed for %s", config.hydra.sweep.dir)
-            return
-        if path is not None:
-            log.info("Sweep summary: %s (and sweep_summary.png)", path)
+            log.exception("Sweep summary failed for %s", sweep)

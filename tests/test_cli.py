@@ -297,20 +297,58 @@ def test_multirun_ends_with_a_sweep_summary(tmp_path: Path, fake_fmnist_root: Pa
     assert "Pareto-optimal" in proc.stdout
 
 
-def test_sweep_summary_reports_a_failed_job(tmp_path: Path) -> None:
-    import csv
+def test_a_failed_job_is_a_failed_row_not_the_end_of_the_sweep(tmp_path: Path, fake_fmnist_root: Path) -> None:
+    """A real multirun whose second job gets bad input: the sweep finishes, the summary has a failed row."""
+    args = ["compress=[successive_pruning]", "compress.successive_pruning.target_sparsity=0.5,1.5"]
+    proc, _, rows = _run_sweep(args, "train", tmp_path, fake_fmnist_root)
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[0]["pareto"] == "True"
+    assert rows[1]["pareto"] == "False"
+    assert "Job failed" in proc.stdout + proc.stderr
+    assert "target_sparsity" in proc.stdout + proc.stderr
+
+
+def test_sweep_summary_draws_the_dense_reference(tmp_path: Path) -> None:
+    """The callback reads the dense reference of ``reference.{file,net}`` (as the full_* recipes set it)."""
     import json
 
-    from lightning_compress.sweep import JOB_METRICS, summarise_sweep
+    from lightning_compress.sweep import JOB_METRICS, SweepSummary, dense_reference
 
     (tmp_path / "0").mkdir()
-    (tmp_path / "1").mkdir()
     metrics = {"test/acc": 0.8, "test/acc_artifact": 0.8, "size/artifact_bytes": 1000.0, "size/ratio": 10.0}
     (tmp_path / "0" / JOB_METRICS).write_text(json.dumps({"status": "ok", "overrides": ["a=1"], "metrics": metrics}))
-    path = summarise_sweep(tmp_path)
-    assert path is not None
-    rows = list(csv.DictReader(path.open()))
-    assert [(r["job"], r["status"], r["pareto"]) for r in rows] == [("0", "ok", "True"), ("1", "failed", "False")]
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"runs": [{"mlp/dense@0.1": {"acc": 0.9}}, {"mlp/dense@0.1": {"acc": 0.8}}]}))
+    assert dense_reference(bench, "mlp") == pytest.approx((0.85, 2))
+    assert dense_reference(bench, "cnn") is None
+    assert dense_reference(tmp_path / "none.json", "mlp") is None
+    config = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(tmp_path)}}, "task_name": "t", "reference": {"file": str(bench), "net": "mlp"}}
+    )
+    SweepSummary().on_multirun_end(config)
+    assert (tmp_path / "sweep_summary.csv").is_file()
+    assert (tmp_path / "sweep_summary.png").stat().st_size > 1000
+
+
+def test_sweep_scatter_goes_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per sweep, one offline W&B run holds the summary table and the bytes-accuracy scatter (no network)."""
+    from lightning_compress.tracking import log_sweep_to_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = [
+        {"job": "0", "status": "ok", "artifact_bytes": 900.0, "artifact_acc": 0.8, "pareto": True},
+        {"job": "1", "status": "failed", "artifact_bytes": None, "artifact_acc": None, "pareto": False},
+    ]
+    columns = ["job", "status", "artifact_bytes", "artifact_acc", "pareto"]
+    run_dir = log_sweep_to_wandb(rows, columns, None, project="p", group="g", save_dir=tmp_path)
+    assert run_dir is not None
+    assert "offline-run" in run_dir.name
+    tables = sorted(p.name for p in run_dir.rglob("*.table.json"))
+    assert any(n.startswith("summary_") for n in tables), tables  # media/table/sweep/summary_*.table.json
+    assert any("bytes_vs_acc" in n for n in tables), tables
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert log_sweep_to_wandb(rows, columns, None, project="p", group="g", save_dir=tmp_path) is None
 
 
 def test_pareto_search_runs_two_objective_trials(tmp_path: Path, fake_fmnist_root: Path) -> None:
@@ -329,7 +367,7 @@ def test_artifact_goes_to_wandb_as_a_model(tmp_path: Path, monkeypatch: pytest.M
     import torch
     from lightning.pytorch.loggers import WandbLogger
 
-    from lightning_compress.cli import log_artifact_to_wandb
+    from lightning_compress.tracking import log_artifact_to_wandb
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     logged: list[object] = []
@@ -361,7 +399,9 @@ def test_slurm_launcher_config_composes() -> None:
 
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="lightning_compress.conf"):
-        cfg = compose("train", overrides=["hydra/launcher=lc_slurm", "trainer=ddp"], return_hydra_config=True)
+        overrides = ["hydra/launcher=lc_slurm", "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.gpus_per_node=4"]
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
     GlobalHydra.instance().clear()
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.tasks_per_node == 1
+    # one SLURM task per GPU on as many nodes as the trainer uses: what Lightning DDP expects under SLURM
+    assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node) == (2, 4)
