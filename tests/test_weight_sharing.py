@@ -110,6 +110,46 @@ def test_merge_never_increases_validation_error() -> None:
     assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
 
 
+def test_codebook_from_sorted_values_equals_uniform_binning() -> None:
+    """The search's O(k log N) codebook (prefix sums over the sorted values) is uniform_binning's, for every k."""
+    torch.manual_seed(0)
+    w = [torch.randn(40, 30) ** 3, torch.zeros(7), torch.randn(5)]
+    w[0][w[0].abs() < 0.05] = 0.0  # a pruned support, kept
+    problem = WeightSharingProblem(w, lambda: 0.0, keep_zeros=[True, False, False])
+    for k in (2, 3, 9, 64, 500):
+        exact = uniform_binning(problem.values, k)
+        codebook, counts = problem.uniform_codebook(k)
+        torch.testing.assert_close(codebook, exact.codebook, rtol=1e-12, atol=1e-15)
+        assert torch.equal(counts, exact.counts)
+        problem.evaluate_k(k)  # writes through the sorted order ...
+        fast = [t.clone() for t in w]
+        problem.write(exact)  # ... the same values as the exact binning's
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=0) for a, b in zip(fast, w, strict=True))
+        assert all(bool((t[o == 0] == 0).all()) for t, o in zip(w[:1], problem.original[:1], strict=True))
+
+
+def test_screened_search_confirms_its_choice_on_all_validation_data(tmp_path: Path) -> None:
+    """With a screen smaller than the validation data, only a few candidates run on all of it; the choice is judged
+    there, within the budget."""
+    ws = lc.WeightSharing(
+        k_bounds=(2, 64), pop_size=8, n_gen=4, progress=False, accuracy_budget=0.02, screen_samples=48
+    )
+    _fit(tmp_path, ws)
+    summary = ws.summary()
+    assert summary["weight_sharing/baseline_metric"] > 0.8  # the dense net learned (chance: 0.25)
+    assert ws.screen_used
+    assert 0 < summary["weight_sharing/full_evaluations"] < summary["weight_sharing/evaluations"] / 2
+    chosen = min(
+        (p for p in ws.points if p.error <= 1 - summary["weight_sharing/baseline_metric"] + 0.02),
+        key=lambda p: (p.num_shared, p.error),
+    )
+    assert summary["weight_sharing/num_shared"] == chosen.num_shared
+    assert summary["weight_sharing/metric"] >= summary["weight_sharing/baseline_metric"] - 0.02  # on all 128 samples
+    csv = (tmp_path / "weight_sharing_pareto.csv").read_text()
+    assert ",screen," in csv
+    assert ",validation," in csv
+
+
 def test_pareto_front_rule() -> None:
     pts = [SearchPoint(2, 2, 0.5), SearchPoint(3, 3, 0.5), SearchPoint(8, 7, 0.1), SearchPoint(9, 7, 0.1)]
     assert [p.k for p in pareto_front(pts)] == [2, 8]
@@ -140,7 +180,8 @@ def test_callback_shares_exactly_k_values_and_round_trips(tmp_path: Path) -> Non
     assert torch.equal(loaded(x), model.backbone.eval()(x))
     report = lc.size_report(path)
     assert report.ratio > 32 / (summary["weight_sharing/entropy_bits"] + 2)
-    assert (tmp_path / "weight_sharing_pareto.csv").read_text().count("\n") == len(ws.points) + 1
+    rows = len(ws.screened) + sum(ws.screen_used or p.merged for p in ws.points)
+    assert (tmp_path / "weight_sharing_pareto.csv").read_text().count("\n") == rows + 1
     assert (tmp_path / "weight_sharing_pareto.png").stat().st_size > 1000
 
 

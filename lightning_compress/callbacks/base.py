@@ -16,12 +16,14 @@ Composition (several callbacks in one ``fit``) rests on four rules kept here, so
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -42,7 +44,7 @@ from lightning_compress.functional.forward import (
     to_device,
 )
 
-__all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback", "default_windows"]
+__all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback", "compression_event", "default_windows"]
 
 #: Method a LightningModule may define, ``lc_forward_inputs(batch)``: the forward's arguments for a training batch.
 FORWARD_INPUTS_ATTR = "lc_forward_inputs"
@@ -50,6 +52,40 @@ FORWARD_INPUTS_ATTR = "lc_forward_inputs"
 _SHARDING_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 
 log = logging.getLogger(__name__)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def compression_event(name: str) -> Callable[[_Method], _Method]:
+    """Mark a callback method as a compression event (a stage, an elimination round, the search, ...).
+
+    Its wall time is added to ``callback.event_seconds[name]`` and it shows in ``torch.profiler`` traces as
+    ``lc/<Callback>/<name>``, so a fit's overhead splits into per-step work and events (``bench.overhead``).
+
+    Example:
+        >>> class Demo(CompressionCallback):
+        ...     @compression_event("stage")
+        ...     def stage(self) -> int:
+        ...         return 1
+        >>> cb = Demo()
+        >>> cb.stage(), sorted(cb.event_seconds), cb.event_counts["stage"]
+        (1, ['stage'], 1)
+    """
+
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def timed(self: CompressionCallback, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            with torch.profiler.record_function(f"lc/{self.owner}/{name}"):
+                try:
+                    return method(self, *args, **kwargs)
+                finally:
+                    self.event_seconds[name] = self.event_seconds.get(name, 0.0) + time.perf_counter() - started
+                    self.event_counts[name] = self.event_counts.get(name, 0) + 1
+
+        return timed  # type: ignore[return-value]
+
+    return wrap
 
 
 def default_windows(callbacks: Iterable[CompressionCallback]) -> dict[int, tuple[float, float]]:
@@ -126,6 +162,9 @@ class CompressionCallback(Callback):
         self._support: dict[str, torch.Tensor] = {}
         #: tensor name -> value held fixed (gradients zeroed, value put back after every step)
         self._frozen: dict[str, torch.Tensor] = {}
+        #: wall seconds and calls of each compression event (methods marked with :func:`compression_event`)
+        self.event_seconds: dict[str, float] = {}
+        self.event_counts: dict[str, int] = {}
 
     @property
     def owner(self) -> str:

@@ -21,7 +21,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
-from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
 from lightning_compress.functional.forward import ForwardInputs
@@ -501,6 +501,7 @@ class NeuronElimination(CompressionCallback):
             return self.pairs
         return [replace(p, channels=len(a)) for p, a in zip(self.pairs, alive, strict=True)]
 
+    @compression_event("round")
     def _run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = self.target_module(pl_module)
         if self.accuracy_budget is not None and self._snapshot is None:
@@ -575,6 +576,7 @@ class NeuronElimination(CompressionCallback):
 
     # -- accuracy budget -------------------------------------------------------------------------------------------
     @override
+    @compression_event("validation_check")
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.accuracy_budget is None or self._finished:
             return
@@ -629,6 +631,7 @@ class NeuronElimination(CompressionCallback):
         if not self._finished:
             self._finish_structure(trainer, pl_module, rebuild=False)
 
+    @compression_event("shrink")
     def _finish_structure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rebuild: bool) -> None:
         """Shrink the layers to the surviving neurons (mask removal); ``rebuild``: the fit goes on after it."""
         if not self.pairs:

@@ -18,7 +18,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
-from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
@@ -239,6 +239,7 @@ class SuccessivePruning(CompressionCallback):
         self.hold_support(pl_module, masks)
         return result
 
+    @compression_event("stage")
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
         names = self._value_names(trainer.lightning_module) if final else self._names
         if final and names != self._names:  # some values went to a value method: keep the support they have now

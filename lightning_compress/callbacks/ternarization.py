@@ -22,7 +22,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
-from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.functional.forward import call_forward
 from lightning_compress.functional.ternarization import (
@@ -215,6 +215,7 @@ class Ternarization(CompressionCallback):
         )
 
     # ntk ---------------------------------------------------------------------------------------------------------
+    @compression_event("swap")
     def _setup_ntk(self, trainer: pl.Trainer, module: nn.Module) -> None:
         nets = [m for m in module.modules() if isinstance(m, RandomFeatureMLP)]
         if len(nets) != 1:
@@ -331,6 +332,7 @@ class Ternarization(CompressionCallback):
                 chosen.remove(name)
         return chosen
 
+    @compression_event("swap")
     def _setup_qat(self, trainer: pl.Trainer, module: nn.Module) -> None:
         names = self._qat_layers(module)
         options = {"rule": self.rule, "sparsity": self.sparsity, "per_channel": self.per_channel}
@@ -429,6 +431,7 @@ class Ternarization(CompressionCallback):
         if not self._baked and self._swapped and self.ternarized:
             self._finish_values(trainer, pl_module)
 
+    @compression_event("bake")
     def _finish_values(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = self.target_module(pl_module)
         if self.mode == "qat":

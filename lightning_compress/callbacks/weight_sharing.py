@@ -21,7 +21,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_number, check_parameters
-from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.functional.weight_sharing import (
     Binning,
     SearchPoint,
@@ -39,6 +39,8 @@ __all__ = ["WeightSharing"]
 log = logging.getLogger(__name__)
 
 _METRICS = ("accuracy", "f1_macro")
+#: How far above the budget a screened error may be and still be confirmed (the screen's sampling noise).
+_SCREEN_SLACK = 0.005
 
 
 class WeightSharing(CompressionCallback):
@@ -50,9 +52,12 @@ class WeightSharing(CompressionCallback):
     1. the selected tensors are concatenated; ``k`` equal-width bins between their min and max; empty bins dropped;
        each weight takes the mean of its bin;
     2. NSGA-II (pymoo) searches ``k`` in ``k_bounds`` minimising (validation error, number of shared values), with
-       fitness cached per ``k`` and the validation inputs cached in memory;
-    3. for up to ``merge_candidates`` front solutions within ``accuracy_budget`` (fewest shared values first),
-       neighbouring bins are merged while the validation error does not increase;
+       fitness cached per ``k`` and the validation inputs cached in memory; the candidates are screened on the first
+       ``screen_samples`` validation samples, and the front solutions near the budget are confirmed on all of them
+       (fewest shared values first);
+    3. for up to ``merge_candidates`` confirmed solutions within ``accuracy_budget`` (fewest shared values first),
+       neighbouring bins are merged while the screened error does not increase; each result is scored on all the
+       validation data;
     4. **choice rule**: the solution with the fewest shared values whose validation metric is within
        ``accuracy_budget`` of the unshared model's (if none is, the most accurate one, with a warning).
 
@@ -80,6 +85,9 @@ class WeightSharing(CompressionCallback):
         merge_candidates: how many front solutions are merged.
         at_epoch: alias of ``end`` in epochs: share at the end of this epoch (0-based) and keep training the rest.
         max_val_samples: cap on cached validation samples (``None`` = the whole validation loader).
+        screen_samples: the search screens candidates on the first this many validation samples and confirms on
+            the whole validation data only the front solutions near the budget and the merged ones (``None``: every
+            candidate on all of it, as the paper does; also when the validation data is not larger).
         seed: NSGA-II seed.
         output_dir: where the Pareto CSV/PNG go (default: the trainer's log dir).
         progress: show a progress bar over generations (rank 0).
@@ -111,6 +119,7 @@ class WeightSharing(CompressionCallback):
         merge_candidates: int = 3,
         at_epoch: int | None = None,
         max_val_samples: int | None = None,
+        screen_samples: int | None = 1000,
         seed: int = 1,
         output_dir: str | None = None,
         progress: bool = True,
@@ -138,6 +147,7 @@ class WeightSharing(CompressionCallback):
         if at_epoch is not None and end is not None:
             raise ValueError("Give `end` (a fraction of the fit) or its alias `at_epoch` (an epoch), not both.")
         check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
+        check_number("screen_samples", screen_samples, low=1, integer=True, allow_none=True)
         check_number("seed", seed, low=0, integer=True)
         if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
             raise ValueError(f"`output_dir` must be None or a directory path, got {output_dir!r}.")
@@ -152,9 +162,13 @@ class WeightSharing(CompressionCallback):
         self.merge_candidates = merge_candidates
         self.at_epoch = at_epoch
         self.max_val_samples = max_val_samples
+        self.screen_samples = screen_samples
         self.seed = seed
         self.output_dir = output_dir
         self.progress = progress
+        #: the search's points (scored on the screen when there is one) and the ones scored on all validation data
+        self.screened: list[SearchPoint] = []
+        self.screen_used = False
         self.points: list[SearchPoint] = []
         self._state: dict[str, Any] = {"done": False}
 
@@ -226,6 +240,7 @@ class WeightSharing(CompressionCallback):
         self._state = {"done": False, **state_dict}
 
     # -- the method --------------------------------------------------------------------------------------------
+    @compression_event("search")
     def share(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Search on rank 0, broadcast the chosen codebook and indices, apply them on every rank."""
         module = self.target_module(pl_module)
@@ -265,6 +280,7 @@ class WeightSharing(CompressionCallback):
                 "metric",
                 "search_s",
                 "evaluations",
+                "full_evaluations",
                 "entropy_bits",
                 "huffman_bits",
                 "merged",
@@ -275,7 +291,8 @@ class WeightSharing(CompressionCallback):
             f"WeightSharing: {decision['num_shared']} shared values (k={decision['k']}, merged={decision['merged']}"
             f"{', zeros kept' if any(keep_zeros) else ''}), val {self.metric} {decision['metric']:.4f} vs "
             f"{decision['baseline_metric']:.4f} unshared, index entropy {decision['entropy_bits']:.3f} bits, "
-            f"{decision['evaluations']} evaluations in {decision['search_s']:.1f}s."
+            f"{decision['evaluations']} evaluations ({decision['full_evaluations']} on all {decision['val_samples']} "
+            f"validation samples) in {decision['search_s']:.1f}s."
         )
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
@@ -386,18 +403,43 @@ class WeightSharing(CompressionCallback):
     ) -> dict[str, Any]:
         started = time.perf_counter()
         batches = self._validation_batches(trainer, pl_module, pl_module.device)
-        problem = WeightSharingProblem(params, self._error_fn(pl_module, batches), keep_zeros)
+        screen = self._screen_batches(batches)
+        problem = WeightSharingProblem(
+            params,
+            self._error_fn(pl_module, batches),
+            keep_zeros,
+            screen_fn=self._error_fn(pl_module, screen) if screen else None,
+        )
         baseline_error = problem.error_fn()
+        baseline_screen = problem.screen_fn() if problem.screen_fn is not None else baseline_error
         k_min, k_max = self.k_bounds
         with self._progress_bar(self.n_gen) as advance:
             nsga2_search(problem.evaluate_k, (k_min, k_max), self.pop_size, self.n_gen, self.seed, advance)
-        self.points = list(problem.cache.values())
+        self.screened = list(problem.cache.values())
+        self.screen_used = problem.screen_fn is not None
         budget_error = baseline_error + self.accuracy_budget
+        # Confirm the screened front on the whole validation split, fewest shared values first, until enough
+        # solutions are within the budget to merge (without a screen, confirming reads the cache).
+        slack = _SCREEN_SLACK if problem.screen_fn is not None else 0.0
+        wanted = max(1, self.merge_candidates if self.merge else 1)
+        confirmed: list[SearchPoint] = []
+        for point in pareto_front(self.screened):
+            if point.error > baseline_screen + self.accuracy_budget + slack:
+                continue
+            confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
+            if sum(c.error <= budget_error for c in confirmed) >= wanted:
+                break
+        if not any(c.error <= budget_error for c in confirmed):  # the fallback below needs the most accurate one
+            best = min(self.screened, key=lambda p: (p.error, p.num_shared))
+            confirmed.append(SearchPoint(best.k, best.num_shared, problem.confirm(best.k)))
+        self.points = list(dict.fromkeys(confirmed))
         merged_binnings: dict[int, Binning] = {}
         if self.merge:
-            front = [p for p in pareto_front(self.points) if p.error <= budget_error]
-            for point in front[: self.merge_candidates]:
+            within_budget = sorted((c for c in self.points if c.error <= budget_error), key=lambda c: c.num_shared)
+            for point in within_budget[: self.merge_candidates]:
                 binning, error = problem.merge_until_no_improvement(point.k)
+                if problem.screen_fn is not None:  # merges were judged on the screen: score the result on it all
+                    error = problem.error_of(binning, full=True)
                 merged_binnings[point.k] = binning
                 self.points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
         problem.restore()
@@ -428,11 +470,29 @@ class WeightSharing(CompressionCallback):
             "baseline_metric": 1.0 - baseline_error,
             "metric": 1.0 - chosen.error,
             "evaluations": problem.evaluations,
+            "full_evaluations": problem.full_evaluations,
             "search_s": time.perf_counter() - started,
             "entropy_bits": entropy_bits(binning.counts),
             "huffman_bits": huffman_average_length(binning.counts),
             "val_samples": sum(len(y) for _, y in batches),
+            "screen_samples": sum(len(y) for _, y in screen),
         }
+
+    def _screen_batches(
+        self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``screen_samples`` validation samples; none when screening is off or would not be smaller."""
+        total = sum(len(y) for _, y in batches)
+        if self.screen_samples is None or total <= self.screen_samples:
+            return []
+        screen, seen = [], 0
+        for x, y in batches:
+            take = min(len(y), self.screen_samples - seen)
+            screen.append((x[:take], y[:take]))
+            seen += take
+            if seen >= self.screen_samples:
+                break
+        return screen
 
     def _progress_bar(self, total: int) -> Any:
         from contextlib import contextmanager
@@ -452,18 +512,22 @@ class WeightSharing(CompressionCallback):
 
     def _write_outputs(self, trainer: pl.Trainer, out: Path, baseline_error: float, chosen: SearchPoint) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        front = set(pareto_front([p for p in self.points if not p.merged]))
+        label = "screen" if self.screen_used else "validation"
+        front = set(pareto_front(self.screened))
+        scored = [(p, label) for p in self.screened]
+        scored += [(p, "validation") for p in self.points if self.screen_used or p.merged]
         rows = [
             {
                 "k": p.k,
                 "num_shared": p.num_shared,
                 "val_error": round(p.error, 6),
                 f"val_{self.metric}": round(1.0 - p.error, 6),
+                "scored_on": on,
                 "merged": p.merged,
-                "on_front": p in front or p.merged,
-                "chosen": p == chosen,
+                "on_front": (on == label and p in front) or p.merged,
+                "chosen": p == chosen and on == "validation",
             }
-            for p in sorted(self.points, key=lambda p: (p.merged, p.num_shared, p.k))
+            for p, on in sorted(scored, key=lambda t: (t[1], t[0].merged, t[0].num_shared, t[0].k))
         ]
         csv_path = out / "weight_sharing_pareto.csv"
         tmp = csv_path.with_suffix(".csv.tmp")
@@ -495,10 +559,20 @@ class WeightSharing(CompressionCallback):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        unmerged = [p for p in self.points if not p.merged]
-        ax.scatter([p.num_shared for p in unmerged], [1 - p.error for p in unmerged], s=8, c="0.7", label="evaluated")
+        label = "screened" if self.screen_used else "evaluated"
+        searched = self.screened
+        ax.scatter([p.num_shared for p in searched], [1 - p.error for p in searched], s=8, c="0.7", label=label)
         line = sorted(front, key=lambda p: p.num_shared)
-        ax.plot([p.num_shared for p in line], [1 - p.error for p in line], "o-", ms=4, label="Pareto front")
+        ax.plot([p.num_shared for p in line], [1 - p.error for p in line], "o-", ms=4, label=f"Pareto front ({label})")
+        if self.screen_used:
+            confirmed = [p for p in self.points if not p.merged]
+            ax.scatter(
+                [p.num_shared for p in confirmed],
+                [1 - p.error for p in confirmed],
+                marker="x",
+                c="tab:blue",
+                label="confirmed on all validation data",
+            )
         merged = [p for p in self.points if p.merged]
         if merged:
             ax.scatter([p.num_shared for p in merged], [1 - p.error for p in merged], c="tab:red", s=30, label="merged")

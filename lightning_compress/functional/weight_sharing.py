@@ -164,11 +164,18 @@ def pareto_front(points: Iterable[SearchPoint]) -> list[SearchPoint]:
 class WeightSharingProblem:
     """Writes binnings into a set of parameters and scores them with a user-supplied validation error.
 
+    What does not change between candidates is computed once: the values sorted (a uniform binning's bins are runs
+    of them, so its codebook comes from prefix sums in O(k log N)), where each binned entry sits in the parameters,
+    and the parameters' layout. A candidate is then scored with one scatter and one forward pass.
+
     Args:
         params: the tensors sharing one codebook (modified in place while evaluating; restore with :meth:`restore`).
         error_fn: validation error of the model as its parameters currently are (lower is better).
         keep_zeros: per tensor, whether its zeros are a pruned support to keep: then only its non-zeros are binned
             and its zeros stay exactly zero (default: bin every value).
+        screen_fn: a cheaper estimate of ``error_fn`` (e.g. on a validation subsample) that the search screens
+            candidates with (:meth:`evaluate_k`, :meth:`merge_until_no_improvement`); :meth:`confirm` then scores
+            the few that matter with ``error_fn``. ``None``: every score uses ``error_fn``.
 
     Example:
         >>> w = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0])
@@ -179,10 +186,15 @@ class WeightSharingProblem:
     """
 
     def __init__(
-        self, params: Sequence[torch.Tensor], error_fn: ErrorFn, keep_zeros: Sequence[bool] | None = None
+        self,
+        params: Sequence[torch.Tensor],
+        error_fn: ErrorFn,
+        keep_zeros: Sequence[bool] | None = None,
+        screen_fn: ErrorFn | None = None,
     ) -> None:
         self.params = list(params)
         self.error_fn = error_fn
+        self.screen_fn = screen_fn
         self.original = [p.detach().clone() for p in self.params]
         keep = list(keep_zeros) if keep_zeros is not None else [False] * len(self.params)
         if len(keep) != len(self.params):
@@ -192,20 +204,37 @@ class WeightSharingProblem:
             for o, k in zip(self.original, keep, strict=True)
         ]
         self.values = torch.cat([o.reshape(-1).cpu()[m] for o, m in zip(self.original, self.masks, strict=True)])
+        # computed once for every candidate
+        flat = self.values.double()
+        self._order = torch.argsort(flat, stable=True)
+        self._sorted = flat[self._order]
+        self._prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self._sorted, 0)])
+        mask = torch.cat(self.masks)
+        self._kept = None if bool(mask.all()) else mask.nonzero().reshape(-1)
+        self._total = mask.numel()
+        #: k -> point scored by the screen (or by ``error_fn`` without one)
         self.cache: dict[int, SearchPoint] = {}
+        #: k -> error of the exact ``k``-bin binning under ``error_fn`` (see :meth:`confirm`)
+        self.confirmed: dict[int, float] = {}
         self.evaluations = 0
+        self.full_evaluations = 0
 
     @torch.no_grad()
+    def _write_kept(self, kept: torch.Tensor) -> None:
+        """Write the binned entries' new values (in :attr:`values` order); the other entries stay zero."""
+        if self._kept is None:
+            full = kept
+        else:
+            full = torch.zeros(self._total, dtype=kept.dtype)
+            full[self._kept] = kept
+        offset = 0
+        for p in self.params:
+            p.copy_(full[offset : offset + p.numel()].reshape(p.shape))
+            offset += p.numel()
+
     def write(self, binning: Binning) -> None:
         """Set every (kept) entry to its shared value."""
-        flat = binning.values(torch.float32)
-        offset = 0
-        for p, mask in zip(self.params, self.masks, strict=True):
-            n = int(mask.sum())
-            full = torch.zeros(p.numel(), dtype=torch.float32)
-            full[mask] = flat[offset : offset + n]
-            p.copy_(full.reshape(p.shape).to(p.device, p.dtype))
-            offset += n
+        self._write_kept(binning.values(torch.float32))
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -213,25 +242,64 @@ class WeightSharingProblem:
         for p, o in zip(self.params, self.original, strict=True):
             p.copy_(o)
 
-    def error_of(self, binning: Binning) -> float:
-        """Validation error with ``binning`` applied (counted in :attr:`evaluations`)."""
-        self.write(binning)
+    def uniform_codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codebook and counts of :func:`uniform_binning` with ``k`` edges, from the sorted values (no indices).
+
+        Example:
+            >>> problem = WeightSharingProblem([torch.tensor([0.0, 0.5, 1.0, 1.5, 4.0])], lambda: 0.0)
+            >>> [t.tolist() for t in problem.uniform_codebook(3)]
+            [[0.75, 4.0], [4, 1]]
+        """
+        if k < 2:
+            raise ValueError(f"`k` must be >= 2, got {k}.")
+        edges = torch.linspace(float(self._sorted[0]), float(self._sorted[-1]), k, dtype=torch.float64)
+        # bin j holds edges[j] <= v < edges[j + 1] (the last bin: v >= its edge), as in uniform_binning
+        starts = torch.searchsorted(self._sorted, edges, right=False)
+        starts[0] = 0
+        ends = torch.cat([starts[1:], torch.tensor([self._sorted.numel()])])
+        counts = ends - starts
+        nonempty = counts > 0
+        sums = self._prefix[ends] - self._prefix[starts]
+        return sums[nonempty] / counts[nonempty], counts[nonempty]
+
+    def _score(self, full: bool) -> float:
         self.evaluations += 1
-        return float(self.error_fn())
+        if full or self.screen_fn is None:
+            self.full_evaluations += 1
+            return float(self.error_fn())
+        return float(self.screen_fn())
+
+    def error_of(self, binning: Binning, full: bool = False) -> float:
+        """Error with ``binning`` applied: the screen's, or ``error_fn``'s with ``full`` (counted in evaluations)."""
+        self.write(binning)
+        return self._score(full)
 
     def evaluate_k(self, k: int) -> SearchPoint:
-        """Fitness of ``k`` uniform bins, cached per ``k``."""
+        """Fitness of ``k`` uniform bins (screened when there is a screen), cached per ``k``."""
         if k not in self.cache:
-            binning = uniform_binning(self.values, k)
-            self.cache[k] = SearchPoint(k, binning.num_shared, self.error_of(binning))
+            codebook, counts = self.uniform_codebook(k)
+            kept = torch.empty(self.values.numel(), dtype=torch.float32)
+            kept[self._order] = torch.repeat_interleave(codebook.float(), counts)
+            self._write_kept(kept)
+            self.cache[k] = SearchPoint(k, int(codebook.numel()), self._score(full=False))
         return self.cache[k]
 
+    def confirm(self, k: int) -> float:
+        """Error of the exact ``k``-bin binning under ``error_fn`` (cached; free when there is no screen)."""
+        if k not in self.confirmed:
+            if self.screen_fn is None and k in self.cache:
+                self.confirmed[k] = self.cache[k].error
+            else:
+                self.confirmed[k] = self.error_of(uniform_binning(self.values, k), full=True)
+        return self.confirmed[k]
+
     def merge_until_no_improvement(self, k: int) -> tuple[Binning, float]:
-        """Greedy merge of neighbouring bins of the ``k``-bin solution while the error does not increase.
+        """Greedy merge of neighbouring bins of the ``k``-bin solution while the (screened) error does not increase.
 
         At position ``i`` both merges (``i-1, i``) and (``i, i+1``) are scored; the best of (left, right, keep) wins,
         ties going to left, then right (a merge that does not hurt is taken). After a merge the same position is
-        tried again, otherwise ``i`` advances. The error never rises above the unmerged one.
+        tried again, otherwise ``i`` advances. The error never rises above the unmerged one. With a screen the
+        merges are judged by it; score the result with ``error_of(binning, full=True)``.
         """
         binning = uniform_binning(self.values, k)
         best = self.evaluate_k(k).error
