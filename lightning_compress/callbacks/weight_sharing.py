@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,12 @@ from lightning_compress.functional.weight_sharing import (
     Binning,
     SearchPoint,
     WeightSharingProblem,
+    choose_codebook,
     entropy_bits,
     huffman_average_length,
     nsga2_search,
     pareto_front,
     select_parameters,
-    uniform_binning,
 )
 
 __all__ = ["WeightSharing"]
@@ -39,8 +40,6 @@ __all__ = ["WeightSharing"]
 log = logging.getLogger(__name__)
 
 _METRICS = ("accuracy", "f1_macro")
-#: How far above the budget a screened error may be and still be confirmed (the screen's sampling noise).
-_SCREEN_SLACK = 0.005
 
 
 class WeightSharing(CompressionCallback):
@@ -410,49 +409,27 @@ class WeightSharing(CompressionCallback):
             keep_zeros,
             screen_fn=self._error_fn(pl_module, screen) if screen else None,
         )
-        baseline_error = problem.error_fn()
-        baseline_screen = problem.screen_fn() if problem.screen_fn is not None else baseline_error
-        k_min, k_max = self.k_bounds
         with self._progress_bar(self.n_gen) as advance:
-            nsga2_search(problem.evaluate_k, (k_min, k_max), self.pop_size, self.n_gen, self.seed, advance)
-        self.screened = list(problem.cache.values())
-        self.screen_used = problem.screen_fn is not None
-        budget_error = baseline_error + self.accuracy_budget
-        # Confirm the screened front on the whole validation split, fewest shared values first, until enough
-        # solutions are within the budget to merge (without a screen, confirming reads the cache).
-        slack = _SCREEN_SLACK if problem.screen_fn is not None else 0.0
-        wanted = max(1, self.merge_candidates if self.merge else 1)
-        confirmed: list[SearchPoint] = []
-        for point in pareto_front(self.screened):
-            if point.error > baseline_screen + self.accuracy_budget + slack:
-                continue
-            confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
-            if sum(c.error <= budget_error for c in confirmed) >= wanted:
-                break
-        if not any(c.error <= budget_error for c in confirmed):  # the fallback below needs the most accurate one
-            best = min(self.screened, key=lambda p: (p.error, p.num_shared))
-            confirmed.append(SearchPoint(best.k, best.num_shared, problem.confirm(best.k)))
-        self.points = list(dict.fromkeys(confirmed))
-        merged_binnings: dict[int, Binning] = {}
-        if self.merge:
-            within_budget = sorted((c for c in self.points if c.error <= budget_error), key=lambda c: c.num_shared)
-            for point in within_budget[: self.merge_candidates]:
-                binning, error = problem.merge_until_no_improvement(point.k)
-                if problem.screen_fn is not None:  # merges were judged on the screen: score the result on it all
-                    error = problem.error_of(binning, full=True)
-                merged_binnings[point.k] = binning
-                self.points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
-        problem.restore()
-        within = [p for p in self.points if p.error <= budget_error]
-        if within:
-            chosen = min(within, key=lambda p: (p.num_shared, p.error, p.merged))
-        else:
-            chosen = min(self.points, key=lambda p: (p.error, p.num_shared))
+            result = choose_codebook(
+                problem,
+                partial(
+                    nsga2_search,
+                    k_bounds=self.k_bounds,
+                    pop_size=self.pop_size,
+                    n_gen=self.n_gen,
+                    seed=self.seed,
+                    on_generation=advance,
+                ),
+                accuracy_budget=self.accuracy_budget,
+                merge_candidates=self.merge_candidates if self.merge else 0,
+            )
+        self.screened, self.points, self.screen_used = result.screened, result.points, result.screen_used
+        baseline_error, chosen, binning = result.baseline_error, result.chosen, result.binning
+        if not result.within_budget:
             rank_zero_warn(
                 f"WeightSharing: no solution within accuracy_budget={self.accuracy_budget}; using the most accurate "
                 f"one ({chosen.num_shared} shared values). Raise k_bounds[1] or the budget."
             )
-        binning = merged_binnings[chosen.k] if chosen.merged else uniform_binning(problem.values, chosen.k)
         if any(keep_zeros) and bool((binning.codebook == 0).any()):
             # a bin whose mean is exactly 0 would turn kept weights into pruned ones: nudge it off zero
             nudged = binning.codebook.clone()

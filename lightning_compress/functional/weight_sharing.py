@@ -19,8 +19,10 @@ from lightning_compress.functional.selection import select_parameters
 
 __all__ = [
     "Binning",
+    "CodebookChoice",
     "SearchPoint",
     "WeightSharingProblem",
+    "choose_codebook",
     "entropy_bits",
     "huffman_average_length",
     "kmeans_binning",
@@ -361,3 +363,94 @@ def nsga2_search(
         eliminate_duplicates=True,
     )
     minimize(_Problem(), algorithm, ("n_gen", n_gen), seed=seed, verbose=False, callback=_Progress())
+
+
+#: How far above the budget a screened error may be and still be confirmed (the screen's sampling noise).
+SCREEN_SLACK = 0.005
+
+
+@dataclass
+class CodebookChoice:
+    """What :func:`choose_codebook` decided, and what it looked at.
+
+    Attributes:
+        chosen: the chosen point (its error on ``error_fn``, i.e. all the validation data).
+        binning: its binning (merged or uniform).
+        baseline_error: the unshared model's error on ``error_fn``.
+        screened: every point the exploration scored (on the screen when the problem has one).
+        points: the points scored on ``error_fn``: confirmed front solutions and merged ones.
+        screen_used: whether the exploration ran on a screen.
+        within_budget: whether the chosen point is within the budget (else it is the most accurate one).
+    """
+
+    chosen: SearchPoint
+    binning: Binning
+    baseline_error: float
+    screened: list[SearchPoint]
+    points: list[SearchPoint]
+    screen_used: bool
+    within_budget: bool
+
+
+def choose_codebook(
+    problem: WeightSharingProblem,
+    explore: Callable[[Callable[[int], SearchPoint]], None],
+    accuracy_budget: float,
+    merge_candidates: int = 3,
+    slack: float = SCREEN_SLACK,
+) -> CodebookChoice:
+    """Explore ``k``, confirm the front near the budget, merge, and apply the choice rule.
+
+    1. ``explore(problem.evaluate_k)`` scores candidates (e.g. :func:`nsga2_search`, or every ``k`` of a range);
+    2. the front of what it scored is walked from the fewest shared values; a solution whose (screened) error is
+       within the budget plus ``slack`` (0 without a screen) is scored on ``error_fn`` (:meth:`~WeightSharingProblem.
+       confirm`), until ``max(1, merge_candidates)`` are within the budget there;
+    3. neighbouring bins of up to ``merge_candidates`` of those are merged (:meth:`~WeightSharingProblem.
+       merge_until_no_improvement`), each result scored on ``error_fn``;
+    4. the choice: the fewest shared values within ``accuracy_budget`` of the unshared error on ``error_fn`` (if
+       none is, the most accurate point).
+
+    The parameters are restored before returning.
+
+    Example:
+        >>> w = torch.linspace(-1, 1, 101)
+        >>> problem = WeightSharingProblem([w], lambda: float(w.abs().max() < 0.99))  # needs the extremes kept
+        >>> choice = choose_codebook(problem, lambda evaluate: [evaluate(k) for k in range(2, 12)], 0.0)
+        >>> choice.chosen.num_shared <= 3, choice.baseline_error, choice.within_budget
+        (True, 0.0, True)
+    """
+    problem.restore()
+    baseline_error = float(problem.error_fn())
+    screen_used = problem.screen_fn is not None
+    baseline_screen = float(problem.screen_fn()) if problem.screen_fn is not None else baseline_error
+    explore(problem.evaluate_k)
+    screened = list(problem.cache.values())
+    budget_error = baseline_error + accuracy_budget
+    wanted = max(1, merge_candidates)
+    confirmed: list[SearchPoint] = []
+    for point in pareto_front(screened):
+        if point.error > baseline_screen + accuracy_budget + (slack if screen_used else 0.0):
+            continue
+        confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
+        if sum(c.error <= budget_error for c in confirmed) >= wanted:
+            break
+    if not any(c.error <= budget_error for c in confirmed):  # the fallback needs the most accurate one
+        best = min(screened, key=lambda p: (p.error, p.num_shared))
+        confirmed.append(SearchPoint(best.k, best.num_shared, problem.confirm(best.k)))
+    points = list(dict.fromkeys(confirmed))
+    merged: dict[int, Binning] = {}
+    within_budget = sorted((c for c in points if c.error <= budget_error), key=lambda c: c.num_shared)
+    for point in within_budget[:merge_candidates]:
+        binning, error = problem.merge_until_no_improvement(point.k)
+        if screen_used:  # the merges were judged on the screen: score the result on all the data
+            error = problem.error_of(binning, full=True)
+        merged[point.k] = binning
+        points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
+    problem.restore()
+    within = [p for p in points if p.error <= budget_error]
+    if within:
+        chosen = min(within, key=lambda p: (p.num_shared, p.error, p.merged))
+    else:
+        chosen = min(points, key=lambda p: (p.error, p.num_shared))
+    binning = merged[chosen.k] if chosen.merged else uniform_binning(problem.values, chosen.k)
+    return CodebookChoice(chosen, binning, baseline_error, screened, points, screen_used, bool(within))
