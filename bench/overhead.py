@@ -13,7 +13,7 @@ For each configuration:
   :func:`lightning_compress.callbacks.base.compression_event`: stages, rounds, the search, swaps, bakes),
   **hooks** (the rest of the compression callbacks' hook time, from Lightning's ``SimpleProfiler``: masks, holds,
   scheduling) and **in model** (the remainder: work inside forward and backward, e.g. fake quantisation);
-* peak memory: the largest resident set during the fit above the resident set just before it (sampled every 2 ms),
+* peak memory: the largest resident set during the fit above the resident set just before it (sampled every 20 ms),
   and the bytes of tensors the callbacks hold after the fit (masks, frozen values, snapshots);
 * WeightSharing's search: wall time, evaluations, chosen number of shared values, validation accuracy.
 
@@ -86,7 +86,7 @@ PER_STEP_HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_
 
 
 class _PeakRss:
-    """Largest resident set (bytes) of this process while running, sampled from /proc every 2 ms."""
+    """Largest resident set (bytes) of this process while running, from /proc every 20 ms (it shares the GIL)."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -101,7 +101,7 @@ class _PeakRss:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.now())
-            time.sleep(0.002)
+            time.sleep(0.02)
 
     def __enter__(self) -> _PeakRss:
         self._thread.start()

@@ -27,6 +27,7 @@ from lightning_compress.functional.ternarization import (
     step_moments,
     ternarize,
     ternary_ste,
+    ternary_values,
 )
 from lightning_compress.layers import StepActivation, TernaryLinear
 from lightning_compress.models.random_features import RandomFeatureMLP
@@ -554,3 +555,17 @@ def test_unknown_layer_names_are_refused(tmp_path: Path) -> None:
     trainer = pl.Trainer(callbacks=[lc.Ternarization(layers=["fc9"])], **trainer_kwargs(tmp_path, max_epochs=1))
     with pytest.raises(ValueError, match="`layers` names"):
         trainer.fit(_classifier(mlp()), train, val)
+
+
+@pytest.mark.parametrize("shape", [(30, 20), (8, 3, 5, 5), (17,)])
+@pytest.mark.parametrize(("rule", "sparsity"), [("twn", None), ("sparsity", 0.6)])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fast_ternary_values_are_ternarize_bit_for_bit(
+    shape: tuple[int, ...], rule: str, sparsity: float | None, per_channel: bool
+) -> None:
+    """QAT's forward pass (float masks) gives exactly the values the artifact stores (int8 symbols x scale)."""
+    torch.manual_seed(len(shape))
+    w = torch.randn(shape) ** 3
+    w[0] = 0.0  # an all-zero channel keeps scale 0
+    expected = ternarize(w, rule=rule, sparsity=sparsity, per_channel=per_channel).values()
+    assert torch.equal(ternary_values(w, rule=rule, sparsity=sparsity, per_channel=per_channel), expected)

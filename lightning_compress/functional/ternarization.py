@@ -29,6 +29,7 @@ __all__ = [
     "ternarize",
     "ternary_count",
     "ternary_ste",
+    "ternary_values",
 ]
 
 
@@ -89,12 +90,41 @@ def ternarize(
     return Ternary(symbols.to(torch.int8).reshape(w.shape), scales, per_channel and w.dim() > 1)
 
 
+def ternary_values(
+    weight: torch.Tensor, *, rule: str = "twn", sparsity: float | None = None, per_channel: bool = True
+) -> torch.Tensor:
+    """``ternarize(weight, ...).values()``, bit for bit, in the few float passes a training step can afford.
+
+    The keep mask is a float (``sign(relu(|w| - delta))``: exactly 1 where ``|w| > delta``, as ``a - b == 0`` only
+    when ``a == b``) instead of a boolean, and no int8 symbols are built: boolean masks, ``where`` and the int8
+    round trip made QAT's forward pass about 10x slower on a CPU.
+
+    Example:
+        >>> w = torch.tensor([[0.9, -0.05, -1.1], [0.2, 0.0, -0.3]])
+        >>> torch.equal(ternary_values(w), ternarize(w).values())
+        True
+    """
+    if rule not in ("twn", "sparsity"):
+        raise ValueError(f"`rule` must be 'twn' or 'sparsity', got {rule!r}.")
+    rows = channel_rows(weight.detach().float(), per_channel)
+    magnitude = rows.abs()
+    if rule == "twn":
+        delta = magnitude.mean(dim=1, keepdim=True).mul_(0.7)
+    else:
+        if sparsity is None or not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"`sparsity` must be in [0, 1) with rule='sparsity', got {sparsity!r}.")
+        delta = torch.quantile(magnitude, float(sparsity), dim=1, keepdim=True)
+    keep = torch.sub(magnitude, delta).relu_().sign_()
+    scales = (magnitude * keep).sum(dim=1, keepdim=True).div_(keep.sum(dim=1, keepdim=True).clamp_(min=1))
+    return rows.sign().mul_(keep).mul_(scales).reshape(weight.shape)
+
+
 class _TernarySTE(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: object, weight: torch.Tensor, rule: str, sparsity: float | None, per_channel: bool
     ) -> torch.Tensor:
-        return ternarize(weight, rule=rule, sparsity=sparsity, per_channel=per_channel).values().to(weight.dtype)
+        return ternary_values(weight, rule=rule, sparsity=sparsity, per_channel=per_channel).to(weight.dtype)
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
