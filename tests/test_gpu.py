@@ -74,3 +74,19 @@ def test_composed_fit_on_gpu(tmp_path: Path, names: tuple[str, ...]) -> None:
     assert devices[0].type == "cuda"
     model.cpu()
     check_effects(names, model, lc.save(model, tmp_path / "composed.lcz"))
+
+
+def test_weight_sharing_candidates_are_written_on_the_device() -> None:
+    """The search writes candidates on the parameters' device, with the values the CPU path writes."""
+    from lightning_compress.functional.weight_sharing import WeightSharingProblem
+
+    torch.manual_seed(0)
+    cpu = [torch.randn(300, 200) ** 3, torch.randn(50)]
+    cpu[0][cpu[0].abs() < 0.05] = 0.0
+    gpu = [t.cuda() for t in cpu]
+    on_cpu = WeightSharingProblem(cpu, lambda: 0.0, keep_zeros=[True, False])
+    on_gpu = WeightSharingProblem(gpu, lambda: 0.0, keep_zeros=[True, False])
+    for k in (2, 17, 300):
+        on_cpu.evaluate_k(k)
+        on_gpu.evaluate_k(k)
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu, strict=True))

@@ -165,6 +165,8 @@ class CompressionCallback(Callback):
         #: wall seconds and calls of each compression event (methods marked with :func:`compression_event`)
         self.event_seconds: dict[str, float] = {}
         self.event_counts: dict[str, int] = {}
+        #: for this fit (set in on_fit_start): the leader's aspect-ordered compression callbacks, [] on the others
+        self._fit_order: list[CompressionCallback] | None = None
 
     @property
     def owner(self) -> str:
@@ -179,8 +181,13 @@ class CompressionCallback(Callback):
         return sorted(found, key=lambda cb: ASPECTS.index(cb.ASPECT))
 
     def _leads(self, trainer: pl.Trainer) -> bool:
+        if self._fit_order is not None:  # resolved once per fit (on_fit_start): the callbacks do not change in a fit
+            return bool(self._fit_order)
         first = next((cb for cb in trainer.callbacks if isinstance(cb, CompressionCallback)), None)  # type: ignore[attr-defined]
         return first is self
+
+    def _in_order(self, trainer: pl.Trainer) -> list[CompressionCallback]:
+        return self._fit_order or self.compression_callbacks(trainer)
 
     @staticmethod
     def representation(pl_module: nn.Module) -> Representation:
@@ -283,13 +290,16 @@ class CompressionCallback(Callback):
         total = trainer.estimated_stepping_batches
         self._total_steps = int(total) if math.isfinite(total) else 0
         self.check_composition(trainer, pl_module)
+        self._fit_order = None
+        # per step the leader runs everyone's actions: who leads and in what order is resolved once per fit
+        self._fit_order = self.compression_callbacks(trainer) if self._leads(trainer) else []
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._leads(trainer) and not self.should_skip(trainer):
-            for cb in self.compression_callbacks(trainer):
+            for cb in self._in_order(trainer):
                 cb.before_step(trainer, pl_module)
 
     @override
@@ -299,21 +309,25 @@ class CompressionCallback(Callback):
         if not (self._support or self._frozen):
             return
         params = dict(self.target_module(pl_module).named_parameters())
+        grads: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
         for name, mask in self._support.items():
             grad = params[name].grad
             if grad is not None:
-                grad.mul_(mask)
-        for name in self._frozen:
-            grad = params[name].grad
-            if grad is not None:
-                grad.zero_()
+                grads.append(grad)
+                masks.append(mask)
+        if grads:  # one fused call for every tensor, not one kernel launch per tensor
+            torch._foreach_mul_(grads, masks)
+        frozen = [g for g in (params[n].grad for n in self._frozen) if g is not None]
+        if frozen:
+            torch._foreach_zero_(frozen)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._leads(trainer):
-            callbacks = self.compression_callbacks(trainer)
+            callbacks = self._in_order(trainer)
             for cb in callbacks:
                 cb.apply_holds(pl_module)
             if not self.should_skip(trainer):
@@ -323,7 +337,7 @@ class CompressionCallback(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._leads(trainer) and not self.should_skip(trainer):
-            for cb in self.compression_callbacks(trainer):
+            for cb in self._in_order(trainer):
                 cb.apply_holds(pl_module)
                 cb.finish(trainer, pl_module)
 
@@ -349,10 +363,10 @@ class CompressionCallback(Callback):
         if not (self._support or self._frozen):
             return
         params = dict(self.target_module(pl_module).named_parameters())
-        for name, mask in self._support.items():
-            params[name].mul_(mask)
-        for name, value in self._frozen.items():
-            params[name].copy_(value)
+        if self._support:
+            torch._foreach_mul_([params[n] for n in self._support], list(self._support.values()))
+        if self._frozen:
+            torch._foreach_copy_([params[n] for n in self._frozen], list(self._frozen.values()))
 
     def trial_bytes(self, pl_module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
         """Size of the artifact the module would be written as now (a real file, in a temporary directory).

@@ -247,28 +247,33 @@ class SuccessivePruning(CompressionCallback):
             sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
         stream, norms = self._decide(trainer, names, sparsity)
         result = self._write(trainer.lightning_module, names, stream, norms)
-        stats = stream_statistics(result, stream)
         figures: dict[str, float] = {
             "stage": float(self._stage + (0 if final else 1)),
             "sparsity": result.sparsity,
             "stream_bytes": float(len(stream)),
             "bits_per_param": 8 * len(stream) / result.n,
             "bits_per_nonzero": 8 * len(stream) / max(result.nonzeros, 1),
-            "entropy_bits_per_param": stats.entropy_bits / result.n,
-            "stream_over_entropy": stats.overhead,
-            "geometric_bits_per_param": stats.geometric_bits / result.n,
         }
+        entropy = ""
         if final:
+            # the entropy bound and a trial artifact cost about as much as the stage itself: only for the stream kept
+            stats = stream_statistics(result, stream)
+            figures.update(
+                entropy_bits_per_param=stats.entropy_bits / result.n,
+                stream_over_entropy=stats.overhead,
+                geometric_bits_per_param=stats.geometric_bits / result.n,
+            )
+            entropy = f", {stats.overhead:.4f}x its symbols' entropy"
             self._final = {"stream": stream, "norms": norms, "names": names}
             self._attach(trainer.lightning_module)
-        if trainer.is_global_zero:
-            figures["artifact_bytes"] = float(self._artifact_bytes(trainer.lightning_module, names, stream, norms))
+            if trainer.is_global_zero:
+                figures["artifact_bytes"] = float(self._artifact_bytes(trainer.lightning_module, names, stream, norms))
         self.history.append(figures)
         self.log_figures(trainer, figures)
         rank_zero_info(
             f"SuccessivePruning {'final' if final else f'stage {self._stage + 1}/{len(self.stages)}'}: sparsity "
-            f"{result.sparsity:.4f}, stream {len(stream):,} bytes ({figures['bits_per_param']:.4f} bits/param, "
-            f"{stats.overhead:.4f}x its symbols' entropy)."
+            f"{result.sparsity:.4f}, stream {len(stream):,} bytes ({figures['bits_per_param']:.4f} bits/param"
+            f"{entropy})."
         )
 
     def _plan(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> dict[str, Any]:

@@ -212,7 +212,10 @@ class WeightSharingProblem:
         self._sorted = flat[self._order]
         self._prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self._sorted, 0)])
         mask = torch.cat(self.masks)
-        self._kept = None if bool(mask.all()) else mask.nonzero().reshape(-1)
+        # candidates are written on the parameters' device (no host copy of the model per candidate)
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self._kept = None if bool(mask.all()) else mask.nonzero().reshape(-1).to(self.device)
+        self._order_on_device = self._order.to(self.device)
         self._total = mask.numel()
         #: k -> point scored by the screen (or by ``error_fn`` without one)
         self.cache: dict[int, SearchPoint] = {}
@@ -224,10 +227,11 @@ class WeightSharingProblem:
     @torch.no_grad()
     def _write_kept(self, kept: torch.Tensor) -> None:
         """Write the binned entries' new values (in :attr:`values` order); the other entries stay zero."""
+        kept = kept.to(self.device)
         if self._kept is None:
             full = kept
         else:
-            full = torch.zeros(self._total, dtype=kept.dtype)
+            full = torch.zeros(self._total, dtype=kept.dtype, device=self.device)
             full[self._kept] = kept
         offset = 0
         for p in self.params:
@@ -279,9 +283,11 @@ class WeightSharingProblem:
     def evaluate_k(self, k: int) -> SearchPoint:
         """Fitness of ``k`` uniform bins (screened when there is a screen), cached per ``k``."""
         if k not in self.cache:
-            codebook, counts = self.uniform_codebook(k)
-            kept = torch.empty(self.values.numel(), dtype=torch.float32)
-            kept[self._order] = torch.repeat_interleave(codebook.float(), counts)
+            codebook, counts = self.uniform_codebook(k)  # O(k log N), on the CPU
+            kept = torch.empty(self.values.numel(), dtype=torch.float32, device=self.device)
+            kept[self._order_on_device] = torch.repeat_interleave(
+                codebook.float().to(self.device), counts.to(self.device)
+            )
             self._write_kept(kept)
             self.cache[k] = SearchPoint(k, int(codebook.numel()), self._score(full=False))
         return self.cache[k]
