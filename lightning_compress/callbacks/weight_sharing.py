@@ -10,8 +10,7 @@ import csv
 import logging
 import os
 import time
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +86,9 @@ class WeightSharing(CompressionCallback):
         screen_samples: the search screens candidates on the first this many validation samples and confirms on
             the whole validation data only the front solutions near the budget and the merged ones (``None``: every
             candidate on all of it, as the paper does; also when the validation data is not larger).
+        k_focus: when ``k_focus`` bins are already within the budget, NSGA-II searches ``[k_min, k_focus]`` only
+            (our design: the choice rule wants the fewest shared values, and most evaluations otherwise go to k in
+            the hundreds); ``None``: always all of ``k_bounds``.
         seed: NSGA-II seed.
         output_dir: where the Pareto CSV/PNG go (default: the trainer's log dir).
         progress: show a progress bar over generations (rank 0).
@@ -119,6 +121,7 @@ class WeightSharing(CompressionCallback):
         at_epoch: int | None = None,
         max_val_samples: int | None = None,
         screen_samples: int | None = 1000,
+        k_focus: int | None = 64,
         seed: int = 1,
         output_dir: str | None = None,
         progress: bool = True,
@@ -147,6 +150,7 @@ class WeightSharing(CompressionCallback):
             raise ValueError("Give `end` (a fraction of the fit) or its alias `at_epoch` (an epoch), not both.")
         check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
         check_number("screen_samples", screen_samples, low=1, integer=True, allow_none=True)
+        check_number("k_focus", k_focus, low=3, integer=True, allow_none=True)
         check_number("seed", seed, low=0, integer=True)
         if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
             raise ValueError(f"`output_dir` must be None or a directory path, got {output_dir!r}.")
@@ -162,6 +166,7 @@ class WeightSharing(CompressionCallback):
         self.at_epoch = at_epoch
         self.max_val_samples = max_val_samples
         self.screen_samples = screen_samples
+        self.k_focus = k_focus
         self.seed = seed
         self.output_dir = output_dir
         self.progress = progress
@@ -410,18 +415,18 @@ class WeightSharing(CompressionCallback):
             screen_fn=self._error_fn(pl_module, screen) if screen else None,
         )
         with self._progress_bar(self.n_gen) as advance:
+            k_min, k_max = self.k_bounds
+
+            def explore(evaluate: Callable[[int], SearchPoint], k_focus: int | None) -> None:
+                bounds = (k_min, min(k_max, k_focus)) if k_focus is not None else (k_min, k_max)
+                nsga2_search(evaluate, bounds, self.pop_size, self.n_gen, self.seed, advance)
+
             result = choose_codebook(
                 problem,
-                partial(
-                    nsga2_search,
-                    k_bounds=self.k_bounds,
-                    pop_size=self.pop_size,
-                    n_gen=self.n_gen,
-                    seed=self.seed,
-                    on_generation=advance,
-                ),
+                explore,
                 accuracy_budget=self.accuracy_budget,
                 merge_candidates=self.merge_candidates if self.merge else 0,
+                focus_k=self.k_focus if self.k_focus is not None and k_min < self.k_focus < k_max else None,
             )
         self.screened, self.points, self.screen_used = result.screened, result.points, result.screen_used
         baseline_error, chosen, binning = result.baseline_error, result.chosen, result.binning

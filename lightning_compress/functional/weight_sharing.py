@@ -223,6 +223,7 @@ class WeightSharingProblem:
         self.confirmed: dict[int, float] = {}
         self.evaluations = 0
         self.full_evaluations = 0
+        self.merge_path: list[Binning] = []
 
     @torch.no_grad()
     def _write_kept(self, kept: torch.Tensor) -> None:
@@ -311,14 +312,18 @@ class WeightSharingProblem:
         """
         binning = uniform_binning(self.values, k)
         best = self.evaluate_k(k).error
+        #: the binnings the merges went through, the unmerged one first (see :func:`choose_codebook`)
+        self.merge_path = [binning]
         i = 1
         while i < binning.num_shared - 1:
             left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
             e_left, e_right = self.error_of(left), self.error_of(right)
             if e_left <= best and e_left <= e_right:
                 binning, best = left, e_left
+                self.merge_path.append(binning)
             elif e_right <= best:
                 binning, best = right, e_right
+                self.merge_path.append(binning)
             else:
                 i += 1
         return binning, best
@@ -372,7 +377,7 @@ def nsga2_search(
 
 
 #: How far above the budget a screened error may be and still be confirmed (the screen's sampling noise).
-SCREEN_SLACK = 0.005
+SCREEN_SLACK = 0.01
 
 
 @dataclass
@@ -398,16 +403,42 @@ class CodebookChoice:
     within_budget: bool
 
 
+def _last_merge_within(problem: WeightSharingProblem, unmerged_error: float, budget: float) -> tuple[Binning, float]:
+    """The most merged binning of the last merge path whose error on all the data is within ``budget``.
+
+    Merges judged on a screen can overshoot on the whole validation data; the error grows along the path, so a
+    bisection finds the last step still within the budget in a few evaluations (the unmerged start is within it).
+    """
+    path = problem.merge_path
+    if len(path) == 1:  # no merge was taken
+        return path[0], unmerged_error
+    last = problem.error_of(path[-1], full=True)
+    if last <= budget:
+        return path[-1], last
+    lo, hi, lo_error = 0, len(path) - 1, unmerged_error  # path[lo] within, path[hi] not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        error = problem.error_of(path[mid], full=True)
+        if error <= budget:
+            lo, lo_error = mid, error
+        else:
+            hi = mid
+    return path[lo], lo_error
+
+
 def choose_codebook(
     problem: WeightSharingProblem,
-    explore: Callable[[Callable[[int], SearchPoint]], None],
+    explore: Callable[[Callable[[int], SearchPoint], int | None], None],
     accuracy_budget: float,
     merge_candidates: int = 3,
     slack: float = SCREEN_SLACK,
+    focus_k: int | None = None,
 ) -> CodebookChoice:
     """Explore ``k``, confirm the front near the budget, merge, and apply the choice rule.
 
-    1. ``explore(problem.evaluate_k)`` scores candidates (e.g. :func:`nsga2_search`, or every ``k`` of a range);
+    1. ``explore(problem.evaluate_k, k_max)`` scores candidates (e.g. :func:`nsga2_search`, or every ``k`` of a
+       range); ``k_max`` is ``focus_k`` when ``focus_k`` bins are within the budget already (then no larger ``k``
+       needs exploring), else ``None`` (the explorer's own bounds);
     2. the front of what it scored is walked from the fewest shared values; a solution whose (screened) error is
        within the budget plus ``slack`` (0 without a screen) is scored on ``error_fn`` (:meth:`~WeightSharingProblem.
        confirm`), until ``max(1, merge_candidates)`` are within the budget there;
@@ -421,7 +452,7 @@ def choose_codebook(
     Example:
         >>> w = torch.linspace(-1, 1, 101)
         >>> problem = WeightSharingProblem([w], lambda: float(w.abs().max() < 0.99))  # needs the extremes kept
-        >>> choice = choose_codebook(problem, lambda evaluate: [evaluate(k) for k in range(2, 12)], 0.0)
+        >>> choice = choose_codebook(problem, lambda evaluate, k_max: [evaluate(k) for k in range(2, 12)], 0.0)
         >>> choice.chosen.num_shared <= 3, choice.baseline_error, choice.within_budget
         (True, 0.0, True)
     """
@@ -429,13 +460,17 @@ def choose_codebook(
     baseline_error = float(problem.error_fn())
     screen_used = problem.screen_fn is not None
     baseline_screen = float(problem.screen_fn()) if problem.screen_fn is not None else baseline_error
-    explore(problem.evaluate_k)
+    slack = slack if screen_used else 0.0
+    # our design: when ``focus_k`` bins are already within the budget, fewer bins are all the choice rule can want,
+    # so the exploration stops there instead of spending most evaluations on k in the hundreds
+    focused = focus_k is not None and problem.evaluate_k(focus_k).error <= baseline_screen + accuracy_budget + slack
+    explore(problem.evaluate_k, focus_k if focused else None)
     screened = list(problem.cache.values())
     budget_error = baseline_error + accuracy_budget
     wanted = max(1, merge_candidates)
     confirmed: list[SearchPoint] = []
     for point in pareto_front(screened):
-        if point.error > baseline_screen + accuracy_budget + (slack if screen_used else 0.0):
+        if point.error > baseline_screen + accuracy_budget + slack:
             continue
         confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
         if sum(c.error <= budget_error for c in confirmed) >= wanted:
@@ -449,7 +484,7 @@ def choose_codebook(
     for point in within_budget[:merge_candidates]:
         binning, error = problem.merge_until_no_improvement(point.k)
         if screen_used:  # the merges were judged on the screen: score the result on all the data
-            error = problem.error_of(binning, full=True)
+            binning, error = _last_merge_within(problem, point.error, budget_error)
         merged[point.k] = binning
         points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
     problem.restore()
