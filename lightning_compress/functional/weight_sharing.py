@@ -439,9 +439,10 @@ def choose_codebook(
     1. ``explore(problem.evaluate_k, k_max)`` scores candidates (e.g. :func:`nsga2_search`, or every ``k`` of a
        range); ``k_max`` is ``focus_k`` when ``focus_k`` bins are within the budget already (then no larger ``k``
        needs exploring), else ``None`` (the explorer's own bounds);
-    2. the front of what it scored is walked from the fewest shared values; a solution whose (screened) error is
-       within the budget plus ``slack`` (0 without a screen) is scored on ``error_fn`` (:meth:`~WeightSharingProblem.
-       confirm`), until ``max(1, merge_candidates)`` are within the budget there;
+    2. the front of what it scored (with a screen: every point it scored) is walked from the fewest shared values;
+       a solution whose (screened) error is within the budget plus ``slack`` (0 without a screen) is scored on
+       ``error_fn`` (:meth:`~WeightSharingProblem.confirm`), until ``max(1, merge_candidates)`` are within the
+       budget there;
     3. neighbouring bins of up to ``merge_candidates`` of those are merged (:meth:`~WeightSharingProblem.
        merge_until_no_improvement`), each result scored on ``error_fn``;
     4. the choice: the fewest shared values within ``accuracy_budget`` of the unshared error on ``error_fn`` (if
@@ -469,7 +470,10 @@ def choose_codebook(
     budget_error = baseline_error + accuracy_budget
     wanted = max(1, merge_candidates)
     confirmed: list[SearchPoint] = []
-    for point in pareto_front(screened):
+    # Without a screen the front is exact; with one, a point the screen shows dominated may be the better one on
+    # all the data, so every screened point near the budget is a candidate, fewest shared values first.
+    candidates = sorted(screened, key=lambda p: (p.num_shared, p.error)) if screen_used else pareto_front(screened)
+    for point in candidates:
         if point.error > baseline_screen + accuracy_budget + slack:
             continue
         confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
