@@ -80,8 +80,13 @@ SINGLES: dict[str, Callable[[], list[pl.Callback]]] = {
 }
 CONFIGS: dict[str, dict[str, Callable[[], list[pl.Callback]]]] = {
     "mlp": {**SINGLES, **{f"recipe {r}": _recipe(r) for r in RECIPES}},
-    # LeNet-5 on 2 CPU cores is slow: dense and the search the issue names
-    "cnn": {"dense": list, "WeightSharing()": SINGLES["WeightSharing()"]},
+    # LeNet-5 on 2 CPU cores is slow (4-5 minutes a fit): dense, the search the issue names, and QAT (whose
+    # per-step cost is elementwise work that a conv net's arithmetic dwarfs)
+    "cnn": {
+        "dense": list,
+        "WeightSharing()": SINGLES["WeightSharing()"],
+        "Ternarization(mode='qat')": SINGLES["Ternarization(mode='qat')"],
+    },
 }
 NETS = {"mlp": mlp, "cnn": cnn}
 PER_STEP_HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end", "on_before_backward")
