@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -87,3 +88,15 @@ def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]
         tmp.write_text(text)
         tmp.replace(target)
     return RESULTS / f"{name}.md"
+
+
+def quiet_trainer(max_epochs: int, callbacks: Sequence[pl.Callback] = (), **overrides: Any) -> pl.Trainer:
+    """A CPU Trainer that logs, checkpoints and prints nothing (the benchmarks' fits); ``overrides`` go through."""
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**settings, **overrides})

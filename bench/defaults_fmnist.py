@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_compress as lc
-from bench.common import RESULTS, mean_std, write_results
+from bench.common import RESULTS, mean_std, quiet_trainer, write_results
 from lightning_compress.data import FashionMNISTDataModule
 
 CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
@@ -125,16 +125,7 @@ def run(arch: str, name: str, seed: int, data: dict[str, TensorDataset], out: Pa
     dense_params = sum(p.numel() for p in model.parameters())
     factory = CALLBACKS[name]
     callbacks = [] if factory is None else [factory()]
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS[arch],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        default_root_dir=out,
-    )
+    trainer = quiet_trainer(EPOCHS[arch], callbacks, default_root_dir=out)
     train = DataLoader(data["train"], batch_size=128, shuffle=True)
     val = DataLoader(data["val"], batch_size=1000)
     started = time.perf_counter()

@@ -43,7 +43,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 import lightning_compress as lc
-from bench.common import composed, mean_std, quiet_run, write_results
+from bench.common import composed, mean_std, quiet_run, quiet_trainer, write_results
 from bench.defaults_fmnist import UserClassifier, cnn, fmnist_tensors, mlp
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.cli import instantiate_children
@@ -150,17 +150,7 @@ def run_one(net: str, config: str, epochs: int, seed: int) -> dict[str, Any]:
     callbacks = CONFIGS[net][config]()
     with tempfile.TemporaryDirectory() as tmp:
         profiler = SimpleProfiler(dirpath=tmp, filename="profile")
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=callbacks,
-            profiler=profiler,
-            default_root_dir=tmp,
-        )
+        trainer = quiet_trainer(epochs, callbacks, profiler=profiler, default_root_dir=tmp)
         train = _loader(splits["train"], 128, True, seed)
         val = _loader(splits["val"], 1000, False, seed)
         before = _PeakRss.now()

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 import lightning_compress as lc
-from bench.common import write_results
+from bench.common import quiet_trainer, write_results
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.models.cifar import resnet18_cifar
 
@@ -81,16 +81,7 @@ def run_one(config: str, epochs: int, images: int, device: str) -> dict[str, Any
     train, val = cifar_shaped(images, device)
     model = Classifier()
     callbacks = CONFIGS[config]()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(epochs, callbacks, accelerator="gpu" if device == "cuda" else "cpu", devices=1)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import write_results
+from bench.common import quiet_trainer, write_results
 from bench.defaults_fmnist import UserClassifier, fmnist_tensors, mlp
 from bench.overhead import _loader
 from lightning_compress.functional.weight_sharing import (
@@ -53,14 +53,7 @@ SCREEN = 1000
 def train_dense(seed: int, epochs: int, splits: dict[str, Any]) -> nn.Module:
     pl.seed_everything(seed, verbose=False)
     model = UserClassifier(mlp())
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(epochs)
     trainer.fit(model, _loader(splits["train"], 128, True, seed))
     return model.net.eval()
 

@@ -209,6 +209,11 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
     final = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
     assert (final == 0).float().mean() == pytest.approx(0.8, abs=0.01)
     assert cb.history[-1]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    # each stage is a timed compression event; the entropy bound and trial artifact only for the final stream
+    assert cb.event_counts["stage"] == 3
+    assert cb.event_seconds["stage"] > 0
+    assert "artifact_bytes" in cb.history[-1]
+    assert "artifact_bytes" not in cb.history[0]
 
 
 def test_artifact_round_trip_and_codec(tmp_path: Path) -> None:
