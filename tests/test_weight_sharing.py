@@ -106,6 +106,9 @@ def test_merge_never_increases_validation_error() -> None:
         assert binning.num_shared <= unmerged.num_shared
         assert error <= unmerged.error
         assert problem.error_of(binning) == error  # the reported error is that of the returned binning
+        replayed = problem.merged(len(problem.merge_steps))  # the run is kept as its steps, and replays exactly
+        assert torch.equal(replayed.codebook, binning.codebook)
+        assert torch.equal(replayed.indices, binning.indices)
     problem.restore()
     assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
 

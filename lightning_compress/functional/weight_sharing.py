@@ -223,7 +223,9 @@ class WeightSharingProblem:
         self.confirmed: dict[int, float] = {}
         self.evaluations = 0
         self.full_evaluations = 0
-        self.merge_path: list[Binning] = []
+        #: the last merge run: its unmerged ``k`` and the bin merged at each step taken (see :meth:`merged`)
+        self.merge_k = 0
+        self.merge_steps: list[int] = []
 
     @torch.no_grad()
     def _write_kept(self, kept: torch.Tensor) -> None:
@@ -312,21 +314,31 @@ class WeightSharingProblem:
         """
         binning = uniform_binning(self.values, k)
         best = self.evaluate_k(k).error
-        #: the binnings the merges went through, the unmerged one first (see :func:`choose_codebook`)
-        self.merge_path = [binning]
+        # the steps, not the binnings: each binning holds an index per weight, and a run takes dozens of steps
+        self.merge_k, self.merge_steps = k, []
         i = 1
         while i < binning.num_shared - 1:
             left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
             e_left, e_right = self.error_of(left), self.error_of(right)
             if e_left <= best and e_left <= e_right:
                 binning, best = left, e_left
-                self.merge_path.append(binning)
+                self.merge_steps.append(i - 1)
             elif e_right <= best:
                 binning, best = right, e_right
-                self.merge_path.append(binning)
+                self.merge_steps.append(i)
             else:
                 i += 1
         return binning, best
+
+    def merged(self, steps: int) -> Binning:
+        """The binning after the first ``steps`` merges of the last :meth:`merge_until_no_improvement` run.
+
+        Replays them from its unmerged binning, so it is the very binning that run went through.
+        """
+        binning = uniform_binning(self.values, self.merge_k)
+        for i in self.merge_steps[:steps]:
+            binning = merge_bins(binning, i)
+        return binning
 
 
 def nsga2_search(
@@ -403,27 +415,30 @@ class CodebookChoice:
     within_budget: bool
 
 
-def _last_merge_within(problem: WeightSharingProblem, unmerged_error: float, budget: float) -> tuple[Binning, float]:
-    """The most merged binning of the last merge path whose error on all the data is within ``budget``.
+def _last_merge_within(
+    problem: WeightSharingProblem, merged: Binning, unmerged_error: float, budget: float
+) -> tuple[Binning, float]:
+    """The most merged binning of the last merge run whose error on all the data is within ``budget``.
 
-    Merges judged on a screen can overshoot on the whole validation data; the error grows along the path, so a
-    bisection finds the last step still within the budget in a few evaluations (the unmerged start is within it).
+    Merges judged on a screen can overshoot on the whole validation data; the error grows along the run, so a
+    bisection over its steps finds the last one still within the budget in a few evaluations (the unmerged start is
+    within it). ``merged`` is the run's result.
     """
-    path = problem.merge_path
-    if len(path) == 1:  # no merge was taken
-        return path[0], unmerged_error
-    last = problem.error_of(path[-1], full=True)
+    steps = len(problem.merge_steps)
+    if steps == 0:  # no merge was taken
+        return merged, unmerged_error
+    last = problem.error_of(merged, full=True)
     if last <= budget:
-        return path[-1], last
-    lo, hi, lo_error = 0, len(path) - 1, unmerged_error  # path[lo] within, path[hi] not
+        return merged, last
+    lo, hi, lo_error = 0, steps, unmerged_error  # after lo steps within the budget, after hi steps not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        error = problem.error_of(path[mid], full=True)
+        error = problem.error_of(problem.merged(mid), full=True)
         if error <= budget:
             lo, lo_error = mid, error
         else:
             hi = mid
-    return path[lo], lo_error
+    return problem.merged(lo), lo_error
 
 
 def choose_codebook(
@@ -488,7 +503,7 @@ def choose_codebook(
     for point in within_budget[:merge_candidates]:
         binning, error = problem.merge_until_no_improvement(point.k)
         if screen_used:  # the merges were judged on the screen: score the result on all the data
-            binning, error = _last_merge_within(problem, point.error, budget_error)
+            binning, error = _last_merge_within(problem, binning, point.error, budget_error)
         merged[point.k] = binning
         points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
     problem.restore()
