@@ -97,7 +97,7 @@ def ternary_values(
 
     The keep mask is a float (``sign(relu(|w| - delta))``: exactly 1 where ``|w| > delta``, as ``a - b == 0`` only
     when ``a == b``) instead of a boolean, and no int8 symbols are built: boolean masks, ``where`` and the int8
-    round trip made QAT's forward pass about 10x slower on a CPU.
+    round trip made QAT's forward pass several times slower on a CPU (a microbenchmark, not a bench script).
 
     Example:
         >>> w = torch.tensor([[0.9, -0.05, -1.1], [0.2, 0.0, -0.3]])
