@@ -37,6 +37,9 @@ class LayerSize:
     nonzeros: int
     codecs: str
     bytes: int
+    #: why its tensors got their codecs (``representation``, ``values``, ``stale``, ``asked`` or ``default``; see
+    #: :data:`lightning_compress.codec.container.SOURCES`), "+"-joined when they differ
+    why: str = ""
 
     @property
     def bits_per_param(self) -> float:
@@ -56,6 +59,10 @@ class SizeReport:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: fp32 bytes of the tensors actually stored (differs from ``fp32_bytes`` after structural compression).
     stored_fp32_bytes: int | None = None
+    #: tensor name -> why it got its codec (see :class:`LayerSize`)
+    sources: dict[str, str] = field(default_factory=dict)
+    #: tied tensors stored once: alias -> stored name
+    aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -110,18 +117,25 @@ class SizeReport:
         """A rich table of the report."""
         table = Table(title=f"Size report: {self.path}", header_style="bold")
         table.add_column("layer")
-        for col in ("params", "non-zeros", "codec", "bits/param", "bytes"):
-            table.add_column(col, justify="left" if col == "codec" else "right")
+        for col in ("params", "non-zeros", "codec", "why", "bits/param", "bytes"):
+            table.add_column(col, justify="left" if col in ("codec", "why") else "right")
         for r in self.rows:
             table.add_row(
-                r.layer, f"{r.params:,}", f"{r.nonzeros:,}", r.codecs, f"{r.bits_per_param:.3f}", f"{r.bytes:,}"
+                r.layer,
+                f"{r.params:,}",
+                f"{r.nonzeros:,}",
+                r.codecs,
+                r.why,
+                f"{r.bits_per_param:.3f}",
+                f"{r.bytes:,}",
             )
-        table.add_row("(container: header + checksum)", "", "", "", "", f"{self.overhead_bytes:,}")
+        table.add_row("(container: header + checksum)", "", "", "", "", "", f"{self.overhead_bytes:,}")
         table.add_section()
         table.add_row(
             "total",
             f"{self.params:,}",
             f"{self.nonzeros:,}",
+            "",
             "",
             f"{self.bits_per_param:.3f}",
             f"{self.artifact_bytes:,}",
@@ -134,6 +148,15 @@ class SizeReport:
             f"fp32 bytes {self.fp32_bytes:,}{before} | artifact bytes on disk {self.artifact_bytes:,} | "
             f"compression ratio {self.ratio:.2f}x"
         )
+        if self.aliases:
+            tied = ", ".join(f"{a} = {n}" for a, n in list(self.aliases.items())[:4])
+            table.caption += f"\ntied tensors stored once: {tied}{' ...' if len(self.aliases) > 4 else ''}"
+        if any(why in ("stale", "values") for why in self.sources.values()):
+            table.caption += (
+                "\nwhy: 'values' = no compression decision found, codec chosen from the values; 'stale' = the values "
+                "changed after the decision (e.g. fine-tuned), codec chosen from the values"
+            )
+        return table
         return table
 
     def print(self, console: Console | None = None) -> None:
@@ -168,7 +191,11 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
     fp32 = 0
     decoded: Mapping[str, torch.Tensor] = artifact.state_dict()
     for record in artifact.tensors:
-        row = grouped.setdefault(_layer_of(record.name), {"params": 0, "nonzeros": 0, "codecs": [], "bytes": 0})
+        row = grouped.setdefault(
+            _layer_of(record.name), {"params": 0, "nonzeros": 0, "codecs": [], "bytes": 0, "why": []}
+        )
+        if record.source not in row["why"]:
+            row["why"].append(record.source)
         row["params"] += record.numel
         row["nonzeros"] += int(torch.count_nonzero(decoded[record.name]))
         if record.codec not in row["codecs"]:
@@ -190,7 +217,10 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
         for record in users:
             grouped[_layer_of(record.name)]["bytes"] += shares.get(record.name, 0)
         shared_rows.append(LayerSize(f"(shared: {key})", 0, 0, "", nbytes - sum(shares.values())))
-    rows = [LayerSize(k, v["params"], v["nonzeros"], "+".join(v["codecs"]), v["bytes"]) for k, v in grouped.items()]
+    rows = [
+        LayerSize(k, v["params"], v["nonzeros"], "+".join(v["codecs"]), v["bytes"], "+".join(v["why"]))
+        for k, v in grouped.items()
+    ]
     rows += shared_rows
     return SizeReport(
         path=str(artifact.path),
@@ -200,6 +230,8 @@ def report_from_artifact(artifact: Artifact) -> SizeReport:
         fp32_bytes=artifact.reference_fp32_bytes or fp32,
         metadata=artifact.metadata,
         stored_fp32_bytes=fp32,
+        sources={r.name: r.source for r in artifact.tensors},
+        aliases=dict(artifact.aliases),
     )
 
 

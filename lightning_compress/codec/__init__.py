@@ -14,6 +14,7 @@ from lightning_compress.codec.container import (
 )
 from lightning_compress.codec.dense import DenseCodec
 from lightning_compress.codec.representation import CompositionError, Representation, representation_of
+from lightning_compress.codec.sparse import SparseCodec
 from lightning_compress.codec.sparse_codebook import SparseCodebookCodec
 from lightning_compress.codec.surp import SurpCodec
 from lightning_compress.codec.ternary import TernaryCodec
@@ -30,6 +31,7 @@ __all__ = [
     "EncodedTensor",
     "Representation",
     "SparseCodebookCodec",
+    "SparseCodec",
     "SurpCodec",
     "TensorRecord",
     "TernaryCodec",

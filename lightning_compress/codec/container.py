@@ -38,7 +38,8 @@ from lightning_compress.codec.base import (
     get_codec,
     stored_dtype_names,
 )
-from lightning_compress.codec.representation import representation_of
+from lightning_compress.codec.choice import smallest_exact
+from lightning_compress.codec.representation import find_representation
 
 __all__ = ["FORMAT_VERSION", "Artifact", "ArtifactError", "CodecSpec", "TensorRecord", "load", "read_artifact", "save"]
 
@@ -155,6 +156,8 @@ class TensorRecord:
     meta: dict[str, Any]
     offset: int
     nbytes: int
+    #: why the tensor got its codec (one of :data:`SOURCES`; absent from the header for the two common cases)
+    source: str = "representation"
 
     @property
     def numel(self) -> int:
@@ -183,6 +186,8 @@ class Artifact:
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: fp32 bytes of the model before structural compression made it smaller (None if it was not).
     reference_fp32_bytes: int | None = None
+    #: tied tensors: alias name -> the stored name whose tensor it shares
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def shared_blob(self, key: str) -> bytes:
         """The bytes of one shared blob."""
@@ -217,7 +222,10 @@ class Artifact:
         Raises:
             ArtifactError: naming the file and the tensor whose payload or side information does not decode.
         """
-        return {r.name: self._decode(r) for r in self.tensors}
+        state = {r.name: self._decode(r) for r in self.tensors}
+        for alias, name in self.aliases.items():
+            state[alias] = state[name]
+        return state
 
     def _decode(self, record: TensorRecord) -> torch.Tensor:
         # The header passed its checks, but a codec's side information and payload can still disagree (a hostile
@@ -305,36 +313,43 @@ def save(
     for name, tensor in state.items():  # nothing is written for a diverged model
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"tensor {name!r} holds NaN or Inf values; nothing was written to {str(path)!r}.")
-    param_names = {name for name, _ in module.named_parameters()}
-    # each tensor's codec follows from its representation (what the compression methods decided), then overrides
-    plan: dict[str, CodecSpec] = representation_of(module).codec_plan()
+    param_names = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+    aliases = tied_aliases(state)
+    # each tensor's codec follows from its representation (what the compression methods decided, found also on a
+    # module holding this one), then overrides; tensors nothing decided get the smallest exact codec their values allow
+    plan: dict[str, CodecSpec] = find_representation(module).codec_plan()
+    asked: dict[str, CodecSpec] = {}
     for name, spec in (codecs or {}).items():
         if name not in state:
             raise ValueError(f"`codecs` names tensor {name!r}, which the model does not have.")
-        plan[name] = _resolve_spec(spec)
+        if name in aliases:
+            raise ValueError(f"`codecs` names tensor {name!r}, an alias of {aliases[name]!r}: name that one.")
+        asked[name] = _resolve_spec(spec)
 
     records: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     shared_blobs: dict[str, bytes] = {}
     offset = 0
     for name, tensor in state.items():
-        spec = plan.get(name, CodecSpec("dense", {"precision": precision}))
-        encoded = get_codec(spec.codec).encode(tensor, **dict(spec.options))
+        if name in aliases:
+            continue  # one tensor under two names: written once, the alias restored on load
+        encoded, source = _encode(name, tensor, asked.get(name), plan.get(name), precision)
         for key, blob in encoded.shared.items():
             if shared_blobs.setdefault(key, blob) != blob:
                 raise ValueError(f"Codec {encoded.codec!r} produced two different shared blobs under key {key!r}.")
-        records.append(
-            {
-                "name": name,
-                "role": "parameter" if name in param_names else "buffer",
-                "shape": list(encoded.shape),
-                "dtype": encoded.dtype,
-                "codec": encoded.codec,
-                "meta": {**encoded.meta, **({"shared_keys": sorted(encoded.shared)} if encoded.shared else {})},
-                "offset": offset,
-                "nbytes": len(encoded.payload),
-            }
-        )
+        record = {
+            "name": name,
+            "role": "parameter" if name in param_names else "buffer",
+            "shape": list(encoded.shape),
+            "dtype": encoded.dtype,
+            "codec": encoded.codec,
+            "meta": {**encoded.meta, **({"shared_keys": sorted(encoded.shared)} if encoded.shared else {})},
+            "offset": offset,
+            "nbytes": len(encoded.payload),
+        }
+        if source not in (SOURCE_REPRESENTATION, SOURCE_DEFAULT):
+            record["source"] = source  # the common cases cost no header bytes
+        records.append(record)
         blobs.append(encoded.payload)
         offset += len(encoded.payload)
     shared_index: dict[str, list[int]] = {}
@@ -352,10 +367,62 @@ def save(
         "reference_fp32_bytes": getattr(module, REFERENCE_ATTR, None),
         "tensors": records,
         "shared": shared_index,
+        **({"aliases": aliases} if aliases else {}),
     }
     header_bytes = _deflate_header(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(blobs)
     return _atomic_write(Path(path), body + hashlib.sha256(body).digest())
+
+
+#: Why a tensor got its codec (``TensorRecord.source``; the size report shows it).
+SOURCE_REPRESENTATION = "representation"  # what the compression methods decided (on this module or one holding it)
+SOURCE_VALUES = "values"  # nothing decided it: the smallest exact codec its values allow
+SOURCE_STALE = "stale"  # the values changed after the decision (e.g. fine-tuned): chosen from the values instead
+SOURCE_ASKED = "asked"  # ``codecs=`` of ``save``
+SOURCE_DEFAULT = "default"  # nothing decided it and nothing beats dense
+SOURCES = (SOURCE_REPRESENTATION, SOURCE_VALUES, SOURCE_STALE, SOURCE_ASKED, SOURCE_DEFAULT)
+
+
+def _encode(
+    name: str, tensor: torch.Tensor, asked: CodecSpec | None, decided: CodecSpec | None, precision: str
+) -> tuple[EncodedTensor, str]:
+    """One tensor's encoding and why it got that codec (one of :data:`SOURCES`)."""
+    if asked is not None:  # the user's choice: its failure is theirs to see
+        return get_codec(asked.codec).encode(tensor, **dict(asked.options)), SOURCE_ASKED
+    stale = False
+    if decided is not None:
+        try:
+            return get_codec(decided.codec).encode(tensor, **dict(decided.options)), SOURCE_REPRESENTATION
+        except (ValueError, TypeError, KeyError):
+            stale = True  # the tensor no longer holds what was decided: its values say what it is now
+    dense = get_codec("dense").encode(tensor, precision=precision)
+    best, chosen = smallest_exact(tensor, dense)
+    if stale:
+        return best, SOURCE_STALE
+    return best, SOURCE_VALUES if chosen else SOURCE_DEFAULT
+
+
+def tied_aliases(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names that hold the same tensor as an earlier name (tied weights): alias -> the first name.
+
+    Example:
+        >>> emb = torch.nn.Embedding(5, 3)
+        >>> lm = torch.nn.ModuleDict({"emb": emb, "out": torch.nn.Linear(3, 5, bias=False)})
+        >>> lm["out"].weight = emb.weight
+        >>> tied_aliases(lm.state_dict())
+        {'out.weight': 'emb.weight'}
+    """
+    first: dict[tuple[int, torch.dtype, tuple[int, ...], tuple[int, ...], str], str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in state.items():
+        if tensor.numel() == 0:
+            continue
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()), str(tensor.device))
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
@@ -492,7 +559,12 @@ def _parse_header(
             raise fail(f"{where}.meta.shared_keys", f"must name blobs of 'shared', got {keys!r}.")
         if not (_is_count(t.get("offset")) and _is_count(t.get("nbytes"))):
             raise fail(f"{where}.offset/nbytes", f"must be ints >= 0, got {t.get('offset')!r}/{t.get('nbytes')!r}.")
-        record = TensorRecord(name, t["role"], tuple(shape), t["dtype"], t["codec"], meta, t["offset"], t["nbytes"])
+        source = t.get("source", SOURCE_REPRESENTATION if t["codec"] != "dense" else SOURCE_DEFAULT)
+        if source not in SOURCES:
+            raise fail(f"{where}.source", f"is {source!r}; known: {list(SOURCES)}.")
+        record = TensorRecord(
+            name, t["role"], tuple(shape), t["dtype"], t["codec"], meta, t["offset"], t["nbytes"], source
+        )
         elements += record.numel
         if elements > max_elements:
             raise fail(
@@ -501,6 +573,12 @@ def _parse_header(
                 "`max_elements` to read it if it is genuine.",
             )
         tensors.append(record)
+    aliases = header.get("aliases", {})
+    if not (
+        isinstance(aliases, dict)
+        and all(isinstance(a, str) and a and a not in names and n in names for a, n in aliases.items())
+    ):
+        raise fail("aliases", "must be an object: alias name -> the name of a stored tensor (not itself stored).")
     # The tensors' and blobs' extents must tile the payload exactly: no gap, no overlap, nothing past its end.
     extents = sorted([(r.offset, r.nbytes, r.name) for r in tensors] + [(o, n, k) for k, (o, n) in shared.items()])
     position = 0
@@ -523,6 +601,7 @@ def _parse_header(
         file_bytes=file_bytes,
         payload=payload,
         shared=shared,
+        aliases=aliases,
     )
 
 
@@ -688,7 +767,7 @@ def _check_records(module: nn.Module, artifact: Artifact, strict: bool) -> None:
                 f"{list(current.shape)} (a compressed layer may only be smaller)."
             )
     if strict:
-        missing = sorted(set(expected) - {r.name for r in artifact.tensors})
+        missing = sorted(set(expected) - {r.name for r in artifact.tensors} - set(artifact.aliases))
         if missing:
             raise ArtifactError(f"{artifact.path}: the artifact lacks tensors of the model: {missing[:5]}.")
 

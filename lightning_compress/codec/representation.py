@@ -20,6 +20,7 @@ This module imports nothing above :mod:`lightning_compress.codec`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "CompositionError",
     "Representation",
     "TensorRepresentation",
+    "find_representation",
     "representation_of",
 ]
 
@@ -105,6 +107,9 @@ class Representation:
 
     def __init__(self) -> None:
         self.tensors: dict[str, TensorRepresentation] = {}
+        #: owners compressing in the fit under way (``None``: not in a fit); a claim of an owner that is not among
+        #: them is history (an earlier fit's decision) and gives way to a new claim instead of refusing it
+        self.active: set[str] | None = None
 
     def claim(self, owner: str, aspect: str, names: Iterable[str], kind: str, why: str = "") -> None:
         """Make ``owner`` the owner of ``aspect`` of every named tensor.
@@ -120,7 +125,7 @@ class Representation:
         taken: dict[str, list[str]] = {}
         for name in names:
             current = getattr(self.tensors.get(name), aspect, None)
-            if current is not None and current.owner != owner:
+            if current is not None and current.owner != owner and (self.active is None or current.owner in self.active):
                 taken.setdefault(current.owner, []).append(name)
         for other, clash in taken.items():
             shown = ", ".join(clash[:4]) + (f", ... ({len(clash) - 4} more)" if len(clash) > 4 else "")
@@ -190,10 +195,53 @@ _WAY_OUT = {
 }
 
 
+#: Every module a representation is attached to (weakly): saving one of their submodules, or a module holding one of
+#: them, finds the claims on its tensors by name.
+_HOLDERS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
 def representation_of(module: nn.Module) -> Representation:
     """The :class:`Representation` attached to ``module`` (created empty on first use)."""
     rep = getattr(module, REPRESENTATION_ATTR, None)
     if not isinstance(rep, Representation):
         rep = Representation()
         object.__setattr__(module, REPRESENTATION_ATTR, rep)
+        _HOLDERS.add(module)
     return rep
+
+
+def find_representation(module: nn.Module) -> Representation:
+    """The claims on ``module``'s tensors, wherever the representation lives, keyed by ``module``'s own names.
+
+    A callback keeps the representation on the module that was fit; a user then saves its backbone, a submodule, or
+    a module that holds it. Claims come from ``module``'s own representation first, then from any module holding
+    ``module`` (names with their prefix removed), then from any module ``module`` holds (prefix added).
+
+    Example:
+        >>> import torch
+        >>> outer = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> representation_of(outer).claim("SuccessivePruning", "support", ["0.weight"], kind="surp")
+        >>> sorted(find_representation(outer[0]).tensors)
+        ['weight']
+    """
+    found = Representation()
+    own = getattr(module, REPRESENTATION_ATTR, None)
+    if isinstance(own, Representation):
+        found.tensors.update(own.tensors)
+    holders = [h for h in list(_HOLDERS) if h is not module and getattr(h, REPRESENTATION_ATTR).tensors]
+    if not holders:
+        return found
+    inside = {id(sub): prefix for prefix, sub in module.named_modules() if prefix}
+    for holder in holders:
+        tensors = getattr(holder, REPRESENTATION_ATTR).tensors
+        if id(holder) in inside:  # module holds the fit module: add the prefix
+            prefix = inside[id(holder)] + "."
+            for name, rep in tensors.items():
+                found.tensors.setdefault(prefix + name, rep)
+            continue
+        prefix = next((p for p, sub in holder.named_modules() if sub is module and p), None)
+        if prefix is not None:  # the fit module holds module: drop the prefix
+            for name, rep in tensors.items():
+                if name.startswith(prefix + "."):
+                    found.tensors.setdefault(name[len(prefix) + 1 :], rep)
+    return found
