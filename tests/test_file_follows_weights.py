@@ -89,10 +89,12 @@ def test_values_decide_without_any_representation(tmp_path: Path) -> None:
         net[4].weight.copy_(torch.randint(0, 3, net[4].weight.shape).float() * 0.5)  # three distinct values
     path = lc.save(net, tmp_path / "net.lcz")
     records = {r.name: r for r in lc.read_artifact(path).tensors}
-    assert records["0.weight"].codec == "sparse" and records["0.weight"].source == "values"
+    assert records["0.weight"].codec == "sparse"
+    assert records["0.weight"].source == "values"
     assert records["2.weight"].codec in ("ternary", "codebook")
     assert records["4.weight"].codec in ("codebook", "sparse_codebook")
-    assert records["0.bias"].codec == "dense" and records["0.bias"].source == "default"
+    assert records["0.bias"].codec == "dense"
+    assert records["0.bias"].source == "default"
     back = lc.load(path, model=mlp())
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), net.state_dict().values(), strict=True))
 

@@ -33,6 +33,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_number
+from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.container import artifact_module, save
 from lightning_compress.codec.representation import ASPECTS, CompositionError, Representation, representation_of
@@ -376,22 +377,17 @@ class CompressionCallback(Callback):
         with tempfile.TemporaryDirectory() as tmp:
             return save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs=codecs).stat().st_size
 
-    @staticmethod
-    def rebuild_optimizers(trainer: pl.Trainer) -> None:
-        """Build the optimizers again after parameters changed shape, keeping the LR schedulers' progress.
+    def rebuild_optimizers(self, trainer: pl.Trainer, change: Callable[[], KeptIndices] | None = None) -> None:
+        """Run ``change`` (it replaces parameters, returns what it kept of each), then rebuild the optimizers.
 
-        Under DDP the model is wrapped again first, so gradient buckets match the new shapes. Optimizer moments
-        restart (they referred to the old shapes).
+        The LR, the schedulers' progress, each group's hyperparameters, ``requires_grad`` and every parameter's
+        optimizer state (sliced to the kept entries) carry on as in an uninterrupted fit; under DDP the model is
+        wrapped again first (see :mod:`~lightning_compress.callbacks.optimizer_surgery`).
         """
-        strategy = trainer.strategy
-        schedulers = [config.scheduler.state_dict() for config in strategy.lr_scheduler_configs]
-        wrapped = strategy.model
-        if wrapped is not None and wrapped is not strategy.lightning_module and hasattr(strategy, "configure_ddp"):
-            strategy.model = strategy.lightning_module
-            strategy.configure_ddp()
-        strategy.setup_optimizers(trainer)
-        for config, state in zip(strategy.lr_scheduler_configs, schedulers, strict=False):
-            config.scheduler.load_state_dict(state)
+        root = trainer.lightning_module
+        target = self.target_module(root)
+        prefix = next((name for name, sub in root.named_modules() if sub is target), "")
+        reshape_parameters(trainer, change or dict, prefix)
 
     @staticmethod
     def target_module(pl_module: nn.Module) -> nn.Module:

@@ -36,6 +36,7 @@ from lightning_compress.functional.neuron_elimination import (
     elimination_masks,
     find_layer_pairs,
     greedy_round,
+    kept_indices,
     param_count,
     param_table,
     redistribute_,
@@ -571,8 +572,13 @@ class NeuronElimination(CompressionCallback):
             lookup = {orig: pos for pos, orig in enumerate(alive_before[record.pair])}
             positions[record.pair] = [lookup[e.neuron] for e in record.eliminations]
         current = self._current_pairs(alive_before)
-        shrink_(module, current, positions)
-        self.rebuild_optimizers(trainer)
+
+        def change() -> dict[str, list[tuple[int, torch.Tensor]]]:
+            kept = kept_indices(module, current, positions)
+            shrink_(module, current, positions)
+            return kept
+
+        self.rebuild_optimizers(trainer, change)
 
     # -- accuracy budget -------------------------------------------------------------------------------------------
     @override
@@ -602,13 +608,18 @@ class NeuronElimination(CompressionCallback):
             assert self._snapshot is not None  # noqa: S101 - undo implies a snapshot
             module = self.target_module(pl_module)
             state = self._snapshot["state"]
-            if self.removal == "immediate":
+
+            def restore() -> dict[str, list[tuple[int, torch.Tensor]]]:
                 resize_to_state(module, state)
-            module.load_state_dict(state)
+                module.load_state_dict(state)
+                return {}  # layers grow back: their optimizer state restarts
+
+            if self.removal == "immediate":
+                self.rebuild_optimizers(trainer, restore)
+            else:
+                module.load_state_dict(state)
             undone = len(self.history) - self._snapshot["history"]
             del self.history[self._snapshot["history"] :]
-            if self.removal == "immediate":
-                self.rebuild_optimizers(trainer)
             self._refresh_masks(pl_module)
             self._stopped = True
             self._stop_reason = (
@@ -654,13 +665,24 @@ class NeuronElimination(CompressionCallback):
             )
         if self.removal == "mask":
             self.apply_holds(pl_module)
-            shrink_(module, self.pairs, self.removed())
+            removed = self.removed()
+
+            def change() -> dict[str, list[tuple[int, torch.Tensor]]]:
+                kept = kept_indices(module, self.pairs, removed)
+                requires_grad = {n: p.requires_grad for n, p in module.named_parameters()}
+                shrink_(module, self.pairs, removed)
+                for name, param in module.named_parameters():  # torch-pruning's new Parameters all train
+                    param.requires_grad_(requires_grad.get(name, param.requires_grad))
+                return kept
+
+            if rebuild:
+                self.rebuild_optimizers(trainer, change)
+            else:
+                change()
         self._finished = True
         self.release_holds()
         if rebuild:
             self._shrunk_at = int(trainer.global_step)
-            if self.removal == "mask":
-                self.rebuild_optimizers(trainer)
         if not hasattr(module, REFERENCE_ATTR):  # the ratio of the artifact is against the original model
             object.__setattr__(module, REFERENCE_ATTR, self._dense_fp32_bytes)
         params = sum(p.numel() for p in module.parameters())

@@ -62,6 +62,7 @@ __all__ = [
     "elimination_masks",
     "find_layer_pairs",
     "greedy_round",
+    "kept_indices",
     "param_count",
     "param_table",
     "redistribute_",
@@ -738,6 +739,41 @@ def shrink_(module: nn.Module, pairs: Sequence[LayerPair], removed: Sequence[Seq
             tp.prune_linear_in_channels(consumer, columns)
         else:
             tp.prune_conv_in_channels(consumer, columns)
+
+
+def kept_indices(
+    module: nn.Module, pairs: Sequence[LayerPair], removed: Sequence[Sequence[int]]
+) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """What :func:`shrink_` keeps of each parameter: name -> ``(dim, kept indices)`` (call it before shrinking).
+
+    An optimizer's per-parameter state (momentum, Adam's moments) is sliced with it, so it carries over the shrink.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> pair = LayerPair("0", "2", (), channels=4, spatial=1, intercept=True)
+        >>> {n: [(d, i.tolist()) for d, i in v] for n, v in kept_indices(net, [pair], [[1]]).items()}
+        {'0.weight': [(0, [0, 2, 3])], '0.bias': [(0, [0, 2, 3])], '2.weight': [(1, [0, 2, 3])]}
+    """
+    kept: dict[str, list[tuple[int, torch.Tensor]]] = {}
+
+    def keep(layer_name: str, dim: int, size: int, gone: set[int], params: Sequence[str]) -> None:
+        index = torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
+        layer = module.get_submodule(layer_name)
+        for attr in params:
+            if isinstance(getattr(layer, attr, None), nn.Parameter):
+                kept.setdefault(f"{layer_name}.{attr}" if layer_name else attr, []).append((dim, index))
+
+    for pair, gone in zip(pairs, removed, strict=True):
+        idxs = {int(i) for i in gone}
+        if not idxs:
+            continue
+        producer = module.get_submodule(pair.producer)
+        keep(pair.producer, 0, _weight(producer).shape[0], idxs, ("weight", "bias"))
+        for norm in pair.norms:
+            keep(norm, 0, _weight(producer).shape[0], idxs, ("weight", "bias"))
+        columns = {c * pair.spatial + s for c in idxs for s in range(pair.spatial)}
+        keep(pair.consumer, 1, _weight(module.get_submodule(pair.consumer)).shape[1], columns, ("weight",))
+    return kept
 
 
 def _prune_out(layer: nn.Module, idxs: list[int]) -> None:
