@@ -124,3 +124,76 @@ def test_tied_weight_is_stored_once_and_tied_again_on_load(tmp_path: Path) -> No
     assert back.out.weight is back.embed.weight
     tokens = torch.randint(0, 50, (4, 7))
     assert torch.equal(back(tokens), lm(tokens))
+
+
+class TiedLMModule(pl.LightningModule):
+    """Next-token prediction on random sequences with a tied embedding / output matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm = TiedLM()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm(tokens)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch[0])
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[1].reshape(-1))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def _token_loader() -> torch.utils.data.DataLoader:
+    tokens = torch.randint(0, 50, (64, 9), generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(tokens[:, :-1], tokens[:, 1:])
+    return torch.utils.data.DataLoader(data, batch_size=16)
+
+
+def test_a_tied_weight_selected_by_its_alias_is_compressed_once(tmp_path: Path) -> None:
+    model = TiedLMModule()
+    pruning = lc.SuccessivePruning(target_sparsity=0.8, parameters=["lm.out.weight"])
+    pl.Trainer(callbacks=[pruning], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, _token_loader())
+    path = lc.save(model.lm, tmp_path / "lm.lcz")
+    artifact = lc.read_artifact(path)
+    codecs = {r.name: r.codec for r in artifact.tensors}
+    assert codecs["embed.weight"] == "surp"
+    assert "out.weight" not in codecs
+    back = lc.load(path, model=TiedLM())
+    assert back.out.weight is back.embed.weight
+    assert float((back.embed.weight == 0).float().mean()) >= 0.75
+
+
+def test_ternarization_leaves_tied_and_frozen_layers_alone(tmp_path: Path) -> None:
+    model = TiedLMModule()
+    ternary = lc.Ternarization(first_layer="ternary", last_layer="ternary")
+    pl.Trainer(callbacks=[ternary], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, _token_loader())
+    assert ternary.ternarized == ["lm.hidden.weight"]
+    assert model.lm.out.weight is model.lm.embed.weight
+    body = BodyModule()
+    body.body[0].requires_grad_(False)
+    frozen = body.body[0].weight.detach().clone()
+    _fit(body, [lc.Ternarization(first_layer="ternary")], tmp_path, epochs=1)
+    assert torch.equal(body.body[0].weight, frozen)
+
+
+def test_frozen_first_layer_is_left_alone_and_no_layer_is_cut_to_a_sliver(tmp_path: Path) -> None:
+    model = BodyModule()
+    model.body[0].requires_grad_(False)
+    frozen = model.body[0].weight.detach().clone()
+    elimination = lc.NeuronElimination(target_params=0.3, rounds=3, min_rows_per_neuron=4, verbose=False)
+    _fit(model, [elimination], tmp_path)
+    assert torch.equal(model.body[0].weight, frozen)  # its pair (0 -> 2) would rewrite it: left alone
+    assert "body.0" in elimination.skipped
+    assert model.body[2].out_features >= 4  # at least a tenth of its 32 neurons
+    assert model.body[2].out_features < 32  # and something was removed
+
+
+def test_a_later_fit_with_another_value_method_replaces_the_earlier_decision(tmp_path: Path) -> None:
+    model = BodyModule()
+    _fit(model, [lc.SuccessivePruning(target_sparsity=0.8)], tmp_path, epochs=2)
+    sharing = lc.WeightSharing(k_bounds=(2, 32), pop_size=4, n_gen=2, progress=False)
+    _fit(model, [sharing], tmp_path, epochs=1)
+    path = lc.save(model, tmp_path / "shared.lcz")
+    codecs = {r.name: r.codec for r in lc.read_artifact(path).tensors}
+    assert codecs["body.0.weight"] in ("codebook", "sparse_codebook")

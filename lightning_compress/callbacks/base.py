@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
@@ -44,6 +45,7 @@ from lightning_compress.functional.forward import (
     leading,
     to_device,
 )
+from lightning_compress.functional.selection import frozen_parameters
 
 __all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback", "compression_event", "default_windows"]
 
@@ -285,6 +287,15 @@ class CompressionCallback(Callback):
                     "should compress (`parameters=` / `layers=`), or combine them into one."
                 )
             self._resolve_windows(trainer)
+            # claims of owners that are not in this fit are an earlier fit's decisions: new claims replace them
+            self.representation(pl_module).active = set(owners)
+            frozen = frozen_parameters(self.target_module(pl_module))
+            if frozen and self._leads(trainer):
+                shown = ", ".join(frozen[:4]) + (f", ... ({len(frozen) - 4} more)" if len(frozen) > 4 else "")
+                rank_zero_info(
+                    f"lightning_compress: {len(frozen)} frozen parameter(s) (requires_grad=False) are left alone by "
+                    f"every compression callback: {shown}."
+                )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -8,6 +8,7 @@ contribution redistributed onto the survivors (Shah, Olivier, Raj 2020). The alg
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -43,6 +44,7 @@ from lightning_compress.functional.neuron_elimination import (
     rows_shortfall,
     shrink_,
 )
+from lightning_compress.functional.selection import frozen_parameters
 
 __all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
 
@@ -116,6 +118,9 @@ class NeuronElimination(CompressionCallback):
         min_rows_per_neuron: a layer with fewer calibration rows per neuron is skipped with a warning (with too
             few rows every neuron looks dependent).
         min_neurons: neurons kept at least in every layer.
+        min_layer_fraction: share of each layer's original neurons kept at least (default 0.1), so a size target
+            never cuts one layer to a sliver; a target the floors do not allow is announced before the first step,
+            and annealing stops at the floors.
         ridge: diagonal ridge of the Gram matrices, relative to their mean diagonal.
         removal: ``"mask"`` or ``"immediate"`` (see above).
         final_fraction: fraction of the window after the last round (fine-tuning under the masks).
@@ -157,6 +162,7 @@ class NeuronElimination(CompressionCallback):
         calibration_batches: int | None = None,
         min_rows_per_neuron: int = 10,
         min_neurons: int = 1,
+        min_layer_fraction: float = 0.1,
         ridge: float = 1e-10,
         removal: str = "mask",
         final_fraction: float = 0.2,
@@ -188,6 +194,7 @@ class NeuronElimination(CompressionCallback):
         check_number("calibration_batches", calibration_batches, low=1, integer=True, allow_none=True)
         check_number("min_rows_per_neuron", min_rows_per_neuron, low=1, integer=True)
         check_number("min_neurons", min_neurons, low=1, integer=True)
+        check_number("min_layer_fraction", min_layer_fraction, low=0, high=1, high_open=True)
         check_number("ridge", ridge, low=0, high=1, high_open=True)
         check_choice("removal", removal, ("mask", "immediate"))
         check_number("final_fraction", final_fraction, low=0, high=1, high_open=True)
@@ -213,6 +220,7 @@ class NeuronElimination(CompressionCallback):
         self.calibration_batches = calibration_batches
         self.min_rows_per_neuron = min_rows_per_neuron
         self.min_neurons = min_neurons
+        self.min_layer_fraction = float(min_layer_fraction)
         self.ridge = float(ridge)
         self.removal = removal
         self.final_fraction = float(final_fraction)
@@ -327,11 +335,19 @@ class NeuronElimination(CompressionCallback):
         if not self.pairs:
             example = self.check_forward(trainer, pl_module, "NeuronElimination")
             self.pairs, self.skipped = find_layer_pairs(module, example, self.layers)
+            # eliminating rewrites producer rows, norm entries and consumer columns: all of them must train
+            frozen_layers = {name.rpartition(".")[0] for name in frozen_parameters(module)}
+            for pair in list(self.pairs):
+                if frozen_layers & {pair.producer, pair.consumer, *pair.norms}:
+                    self.pairs.remove(pair)
+            for layer in sorted(frozen_layers):
+                self.skipped[layer] = "frozen (requires_grad=False): left alone, with the layers it pairs with"
             if not self.pairs:
                 rank_zero_warn(f"NeuronElimination found no eligible layer pair: {self.skipped}.")
             self._dense_params = sum(p.numel() for p in module.parameters())
             self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
             self._table = param_table(module, self.pairs)
+            self._check_floors()
             rank_zero_info(
                 f"NeuronElimination: {len(self.pairs)} layer pairs "
                 f"({', '.join(f'{p.producer}->{p.consumer}' for p in self.pairs)}); skipped: {self.skipped}"
@@ -339,6 +355,19 @@ class NeuronElimination(CompressionCallback):
         if not self._round_steps:
             self._round_steps = self.steps_in_window(self.rounds, self.final_fraction)
         self._refresh_masks(pl_module)
+
+    def _check_floors(self) -> None:
+        """Say before the first step when the per-layer floors keep the model above ``target_params``."""
+        if self.target_params is None or not self.pairs:
+            return
+        floor = param_count(self._table, self.pairs, [self._floor(p) for p in self.pairs])
+        if floor > self.target_params * self._dense_params:
+            rank_zero_warn(
+                f"NeuronElimination: target_params={self.target_params} is out of reach above the per-layer floors "
+                f"(min_layer_fraction={self.min_layer_fraction}, min_neurons={self.min_neurons}): at the floors the "
+                f"model keeps {floor / max(self._dense_params, 1):.1%} of its parameters, and annealing will stop "
+                "there. Lower `min_layer_fraction` to go further."
+            )
 
     def _unguarded(self, why: str) -> None:
         """No metric to guard with: the default guard gives way to a loss-free rule, a low tolerance."""
@@ -485,7 +514,7 @@ class NeuronElimination(CompressionCallback):
                 params_goal=goal,
                 params_floor=target,
                 savings=savings,
-                min_neurons=self.min_neurons,
+                min_neurons=[self._floor(self.pairs[i]) for i in index],
             )
             decided = []
             for record, i in zip(records, index, strict=True):
@@ -496,6 +525,10 @@ class NeuronElimination(CompressionCallback):
         decided = self.broadcast(trainer, decided)
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
         return [RoundRecord.from_dict(d) for d in decided]
+
+    def _floor(self, pair: LayerPair) -> int:
+        """Neurons a layer keeps at least: ``min_neurons``, and ``min_layer_fraction`` of its original width."""
+        return max(self.min_neurons, math.ceil(self.min_layer_fraction * pair.channels))
 
     def _current_pairs(self, alive: list[list[int]]) -> list[LayerPair]:
         if self.removal == "mask":

@@ -312,7 +312,19 @@ class Ternarization(CompressionCallback):
     # qat ---------------------------------------------------------------------------------------------------------
     def _qat_layers(self, module: nn.Module) -> list[str]:
         candidates = [n for n, m in module.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-        params = dict(module.named_parameters())
+        params = dict(module.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
+        if self.layers is None:  # by default frozen layers and weights tied to another module stay as they are
+            uses: dict[int, int] = {}
+            for p in params.values():
+                uses[id(p)] = uses.get(id(p), 0) + 1
+            left = [
+                n for n in candidates if not params[f"{n}.weight"].requires_grad or uses[id(params[f"{n}.weight"])] > 1
+            ]
+            if left:
+                rank_zero_info(
+                    f"Ternarization leaves {len(left)} frozen or tied layer(s) as they are: {', '.join(left[:6])}."
+                )
+            candidates = [n for n in candidates if n not in left]
         if self.layers is not None:
             unknown = sorted(set(self.layers) - set(candidates))
             if unknown:
@@ -322,7 +334,10 @@ class Ternarization(CompressionCallback):
                 )
             return [n for n in candidates if n in self.layers]
         if not candidates:
-            raise ValueError("Ternarization found no nn.Linear/nn.Conv2d layer to ternarise.")
+            raise ValueError(
+                "Ternarization found no nn.Linear/nn.Conv2d layer to ternarise (frozen layers and weights tied to "
+                "another module are left alone; name layers in `layers=` to ternarise them anyway)."
+            )
         sizes = {n: params[f"{n}.weight"].numel() for n in candidates}
         total = sum(sizes.values())
         chosen = list(candidates)

@@ -557,7 +557,7 @@ def greedy_round(
     params_goal: int | None = None,
     params_floor: int | None = None,
     savings: Sequence[float] | None = None,
-    min_neurons: int = 1,
+    min_neurons: int | Sequence[int] = 1,
 ) -> list[RoundRecord]:
     """One elimination round over several layers, most dependent neuron first across all of them.
 
@@ -573,7 +573,8 @@ def greedy_round(
     if (params_goal is not None or params_floor is not None) and count_params is None:
         raise ValueError("`params_goal` and `params_floor` need `count_params`.")
     records = [RoundRecord(i) for i in range(len(solvers))]
-    bests = [s.best() if len(s.alive) > min_neurons else (math.inf, -1) for s in solvers]
+    floors = [min_neurons] * len(solvers) if isinstance(min_neurons, int) else list(min_neurons)
+    bests = [s.best() if len(s.alive) > f else (math.inf, -1) for s, f in zip(solvers, floors, strict=True)]
     per_param = list(savings) if savings is not None else [1.0] * len(solvers)
     while solvers:
         layer = min(range(len(solvers)), key=lambda i: bests[i][0])
@@ -590,7 +591,7 @@ def greedy_round(
             score, position = bests[layer]
         records[layer].eliminations.append(solvers[layer].eliminate(position))
         solver = solvers[layer]
-        bests[layer] = solver.best() if len(solver.alive) > min_neurons else (math.inf, -1)
+        bests[layer] = solver.best() if len(solver.alive) > floors[layer] else (math.inf, -1)
     return records
 
 

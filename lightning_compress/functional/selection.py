@@ -6,7 +6,19 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["select_parameters"]
+__all__ = ["frozen_parameters", "select_parameters"]
+
+
+def frozen_parameters(module: nn.Module) -> list[str]:
+    """Names of the parameters that do not train (``requires_grad=False``): every method leaves them alone.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        >>> _ = net[0].requires_grad_(False)
+        >>> frozen_parameters(net)
+        ['0.weight', '0.bias']
+    """
+    return [n for n, p in module.named_parameters() if not p.requires_grad]
 
 
 def select_parameters(module: nn.Module, which: str | Sequence[str] = "all") -> list[tuple[str, nn.Parameter]]:
@@ -16,7 +28,9 @@ def select_parameters(module: nn.Module, which: str | Sequence[str] = "all") -> 
         module: the network.
         which: ``"all"`` (every parameter, as the paper's experiments), ``"weights"`` (Conv/Linear weights only;
             biases and normalisation parameters stay fp32), or a list of parameter names or module names (a module
-            name selects its parameters): how two methods split a network between them.
+            name selects its parameters): how two methods split a network between them. ``"all"`` and
+            ``"weights"`` leave frozen parameters (``requires_grad=False``) out; a list takes what it names. A tied
+            parameter is selected once, under the first of its names, whichever of them the list gives.
 
     Raises:
         ValueError: for another ``which`` or when nothing is selected.
@@ -28,23 +42,30 @@ def select_parameters(module: nn.Module, which: str | Sequence[str] = "all") -> 
     """
     if not isinstance(which, str):
         wanted = list(which)
-        params = list(module.named_parameters())
-        unknown = [w for w in wanted if not any(n == w or n.startswith(f"{w}.") for n, _ in params)]
+        every = list(module.named_parameters(remove_duplicate=False))  # aliases of tied parameters too
+        unknown = [w for w in wanted if not any(n == w or n.startswith(f"{w}.") for n, _ in every)]
         if unknown:
             raise ValueError(
                 f"`parameters` names {unknown}, which are neither parameters nor modules with parameters of the model; "
-                f"its parameters: {[n for n, _ in params][:12]}{' ...' if len(params) > 12 else ''}."
+                f"its parameters: {[n for n, _ in every][:12]}{' ...' if len(every) > 12 else ''}."
             )
-        return [(n, p) for n, p in params if any(n == w or n.startswith(f"{w}.") for w in wanted)]
+        first = {id(p): n for n, p in reversed(list(module.named_parameters()))}
+        picked = {id(p) for n, p in every if any(n == w or n.startswith(f"{w}.") for w in wanted)}
+        return [(first[id(p)], p) for n, p in module.named_parameters() if id(p) in picked]
     if which not in ("all", "weights"):
         raise ValueError(f"`parameters` must be 'all', 'weights' or a list of names, got {which!r}.")
     if which == "all":
-        chosen = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+        chosen = [(n, p) for n, p in module.named_parameters() if p.is_floating_point() and p.requires_grad]
     else:
         chosen = []
-        for mod_name, mod in module.named_modules():
-            if isinstance(mod, nn.Linear | nn.modules.conv._ConvNd) and isinstance(mod.weight, nn.Parameter):
-                chosen.append((f"{mod_name}.weight" if mod_name else "weight", mod.weight))
+        canonical = {id(p): n for n, p in module.named_parameters()}
+        for mod in module.modules():
+            weight = getattr(mod, "weight", None)
+            if not (isinstance(mod, nn.Linear | nn.modules.conv._ConvNd) and isinstance(weight, nn.Parameter)):
+                continue
+            if weight.requires_grad and all(weight is not p for _, p in chosen):
+                chosen.append((canonical[id(weight)], weight))
     if not chosen:
-        raise ValueError(f"No parameters selected with parameters={which!r}.")
+        frozen = " (every candidate is frozen: requires_grad=False)" if frozen_parameters(module) else ""
+        raise ValueError(f"No parameters selected with parameters={which!r}{frozen}.")
     return chosen
