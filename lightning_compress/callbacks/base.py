@@ -91,13 +91,16 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
     return wrap
 
 
-def default_windows(callbacks: Iterable[CompressionCallback]) -> dict[int, tuple[float, float]]:
+def default_windows(
+    callbacks: Iterable[CompressionCallback], span: tuple[float, float] = (0.0, 1.0), alone: bool = True
+) -> dict[int, tuple[float, float]]:
     """Consecutive windows for callbacks given without ``start``/``end``, in the order structure, support, values.
 
     One callback keeps its own default (:attr:`CompressionCallback.DEFAULT_WINDOW`). Several split the fit into
     equal consecutive phases, one per aspect that trains (structure, support, trained values); a method that acts
     once at the end (``DEFAULT_WINDOW == (1.0, 1.0)``, WeightSharing) stays there. Each method keeps its own
-    fine-tuning share inside its window (``final_fraction``).
+    fine-tuning share inside its window (``final_fraction``). ``span``: the part of the fit they share (the rest is
+    taken by callbacks given explicit windows; ``alone=False`` then, and a single callback takes the span too).
 
     Returns:
         ``id(callback)`` -> ``(start, end)``.
@@ -109,15 +112,16 @@ def default_windows(callbacks: Iterable[CompressionCallback]) -> dict[int, tuple
         [(0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]
     """
     callbacks = list(callbacks)
-    if len(callbacks) == 1:
+    if len(callbacks) == 1 and alone:
         return {id(callbacks[0]): callbacks[0].DEFAULT_WINDOW}
     at_end = [cb for cb in callbacks if cb.DEFAULT_WINDOW == (1.0, 1.0)]
     training = [cb for cb in callbacks if cb not in at_end]
     phases = sorted({cb.ASPECT for cb in training}, key=ASPECTS.index)
     windows = {id(cb): (1.0, 1.0) for cb in at_end}
+    lo, hi = span
     for cb in training:
         i = phases.index(cb.ASPECT)
-        windows[id(cb)] = (i / len(phases), (i + 1) / len(phases))
+        windows[id(cb)] = (lo + (hi - lo) * i / len(phases), lo + (hi - lo) * (i + 1) / len(phases))
     return windows
 
 
@@ -214,6 +218,13 @@ class CompressionCallback(Callback):
             return None
         start = self.start if self.start is not None else self.DEFAULT_WINDOW[0]
         end = self.end if self.end is not None else max(self.DEFAULT_WINDOW[1], start)
+        if self.start is None and self.DEFAULT_WINDOW[0] == self.DEFAULT_WINDOW[1]:
+            start = end  # a method that acts once (WeightSharing): `end` alone says when
+        if end < start:  # only `end` was given, before this method's default start: no silent swap
+            raise ValueError(
+                f"{self.owner}(end={end:g}) ends before its default start ({start:g} of the fit); give `start` too "
+                f"(e.g. start=0, end={end:g})."
+            )
         return (start, end)
 
     def window_steps(self) -> tuple[int, int]:
@@ -226,15 +237,27 @@ class CompressionCallback(Callback):
         return self.window[1] < 1.0 and trainer.global_step >= self.window_steps()[1]
 
     def steps_in_window(self, count: int, final_fraction: float) -> list[int]:
-        """``count`` evenly spaced steps over the first ``1 - final_fraction`` of the window (the last at its end)."""
+        """``count`` evenly spaced steps over the first ``1 - final_fraction`` of the window (the last at its end).
+
+        Never past the window's end: a window shorter than ``count`` steps acts several times at one step.
+        """
         first, last = self.window_steps()
-        span = max(round((last - first) * (1.0 - final_fraction)), count)
-        return [first + max(1, round(span * (i + 1) / count)) for i in range(count)]
+        span = max(round((last - first) * (1.0 - final_fraction)), min(count, last - first))
+        return [min(last, first + max(1, round(span * (i + 1) / count))) for i in range(count)]
 
     def _resolve_windows(self, trainer: pl.Trainer) -> None:
         callbacks = self.compression_callbacks(trainer)
         explicit = {id(cb): cb.explicit_window(trainer) for cb in callbacks}
-        defaults = default_windows(callbacks) if all(w is None for w in explicit.values()) else {}
+        implicit = [cb for cb in callbacks if explicit[id(cb)] is None]
+        given = [(cb, w) for cb in callbacks if (w := explicit[id(cb)]) is not None]
+        # the callbacks without a window share, in aspect order, the part of the fit the explicit ones leave
+        lo, hi = 0.0, 1.0
+        if implicit and given:
+            first = min(ASPECTS.index(cb.ASPECT) for cb in implicit)
+            last = max(ASPECTS.index(cb.ASPECT) for cb in implicit)
+            lo = max([w[1] for cb, w in given if ASPECTS.index(cb.ASPECT) < first and w[1] < 1.0], default=0.0)
+            hi = min([w[0] for cb, w in given if ASPECTS.index(cb.ASPECT) > last and w[0] > lo], default=1.0)
+        defaults = default_windows(implicit, span=(lo, hi), alone=not given)
         for cb in callbacks:
             cb._window = explicit[id(cb)] or defaults.get(id(cb)) or cb.DEFAULT_WINDOW
 
@@ -300,6 +323,11 @@ class CompressionCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) and not self.should_skip(trainer):
+            raise ValueError(
+                f"{self.owner} places its work at fractions of the fit, and this fit's length is unknown (an iterable "
+                "dataset without a length, or max_epochs=-1): set `max_steps` on the Trainer."
+            )
         self._total_steps = int(total) if math.isfinite(total) else 0
         self.check_composition(trainer, pl_module)
         self._fit_order = None

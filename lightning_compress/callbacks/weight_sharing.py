@@ -232,7 +232,11 @@ class WeightSharing(CompressionCallback):
 
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_epoch is None and not self.done:
+        if not self.done:  # also when the fit stopped before `at_epoch` (EarlyStopping, max_steps): never left dense
+            if self.at_epoch is not None:
+                rank_zero_info(
+                    f"WeightSharing: the fit ended before epoch {self.at_epoch} (`at_epoch`); sharing at its end."
+                )
             self.share(trainer, pl_module)
 
     @override
