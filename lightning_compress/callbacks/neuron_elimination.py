@@ -348,6 +348,7 @@ class NeuronElimination(CompressionCallback):
             self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
             self._table = param_table(module, self.pairs)
             self._check_floors()
+            self._claim_written(trainer, pl_module, module)
             rank_zero_info(
                 f"NeuronElimination: {len(self.pairs)} layer pairs "
                 f"({', '.join(f'{p.producer}->{p.consumer}' for p in self.pairs)}); skipped: {self.skipped}"
@@ -428,6 +429,11 @@ class NeuronElimination(CompressionCallback):
                 # Each lossy round waits for a validation after the previous one (the first sets the baseline): the
                 # guard then judges every round alone, and an undo costs one round, not several.
                 break
+            if guarded and self._round > 0:
+                # rounds that waited for a validation are merged into the latest one due (its tolerance and size
+                # goal): a short fit with few validations still anneals as far as its position in the window
+                due = [i for i in range(self._round, self.rounds) if trainer.global_step >= self._round_steps[i]]
+                self._round = due[-1]
             self._run_round(trainer, pl_module)
             self._round += 1
             if guarded:
@@ -526,6 +532,17 @@ class NeuronElimination(CompressionCallback):
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
         return [RoundRecord.from_dict(d) for d in decided]
 
+    def _written_layers(self) -> set[str]:
+        """Every module a round rewrites: producers, their norms, consumers."""
+        return {name for pair in self.pairs for name in (pair.producer, pair.consumer, *pair.norms)}
+
+    def _claim_written(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: nn.Module) -> None:
+        """Claim the structure of everything the pairs rewrite, then check the windows again (before any step)."""
+        written = self._written_layers()
+        names = [n for n, _ in module.named_parameters() if n.rpartition(".")[0] in written]
+        self.claim(pl_module, "structure", names, kind="eliminate")
+        self.check_composition(trainer, pl_module)
+
     def _floor(self, pair: LayerPair) -> int:
         """Neurons a layer keeps at least: ``min_neurons``, and ``min_layer_fraction`` of its original width."""
         return max(self.min_neurons, math.ceil(self.min_layer_fraction * pair.channels))
@@ -541,7 +558,12 @@ class NeuronElimination(CompressionCallback):
         if self.accuracy_budget is not None and self._snapshot is None:
             self._snapshot = {
                 "history": len(self.history),
-                "state": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
+                # only what a round writes (producers, norms, consumers): an undo leaves other methods' work alone
+                "state": {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in module.state_dict().items()
+                    if k.rpartition(".")[0] in self._written_layers()
+                },
             }
         alive_before = self.alive()
         records = self._decide(trainer, pl_module, module)
@@ -644,13 +666,13 @@ class NeuronElimination(CompressionCallback):
 
             def restore() -> dict[str, list[tuple[int, torch.Tensor]]]:
                 resize_to_state(module, state)
-                module.load_state_dict(state)
+                module.load_state_dict(state, strict=False)
                 return {}  # layers grow back: their optimizer state restarts
 
             if self.removal == "immediate":
                 self.rebuild_optimizers(trainer, restore)
             else:
-                module.load_state_dict(state)
+                module.load_state_dict(state, strict=False)
             undone = len(self.history) - self._snapshot["history"]
             del self.history[self._snapshot["history"] :]
             self._refresh_masks(pl_module)

@@ -795,7 +795,10 @@ def _sync_shape_attributes(layer: nn.Module) -> None:
     if isinstance(layer, nn.Linear) and weight is not None:
         layer.out_features, layer.in_features = weight.shape
     elif isinstance(layer, nn.modules.conv._ConvNd) and weight is not None:
+        depthwise = layer.groups > 1 and layer.groups == layer.out_channels and weight.shape[1] == 1
         layer.out_channels = weight.shape[0]
+        if depthwise:  # one filter per channel: as many groups as channels remain
+            layer.groups = weight.shape[0]
         layer.in_channels = weight.shape[1] * layer.groups
     elif isinstance(layer, nn.modules.batchnorm._NormBase):
         ref = weight if weight is not None else layer.running_mean

@@ -72,6 +72,9 @@ __all__ = [
 ]
 
 #: Autograd node names of operations that act on every channel separately (allowed between producer and consumer).
+#: Operations torch-pruning traces as separate nodes that are the consumer Linear's own product (3-D inputs of a
+#: Linear, e.g. a transformer's feed-forward block, trace as reshape -> addmm/mm -> reshape).
+CONSUMER_OPS = ("AddmmBackward", "MmBackward")
 CHANNELWISE_OPS = (
     "Relu",
     "Threshold",
@@ -108,7 +111,9 @@ class LayerPair:
     Attributes:
         producer: module name of the Linear/Conv2d whose output channels are the neurons.
         consumer: module name of the Linear/Conv2d that reads them.
-        norms: names of the BatchNorm layers between them (their entries go with the neuron).
+        norms: names of the per-channel layers between them, whose entries go with the neuron: BatchNorm (also
+            SyncBatchNorm) and depthwise convolutions (MobileNet's inverted residual: expand -> depthwise ->
+            project is one pair, the expansion channels its neurons).
         channels: number of neurons (producer output channels) in the original model.
         spatial: consumer inputs per neuron for a Linear consumer after a flatten (``C*H*W`` inputs), else 1.
         intercept: whether the regression has an intercept (absorbed by the consumer's bias); False when the
@@ -205,6 +210,11 @@ def find_layer_pairs(
     return pairs, skipped
 
 
+def _depthwise(layer: nn.Module, channels: int) -> bool:
+    """A convolution with one filter per channel of ``channels`` (``groups == in == out``)."""
+    return isinstance(layer, nn.Conv2d) and layer.groups == layer.in_channels == layer.out_channels == channels > 1
+
+
 def _pair_of(
     graph: tp.DependencyGraph, layer: nn.Module, name: str, module_names: Mapping[nn.Module, str]
 ) -> tuple[str, LayerPair | None]:
@@ -219,16 +229,23 @@ def _pair_of(
         target = dep.target.module
         if target is layer:
             continue
+        if _depthwise(target, channels):  # a filter per channel: it goes with the neuron, like a norm's entry
+            if module_names[target] not in norms:
+                norms.append(module_names[target])
+            continue
         if isinstance(target, nn.Linear | nn.Conv2d):
             if graph.is_out_channel_pruning_fn(dep.handler):
                 return f"output channels coupled with {module_names.get(target, '?')} (residual addition)", None
             if isinstance(target, nn.Conv2d) and target.groups != 1:
                 return f"consumer {module_names.get(target, '?')} is a grouped convolution", None
             consumers.append(target)
-        elif isinstance(target, nn.BatchNorm1d | nn.BatchNorm2d):
-            norms.append(module_names[target])
+        elif isinstance(target, nn.modules.batchnorm._BatchNorm):
+            if module_names[target] not in norms:
+                norms.append(module_names[target])
         elif type(target).__name__ == "_ElementWiseOp":
             op = str(getattr(target, "_grad_fn", ""))
+            if op.startswith(CONSUMER_OPS):
+                continue  # the consumer Linear's own matmul, traced apart when its input has more than 2 dims
             if op.startswith(("Add", "Sub", "Cat")):
                 return f"channels coupled with other layers by {op} (residual addition or concatenation)", None
             if not any(op.startswith(allowed) for allowed in CHANNELWISE_OPS):
@@ -251,16 +268,21 @@ def _pair_of(
 # --------------------------------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------------------------------
-def consumer_rows(inputs: torch.Tensor, channels: int) -> torch.Tensor:
+def consumer_rows(inputs: torch.Tensor, channels: int, linear: bool = False) -> torch.Tensor:
     """The consumer's input as observation rows ``[rows, channels]``.
 
-    A Linear input ``[N, C]`` is already rows; a flattened ``[N, C*S]`` gives ``N*S`` rows; a convolution input
-    ``[N, C, H, W]`` gives ``N*H*W`` rows (every spatial position is an observation).
+    A Linear input ``[N, C]`` is already rows, ``[N, T, C]`` (a sequence, ``linear=True``) gives ``N*T`` rows; a
+    flattened ``[N, C*S]`` gives ``N*S`` rows; a convolution input ``[N, C, H, W]`` gives ``N*H*W`` rows (every
+    spatial position is an observation).
 
     Example:
         >>> consumer_rows(torch.arange(8.0).reshape(1, 2, 2, 2), 2).tolist()
         [[0.0, 4.0], [1.0, 5.0], [2.0, 6.0], [3.0, 7.0]]
+        >>> consumer_rows(torch.arange(8.0).reshape(1, 4, 2), 2, linear=True).shape
+        torch.Size([4, 2])
     """
+    if linear and inputs.dim() > 2:  # a Linear acts on the last dimension: every leading index is an observation
+        inputs = inputs.reshape(-1, inputs.shape[-1])
     if inputs.dim() == 2:
         n, features = inputs.shape
         if features % channels:
@@ -338,9 +360,9 @@ def collect_moments(
     for pair, moment in zip(pairs, moments, strict=True):
 
         def hook(
-            _: nn.Module, args: tuple[Any, ...], pair: LayerPair = pair, moment: ActivationMoments = moment
+            layer: nn.Module, args: tuple[Any, ...], pair: LayerPair = pair, moment: ActivationMoments = moment
         ) -> None:
-            moment.update(consumer_rows(args[0], pair.channels))
+            moment.update(consumer_rows(args[0], pair.channels, linear=isinstance(layer, nn.Linear)))
 
         handles.append(module.get_submodule(pair.consumer).register_forward_pre_hook(hook))
     was_training = module.training
@@ -733,7 +755,11 @@ def shrink_(module: nn.Module, pairs: Sequence[LayerPair], removed: Sequence[Seq
         producer = module.get_submodule(pair.producer)
         _prune_out(producer, idxs)
         for norm in pair.norms:
-            tp.prune_batchnorm_out_channels(module.get_submodule(norm), idxs)
+            per_channel = module.get_submodule(norm)
+            if isinstance(per_channel, nn.Conv2d):
+                tp.prune_depthwise_conv_out_channels(per_channel, idxs)
+            else:
+                tp.prune_batchnorm_out_channels(per_channel, idxs)
         consumer = module.get_submodule(pair.consumer)
         columns = [c * pair.spatial + s for c in idxs for s in range(pair.spatial)]
         if isinstance(consumer, nn.Linear):
