@@ -17,7 +17,15 @@ from torch import nn
 from lightning_compress.codec.container import register_module_type
 from lightning_compress.functional.ternarization import StepFunction, ternary_ste
 
-__all__ = ["StepActivation", "TernaryConv2d", "TernaryLinear", "TernaryMixin", "ternary_layer"]
+__all__ = [
+    "StepActivation",
+    "TernaryConv2d",
+    "TernaryLinear",
+    "TernaryMixin",
+    "TernaryMultiheadAttention",
+    "ternary_layer",
+    "ternary_tensors",
+]
 
 
 class TernaryMixin:
@@ -45,14 +53,61 @@ class TernaryConv2d(TernaryMixin, nn.Conv2d):
         return self._conv_forward(x, self.ternary_weight(), self.bias)
 
 
-_TERNARY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: TernaryLinear, nn.Conv2d: TernaryConv2d}
+class TernaryMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose projections are ternary in the forward pass (see :func:`ternary_layer`).
+
+    Its projection weights are raw parameters that ``F.multi_head_attention_forward`` reads directly (the output
+    projection's ``forward`` is never called), so no layer can be swapped inside it: the ternary tensors replace the
+    latent ones for the duration of the call (``torch.func.functional_call``), straight-through to them.
+    """
+
+    ternary_options: dict[str, Any]
+
+    def ternary_weight(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` (e.g. ``"in_proj_weight"``) as the forward pass sees it."""
+        return ternary_ste(self.get_parameter(name), **self.ternary_options)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Attention with ternary projections."""
+        if self.__dict__.get("_lc_inside"):  # the call functional_call makes with the ternary tensors in place
+            return super().forward(*args, **kwargs)
+        overrides = {name: self.ternary_weight(name) for name in ternary_tensors(self)}
+        self.__dict__["_lc_inside"] = True
+        try:
+            return torch.func.functional_call(self, overrides, args, kwargs)
+        finally:
+            self.__dict__["_lc_inside"] = False
+
+
+_TERNARY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: TernaryLinear,
+    nn.Conv2d: TernaryConv2d,
+    nn.MultiheadAttention: TernaryMultiheadAttention,
+}
+
+
+def ternary_tensors(layer: nn.Module) -> list[str]:
+    """The tensors of ``layer`` (relative names) that Ternarization makes ternary.
+
+    Example:
+        >>> ternary_tensors(nn.MultiheadAttention(8, 2))
+        ['in_proj_weight', 'out_proj.weight']
+    """
+    if isinstance(layer, nn.MultiheadAttention):
+        inputs = (
+            ["in_proj_weight"]
+            if layer.in_proj_weight is not None
+            else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        )
+        return [*inputs, "out_proj.weight"]
+    return ["weight"]
 
 
 def ternary_layer(layer: nn.Module, **options: Any) -> nn.Module:
-    """A ternary twin of an ``nn.Linear``/``nn.Conv2d`` that shares its parameter objects.
+    """A ternary twin of an ``nn.Linear``/``nn.Conv2d``/``nn.MultiheadAttention`` that shares its parameter objects.
 
     Args:
-        layer: the layer (exactly ``nn.Linear`` or ``nn.Conv2d``).
+        layer: the layer (exactly one of those types).
         **options: :func:`~lightning_compress.functional.ternarization.ternary_ste` options (rule, sparsity,
             per_channel).
 
@@ -68,7 +123,9 @@ def ternary_layer(layer: nn.Module, **options: Any) -> nn.Module:
     """
     cls = _TERNARY_CLASSES.get(type(layer))
     if cls is None:
-        raise TypeError(f"Only nn.Linear and nn.Conv2d can be ternarised, got {type(layer).__name__}.")
+        raise TypeError(
+            f"Only nn.Linear, nn.Conv2d and nn.MultiheadAttention can be ternarised, got {type(layer).__name__}."
+        )
     twin = cls.__new__(cls)
     twin.__dict__.update(layer.__dict__)  # the same Parameter objects, hooks and attributes
     twin.__dict__["ternary_options"] = dict(options)
@@ -76,11 +133,13 @@ def ternary_layer(layer: nn.Module, **options: Any) -> nn.Module:
 
 
 def dense_layer(layer: nn.Module) -> nn.Module:
-    """The plain ``nn.Linear``/``nn.Conv2d`` sharing a ternary layer's parameters (inverse of :func:`ternary_layer`)."""
+    """The plain layer sharing a ternary layer's parameters (inverse of :func:`ternary_layer`)."""
     for dense_cls, ternary_cls in _TERNARY_CLASSES.items():
         if type(layer) is ternary_cls:
             plain = dense_cls.__new__(dense_cls)
-            plain.__dict__.update({k: v for k, v in layer.__dict__.items() if k != "ternary_options"})
+            plain.__dict__.update(
+                {k: v for k, v in layer.__dict__.items() if k not in ("ternary_options", "_lc_inside")}
+            )
             return plain
     raise TypeError(f"{type(layer).__name__} is not a ternary layer.")
 

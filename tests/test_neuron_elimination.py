@@ -318,7 +318,9 @@ def test_masks_keep_removed_neurons_zero_during_training(tmp_path: Path) -> None
 
 
 def test_accuracy_budget_undoes_a_round_and_stops(tmp_path: Path) -> None:
-    callback = lc.NeuronElimination(rounds=3, target_params=0.02, accuracy_budget=0.0, monitor="val/acc", verbose=False)
+    callback = lc.NeuronElimination(
+        rounds=3, target_params=0.02, accuracy_budget=0.0, monitor="val/acc", min_layer_fraction=0.0, verbose=False
+    )
     model = _fit(tmp_path, callback, epochs=4, hidden=24)
     assert callback._best is not None
     assert callback._best > 0.8  # the watched metric is well above chance (0.25)
