@@ -18,7 +18,7 @@ from lightning_compress.functional.successive_pruning import (
     refine_reference,
     sparsity_schedule,
 )
-from tests.helpers.models import CrashAtEpoch, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
+from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 
 
 def laplacian(n: int, seed: int) -> np.ndarray:
@@ -305,3 +305,45 @@ def test_invalid_arguments() -> None:
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
             lc.SuccessivePruning(**kwargs)
+
+
+def _guarded_fit(tmp_path: Path, callback: lc.SuccessivePruning, epochs: int = 6) -> lc.ImageClassifier:
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
+    train, val = loaders()
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=epochs)).fit(model, train, val)
+    return model
+
+
+def test_default_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning()
+    assert callback.guard is not None
+    model = _guarded_fit(tmp_path, callback)
+    assert callback.guard.best is not None
+    assert callback.guard.best > 0.8  # the watched metric is well above chance (0.25)
+    assert not callback._stopped
+    zeros = sum(int((p == 0).sum()) for p in model.backbone.parameters()) / sum(
+        p.numel() for p in model.backbone.parameters()
+    )
+    assert zeros >= 0.9
+
+
+def test_guard_undoes_the_stages_since_the_last_validation_and_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning(stages=[0.3, 0.99], accuracy_budget=0.0, monitor="val/acc")
+    model = _guarded_fit(tmp_path, callback)
+    assert callback._stopped
+    assert "undone" in callback._stop_reason
+    zeros = sum(int((p == 0).sum()) for p in model.backbone.parameters()) / sum(
+        p.numel() for p in model.backbone.parameters()
+    )
+    assert zeros < 0.9  # held below the stage that cost accuracy
+    path = lc.save(model, tmp_path / "held.lcz")
+    assert lc.load(path, model=lc.ImageClassifier(mlp(hidden=256), num_classes=4)) is not None
+
+
+def test_default_guard_without_validation_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    train, _ = loaders()
+    with pytest.raises(ValueError, match="target_sparsity"):
+        pl.Trainer(callbacks=[lc.SuccessivePruning()], **trainer_kwargs(tmp_path)).fit(model, train)
+    assert all(bool((p != 0).all()) for p in model.backbone.parameters() if p.dim() > 1)

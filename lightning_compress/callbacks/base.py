@@ -38,6 +38,7 @@ from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.container import artifact_module, save
 from lightning_compress.codec.representation import ASPECTS, CompositionError, Representation, representation_of
+from lightning_compress.functional.batchnorm import batch_norms, recalibrate_batch_norms_
 from lightning_compress.functional.forward import (
     ForwardInputs,
     call_forward,
@@ -51,6 +52,8 @@ __all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback", "compression_event", "d
 
 #: Method a LightningModule may define, ``lc_forward_inputs(batch)``: the forward's arguments for a training batch.
 FORWARD_INPUTS_ATTR = "lc_forward_inputs"
+#: Training batches the BatchNorm statistics are re-estimated on after a method replaced weights at the end of fit.
+NORM_CALIBRATION_BATCHES = 20
 #: Strategies that shard parameters: a callback that reads and rewrites whole tensors cannot work under them.
 _SHARDING_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 
@@ -174,6 +177,9 @@ class CompressionCallback(Callback):
         self.event_counts: dict[str, int] = {}
         #: for this fit (set in on_fit_start): the leader's aspect-ordered compression callbacks, [] on the others
         self._fit_order: list[CompressionCallback] | None = None
+        #: set by :meth:`finish` when it replaced weights with no training step after it: the BatchNorm statistics
+        #: are then re-estimated on training batches once every callback finished
+        self.replaced_weights = False
 
     @property
     def owner(self) -> str:
@@ -377,9 +383,30 @@ class CompressionCallback(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._leads(trainer) and not self.should_skip(trainer):
-            for cb in self._in_order(trainer):
+            callbacks = self._in_order(trainer)
+            for cb in callbacks:
                 cb.apply_holds(pl_module)
                 cb.finish(trainer, pl_module)
+            replaced = [cb.owner for cb in callbacks if cb.replaced_weights]
+            if replaced:
+                self.recalibrate_norms(trainer, pl_module, " and ".join(replaced))
+
+    @compression_event("norm_calibration")
+    def recalibrate_norms(self, trainer: pl.Trainer, pl_module: pl.LightningModule, who: str) -> None:
+        """Re-estimate the BatchNorm statistics on training batches (weights were replaced at the end of fit)."""
+        module = self.target_module(pl_module)
+        if not batch_norms(module):
+            return
+        inputs = self.training_inputs(trainer, pl_module, NORM_CALIBRATION_BATCHES, who)
+        read = recalibrate_batch_norms_(module, inputs)
+        buffers = [b for m in batch_norms(module) for b in (m.running_mean, m.running_var) if b is not None]
+        if trainer.world_size > 1:  # every rank read its own batches: rank 0's statistics everywhere
+            for buffer in buffers:
+                buffer.copy_(self.broadcast(trainer, buffer))
+        rank_zero_info(
+            f"{who} replaced weights at the end of fit: the BatchNorm running statistics were re-estimated on {read} "
+            "training batches."
+        )
 
     # -- holds: masks and frozen values, by name ------------------------------------------------------------------
     def hold_support(self, pl_module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, DEFAULT_LOSS_BUDGET, find_monitor, mode_of
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
 from lightning_compress.functional.forward import ForwardInputs
@@ -50,12 +51,6 @@ __all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
 
 #: The last round's tolerance when none is given.
 DEFAULT_TOLERANCE = 0.05
-#: The default guard's budget on an accuracy-like metric: 1 point.
-DEFAULT_ACCURACY_BUDGET = 0.01
-#: The default guard's budget on a loss-like metric, relative to its best value.
-DEFAULT_LOSS_BUDGET = 0.02
-_MAX_WORDS = ("acc", "f1", "auc", "top", "iou", "precision", "recall", "score", "map", "bleu")
-_MIN_WORDS = ("loss", "err", "ppl", "perplexity", "mse", "mae", "nll")
 
 
 class NeuronElimination(CompressionCallback):
@@ -393,19 +388,12 @@ class NeuronElimination(CompressionCallback):
                     f"{sorted(trainer.callback_metrics)}. Pass one of them, or `monitor=None` to find one."
                 )
         else:
-            names = sorted(k for k in trainer.callback_metrics if "val" in k.lower())
-            ranked = [n for n in names if any(w in n.lower() for w in _MAX_WORDS)] + [
-                n for n in names if any(w in n.lower() for w in _MIN_WORDS)
-            ]
-            if not ranked:
+            self.monitor = find_monitor(trainer.callback_metrics)
+            if self.monitor is None:
                 self._unguarded(f"no validation metric was found among {sorted(trainer.callback_metrics)}")
                 return False
-            self.monitor = ranked[0]
         if self.mode is None:
-            lowered = self.monitor.lower()
-            self.mode = (
-                "min" if any(w in lowered for w in _MIN_WORDS) and not any(w in lowered for w in _MAX_WORDS) else "max"
-            )
+            self.mode = mode_of(self.monitor)
         rank_zero_info(
             f"NeuronElimination guards {self.monitor!r} ({self.mode}): a round that costs more than "
             f"{self.accuracy_budget:g}{' of its best, relative' if self._relative_budget() else ''} is undone."

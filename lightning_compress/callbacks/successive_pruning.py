@@ -13,18 +13,23 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.functional.successive_pruning import SurpResult, normalise, refine, sparsity_schedule
 
 __all__ = ["SuccessivePruning"]
+
+
+#: The sparsity SuccessivePruning() prunes towards when no target is given (guarded).
+DEFAULT_TARGET_SPARSITY = 0.95
 
 
 class SuccessivePruning(CompressionCallback):
@@ -50,8 +55,17 @@ class SuccessivePruning(CompressionCallback):
     Refinement is vectorised (every candidate above the threshold in one round) and deterministic; decisions are
     taken on rank 0 and broadcast as the bitstream, so every rank holds the same weights.
 
+    **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
+    towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
+    is found by name like NeuronElimination's): the first stage waits for a validation (the baseline), and a
+    validation that falls further than the budget undoes every stage since the previous validation (weights and
+    masks restored) and holds the sparsity there; the final stream keeps that support. One line at the end says
+    where it stopped and why. A fit without a validation loop is refused before the first step (pass validation
+    data, or a ``target_sparsity`` to prune that far unguarded).
+
     Args:
-        target_sparsity: final fraction of zeros among the selected tensors, in (0, 1).
+        target_sparsity: final fraction of zeros among the selected tensors, in (0, 1); ``None`` (default): 0.95,
+            guarded. Giving it (or ``bit_budget``/``stages``) turns the default guard off ("go as far as asked").
         bit_budget: alternative target: the final stream's size in bits (the target sparsity then follows from it).
         alpha: initial threshold factor (paper: 10 for ResNet-20, 13 for VGG-16).
         refresh: ``"ladder"`` (our design: decoder-computable threshold steps, a few bits each) or ``"mean"``
@@ -67,6 +81,10 @@ class SuccessivePruning(CompressionCallback):
             parameter/module names.
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
         final_fraction: fraction of the window after the last stage (fine-tuning at the target).
+        accuracy_budget: largest drop of ``monitor`` from its best before the stages since the last validation are
+            undone; ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
+        monitor: validation metric of the guard; ``None``: found by name at the first validation.
+        mode: ``"max"`` or ``"min"`` for ``monitor``; ``None``: from its name.
         start: where the window starts, as a fraction of the fit's optimizer steps (default 0, or after
             NeuronElimination's window when both are used).
         end: where it ends (default 1).
@@ -84,7 +102,7 @@ class SuccessivePruning(CompressionCallback):
 
     def __init__(
         self,
-        target_sparsity: float = 0.95,
+        target_sparsity: float | None = None,
         bit_budget: int | None = None,
         alpha: float = 10.0,
         refresh: str = "ladder",
@@ -94,11 +112,21 @@ class SuccessivePruning(CompressionCallback):
         parameters: str | Sequence[str] = "all",
         stages: Sequence[float] | None = None,
         final_fraction: float = 0.2,
+        accuracy_budget: float | str | None = "auto",
+        monitor: str | None = None,
+        mode: str | None = None,
         start: float | None = None,
         end: float | None = None,
     ) -> None:
         super().__init__(start=start, end=end)
+        explicit = target_sparsity is not None or bit_budget is not None or stages is not None
+        target_sparsity = DEFAULT_TARGET_SPARSITY if target_sparsity is None else target_sparsity
         check_number("target_sparsity", target_sparsity, low=0, high=1, low_open=True, high_open=True)
+        if accuracy_budget != "auto":
+            check_number("accuracy_budget", accuracy_budget, low=0, allow_none=True)
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
+        check_choice("mode", mode, ("max", "min"), allow_none=True)
         check_number("bit_budget", bit_budget, low=64, integer=True, allow_none=True)
         check_number("alpha", alpha, low=0, low_open=True)
         check_choice("refresh", refresh, ("ladder", "mean"))
@@ -126,6 +154,16 @@ class SuccessivePruning(CompressionCallback):
         self.support_tolerance = float(support_tolerance)
         self.parameters = parameters if isinstance(parameters, str) else list(parameters)
         self.final_fraction = float(final_fraction)
+        budget = (None if explicit else DEFAULT_ACCURACY_BUDGET) if accuracy_budget == "auto" else accuracy_budget
+        #: the accuracy guard (None: prune as far as asked)
+        self.guard = (
+            None
+            if budget is None
+            else MetricGuard(self.owner, float(budget), monitor, mode, default=accuracy_budget == "auto")
+        )
+        self._stopped = False
+        self._stop_reason = ""
+        self._snapshot: dict[str, Any] | None = None
         self._stage = 0
         self._stage_steps: list[int] = []
         self._names: list[str] = []
@@ -154,6 +192,13 @@ class SuccessivePruning(CompressionCallback):
         self.claim(
             pl_module, "values", [n for n in self._names if rep.owner(n, "values") in (None, self.owner)], "surp"
         )
+        if self.guard is not None and not self.should_skip(trainer) and not self.has_validation(trainer, pl_module):
+            raise ValueError(
+                "SuccessivePruning guards its sparsity with a validation metric "
+                f"({'the default, with no target given' if self.guard.default else 'accuracy_budget='}), and this fit "
+                "has no validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`). Pass "
+                "validation data to `fit`, or give `target_sparsity=` (or `bit_budget=`) to prune that far unguarded."
+            )
         if not self._stage_steps:
             self._stage_steps = self.steps_in_window(len(self.stages), self.final_fraction)
         if self._saved_masks:  # resumed: masks from the checkpoint
@@ -173,9 +218,75 @@ class SuccessivePruning(CompressionCallback):
 
     @override
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stopped:
+            return
+        if self.guard is not None:
+            due = [i for i in range(self._stage, len(self.stages)) if trainer.global_step >= self._stage_steps[i]]
+            if not due or self.guard.best is None:  # the first stage waits for the baseline validation
+                return
+            # stages that waited are merged into the latest one due (each stage refines from scratch anyway)
+            self._stage = due[-1]
+            self._run_stage(trainer, self.stages[self._stage])
+            self._stage += 1
+            return
         while self._stage < len(self.stages) and trainer.global_step >= self._stage_steps[self._stage]:
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
+
+    # -- the accuracy guard ----------------------------------------------------------------------------------------
+    @override
+    @compression_event("validation_check")
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        guard = self.guard
+        if guard is None or self._stopped or self._final is not None:
+            return
+        if guard.monitor is None or guard.mode is None:
+            if not guard.resolve(trainer.callback_metrics):
+                self._stopped = True
+                self._stop_reason = (
+                    f"no validation metric to guard with was found among {sorted(trainer.callback_metrics)} (name "
+                    "one with `monitor=`, or give `target_sparsity=`)"
+                )
+                rank_zero_warn(f"SuccessivePruning holds its sparsity: {self._stop_reason}.")
+                return
+            rank_zero_info(guard.describe() + ": stages since a validation that falls further are undone.")
+        if self.should_skip(trainer):
+            return
+        over, drop = guard.judge(trainer.callback_metrics)
+        over = bool(self.broadcast(trainer, over))
+        if over and self._snapshot is not None:
+            self._restore(trainer.lightning_module, self._snapshot)
+            undone = self._stage - int(self._snapshot["stage"])
+            self._stage = int(self._snapshot["stage"])
+            self._stopped = True
+            self._stop_reason = (
+                f"{guard.monitor} fell {drop:.4g} below its best (over its budget): the last {undone} stage(s) were "
+                "undone"
+            )
+            self.log_figures(trainer, {"undone_stages": float(undone)})
+            rank_zero_info(f"SuccessivePruning: {self._stop_reason}; the sparsity is held there.")
+            return
+        if self._snapshot is None or int(self._snapshot["stage"]) != self._stage:
+            self._snapshot = self._take_snapshot(trainer.lightning_module)
+
+    def _take_snapshot(self, pl_module: nn.Module) -> dict[str, Any]:
+        """The validated state: stage, weights of the selected tensors and masks (on the CPU)."""
+        return {
+            "stage": self._stage,
+            "weights": {
+                n: p.detach().to("cpu", copy=True)
+                for n, p in zip(self._names, self._params(pl_module, self._names), strict=True)
+            },
+            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self._support.items()},
+        }
+
+    @torch.no_grad()
+    def _restore(self, pl_module: nn.Module, snapshot: dict[str, Any]) -> None:
+        for name, param in zip(self._names, self._params(pl_module, self._names), strict=True):
+            param.copy_(snapshot["weights"][name].to(param.device, param.dtype))
+        self.release_holds()
+        if snapshot["masks"]:
+            self.hold_support(pl_module, snapshot["masks"])
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
@@ -296,6 +407,10 @@ class SuccessivePruning(CompressionCallback):
 
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.guard is not None:
+            self._finish_guarded(trainer, pl_module)
+            return
+        self.replaced_weights = self._stage < len(self.stages) or bool(self._value_names(pl_module))
         while self._stage < len(self.stages) - 1:  # fits too short for the schedule still reach the target
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
@@ -308,6 +423,30 @@ class SuccessivePruning(CompressionCallback):
         self._stage = len(self.stages)
         budget = self.bit_budget is not None and value_names == self._names
         self._run_stage(trainer, None if budget else self.target_sparsity, final=True)
+
+    def _finish_guarded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Under the guard the final stream keeps the validated support: no unvalidated jump to the target."""
+        if self._stage == 0:  # nothing was pruned: nothing to encode, the tensors stay as they are
+            self._stop_reason = self._stop_reason or (
+                "no validation came before its stages were due to give the guard a baseline (validate more often, "
+                "e.g. `val_check_interval`, or give `target_sparsity=`)"
+            )
+            rank_zero_info(f"SuccessivePruning pruned nothing: {self._stop_reason}.")
+            self.release_holds()
+            return
+        if not self._stop_reason:
+            self._stop_reason = (
+                f"it reached its target ({self.target_sparsity:g})"
+                if self._stage >= len(self.stages)
+                else f"its last validated stage was {self._stage} of {len(self.stages)} when the fit ended"
+            )
+        self.replaced_weights = bool(self._value_names(pl_module))
+        params = self._params(pl_module, self._names)
+        held = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
+        if self.replaced_weights:
+            self._run_stage(trainer, held, final=True)
+        self._stage = max(self._stage, 1)
+        rank_zero_info(f"SuccessivePruning stopped at sparsity {held:.4f}: {self._stop_reason}.")
 
     # -- state -------------------------------------------------------------------------------------------------------
     @override
@@ -327,6 +466,9 @@ class SuccessivePruning(CompressionCallback):
             "final_norms": None if self._final is None else list(self._final["norms"]),
             "final_names": None if self._final is None else list(self._final["names"]),
             "history": list(self.history),
+            "guard": None if self.guard is None else self.guard.state_dict(),
+            "stopped": self._stopped,
+            "stop_reason": self._stop_reason,
         }
 
     @override
@@ -352,3 +494,7 @@ class SuccessivePruning(CompressionCallback):
             }
         )
         self.history = list(state_dict.get("history", []))
+        if self.guard is not None and state_dict.get("guard") is not None:
+            self.guard.load_state_dict(state_dict["guard"])
+        self._stopped = bool(state_dict.get("stopped", False))
+        self._stop_reason = str(state_dict.get("stop_reason", ""))

@@ -233,6 +233,7 @@ class WeightSharing(CompressionCallback):
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.done:  # also when the fit stopped before `at_epoch` (EarlyStopping, max_steps): never left dense
+            self.replaced_weights = True
             if self.at_epoch is not None:
                 rank_zero_info(
                     f"WeightSharing: the fit ended before epoch {self.at_epoch} (`at_epoch`); sharing at its end."
