@@ -25,7 +25,7 @@ from lightning_compress.arguments import check_bool, check_choice, check_names, 
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, DEFAULT_LOSS_BUDGET, find_monitor, mode_of
 from lightning_compress.codec.base import fp32_nbytes
-from lightning_compress.codec.container import REFERENCE_ATTR, resize_to_state
+from lightning_compress.codec.container import resize_to_state
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     DependenceSolver,
@@ -237,6 +237,7 @@ class NeuronElimination(CompressionCallback):
         self._validated = False
         self._dense_params = 0
         self._dense_fp32_bytes = 0
+        self._original_shapes: dict[str, list[int]] = {}
         self._table: list[tuple[int, int | None, int | None]] = []
         # runtime only
         self._snapshot: dict[str, Any] | None = None
@@ -309,10 +310,11 @@ class NeuronElimination(CompressionCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         module = self.target_module(pl_module)
+        rep = self.representation(pl_module)
+        for name, shape in self._original_shapes.items():  # resumed: the shapes before any shrink
+            rep.original_shapes.setdefault(name, tuple(shape))
         if self._finished and self._shrunk_at is not None:
-            # resumed after the window ended mid-fit: the checkpoint holds the smaller layers already
-            object.__setattr__(module, REFERENCE_ATTR, self._dense_fp32_bytes)
-            return
+            return  # resumed after the window ended mid-fit: the checkpoint holds the smaller layers already
         if self._finished:
             raise RuntimeError("This NeuronElimination already finished a fit; use a new instance for a new fit.")
         if (
@@ -338,9 +340,25 @@ class NeuronElimination(CompressionCallback):
             for layer in sorted(frozen_layers):
                 self.skipped[layer] = "frozen (requires_grad=False): left alone, with the layers it pairs with"
             if not self.pairs:
-                rank_zero_warn(f"NeuronElimination found no eligible layer pair: {self.skipped}.")
+                reasons: dict[str, list[str]] = {}
+                for layer, reason in self.skipped.items():
+                    reasons.setdefault(reason.split(" (")[0] if reason.startswith("frozen") else reason, []).append(
+                        layer
+                    )
+                summary = "; ".join(
+                    f"{len(layers)} layer(s) {why} (e.g. {layers[0]})" for why, layers in list(reasons.items())[:4]
+                )
+                raise ValueError(
+                    f"NeuronElimination found no layer pair it can eliminate neurons from: {summary}. A pair is a "
+                    "Linear/Conv2d whose outputs reach exactly one Linear/Conv2d through channel-wise operations; "
+                    "pass `layers=` to name producers, or leave NeuronElimination out of this fit."
+                )
             self._dense_params = sum(p.numel() for p in module.parameters())
             self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
+            # the file's ratio is against these shapes, whichever module holding them is saved
+            self._original_shapes = {n: list(t.shape) for n, t in module.state_dict().items()}
+            for name, shape in self._original_shapes.items():
+                rep.original_shapes.setdefault(name, tuple(shape))
             self._table = param_table(module, self.pairs)
             self._check_floors()
             self._claim_written(trainer, pl_module, module)
@@ -726,8 +744,6 @@ class NeuronElimination(CompressionCallback):
         self.release_holds()
         if rebuild:
             self._shrunk_at = int(trainer.global_step)
-        if not hasattr(module, REFERENCE_ATTR):  # the ratio of the artifact is against the original model
-            object.__setattr__(module, REFERENCE_ATTR, self._dense_fp32_bytes)
         params = sum(p.numel() for p in module.parameters())
         figures = {"final_params": float(params), "final_params_fraction": params / max(self._dense_params, 1)}
         figures["rounds_done"] = float(len(self.history))
@@ -776,6 +792,7 @@ class NeuronElimination(CompressionCallback):
             "stop_reason": self._stop_reason,
             "dense_params": self._dense_params,
             "dense_fp32_bytes": self._dense_fp32_bytes,
+            "original_shapes": dict(self._original_shapes),
             "param_table": [list(row) for row in self._table],
         }
 
@@ -800,6 +817,7 @@ class NeuronElimination(CompressionCallback):
         self._stop_reason = str(state_dict.get("stop_reason", ""))
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
+        self._original_shapes = {n: list(v) for n, v in state_dict.get("original_shapes", {}).items()}
         self._table = [(int(n), r, c) for n, r, c in state_dict.get("param_table", [])]
 
 

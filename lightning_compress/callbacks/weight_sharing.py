@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_number, check_parameters
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.functional.forward import call_forward, leading, to_device
 from lightning_compress.functional.weight_sharing import (
     Binning,
     SearchPoint,
@@ -336,13 +337,14 @@ class WeightSharing(CompressionCallback):
 
     def _validation_batches(
         self, trainer: pl.Trainer, pl_module: nn.Module, device: torch.device, probe: bool = False
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> list[tuple[Any, torch.Tensor]]:
         """The cached validation batches; with ``probe``, only the first, run through the model as a check."""
         loaders = self._validation_loader(trainer)
         if loaders is None:
             raise RuntimeError("WeightSharing: the validation data given to `fit` is gone.")
-        batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        batches: list[tuple[Any, torch.Tensor]] = []
         seen = 0
+        to_inputs = self.forward_inputs_fn(pl_module)  # a sequence model's forward may take several arguments
         for batch in loaders:
             if not (
                 isinstance(batch, Sequence) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch[:2])
@@ -351,12 +353,12 @@ class WeightSharing(CompressionCallback):
                     "WeightSharing scores candidates by classification on validation batches of the form (inputs, "
                     f"targets); got a {type(batch).__name__}. Give `fit` such validation data."
                 )
-            x, y = batch[0].to(device), batch[1].to(device)
+            x, y = to_device(to_inputs(batch), device), batch[1].to(device)
             if probe:
-                self._probe(pl_module, x[:2], y[:2])
+                self._probe(pl_module, leading(x, 2), y[:2])
                 return []
             if self.max_val_samples is not None:
-                x, y = x[: self.max_val_samples - seen], y[: self.max_val_samples - seen]
+                x, y = leading(x, self.max_val_samples - seen), y[: self.max_val_samples - seen]
             batches.append((x, y))
             seen += len(y)
             if self.max_val_samples is not None and seen >= self.max_val_samples:
@@ -365,34 +367,37 @@ class WeightSharing(CompressionCallback):
 
     @staticmethod
     @torch.no_grad()
-    def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _probe(model: nn.Module, x: Any, y: torch.Tensor) -> None:
         was_training = model.training
         model.eval()
         try:
-            logits = model(x)
+            logits = call_forward(model, x)
         except Exception as err:
             raise TypeError(
-                f"WeightSharing calls `model(inputs)` on validation batches (inputs, targets), and it failed "
-                f"({type(err).__name__}: {err})."
+                f"WeightSharing calls the model on validation batches (inputs, targets), and it failed "
+                f"({type(err).__name__}: {err}). By default it calls `model(batch[0])`; pass `forward_inputs=` or "
+                "define `lc_forward_inputs(self, batch)` on your LightningModule for several inputs."
             ) from err
         finally:
             model.train(was_training)
-        if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == len(x)):
+        if not (isinstance(logits, torch.Tensor) and logits.dim() >= 2 and logits.shape[:-1].numel() == y.numel()):
             raise TypeError(
-                "WeightSharing scores candidates by classification: `model(inputs)` must return logits of shape "
-                f"(batch, classes); got {getattr(logits, 'shape', type(logits).__name__)}."
+                "WeightSharing scores candidates by classification: the model must return logits of shape "
+                f"(batch, classes), or (..., classes) with one target per row; got "
+                f"{getattr(logits, 'shape', type(logits).__name__)} for targets of shape {tuple(y.shape)}."
             )
 
-    def _error_fn(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    def _error_fn(self, model: nn.Module, batches: list[tuple[Any, torch.Tensor]]) -> Any:
         from torchmetrics.functional.classification import multiclass_f1_score
 
-        targets = torch.cat([y for _, y in batches])
+        targets = torch.cat([y.reshape(-1) for _, y in batches])
 
         @torch.no_grad()
         def error() -> float:
             was_training = model.training
             model.eval()
-            logits = torch.cat([model(x) for x, _ in batches])
+            outputs = [call_forward(model, x) for x, _ in batches]
+            logits = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
             model.train(was_training)
             preds = logits.argmax(dim=1)
             if self.metric == "accuracy":
@@ -465,9 +470,7 @@ class WeightSharing(CompressionCallback):
             "screen_samples": sum(len(y) for _, y in screen),
         }
 
-    def _screen_batches(
-        self, batches: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _screen_batches(self, batches: list[tuple[Any, torch.Tensor]]) -> list[tuple[Any, torch.Tensor]]:
         """The first ``screen_samples`` validation samples; none when screening is off or would not be smaller."""
         total = sum(len(y) for _, y in batches)
         if self.screen_samples is None or total <= self.screen_samples:
@@ -475,7 +478,7 @@ class WeightSharing(CompressionCallback):
         screen, seen = [], 0
         for x, y in batches:
             take = min(len(y), self.screen_samples - seen)
-            screen.append((x[:take], y[:take]))
+            screen.append((leading(x, take), y[:take]))
             seen += take
             if seen >= self.screen_samples:
                 break

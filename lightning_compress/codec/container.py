@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -317,7 +318,8 @@ def save(
     aliases = tied_aliases(state)
     # each tensor's codec follows from its representation (what the compression methods decided, found also on a
     # module holding this one), then overrides; tensors nothing decided get the smallest exact codec their values allow
-    plan: dict[str, CodecSpec] = find_representation(module).codec_plan()
+    found = find_representation(module)
+    plan: dict[str, CodecSpec] = found.codec_plan()
     asked: dict[str, CodecSpec] = {}
     for name, spec in (codecs or {}).items():
         if name not in state:
@@ -364,7 +366,7 @@ def save(
         "architecture": getattr(module, "lc_spec", None),
         "modules": _inserted_modules(module),
         "metadata": dict(metadata or {}),
-        "reference_fp32_bytes": getattr(module, REFERENCE_ATTR, None),
+        "reference_fp32_bytes": _reference_bytes(module, state, aliases, found.original_shapes),
         "tensors": records,
         "shared": shared_index,
         **({"aliases": aliases} if aliases else {}),
@@ -372,6 +374,23 @@ def save(
     header_bytes = _deflate_header(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(blobs)
     return _atomic_write(Path(path), body + hashlib.sha256(body).digest())
+
+
+def _reference_bytes(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    aliases: Mapping[str, str],
+    original_shapes: Mapping[str, tuple[int, ...]],
+) -> int | None:
+    """fp32 bytes of the model before structural compression (``None``: it was not made smaller)."""
+    if not original_shapes:
+        return getattr(module, REFERENCE_ATTR, None)
+    total = 0
+    for name, tensor in state.items():
+        if name not in aliases:
+            numel = math.prod(original_shapes.get(name, tuple(tensor.shape)))
+            total += numel * (4 if tensor.is_floating_point() else tensor.element_size())
+    return total
 
 
 #: Why a tensor got its codec (``TensorRecord.source``; the size report shows it).

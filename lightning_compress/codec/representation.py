@@ -110,6 +110,9 @@ class Representation:
         #: owners compressing in the fit under way (``None``: not in a fit); a claim of an owner that is not among
         #: them is history (an earlier fit's decision) and gives way to a new claim instead of refusing it
         self.active: set[str] | None = None
+        #: tensor name -> its shape before structural compression (NeuronElimination records it before the first
+        #: step): the reference a file's ratio is taken against, whichever module holding these tensors is saved
+        self.original_shapes: dict[str, tuple[int, ...]] = {}
 
     def claim(self, owner: str, aspect: str, names: Iterable[str], kind: str, why: str = "") -> None:
         """Make ``owner`` the owner of ``aspect`` of every named tensor.
@@ -228,20 +231,31 @@ def find_representation(module: nn.Module) -> Representation:
     own = getattr(module, REPRESENTATION_ATTR, None)
     if isinstance(own, Representation):
         found.tensors.update(own.tensors)
-    holders = [h for h in list(_HOLDERS) if h is not module and getattr(h, REPRESENTATION_ATTR).tensors]
+        found.original_shapes.update(own.original_shapes)
+    holders = [
+        h
+        for h in list(_HOLDERS)
+        if h is not module
+        and (getattr(h, REPRESENTATION_ATTR).tensors or getattr(h, REPRESENTATION_ATTR).original_shapes)
+    ]
     if not holders:
         return found
     inside = {id(sub): prefix for prefix, sub in module.named_modules() if prefix}
     for holder in holders:
-        tensors = getattr(holder, REPRESENTATION_ATTR).tensors
+        held: Representation = getattr(holder, REPRESENTATION_ATTR)
         if id(holder) in inside:  # module holds the fit module: add the prefix
             prefix = inside[id(holder)] + "."
-            for name, rep in tensors.items():
+            for name, rep in held.tensors.items():
                 found.tensors.setdefault(prefix + name, rep)
+            for name, shape in held.original_shapes.items():
+                found.original_shapes.setdefault(prefix + name, shape)
             continue
         prefix = next((p for p, sub in holder.named_modules() if sub is module and p), None)
         if prefix is not None:  # the fit module holds module: drop the prefix
-            for name, rep in tensors.items():
+            for name, rep in held.tensors.items():
                 if name.startswith(prefix + "."):
                     found.tensors.setdefault(name[len(prefix) + 1 :], rep)
+            for name, shape in held.original_shapes.items():
+                if name.startswith(prefix + "."):
+                    found.original_shapes.setdefault(name[len(prefix) + 1 :], shape)
     return found
