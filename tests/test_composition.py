@@ -167,11 +167,23 @@ def test_overlapping_windows_on_shared_tensors_are_refused(tmp_path: Path) -> No
         pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, train, val)
 
 
-def test_sharing_at_an_epoch_while_pruning_goes_on_is_refused(tmp_path: Path) -> None:
-    """The issue's case: WeightSharing(at_epoch=...) fixed values that SuccessivePruning's later stages rewrote."""
+def test_sharing_at_an_epoch_puts_the_default_pruning_window_before_it(tmp_path: Path) -> None:
+    """WeightSharing(at_epoch=...) with a default SuccessivePruning: the pruning fills the fit before the sharing."""
     model = lc.ImageClassifier(mlp(), num_classes=4)
     train, val = loaders()
-    callbacks = [lc.WeightSharing(at_epoch=0, progress=False), lc.SuccessivePruning(target_sparsity=0.8)]
+    sharing, pruning = lc.WeightSharing(at_epoch=1, progress=False), lc.SuccessivePruning(target_sparsity=0.8)
+    pl.Trainer(callbacks=[sharing, pruning], **trainer_kwargs(tmp_path, max_epochs=4)).fit(model, train, val)
+    assert pruning.window == (0.0, 0.5)
+    assert sharing.window == (0.5, 0.5)
+    codecs = {r.codec for r in lc.read_artifact(lc.save(model, tmp_path / "m.lcz")).tensors}
+    assert "sparse_codebook" in codecs
+
+
+def test_sharing_inside_an_explicit_pruning_window_is_refused(tmp_path: Path) -> None:
+    """WeightSharing fixing values that SuccessivePruning's later stages would rewrite: refused before training."""
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    train, val = loaders()
+    callbacks = [lc.WeightSharing(at_epoch=0, progress=False), lc.SuccessivePruning(target_sparsity=0.8, end=1.0)]
     with pytest.raises(CompositionError, match="overlapping windows"):
         pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
 

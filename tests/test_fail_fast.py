@@ -59,8 +59,9 @@ def test_neuron_elimination_serves_a_two_input_forward_through_forward_inputs(tm
     callback = lc.NeuronElimination(forward_inputs=lambda batch: (batch[0], batch[1]), verbose=False)
     counter = _fit_demo(tmp_path, callback)
     assert counter.steps == 4
-    # the network was traced through its two-input forward (its Linear layers all sit in residual blocks)
-    assert "model.transformer.encoder.layers.0.linear1" in callback.skipped
+    # the network was traced through its two-input forward: its feed-forward units are pairs, the rest is coupled
+    assert "model.transformer.encoder.layers.0.linear1" in {p.producer for p in callback.pairs}
+    assert "model.transformer.encoder.layers.0.linear2" in callback.skipped
     assert callback.accuracy_budget is None  # no validation loop: the guard gave way to the loss-free rule
     assert max(callback.tolerances) <= callback.unguarded_tolerance
 

@@ -441,7 +441,8 @@ class CompressionCallback(Callback):
         ``codecs`` overrides the codecs the representation calls for (e.g. a stage not yet recorded in it).
         """
         with tempfile.TemporaryDirectory() as tmp:
-            return save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs=codecs).stat().st_size
+            path = save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs=codecs, codecs_decided=True)
+            return path.stat().st_size
 
     def rebuild_optimizers(self, trainer: pl.Trainer, change: Callable[[], KeptIndices] | None = None) -> None:
         """Run ``change`` (it replaces parameters, returns what it kept of each), then rebuild the optimizers.

@@ -270,6 +270,7 @@ def save(
     codecs: Mapping[str, CodecSpec | str] | None = None,
     precision: str = "float32",
     metadata: Mapping[str, Any] | None = None,
+    codecs_decided: bool = False,
 ) -> Path:
     """Write ``model`` to one compressed artifact file, atomically.
 
@@ -283,6 +284,9 @@ def save(
         codecs: per-tensor overrides, tensor name -> codec name or :class:`CodecSpec`.
         precision: ``"float32"`` (exact) or ``"float16"`` for tensors stored with the ``dense`` codec by default.
         metadata: JSON-able values stored in the header (accuracy, recipe name, ...).
+        codecs_decided: the ``codecs`` are a compression method's decisions not yet in its representation (a
+            callback measuring the file it is about to write): recorded as such, so the trial's header is the
+            final file's, byte for byte.
 
     Returns:
         The path written.
@@ -309,6 +313,7 @@ def save(
     if codecs is not None and not isinstance(codecs, Mapping):
         raise ValueError(f"`codecs` must be None or a mapping tensor name -> codec, got {type(codecs).__name__}.")
     check_metadata("metadata", metadata)
+    check_bool("codecs_decided", codecs_decided)
     module = artifact_module(model)
     state = module.state_dict()
     for name, tensor in state.items():  # nothing is written for a diverged model
@@ -336,6 +341,8 @@ def save(
         if name in aliases:
             continue  # one tensor under two names: written once, the alias restored on load
         encoded, source = _encode(name, tensor, asked.get(name), plan.get(name), precision)
+        if codecs_decided and source == SOURCE_ASKED:
+            source = SOURCE_REPRESENTATION
         for key, blob in encoded.shared.items():
             if shared_blobs.setdefault(key, blob) != blob:
                 raise ValueError(f"Codec {encoded.codec!r} produced two different shared blobs under key {key!r}.")
