@@ -97,13 +97,17 @@ def test_adam_moments_are_sliced_not_restarted(tmp_path: Path) -> None:
         assert int(state["step"]) == STEPS  # one count from the first step: the moments were carried
 
 
-def test_a_frozen_layer_stays_frozen_after_it_shrinks(tmp_path: Path) -> None:
+def test_a_frozen_layer_stays_frozen_and_untouched_across_the_shrink(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Scheduled(*SCHEDULERS["cosine-step"], adam=False)
-    model.body[2].requires_grad_(False)
+    model.body[4].requires_grad_(False)  # the head: pair 2 -> 4 is left alone, pair 0 -> 2 shrinks mid-fit
+    head = model.body[4].weight.detach().clone()
     train, val = loaders()
     elimination = lc.NeuronElimination(target_params=0.6, rounds=2, min_rows_per_neuron=4, end=0.3, verbose=False)
     pl.Trainer(callbacks=[elimination], **trainer_kwargs(tmp_path, max_epochs=_EPOCHS)).fit(model, train, val)
-    assert not model.body[2].weight.requires_grad
-    assert not model.body[2].bias.requires_grad
+    assert [p.producer for p in elimination.pairs] == ["body.0"]
+    assert model.body[0].out_features < 32  # shrunk, and its new Parameters still train
     assert model.body[0].weight.requires_grad
+    assert model.body[2].weight.requires_grad
+    assert not model.body[4].weight.requires_grad
+    assert torch.equal(model.body[4].weight, head)
