@@ -507,8 +507,13 @@ class CompressionCallback(Callback):
         hook = getattr(pl_module, FORWARD_INPUTS_ATTR, None)
         return hook if callable(hook) else default_forward_inputs
 
-    def training_inputs(self, trainer: pl.Trainer, pl_module: nn.Module, batches: int, who: str) -> Iterator[Any]:
+    def training_inputs(
+        self, trainer: pl.Trainer, pl_module: nn.Module, batches: int, who: str, shard: bool = False
+    ) -> Iterator[Any]:
         """The forward's arguments for the first ``batches`` training batches, for calibration.
+
+        With ``shard`` under several processes, each rank reads its own share of them (batch ``i`` goes to rank
+        ``i % world_size``), for statistics the caller sums over ranks; without it every rank reads the same ones.
 
         Raises:
             RuntimeError: the fit has no training data loader (``who`` names the caller).
@@ -518,10 +523,12 @@ class CompressionCallback(Callback):
         if loader is None:
             raise RuntimeError(f"{who} calibrates on training data: pass `train_dataloaders` or a datamodule to `fit`.")
         to_inputs = self.forward_inputs_fn(pl_module)
+        world, rank = (trainer.world_size, trainer.global_rank) if shard else (1, 0)
         for i, batch in enumerate(loader):
             if i >= batches:
                 return
-            yield to_inputs(batch)
+            if i % world == rank:
+                yield to_inputs(batch)
 
     def check_forward(self, trainer: pl.Trainer, pl_module: nn.Module, who: str) -> Any:
         """Run the compressed module once on two samples of the first training batch, before the first step.

@@ -464,10 +464,11 @@ class NeuronElimination(CompressionCallback):
         """Statistics on every rank (summed), eliminations decided on rank 0 and broadcast."""
         alive = self.alive()
         batches = self.calibration_batches
+        # each rank reads its own share of the batches; the statistics are summed over ranks below
         inputs = self.training_inputs(
-            trainer, pl_module, batches if batches is not None else 2**62, "NeuronElimination"
+            trainer, pl_module, batches if batches is not None else 2**62, "NeuronElimination", shard=True
         )
-        rows = None if batches is not None else 4 * self.min_rows_per_neuron
+        rows = None if batches is not None else math.ceil(4 * self.min_rows_per_neuron / max(trainer.world_size, 1))
         moments = collect_moments(module, self._current_pairs(alive), inputs, rows_per_neuron=rows)
         for pair, moment in zip(self.pairs, moments, strict=True):
             packed = trainer.strategy.reduce(moment.as_tensor(), reduce_op="sum")

@@ -8,6 +8,7 @@ float32 (exact) or float16 (option ``precision``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,36 @@ from lightning_compress.codec.base import (
 from lightning_compress.codec.entropy import AnsStackReader, leb128
 from lightning_compress.codec.surp import _read_exp_golomb, _Reader, _write_exp_golomb, _Writer
 
-__all__ = ["SparseCodec"]
+__all__ = ["SparseCodec", "read_support", "write_support"]
 
 _PRECISIONS = ("float32", "float16")
+
+
+def write_support(w: _Writer, support: np.ndarray) -> None:
+    """The positions of the non-zeros: their count, then their gaps Exp-Golomb split (buckets ANS-coded)."""
+    w.varint(int(support.size))
+    if support.size:
+        _write_exp_golomb(w, np.diff(support, prepend=-1))
+
+
+def read_support(payload: bytes, n: int, codec: str) -> tuple[_Reader, AnsStackReader, np.ndarray]:
+    """Open a stream that :func:`write_support` began.
+
+    Returns:
+        The reader, its ANS stream (not yet finished: the caller reads on, then finishes it) and the positions,
+        checked to lie inside a tensor of ``n`` values (``codec`` names the codec in errors).
+    """
+    head = _Reader(payload, 0)
+    ans = AnsStackReader(head.block())
+    r = _Reader(payload, head.pos)
+    r.ans = ans
+    count = r.varint()
+    if count > n:
+        raise ValueError(f"{codec} codec: {count} non-zeros in a tensor of {n} values (corrupt data).")
+    support = np.cumsum(_read_exp_golomb(r, count)) - 1 if count else np.zeros(0, dtype=np.int64)
+    if count and support[-1] >= n:
+        raise ValueError(f"{codec} codec: a position lies outside the tensor (corrupt data).")
+    return r, ans, support
 
 
 @register_codec
@@ -58,9 +86,7 @@ class SparseCodec(Codec):
         flat = tensor.detach().reshape(-1).to("cpu")
         support = torch.nonzero(flat).reshape(-1).numpy()
         w = _Writer()
-        w.varint(int(support.size))
-        if support.size:
-            _write_exp_golomb(w, np.diff(support, prepend=-1))
+        write_support(w, support)
         ans = w.ans.finish()
         values = flat[torch.from_numpy(support)].to(dtype_from_name(precision))
         return EncodedTensor(
@@ -75,21 +101,10 @@ class SparseCodec(Codec):
         stored = encoded.meta.get("stored_dtype")
         if stored not in _PRECISIONS:
             raise ValueError(f"sparse codec: `stored_dtype` must be one of {_PRECISIONS}, got {stored!r}.")
-        n = 1
-        for s in encoded.shape:
-            n *= s
-        head = _Reader(encoded.payload, 0)
-        ans = head.block()
-        r = _Reader(encoded.payload, head.pos)
-        r.ans = AnsStackReader(ans)
-        count = r.varint()
-        if count > n:
-            raise ValueError(f"sparse codec: {count} non-zeros in a tensor of {n} values (corrupt data).")
-        support = np.cumsum(_read_exp_golomb(r, count)) - 1 if count else np.zeros(0, dtype=np.int64)
-        r.ans.finish()
-        if count and (support[-1] >= n or support[0] < 0):
-            raise ValueError("sparse codec: a position lies outside the tensor (corrupt data).")
-        values = tensor_from_bytes(encoded.payload[r.pos :], dtype_from_name(stored), (count,))
+        n = math.prod(encoded.shape)
+        r, ans, support = read_support(encoded.payload, n, self.name)
+        ans.finish()
+        values = tensor_from_bytes(encoded.payload[r.pos :], dtype_from_name(stored), (support.size,))
         out = torch.zeros(n, dtype=torch.float32)
         out[torch.from_numpy(support.astype(np.int64))] = values.float()
         return out.reshape(encoded.shape).to(dtype_from_name(encoded.dtype))

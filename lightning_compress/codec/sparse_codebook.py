@@ -13,6 +13,7 @@ Zero is never a codebook value: pruned entries stay exactly zero whatever the co
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,9 @@ import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, register_codec
 from lightning_compress.codec.codebook import SharedCodebook, codebook_indices
-from lightning_compress.codec.entropy import AnsStackReader, leb128
-from lightning_compress.codec.surp import _read_exp_golomb, _Reader, _write_exp_golomb, _Writer
+from lightning_compress.codec.entropy import leb128
+from lightning_compress.codec.sparse import read_support, write_support
+from lightning_compress.codec.surp import _Writer
 
 __all__ = ["SparseCodebookCodec"]
 
@@ -61,9 +63,8 @@ class SparseCodebookCodec(Codec):
     @staticmethod
     def _stream(support: np.ndarray, symbols: np.ndarray, counts: np.ndarray, write_counts: bool) -> bytes:
         w = _Writer()
-        w.varint(int(support.size))
+        write_support(w, support)
         if support.size:
-            _write_exp_golomb(w, np.diff(support, prepend=-1))
             if write_counts:
                 w.block(counts.astype("<u4").tobytes())
             w.ans.add(symbols, counts)
@@ -76,21 +77,11 @@ class SparseCodebookCodec(Codec):
         k = int(meta["k"])
         if meta["coding"] not in ("own", "shared") or (meta["coding"] == "shared" and blob_counts is None):
             raise ValueError(f"sparse_codebook codec: unknown coding {meta['coding']!r}.")
-        n = 1
-        for s in encoded.shape:
-            n *= s
-        head = _Reader(encoded.payload, 0)
-        ans = head.block()
-        r = _Reader(encoded.payload, head.pos)
-        r.ans = AnsStackReader(ans)
-        count = r.varint()
-        if count > n:
-            raise ValueError(f"sparse_codebook codec: {count} non-zeros in a tensor of {n} values (corrupt data).")
+        n = math.prod(encoded.shape)
+        r, ans, support = read_support(encoded.payload, n, self.name)
+        count = int(support.size)
         values = np.zeros(n, dtype=np.float32)
         if count:
-            support = np.cumsum(_read_exp_golomb(r, count)) - 1
-            if support[-1] >= n:
-                raise ValueError("sparse_codebook codec: a position lies outside the tensor (corrupt data).")
             if meta["coding"] == "own":
                 data = r.block()
                 if len(data) != 4 * k:
@@ -99,11 +90,11 @@ class SparseCodebookCodec(Codec):
             else:
                 assert blob_counts is not None  # noqa: S101 - checked above
                 counts = blob_counts
-            symbols = r.ans.take(counts, count)
+            symbols = ans.take(counts, count)
             if symbols.size and (symbols.min() < 0 or symbols.max() >= k):
                 raise ValueError("sparse_codebook codec: decoded index outside the codebook (corrupt data).")
             values[support] = codebook[symbols]
-        r.ans.finish()
+        ans.finish()
         if r.pos != len(encoded.payload):
             raise ValueError("sparse_codebook codec: trailing bytes (corrupt data).")
         return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))
