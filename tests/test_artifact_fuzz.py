@@ -150,7 +150,7 @@ def _mutate_header(rng: random.Random, header: dict[str, Any]) -> dict[str, Any]
             [d for d in ("float16", "float64", "int64", "bfloat16", "int8", "bool", "q") if d != t["dtype"]]
         )
     elif kind == 6:  # codecs
-        codecs = ("dense", "codebook", "sparse_codebook", "ternary", "surp", "zstd")
+        codecs = ("dense", "codebook", "sparse_codebook", "sparse", "ternary", "surp", "zstd")
         t["codec"] = rng.choice([c for c in codecs if c != t["codec"]])
     elif kind == 7:  # codec side information removed or of the wrong type
         keys = sorted(t["meta"])
@@ -259,10 +259,28 @@ def _modules_string(header: dict[str, Any]) -> None:
     header["modules"] = "x"
 
 
+def _alias_to_nothing(header: dict[str, Any]) -> None:
+    header["aliases"] = {"fc9.weight": "fc8.weight"}
+
+
+def _alias_of_a_stored_name(header: dict[str, Any]) -> None:
+    header["aliases"] = {"fc1.weight": "fc2.weight"}
+
+
+def _unknown_source(header: dict[str, Any]) -> None:
+    header["tensors"][0]["source"] = "guessed"
+
+
 @pytest.mark.parametrize(
     ("mutate", "named"),
-    [(_huge_input, r"architecture.kwargs.*max_elements"), (_modules_string, r"'modules'")],
-    ids=["huge-architecture", "modules-string"],
+    [
+        (_huge_input, r"architecture.kwargs.*max_elements"),
+        (_modules_string, r"'modules'"),
+        (_alias_to_nothing, r"'aliases'"),
+        (_alias_of_a_stored_name, r"'aliases'"),
+        (_unknown_source, r"source"),
+    ],
+    ids=["huge-architecture", "modules-string", "alias-to-nothing", "alias-of-stored", "unknown-source"],
 )
 def test_reported_hostile_headers_name_the_field(
     tmp_path: Path, mutate: Callable[[dict[str, Any]], None], named: str
