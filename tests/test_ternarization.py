@@ -312,10 +312,10 @@ def test_qat_learns_from_a_trained_checkpoint(tmp_path: Path) -> None:
     assert lc.module.evaluate_accuracy(model.backbone, val) > dense_acc - 0.05
 
 
-def _fit_qat(root: Path, ckpt_path: str | None = None, crash_at: int | None = None) -> Path:
+def _fit_qat(root: Path, ckpt_path: str | None = None, crash_at: int | None = None, start: float = 0.0) -> Path:
     torch.manual_seed(0)
     model = _classifier(mlp())
-    cb = lc.Ternarization(activations=True, restarts=5)
+    cb = lc.Ternarization(activations=True, restarts=5, start=start)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
     extra = [CrashAtEpoch(crash_at)] if crash_at is not None else []
     trainer = pl.Trainer(callbacks=[cb, ckpt, *extra], **trainer_kwargs(root, max_epochs=4, enable_checkpointing=True))
@@ -324,12 +324,14 @@ def _fit_qat(root: Path, ckpt_path: str | None = None, crash_at: int | None = No
     return lc.save(model, root / "final.lcz")
 
 
-def test_resume_gives_the_same_artifact(tmp_path: Path) -> None:
-    full = _fit_qat(tmp_path / "full")
+@pytest.mark.parametrize("start", [0.0, 0.25])
+def test_resume_gives_the_same_artifact(tmp_path: Path, start: float) -> None:
+    """Also mid-window: the step activations inserted after the fit began are put back before the checkpoint loads."""
+    full = _fit_qat(tmp_path / "full", start=start)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit_qat(tmp_path / "part", crash_at=2)
+        _fit_qat(tmp_path / "part", crash_at=2, start=start)
     ckpt = sorted((tmp_path / "part" / "ckpt").glob("*.ckpt"))[-1]
-    resumed = _fit_qat(tmp_path / "resumed", ckpt_path=str(ckpt))
+    resumed = _fit_qat(tmp_path / "resumed", ckpt_path=str(ckpt), start=start)
     assert lc.read_artifact(resumed).state_dict().keys() == lc.read_artifact(full).state_dict().keys()
     for (name, a), b in zip(
         lc.read_artifact(full).state_dict().items(), lc.read_artifact(resumed).state_dict().values(), strict=True

@@ -172,6 +172,9 @@ class Ternarization(CompressionCallback):
         self.residuals: list[float] = []
         self._baked = False
         self._swapped = False
+        #: step activation name -> its surrogate-gradient half-width (kept for an exact resume)
+        self._ramps: dict[str, float] = {}
+        self._resume_hook: Any = None
 
     @property
     @override
@@ -196,6 +199,10 @@ class Ternarization(CompressionCallback):
             self._swapped = True
         elif self.window[0] == 0.0:  # before the optimizers exist: step activations' parameters join them
             self._setup_qat(trainer, module)
+        elif self.activations and self._resume_hook is None:
+            # a checkpoint taken after the window opened holds step activations the fresh model lacks: put them in
+            # (their values come from the checkpoint) just before Lightning loads it
+            self._resume_hook = pl_module.register_load_state_dict_pre_hook(self._insert_saved_activations)
 
     @override
     def before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -398,6 +405,26 @@ class Ternarization(CompressionCallback):
             + (f", {len(self.residuals)} ReLUs replaced by step activations." if self.activations else ".")
         )
 
+    def _insert_saved_activations(self, pl_module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+        module = self.target_module(pl_module)
+        root = next(n for n, m in pl_module.named_modules() if m is module)
+        root = f"{prefix}{root}." if root else prefix
+        relus = [n for n, m in module.named_modules() if isinstance(m, nn.ReLU) and f"{root}{n}.thresholds" in state]
+        if not relus or self._swapped:
+            return
+        options = {"rule": self.rule, "sparsity": self.sparsity, "per_channel": self.per_channel}
+        names = self._qat_layers(module)
+        self.ternarized = self._tensors_of(module, names)
+        for name in names:
+            module.set_submodule(name, ternary_layer(module.get_submodule(name), **options))
+        for name in relus:
+            thresholds, amplitudes = state[f"{root}{name}.thresholds"], state[f"{root}{name}.amplitudes"]
+            activation = StepActivation(thresholds.numel(), amplitudes.numel(), learnable=True)
+            if self.activation_lr_scale != 1.0:
+                setattr(activation, LR_SCALE_ATTR, self.activation_lr_scale)
+            module.set_submodule(name, activation)
+        self._swapped = True
+
     def _replace_relus(self, trainer: pl.Trainer, module: nn.Module) -> None:
         relus = [n for n, m in module.named_modules() if isinstance(m, nn.ReLU)]
         if not relus:
@@ -420,6 +447,7 @@ class Ternarization(CompressionCallback):
         for name, step in zip(relus, steps, strict=True):
             ramp = max(abs(step.thresholds[-1] - step.thresholds[0]) / 2, 1e-3)
             module.set_submodule(name, self._step_activation(step, learnable=True, ramp=ramp))
+            self._ramps[name] = ramp
         self.residuals = [s.residual for s in steps]
 
     def _step_activation(self, step: StepFunction, learnable: bool, ramp: float = 0.5) -> StepActivation:
@@ -433,6 +461,10 @@ class Ternarization(CompressionCallback):
         super().on_fit_start(trainer, pl_module)
         if self._baked and self.mode == "qat":  # resumed after its window: the ternary values are held again
             self._bake_and_hold(self.target_module(pl_module))
+        for name, ramp in self._ramps.items():  # resumed: the surrogate gradients' widths, as before the crash
+            activation = self.target_module(pl_module).get_submodule(name)
+            if isinstance(activation, StepActivation):
+                activation.ramp = float(ramp)
         if self.activation_lr_scale == 1.0:
             return
         # each tagged trainable parameter must sit in an optimizer group carrying its module's scale
@@ -558,10 +590,16 @@ class Ternarization(CompressionCallback):
     @override
     def state_dict(self) -> dict[str, Any]:
         # not whether layers are swapped: a resumed fit swaps again in setup/before_step (fresh modules)
-        return {"ternarized": list(self.ternarized), "residuals": list(self.residuals), "baked": self._baked}
+        return {
+            "ternarized": list(self.ternarized),
+            "residuals": list(self.residuals),
+            "baked": self._baked,
+            "ramps": dict(self._ramps),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.residuals = list(state_dict.get("residuals", []))
         self._baked = bool(state_dict.get("baked", False))
         self.ternarized = list(state_dict.get("ternarized", self.ternarized))
+        self._ramps = dict(state_dict.get("ramps", {}))
