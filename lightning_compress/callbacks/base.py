@@ -180,6 +180,9 @@ class CompressionCallback(Callback):
         #: set by :meth:`finish` when it replaced weights with no training step after it: the BatchNorm statistics
         #: are then re-estimated on training batches once every callback finished
         self.replaced_weights = False
+        #: set when a per-step action changed weights (a stage, a round): BatchNorm statistics are re-estimated before
+        #: the next validation, so an accuracy guard judges the weights, not statistics of weights that are gone
+        self.changed_weights = False
 
     @property
     def owner(self) -> str:
@@ -391,9 +394,22 @@ class CompressionCallback(Callback):
             if replaced:
                 self.recalibrate_norms(trainer, pl_module, " and ".join(replaced))
 
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._leads(trainer) or self.should_skip(trainer):
+            return
+        callbacks = self._in_order(trainer)
+        changed = [cb.owner for cb in callbacks if cb.changed_weights]
+        for cb in callbacks:
+            cb.changed_weights = False
+        if changed:
+            self.recalibrate_norms(trainer, pl_module, " and ".join(changed), quiet=True)
+
     @compression_event("norm_calibration")
-    def recalibrate_norms(self, trainer: pl.Trainer, pl_module: pl.LightningModule, who: str) -> None:
-        """Re-estimate the BatchNorm statistics on training batches (weights were replaced at the end of fit)."""
+    def recalibrate_norms(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, who: str, quiet: bool = False
+    ) -> None:
+        """Re-estimate the BatchNorm statistics on training batches (after ``who`` replaced weights)."""
         module = self.target_module(pl_module)
         if not batch_norms(module):
             return
@@ -403,10 +419,11 @@ class CompressionCallback(Callback):
         if trainer.world_size > 1:  # every rank read its own batches: rank 0's statistics everywhere
             for buffer in buffers:
                 buffer.copy_(self.broadcast(trainer, buffer))
-        rank_zero_info(
-            f"{who} replaced weights at the end of fit: the BatchNorm running statistics were re-estimated on {read} "
-            "training batches."
-        )
+        if not quiet:
+            rank_zero_info(
+                f"{who} replaced weights at the end of fit: the BatchNorm running statistics were re-estimated on "
+                f"{read} training batches."
+            )
 
     # -- holds: masks and frozen values, by name ------------------------------------------------------------------
     def hold_support(self, pl_module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -586,6 +586,7 @@ class NeuronElimination(CompressionCallback):
                 for elimination in record.eliminations:
                     redistribute_(consumer, pair, elimination)
         eliminated = sum(len(r.eliminations) for r in records)
+        self.changed_weights = self.changed_weights or eliminated > 0
         scores = [e.score for r in records for e in r.eliminations]
         self.history.append(
             {
@@ -701,6 +702,8 @@ class NeuronElimination(CompressionCallback):
     # -- end of the window -----------------------------------------------------------------------------------------
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # rounds redistributed onto the consumers: BatchNorm statistics are re-estimated once every method finished
+        self.replaced_weights = bool(self.history) and not self._finished
         if not self._finished:
             self._finish_structure(trainer, pl_module, rebuild=False)
 

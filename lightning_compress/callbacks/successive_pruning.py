@@ -278,12 +278,17 @@ class SuccessivePruning(CompressionCallback):
                 for n, p in zip(self._names, self._params(pl_module, self._names), strict=True)
             },
             "masks": {n: m.detach().to("cpu", copy=True) for n, m in self._support.items()},
+            # the BatchNorm statistics of those weights (re-estimated before this validation) go back with them
+            "buffers": {n: b.detach().to("cpu", copy=True) for n, b in self.target_module(pl_module).named_buffers()},
         }
 
     @torch.no_grad()
     def _restore(self, pl_module: nn.Module, snapshot: dict[str, Any]) -> None:
         for name, param in zip(self._names, self._params(pl_module, self._names), strict=True):
             param.copy_(snapshot["weights"][name].to(param.device, param.dtype))
+        for name, buffer in self.target_module(pl_module).named_buffers():
+            if name in snapshot["buffers"] and snapshot["buffers"][name].shape == buffer.shape:
+                buffer.copy_(snapshot["buffers"][name].to(buffer.device, buffer.dtype))
         self.release_holds()
         if snapshot["masks"]:
             self.hold_support(pl_module, snapshot["masks"])
@@ -358,6 +363,7 @@ class SuccessivePruning(CompressionCallback):
             sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
         stream, norms = self._decide(trainer, names, sparsity)
         result = self._write(trainer.lightning_module, names, stream, norms)
+        self.changed_weights = True
         figures: dict[str, float] = {
             "stage": float(self._stage + (0 if final else 1)),
             "sparsity": result.sparsity,
