@@ -1,0 +1,72 @@
+"""The flagship recipe ``full_lenet300_fmnist`` again, per seed, against the committed dense runs of the same seed.
+
+Re-measures the composed LeNet-300-100 recipe after a change (here: the optimizer state carried over
+NeuronElimination's mid-fit shrink, the file following from the weights) without re-running the whole
+``bench.composed_fmnist``: each seed's drop is against the best dense run of that seed stored in
+``bench/results/composed_fmnist.json`` (same recipe, same data split, same seeds).
+
+    python -m bench.full_lenet300_seeds --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+from bench.common import RESULTS, mean_std, quiet_run, write_results
+from bench.composed_fmnist import run_recipe
+
+RECIPE = "full_lenet300_fmnist"
+
+
+def dense_per_seed() -> dict[int, float]:
+    runs = json.loads((RESULTS / "composed_fmnist.json").read_text())["runs"]
+    return {
+        int(run["seed"]): max(v["acc"] for k, v in run.items() if k.startswith("lenet300/dense@"))
+        for run in runs
+        if any(k.startswith("lenet300/dense@") for k in run)
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    dense = dense_per_seed()
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        row = {"seed": seed, **run_recipe(RECIPE, quiet_run(seed, args.epochs))}
+        row["dense_acc"] = dense.get(seed)
+        row["drop_pt"] = None if row["dense_acc"] is None else 100 * (row["dense_acc"] - row["acc"])
+        runs.append(row)
+        print(row, flush=True)
+    table = [
+        {
+            "seed": r["seed"],
+            "test acc (%)": f"{100 * r['acc']:.2f}",
+            "dense (%)": "" if r["dense_acc"] is None else f"{100 * r['dense_acc']:.2f}",
+            "drop (pt)": "" if r["drop_pt"] is None else f"{r['drop_pt']:.2f}",
+            "bytes": f"{r['bytes']:,.0f}",
+            "ratio": f"{r['ratio']:.1f}x",
+            "fit (s)": f"{r['wall_s']:.0f}",
+        }
+        for r in runs
+    ]
+    drops = [r["drop_pt"] for r in runs if r["drop_pt"] is not None]
+    ratios = [r["ratio"] for r in runs]
+    notes = (
+        f"`{RECIPE}` on real Fashion-MNIST, seeds {args.seeds}, {args.epochs} epochs; accuracy of the model reloaded "
+        "from its artifact; drop against the best dense run of the same seed in bench/results/composed_fmnist.json. "
+        f"Mean: {mean_std(ratios)[0]:.1f}x at {mean_std(drops)[0]:.2f} ± {mean_std(drops)[1]:.2f} pt; worst seed "
+        f"{max(drops) if drops else float('nan'):.2f} pt."
+    )
+    print(write_results("full_lenet300_seeds", {"seeds": args.seeds, "runs": runs}, table, notes).read_text())
+
+
+if __name__ == "__main__":
+    main()
