@@ -80,6 +80,20 @@ def _mobilenet_v2() -> nn.Module:
     return torchvision.models.mobilenet_v2(num_classes=4, width_mult=0.25)
 
 
+class TiedLM(nn.Module):
+    """A language model whose output layer shares the embedding matrix (tied embeddings)."""
+
+    def __init__(self, vocab: int = 32, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.hidden = nn.Sequential(nn.Linear(dim, 32), nn.ReLU(), nn.Linear(32, dim))
+        self.out = nn.Linear(dim, vocab, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(self.embed(tokens))))
+
+
 def _frozen_backbone() -> nn.Module:
     """A fine-tune: a frozen feature extractor and a new head."""
     net = torchvision.models.mobilenet_v2(num_classes=4, width_mult=0.25)
@@ -111,7 +125,15 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], TensorDa
         lambda n, s: _tokens(n, s),
         True,
     ),
+    "tied_lm": (TiedLM, lambda n, s: _tokens(n, s), False),
     "frozen_backbone": (_frozen_backbone, lambda n, s: _images(n, 32, s), False),
+    # the real constructors at their real sizes: minutes per cell on 2 CPU cores (WeightSharing's search), so slow
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=4), lambda n, s: _images(n, 32, s), False),
+    "efficientnet_b0": (
+        lambda: torchvision.models.efficientnet_b0(num_classes=4),
+        lambda n, s: _images(n, 32, s),
+        False,
+    ),
 }
 
 CALLBACKS: dict[str, Callable[[], list[CompressionCallback]]] = {
@@ -149,8 +171,11 @@ def _fit(name: str, callbacks: list[CompressionCallback], tmp_path: Path) -> Use
     return model
 
 
+SLOW = {"resnet18", "efficientnet_b0"}
+
+
 @pytest.mark.parametrize("method", list(CALLBACKS))
-@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize("network", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in NETWORKS])
 def test_each_method_compresses_real_networks_or_refuses_up_front(network: str, method: str, tmp_path: Path) -> None:
     dense_params = sum(p.numel() for p in NETWORKS[network][0]().parameters())
     callbacks = CALLBACKS[method]()

@@ -45,7 +45,7 @@ from lightning_compress.functional.neuron_elimination import (
     rows_shortfall,
     shrink_,
 )
-from lightning_compress.functional.selection import frozen_parameters
+from lightning_compress.functional.selection import frozen_parameters, tied_parameters
 
 __all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
 
@@ -332,13 +332,17 @@ class NeuronElimination(CompressionCallback):
         if not self.pairs:
             example = self.check_forward(trainer, pl_module, "NeuronElimination")
             self.pairs, self.skipped = find_layer_pairs(module, example, self.layers)
-            # eliminating rewrites producer rows, norm entries and consumer columns: all of them must train
+            # eliminating rewrites producer rows, norm entries and consumer columns: all of them must train, and none
+            # may be tied to another module (shrinking one name of a shared tensor would cut the tie)
             frozen_layers = {name.rpartition(".")[0] for name in frozen_parameters(module)}
+            tied_layers = {name.rpartition(".")[0] for name in tied_parameters(module)}
             for pair in list(self.pairs):
-                if frozen_layers & {pair.producer, pair.consumer, *pair.norms}:
+                if (frozen_layers | tied_layers) & {pair.producer, pair.consumer, *pair.norms}:
                     self.pairs.remove(pair)
             for layer in sorted(frozen_layers):
                 self.skipped[layer] = "frozen (requires_grad=False): left alone, with the layers it pairs with"
+            for layer in sorted(tied_layers - frozen_layers):
+                self.skipped[layer] = "tied (its weight is shared with another module): left alone, with its pairs"
             if not self.pairs:
                 reasons: dict[str, list[str]] = {}
                 for layer, reason in self.skipped.items():

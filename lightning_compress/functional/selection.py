@@ -6,7 +6,22 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["frozen_parameters", "select_parameters"]
+__all__ = ["frozen_parameters", "select_parameters", "tied_parameters"]
+
+
+def tied_parameters(module: nn.Module) -> list[str]:
+    """Every name of every parameter that stands under more than one name (tied weights).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+        >>> net[1].weight = net[0].weight
+        >>> tied_parameters(net)
+        ['0.weight', '1.weight']
+    """
+    names: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return [n for group in names.values() if len(group) > 1 for n in group]
 
 
 def frozen_parameters(module: nn.Module) -> list[str]:
