@@ -732,6 +732,12 @@ class NeuronElimination(CompressionCallback):
                 if self._round >= self.rounds
                 else f"its window ended after {self._round} of {self.rounds} rounds"
             )
+            at_floors = all(len(a) <= self._floor(p) for p, a in zip(self.pairs, self.alive(), strict=True))
+            if self.target_params is not None and at_floors:
+                self._stop_reason += (
+                    f"; every layer reached its floor (min_layer_fraction={self.min_layer_fraction}) before "
+                    f"target_params={self.target_params}"
+                )
         if self.removal == "mask":
             self.apply_holds(pl_module)
             removed = self.removed()
