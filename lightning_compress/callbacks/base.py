@@ -177,9 +177,6 @@ class CompressionCallback(Callback):
         self.event_counts: dict[str, int] = {}
         #: for this fit (set in on_fit_start): the leader's aspect-ordered compression callbacks, [] on the others
         self._fit_order: list[CompressionCallback] | None = None
-        #: set by :meth:`finish` when it replaced weights with no training step after it: the BatchNorm statistics
-        #: are then re-estimated on training batches once every callback finished
-        self.replaced_weights = False
         #: set when a per-step action changed weights (a stage, a round): BatchNorm statistics are re-estimated before
         #: the next validation, so an accuracy guard judges the weights, not statistics of weights that are gone
         self.changed_weights = False
@@ -390,20 +387,25 @@ class CompressionCallback(Callback):
             for cb in callbacks:
                 cb.apply_holds(pl_module)
                 cb.finish(trainer, pl_module)
-            replaced = [cb.owner for cb in callbacks if cb.replaced_weights]
-            if replaced:
-                self.recalibrate_norms(trainer, pl_module, " and ".join(replaced))
+            # the file's BatchNorm statistics describe the final weights (a stage or a codebook at the very end has no
+            # training step after it to update them)
+            self.recalibrate_norms(trainer, pl_module, " and ".join(cb.owner for cb in callbacks))
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._leads(trainer) or self.should_skip(trainer):
             return
         callbacks = self._in_order(trainer)
-        changed = [cb.owner for cb in callbacks if cb.changed_weights]
+        changed = [cb.owner for cb in callbacks if cb.changed_weights or cb.guarding]
         for cb in callbacks:
             cb.changed_weights = False
         if changed:
             self.recalibrate_norms(trainer, pl_module, " and ".join(changed), quiet=True)
+
+    @property
+    def guarding(self) -> bool:
+        """Whether an accuracy guard of this callback watches validations now (they must see true accuracy)."""
+        return False
 
     @compression_event("norm_calibration")
     def recalibrate_norms(
@@ -421,8 +423,8 @@ class CompressionCallback(Callback):
                 buffer.copy_(self.broadcast(trainer, buffer))
         if not quiet:
             rank_zero_info(
-                f"{who} replaced weights at the end of fit: the BatchNorm running statistics were re-estimated on "
-                f"{read} training batches."
+                f"{who} finished: the BatchNorm running statistics were re-estimated on {read} training batches, so "
+                "that they describe the final weights."
             )
 
     # -- holds: masks and frozen values, by name ------------------------------------------------------------------

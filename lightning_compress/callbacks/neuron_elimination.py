@@ -543,6 +543,11 @@ class NeuronElimination(CompressionCallback):
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
         return [RoundRecord.from_dict(d) for d in decided]
 
+    @property
+    @override
+    def guarding(self) -> bool:
+        return self.accuracy_budget is not None and not self._finished and not self._stopped
+
     def _written_layers(self) -> set[str]:
         """Every module a round rewrites: producers, their norms, consumers."""
         return {name for pair in self.pairs for name in (pair.producer, pair.consumer, *pair.norms)}
@@ -706,8 +711,6 @@ class NeuronElimination(CompressionCallback):
     # -- end of the window -----------------------------------------------------------------------------------------
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # rounds redistributed onto the consumers: BatchNorm statistics are re-estimated once every method finished
-        self.replaced_weights = bool(self.history) and not self._finished
         if not self._finished:
             self._finish_structure(trainer, pl_module, rebuild=False)
 

@@ -269,6 +269,11 @@ class SuccessivePruning(CompressionCallback):
         if self._snapshot is None or int(self._snapshot["stage"]) != self._stage:
             self._snapshot = self._take_snapshot(trainer.lightning_module)
 
+    @property
+    @override
+    def guarding(self) -> bool:
+        return self.guard is not None and not self._stopped and self._final is None
+
     def _take_snapshot(self, pl_module: nn.Module) -> dict[str, Any]:
         """The validated state: stage, weights of the selected tensors and masks (on the CPU)."""
         return {
@@ -416,7 +421,6 @@ class SuccessivePruning(CompressionCallback):
         if self.guard is not None:
             self._finish_guarded(trainer, pl_module)
             return
-        self.replaced_weights = self._stage < len(self.stages) or bool(self._value_names(pl_module))
         while self._stage < len(self.stages) - 1:  # fits too short for the schedule still reach the target
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
@@ -446,10 +450,9 @@ class SuccessivePruning(CompressionCallback):
                 if self._stage >= len(self.stages)
                 else f"its last validated stage was {self._stage} of {len(self.stages)} when the fit ended"
             )
-        self.replaced_weights = bool(self._value_names(pl_module))
         params = self._params(pl_module, self._names)
         held = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
-        if self.replaced_weights:
+        if self._value_names(pl_module):
             self._run_stage(trainer, held, final=True)
         self._stage = max(self._stage, 1)
         rank_zero_info(f"SuccessivePruning stopped at sparsity {held:.4f}: {self._stop_reason}.")

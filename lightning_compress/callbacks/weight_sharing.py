@@ -234,7 +234,6 @@ class WeightSharing(CompressionCallback):
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.done:  # also when the fit stopped before `at_epoch` (EarlyStopping, max_steps): never left dense
-            self.replaced_weights = True
             if self.at_epoch is not None:
                 rank_zero_info(
                     f"WeightSharing: the fit ended before epoch {self.at_epoch} (`at_epoch`); sharing at its end."
@@ -260,6 +259,9 @@ class WeightSharing(CompressionCallback):
         selected = [params[n] for n in names]
         # tensors whose support another method owns keep their zeros: only their non-zeros are binned
         keep_zeros = [rep.owner(n, "support") is not None for n in names]
+        # the budget is against the unshared accuracy: BatchNorm statistics that lag behind the weights (a short fit,
+        # a stage just before) would make that baseline, and every candidate, look worse than they are
+        self.recalibrate_norms(trainer, pl_module, self.owner, quiet=True)
         # trainer.log_dir broadcasts: resolve it on every rank, never inside rank-0-only code
         out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         decision: dict[str, Any] | None = None
