@@ -347,3 +347,17 @@ def test_default_guard_without_validation_is_refused_before_the_first_step(tmp_p
     with pytest.raises(ValueError, match="target_sparsity"):
         pl.Trainer(callbacks=[lc.SuccessivePruning()], **trainer_kwargs(tmp_path)).fit(model, train)
     assert all(bool((p != 0).all()) for p in model.backbone.parameters() if p.dim() > 1)
+
+
+def test_batchnorm_statistics_describe_the_final_weights(tmp_path: Path) -> None:
+    """The final refinement replaces every weight after the last step: the running statistics are estimated again."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    )
+    model = lc.ImageClassifier(net, num_classes=4)
+    train, val = loaders()
+    callback = lc.SuccessivePruning(target_sparsity=0.8)
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
+    assert int(net[1].num_batches_tracked) == len(train)  # reset, then one cumulative pass over 8 batches
+    assert callback.event_counts.get("norm_calibration", 0) >= 1
