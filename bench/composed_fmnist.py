@@ -103,10 +103,17 @@ def run_recipe(recipe: str, common: list[str], extra: Sequence[str] = ()) -> dic
     }
 
 
-def run_peers(dense_recipe: str, common: list[str], epochs: int, fp32: int) -> dict[str, dict[str, Any]]:
+def run_peers(
+    dense_recipe: str,
+    common: list[str],
+    epochs: int,
+    fp32: int,
+    sparsity: float = PEER_SPARSITY,
+    training: Sequence[str] = ("scheduler=hold_cosine", "optimizer.lr=3e-3"),
+) -> dict[str, dict[str, Any]]:
     """ModelPruning + gaps + xz, and Deep-Compression-style k-means + Huffman on the same pruned model."""
-    amounts = peer_amounts(PEER_SPARSITY, epochs, 0.2)
-    overrides = [*common, "artifact.save=false", "scheduler=hold_cosine", "optimizer.lr=3e-3"]
+    amounts = peer_amounts(sparsity, epochs, 0.2)
+    overrides = [*common, "artifact.save=false", *training]
     with composed(dense_recipe, overrides) as cfg:
         m, objects = train(cfg, extra_callbacks=[gradual_l1_peer(amounts)])
     model = objects["module"].backbone

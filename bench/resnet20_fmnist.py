@@ -24,11 +24,8 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, composed, mean_std, quiet_run, write_results
-from bench.composed_fmnist import deep_compression_bytes, run_recipe
-from bench.surp_lenet300_fmnist import gradual_l1_peer, peer_amounts, sparse_xz_bytes
-from lightning_compress.cli import train
-from lightning_compress.module import evaluate_accuracy
+from bench.common import RESULTS, mean_std, quiet_run, write_results
+from bench.composed_fmnist import run_peers, run_recipe
 
 NAME = "resnet20_fmnist"
 NET = "resnet20"
@@ -46,22 +43,6 @@ SINGLES = {
 }
 
 
-def run_peers(common: list[str], epochs: int, fp32: int) -> dict[str, dict[str, Any]]:
-    amounts = peer_amounts(PEER_SPARSITY, epochs, 0.2)
-    with composed("dense_resnet20_fmnist", [*common, "artifact.save=false"]) as cfg:
-        m, objects = train(cfg, extra_callbacks=[gradual_l1_peer(amounts)])
-    model = objects["module"].backbone
-    test = objects["datamodule"].test_dataloader()
-    xz_bytes, nonzeros = sparse_xz_bytes(model)
-    dc_bytes, quantized = deep_compression_bytes(model)
-    return {
-        "peer_xz": {"acc": evaluate_accuracy(model, test), "bytes": xz_bytes, "ratio": fp32 / xz_bytes,
-                    "nonzeros": nonzeros, "wall_s": m["fit/wall_s"]},
-        "peer_dc": {"acc": evaluate_accuracy(quantized, test), "bytes": dc_bytes, "ratio": fp32 / dc_bytes,
-                    "nonzeros": nonzeros, "wall_s": m["fit/wall_s"]},
-    }  # fmt: skip
-
-
 def run_seed(seed: int, epochs: int, fraction: float, rows: list[str]) -> dict[str, Any]:
     common = [*quiet_run(seed, epochs), f"trainer.limit_train_batches={fraction}", f"optimizer.lr={LR}"]
     out: dict[str, Any] = {"seed": seed}
@@ -76,7 +57,7 @@ def run_seed(seed: int, epochs: int, fraction: float, rows: list[str]) -> dict[s
         out[f"{NET}/full_resnet20_fmnist"] = run_recipe("full_resnet20_fmnist", common)
         print("full", out[f"{NET}/full_resnet20_fmnist"], flush=True)
     if "peers" in rows:
-        for key, value in run_peers(common, epochs, fp32).items():
+        for key, value in run_peers("dense_resnet20_fmnist", common, epochs, fp32, PEER_SPARSITY, ()).items():
             out[f"{NET}/{key}"] = value
             print(key, value, flush=True)
     return out
