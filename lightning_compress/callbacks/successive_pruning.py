@@ -275,7 +275,7 @@ class SuccessivePruning(CompressionCallback):
         return self.guard is not None and not self._stopped and self._final is None
 
     def _take_snapshot(self, pl_module: nn.Module) -> dict[str, Any]:
-        """The validated state: stage, weights of the selected tensors and masks (on the CPU)."""
+        """The validated state: stage, masks and the selected tensors' values (on the CPU)."""
         return {
             "stage": self._stage,
             "weights": {
@@ -283,20 +283,26 @@ class SuccessivePruning(CompressionCallback):
                 for n, p in zip(self._names, self._params(pl_module, self._names), strict=True)
             },
             "masks": {n: m.detach().to("cpu", copy=True) for n, m in self._support.items()},
-            # the BatchNorm statistics of those weights (re-estimated before this validation) go back with them
-            "buffers": {n: b.detach().to("cpu", copy=True) for n, b in self.target_module(pl_module).named_buffers()},
         }
 
     @torch.no_grad()
     def _restore(self, pl_module: nn.Module, snapshot: dict[str, Any]) -> None:
+        """Undo the pruning since ``snapshot`` (the survivors keep what training taught them since).
+
+        The entries pruned since then get their values back and the masks are the snapshot's: an undo costs the
+        pruning, not the training progress.
+        """
         for name, param in zip(self._names, self._params(pl_module, self._names), strict=True):
-            param.copy_(snapshot["weights"][name].to(param.device, param.dtype))
-        for name, buffer in self.target_module(pl_module).named_buffers():
-            if name in snapshot["buffers"] and snapshot["buffers"][name].shape == buffer.shape:
-                buffer.copy_(snapshot["buffers"][name].to(buffer.device, buffer.dtype))
+            current = self._support.get(name)
+            if current is None:
+                continue
+            before = snapshot["masks"].get(name)
+            revived = current == 0 if before is None else (current == 0) & (before.to(current.device) != 0)
+            param[revived] = snapshot["weights"][name].to(param.device, param.dtype)[revived]
         self.release_holds()
         if snapshot["masks"]:
             self.hold_support(pl_module, snapshot["masks"])
+        self.changed_weights = True  # the BatchNorm statistics are estimated again before the next validation
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
