@@ -58,8 +58,8 @@ class SuccessivePruning(CompressionCallback):
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
     towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
     is found by name like NeuronElimination's): the first stage waits for a validation (the baseline), and a
-    validation that falls further than the budget undoes every stage since the previous validation (weights and
-    masks restored) and holds the sparsity there; the final stream keeps that support. One line at the end says
+    validation that falls further than the budget undoes every stage since the previous validation (the entries
+    pruned since then get their values back; the survivors keep their training) and holds the sparsity there; the final stream keeps that support. One line at the end says
     where it stopped and why. A fit without a validation loop is refused before the first step (pass validation
     data, or a ``target_sparsity`` to prune that far unguarded).
 
