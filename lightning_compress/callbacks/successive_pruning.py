@@ -58,8 +58,8 @@ class SuccessivePruning(CompressionCallback):
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
     towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
     is found by name like NeuronElimination's): the first stage waits for a validation (the baseline), and a
-    validation that falls further than the budget undoes every stage since the previous validation (the entries
-    pruned since then get their values back; the survivors keep their training) and holds the sparsity there; the final stream keeps that support. One line at the end says
+    validation that falls further than the budget undoes every stage since the previous validation (weights and
+    masks restored) and holds the sparsity there; the final stream keeps that support. One line at the end says
     where it stopped and why. A fit without a validation loop is refused before the first step (pass validation
     data, or a ``target_sparsity`` to prune that far unguarded).
 
@@ -275,7 +275,7 @@ class SuccessivePruning(CompressionCallback):
         return self.guard is not None and not self._stopped and self._final is None
 
     def _take_snapshot(self, pl_module: nn.Module) -> dict[str, Any]:
-        """The validated state: stage, masks and the selected tensors' values (on the CPU)."""
+        """The validated state: stage, weights of the selected tensors and masks (on the CPU)."""
         return {
             "stage": self._stage,
             "weights": {
@@ -283,26 +283,20 @@ class SuccessivePruning(CompressionCallback):
                 for n, p in zip(self._names, self._params(pl_module, self._names), strict=True)
             },
             "masks": {n: m.detach().to("cpu", copy=True) for n, m in self._support.items()},
+            # the BatchNorm statistics of those weights (re-estimated before this validation) go back with them
+            "buffers": {n: b.detach().to("cpu", copy=True) for n, b in self.target_module(pl_module).named_buffers()},
         }
 
     @torch.no_grad()
     def _restore(self, pl_module: nn.Module, snapshot: dict[str, Any]) -> None:
-        """Undo the pruning since ``snapshot`` (the survivors keep what training taught them since).
-
-        The entries pruned since then get their values back and the masks are the snapshot's: an undo costs the
-        pruning, not the training progress.
-        """
         for name, param in zip(self._names, self._params(pl_module, self._names), strict=True):
-            current = self._support.get(name)
-            if current is None:
-                continue
-            before = snapshot["masks"].get(name)
-            revived = current == 0 if before is None else (current == 0) & (before.to(current.device) != 0)
-            param[revived] = snapshot["weights"][name].to(param.device, param.dtype)[revived]
+            param.copy_(snapshot["weights"][name].to(param.device, param.dtype))
+        for name, buffer in self.target_module(pl_module).named_buffers():
+            if name in snapshot["buffers"] and snapshot["buffers"][name].shape == buffer.shape:
+                buffer.copy_(snapshot["buffers"][name].to(buffer.device, buffer.dtype))
         self.release_holds()
         if snapshot["masks"]:
             self.hold_support(pl_module, snapshot["masks"])
-        self.changed_weights = True  # the BatchNorm statistics are estimated again before the next validation
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
