@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite: ruff, mypy, then pytest without the `slow` tests (about 9 minutes on 2 CPU cores).
+# The test suite: ruff, mypy, then pytest without the `slow` tests (about 4 minutes on 2 CPU cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
