@@ -102,17 +102,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-fraction", type=float, default=0.3)
     parser.add_argument("--rows", nargs="+", default=[*SINGLES, "full", "peers"], choices=[*SINGLES, "full", "peers"])
+    parser.add_argument("--name", default=NAME, help="results file name (bench/results/<name>.{json,md})")
     args = parser.parse_args()
     torch.set_num_threads(2)
     runs = [run_seed(seed, args.epochs, args.train_fraction, args.rows) for seed in args.seeds]
-    (RESULTS / f"{NAME}.runs.json").write_text(json.dumps(runs, indent=1))
+    (RESULTS / f"{args.name}.runs.json").write_text(json.dumps(runs, indent=1))
     notes = (
         f"Seeds {args.seeds}; ResNet-20 on Fashion-MNIST (28x28), {args.epochs} epochs over {args.train_fraction:.0%} "
         f"of the training images per epoch, Adam {LR:g} held then cosine; accuracy of the reloaded artifact on the "
         "10,000 test images; drop against the dense run of the same seed; ratio against fp32 of the original model."
     )
     payload = {"seeds": args.seeds, "epochs": args.epochs, "train_fraction": args.train_fraction, "runs": runs}
-    print(write_results(NAME, payload, summarise(runs), notes).read_text())
+    print(write_results(args.name, payload, summarise(runs), notes).read_text())
 
 
 if __name__ == "__main__":
