@@ -18,7 +18,8 @@ from lightning_compress.codec.base import (
 
 __all__ = ["DenseCodec"]
 
-_PRECISIONS = ("float32", "float16")
+#: The float precisions the value-storing codecs (dense, sparse) write.
+PRECISIONS = ("float32", "float16")
 
 
 @register_codec
@@ -40,8 +41,8 @@ class DenseCodec(Codec):
         precision = options.pop("precision", "float32")
         if options:
             raise TypeError(f"dense codec got unknown options {sorted(options)}; accepted: ['precision'].")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"dense codec: `precision` must be one of {_PRECISIONS}, got {precision!r}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"dense codec: `precision` must be one of {PRECISIONS}, got {precision!r}.")
         stored = tensor.detach()
         if stored.is_floating_point():
             stored = stored.to(dtype_from_name(precision))

@@ -23,12 +23,11 @@ from lightning_compress.codec.base import (
     tensor_from_bytes,
     tensor_to_bytes,
 )
+from lightning_compress.codec.dense import PRECISIONS
 from lightning_compress.codec.entropy import AnsStackReader, leb128
 from lightning_compress.codec.surp import _read_exp_golomb, _Reader, _write_exp_golomb, _Writer
 
 __all__ = ["SparseCodec", "read_support", "write_support"]
-
-_PRECISIONS = ("float32", "float16")
 
 
 def write_support(w: _Writer, support: np.ndarray) -> None:
@@ -79,8 +78,8 @@ class SparseCodec(Codec):
         precision = options.pop("precision", "float32")
         if options:
             raise TypeError(f"sparse codec got unknown options {sorted(options)}; accepted: ['precision'].")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"sparse codec: `precision` must be one of {_PRECISIONS}, got {precision!r}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"sparse codec: `precision` must be one of {PRECISIONS}, got {precision!r}.")
         if not tensor.is_floating_point():
             raise ValueError(f"sparse codec stores floating-point tensors, got {tensor.dtype}.")
         flat = tensor.detach().reshape(-1).to("cpu")
@@ -99,8 +98,8 @@ class SparseCodec(Codec):
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         stored = encoded.meta.get("stored_dtype")
-        if stored not in _PRECISIONS:
-            raise ValueError(f"sparse codec: `stored_dtype` must be one of {_PRECISIONS}, got {stored!r}.")
+        if stored not in PRECISIONS:
+            raise ValueError(f"sparse codec: `stored_dtype` must be one of {PRECISIONS}, got {stored!r}.")
         n = math.prod(encoded.shape)
         r, ans, support = read_support(encoded.payload, n, self.name)
         ans.finish()
