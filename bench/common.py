@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -100,3 +102,55 @@ def quiet_trainer(max_epochs: int, callbacks: Sequence[pl.Callback] = (), **over
         "enable_model_summary": False,
     }
     return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**settings, **overrides})
+
+
+class PeakRss:
+    """Largest resident set (bytes) of this process while running, from /proc every 20 ms (it shares the GIL)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def held_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
+    """Bytes of the tensors and arrays reachable from a callback's attributes.
+
+    Followed: dicts, lists, tuples, sets and the attributes of the library's own objects (guards, histories), a few
+    levels deep; tensors count their storage, NumPy arrays and bytes their length.
+    """
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 6:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, bytes | bytearray):
+        return len(obj)
+    if isinstance(obj, dict):
+        return sum(held_bytes(v, seen, depth + 1) for v in obj.values())
+    if isinstance(obj, list | tuple | set | frozenset):
+        return sum(held_bytes(v, seen, depth + 1) for v in obj)
+    if isinstance(obj, pl.Callback) or type(obj).__module__.startswith("lightning_compress"):
+        return sum(held_bytes(v, seen, depth + 1) for v in getattr(obj, "__dict__", {}).values())
+    return 0

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +41,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 import lightning_compress as lc
-from bench.common import composed, mean_std, quiet_run, quiet_trainer, write_results
+from bench.common import PeakRss, composed, held_bytes, mean_std, quiet_run, quiet_trainer, write_results
 from bench.defaults_fmnist import UserClassifier, cnn, fmnist_tensors, mlp
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.cli import instantiate_children
@@ -92,50 +90,6 @@ NETS = {"mlp": mlp, "cnn": cnn}
 PER_STEP_HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end", "on_before_backward")
 
 
-class _PeakRss:
-    """Largest resident set (bytes) of this process while running, from /proc every 20 ms (it shares the GIL)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def now() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.02)
-
-    def __enter__(self) -> _PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _held_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
-    """Bytes of the tensors reachable from a callback's attributes (dicts, lists, tuples; a few levels deep)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or depth > 4:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_held_bytes(v, seen, depth + 1) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_held_bytes(v, seen, depth + 1) for v in obj)
-    if isinstance(obj, CompressionCallback):
-        return sum(_held_bytes(v, seen, depth + 1) for v in vars(obj).values())
-    return 0
-
-
 def _loader(data: TensorDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     """Batches indexed straight out of the tensors (one fancy index per batch, no per-sample collation)."""
     sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
@@ -153,8 +107,8 @@ def run_one(net: str, config: str, epochs: int, seed: int) -> dict[str, Any]:
         trainer = quiet_trainer(epochs, callbacks, profiler=profiler, default_root_dir=tmp)
         train = _loader(splits["train"], 128, True, seed)
         val = _loader(splits["val"], 1000, False, seed)
-        before = _PeakRss.now()
-        with _PeakRss() as rss:
+        before = PeakRss.now()
+        with PeakRss() as rss:
             started = time.perf_counter()
             trainer.fit(model, train, val)
             fit_s = time.perf_counter() - started
@@ -184,7 +138,7 @@ def run_one(net: str, config: str, epochs: int, seed: int) -> dict[str, Any]:
         "per_step_hooks_s": sum(v for k, v in hooks.items() if k.rsplit(".", 1)[-1] in PER_STEP_HOOKS),
         "peak_rss_mb": (rss.peak - before) / 2**20,
         "peak_rss_total_mb": rss.peak / 2**20,
-        "held_mb": sum(_held_bytes(cb) for cb in compression) / 2**20,
+        "held_mb": sum(held_bytes(cb) for cb in compression) / 2**20,
         "val_acc": float(trainer.callback_metrics.get("val_acc", float("nan"))),
         "artifact_bytes": size,
         "steps": trainer.global_step,

@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -90,3 +91,21 @@ def test_weight_sharing_candidates_are_written_on_the_device() -> None:
         on_cpu.evaluate_k(k)
         on_gpu.evaluate_k(k)
         assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu, strict=True))
+
+
+@pytest.mark.parametrize(("sparsity", "refine_steps"), [(0.2, 0), (0.95, 0), (0.9, 3)])
+def test_surp_decisions_are_the_same_on_cpu_and_cuda(sparsity: float, refine_steps: int) -> None:
+    from lightning_compress.functional.successive_pruning import magnitudes, refine
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(300, 784), torch.randn(300), torch.randn(100, 300) * 3]
+    results = []
+    for device in ("cpu", "cuda"):
+        u, norms = magnitudes([t.to(device) for t in tensors])
+        results.append((refine(u, target_sparsity=sparsity, refine_steps=refine_steps), norms))
+    (cpu, cpu_norms), (gpu, gpu_norms) = results
+    assert cpu_norms == gpu_norms
+    assert cpu.t0 == gpu.t0
+    assert torch.equal(torch.as_tensor(cpu.recon), torch.as_tensor(gpu.recon).cpu())  # bit for bit
+    assert len(cpu.rounds) == len(gpu.rounds)
+    assert all(np.array_equal(a, b) for a, b in zip(cpu.rounds, gpu.rounds, strict=True))

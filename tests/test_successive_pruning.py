@@ -19,6 +19,7 @@ from lightning_compress.functional.successive_pruning import (
     sparsity_schedule,
 )
 from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
+from tests.helpers.surp_reference import refine_full_scan
 
 
 def laplacian(n: int, seed: int) -> np.ndarray:
@@ -41,6 +42,49 @@ def test_stream_round_trip_is_bit_exact(refresh: str, n: int, sparsity: float, r
     # the stream costs its symbols' entropy plus a fixed part (header, histograms, ANS word padding)
     assert stats.entropy_bits <= stats.stream_bits <= 1.01 * stats.entropy_bits + 1024
     assert np.array_equal(reconstruct(result), result.recon)
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "refine_steps", "tolerance", "max_picks"),
+    [(0.2, 0, 0.0, None), (0.95, 0, 0.005, None), (0.9, 4, 0.0, None), (None, 0, 0.0, 5000)],
+)
+def test_pooled_torch_refinement_takes_the_full_scans_decisions(
+    sparsity: float | None, refine_steps: int, tolerance: float, max_picks: int | None
+) -> None:
+    # The candidate pool must find exactly the positions a scan of every residual finds, round after round.
+    rng = np.random.default_rng(11)
+    u = np.abs(rng.laplace(size=60_000))
+    u[rng.random(u.size) < 0.2] = 0.0  # an already pruned part
+    pooled = refine(
+        torch.from_numpy(u.copy()),
+        target_sparsity=sparsity,
+        refine_steps=refine_steps,
+        support_tolerance=tolerance,
+        max_picks=max_picks,
+    )
+    scanned = refine_full_scan(
+        u,
+        target_sparsity=sparsity,
+        refine_steps=refine_steps,
+        support_tolerance=tolerance,
+        max_picks=max_picks,
+        t0=pooled.t0,
+    )
+    assert len(pooled.rounds) == len(scanned.rounds) > 5
+    assert all(np.array_equal(a, b) for a, b in zip(pooled.rounds, scanned.rounds, strict=True))
+    assert pooled.refresh_steps == scanned.refresh_steps
+    assert np.array_equal(pooled.recon.numpy(), scanned.recon)
+    # a stage that writes no stream keeps no rounds and reaches the same reconstruction
+    bare = refine(
+        torch.from_numpy(u.copy()),
+        target_sparsity=sparsity,
+        refine_steps=refine_steps,
+        support_tolerance=tolerance,
+        max_picks=max_picks,
+        record_rounds=False,
+    )
+    assert not bare.rounds
+    assert torch.equal(bare.recon, pooled.recon)
 
 
 def test_large_stream_is_within_two_percent_of_its_entropy() -> None:
@@ -200,7 +244,8 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
             flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
             if cb._support:  # after the first stage: every masked entry is exactly zero, biases included
                 mask = torch.cat([m.reshape(-1) for m in cb._support.values()])
-                assert torch.all(flat[mask == 0] == 0)
+                assert mask.dtype == torch.bool  # a quarter of a float mask's bytes
+                assert torch.all(flat[~mask] == 0)
                 zero_sets.append(flat == 0)
 
     train, val = ordered_loaders()
@@ -214,6 +259,8 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
     assert cb.event_seconds["stage"] > 0
     assert "artifact_bytes" in cb.history[-1]
     assert "artifact_bytes" not in cb.history[0]
+    assert not cb._support
+    assert cb._snapshot is None
 
 
 def test_artifact_round_trip_and_codec(tmp_path: Path) -> None:

@@ -168,7 +168,7 @@ class CompressionCallback(Callback):
         self._window: tuple[float, float] | None = None
         self._total_steps = 0
         self._summary: dict[str, float] = {}
-        #: tensor name -> mask (1 keeps, 0 prunes), re-applied after every optimizer step
+        #: tensor name -> mask (True keeps, False prunes), re-applied after every optimizer step
         self._support: dict[str, torch.Tensor] = {}
         #: tensor name -> value held fixed (gradients zeroed, value put back after every step)
         self._frozen: dict[str, torch.Tensor] = {}
@@ -392,6 +392,18 @@ class CompressionCallback(Callback):
             self.recalibrate_norms(trainer, pl_module, " and ".join(cb.owner for cb in callbacks))
 
     @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.release_fit_state()
+
+    def release_fit_state(self) -> None:
+        """Drop what only the fit needed (masks, held values, snapshots).
+
+        The weights and the representation carry the result; a callback kept after ``fit`` holds no model copy.
+        """
+        self.release_holds()
+
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._leads(trainer) or self.should_skip(trainer):
             return
@@ -429,9 +441,12 @@ class CompressionCallback(Callback):
 
     # -- holds: masks and frozen values, by name ------------------------------------------------------------------
     def hold_support(self, pl_module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        """Keep the zeros of ``masks`` (name -> 0/1 tensor) for the rest of the fit, applied now."""
+        """Keep the zeros of ``masks`` (name -> 0/1 or bool tensor) for the rest of the fit, applied now.
+
+        Held as ``bool`` on the parameter's device: a quarter of a float mask's bytes.
+        """
         params = dict(self.target_module(pl_module).named_parameters())
-        self._support = {n: m.to(params[n].device, params[n].dtype) for n, m in masks.items()}
+        self._support = {n: m.to(params[n].device, torch.bool) for n, m in masks.items()}
         self.apply_holds(pl_module)
 
     def hold_values(self, pl_module: nn.Module, names: Iterable[str]) -> None:

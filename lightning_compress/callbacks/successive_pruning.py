@@ -23,7 +23,7 @@ from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGu
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
-from lightning_compress.functional.successive_pruning import SurpResult, normalise, refine, sparsity_schedule
+from lightning_compress.functional.successive_pruning import SurpResult, magnitudes, refine, sparsity_schedule
 
 __all__ = ["SuccessivePruning"]
 
@@ -300,10 +300,10 @@ class SuccessivePruning(CompressionCallback):
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
-        self, tensors: list[torch.Tensor], sparsity: float | None, max_picks: int | None = None
-    ) -> tuple[SurpResult, bytes, list[float]]:
-        arrays = [t.detach().double().cpu().numpy() for t in tensors]
-        u, signs, norms = normalise(arrays)
+        self, tensors: list[torch.Tensor], sparsity: float | None, max_picks: int | None = None, stream: bool = True
+    ) -> tuple[SurpResult, list[float]]:
+        """Refine the tensors together on their device (``stream``: keep what a bitstream needs)."""
+        u, norms = magnitudes(tensors)
         result = refine(
             u,
             target_sparsity=sparsity,
@@ -313,89 +313,126 @@ class SuccessivePruning(CompressionCallback):
             ladder=self.ladder,
             refine_steps=self.refine_steps if sparsity is not None else 0,
             support_tolerance=self.support_tolerance,
+            record_rounds=stream,
+            overwrite=True,
         )
-        return result, encode_stream(result, signs, segments=[t.numel() for t in tensors]), norms
+        return result, norms
+
+    @staticmethod
+    def _encode(tensors: list[torch.Tensor], result: SurpResult) -> bytes:
+        signs = torch.cat([t.detach().reshape(-1).sign().to(torch.int8) for t in tensors]).cpu().numpy()
+        return encode_stream(result, signs, segments=[t.numel() for t in tensors])
 
     def _encode_within_budget(self, tensors: list[torch.Tensor]) -> tuple[SurpResult, bytes, list[float]]:
         """Largest refinement whose stream fits ``bit_budget`` (binary search over the number of picks)."""
         assert self.bit_budget is not None  # noqa: S101 - only called with a budget
-        best = self._refine(tensors, None, max_picks=1)
+
+        def attempt(picks: int) -> tuple[SurpResult, bytes, list[float]]:
+            result, norms = self._refine(tensors, None, max_picks=picks)
+            return result, self._encode(tensors, result), norms
+
+        best = attempt(1)
         lo, hi = 1, sum(t.numel() for t in tensors) * 8
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            candidate = self._refine(tensors, None, max_picks=mid)
+            candidate = attempt(mid)
             if 8 * len(candidate[1]) <= self.bit_budget:
                 best, lo = candidate, mid
             else:
                 hi = mid - 1
         return best
 
-    def _decide(self, trainer: pl.Trainer, names: list[str], sparsity: float | None) -> tuple[bytes, list[float]]:
-        """Refine on rank 0 and broadcast the stream and norms (small) to every rank."""
+    def _decide_stream(
+        self, trainer: pl.Trainer, names: list[str], sparsity: float | None
+    ) -> tuple[bytes, list[float], SurpResult]:
+        """The final refinement on rank 0, broadcast as its stream and norms (small) to every rank.
+
+        Returns the stream, the norms and the refinement: rank 0's own, the decoded stream on the other ranks.
+        """
         payload: tuple[bytes, list[float]] | None = None
+        result: SurpResult | None = None
         if trainer.is_global_zero:
             tensors = self._params(trainer.lightning_module, names)
             if sparsity is None:
-                _, stream, norms = self._encode_within_budget(tensors)
+                result, stream, norms = self._encode_within_budget(tensors)
             else:
-                _, stream, norms = self._refine(tensors, sparsity)
+                result, norms = self._refine(tensors, sparsity)
+                stream = self._encode(tensors, result)
             payload = (stream, norms)
         payload = self.broadcast(trainer, payload)
         assert payload is not None  # noqa: S101 - broadcast returns rank 0's payload
-        return payload
+        if result is None:  # another rank: the decoded stream (its signs are those of the same weights)
+            result = decode_stream(payload[0])[0]
+            result.recon = torch.from_numpy(np.asarray(result.recon))
+        return payload[0], payload[1], result
 
     @torch.no_grad()
-    def _write(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> SurpResult:
-        """Put the refinement into the named tensors; their zeros become the held support."""
-        result, signs = decode_stream(stream)
-        values = signs * result.recon
+    def _write(self, pl_module: nn.Module, names: list[str], recon: torch.Tensor, norms: list[float]) -> None:
+        """Put ``sign * recon * norm`` into the named tensors (as the ``surp`` codec decodes it); hold their zeros.
+
+        ``recon`` is float64; the product is taken in float64 and rounded to the tensor's dtype once, so the
+        weights equal the decoded stream bit for bit.
+        """
         offset = 0
         masks = dict(self._support)
         for name, param, norm in zip(names, self._params(pl_module, names), norms, strict=True):
             n = param.numel()
-            chunk = torch.from_numpy((values[offset : offset + n] * norm).astype(np.float32)).reshape(param.shape)
-            param.copy_(chunk.to(param.device, param.dtype))
-            masks[name] = chunk != 0
+            piece = recon[offset : offset + n].to(param.device).reshape(param.shape)
+            values = param.detach().sign().to(torch.float64).mul_(piece).mul_(norm)
+            param.copy_(values)
+            masks[name] = piece != 0
             offset += n
         self.hold_support(pl_module, masks)
-        return result
 
     @compression_event("stage")
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
-        names = self._value_names(trainer.lightning_module) if final else self._names
+        pl_module = trainer.lightning_module
+        names = self._value_names(pl_module) if final else self._names
         if final and names != self._names:  # some values went to a value method: keep the support they have now
-            params = self._params(trainer.lightning_module, names)
+            params = self._params(pl_module, names)
             sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
-        stream, norms = self._decide(trainer, names, sparsity)
-        result = self._write(trainer.lightning_module, names, stream, norms)
-        self.changed_weights = True
-        figures: dict[str, float] = {
-            "stage": float(self._stage + (0 if final else 1)),
-            "sparsity": result.sparsity,
-            "stream_bytes": float(len(stream)),
-            "bits_per_param": 8 * len(stream) / result.n,
-            "bits_per_nonzero": 8 * len(stream) / max(result.nonzeros, 1),
-        }
-        entropy = ""
-        if final:
-            # the entropy bound and a trial artifact cost about as much as the stage itself: only for the stream kept
-            stats = stream_statistics(result, stream)
-            figures.update(
-                entropy_bits_per_param=stats.entropy_bits / result.n,
-                stream_over_entropy=stats.overhead,
-                geometric_bits_per_param=stats.geometric_bits / result.n,
+        if not final:
+            # A pruning stage writes no stream: every rank refines the same weights (DDP keeps them identical) with
+            # device-independent decisions, so no bytes are coded, decoded or sent.
+            result, norms = self._refine(self._params(pl_module, names), sparsity, stream=False)
+            assert isinstance(result.recon, torch.Tensor)  # noqa: S101 - refined from tensors
+            self._write(pl_module, names, result.recon, norms)
+            self.changed_weights = True
+            figures: dict[str, float] = {"stage": float(self._stage + 1), "sparsity": result.sparsity}
+            self.history.append(figures)
+            self.log_figures(trainer, figures)
+            rank_zero_info(
+                f"SuccessivePruning stage {self._stage + 1}/{len(self.stages)}: sparsity {result.sparsity:.4f}."
             )
-            entropy = f", {stats.overhead:.4f}x its symbols' entropy"
-            self._final = {"stream": stream, "norms": norms, "names": names}
-            self._attach(trainer.lightning_module)
-            if trainer.is_global_zero:
-                figures["artifact_bytes"] = float(self._artifact_bytes(trainer.lightning_module, names, stream, norms))
+            return
+        stream, norms, result = self._decide_stream(trainer, names, sparsity)
+        recon = torch.as_tensor(result.recon)
+        self._write(pl_module, names, recon, norms)
+        self.changed_weights = True
+        nonzeros, n = result.nonzeros, result.n
+        figures = {
+            "stage": float(self._stage),
+            "sparsity": 1.0 - nonzeros / max(n, 1),
+            "stream_bytes": float(len(stream)),
+            "bits_per_param": 8 * len(stream) / n,
+            "bits_per_nonzero": 8 * len(stream) / max(nonzeros, 1),
+        }
+        # the entropy bound and a trial artifact cost about as much as the stage itself: only for the stream kept
+        stats = stream_statistics(result, stream)
+        figures.update(
+            entropy_bits_per_param=stats.entropy_bits / n,
+            stream_over_entropy=stats.overhead,
+            geometric_bits_per_param=stats.geometric_bits / n,
+        )
+        self._final = {"stream": stream, "norms": norms, "names": names}
+        self._attach(pl_module)
+        if trainer.is_global_zero:
+            figures["artifact_bytes"] = float(self._artifact_bytes(pl_module, names, stream, norms))
         self.history.append(figures)
         self.log_figures(trainer, figures)
         rank_zero_info(
-            f"SuccessivePruning {'final' if final else f'stage {self._stage + 1}/{len(self.stages)}'}: sparsity "
-            f"{result.sparsity:.4f}, stream {len(stream):,} bytes ({figures['bits_per_param']:.4f} bits/param"
-            f"{entropy})."
+            f"SuccessivePruning final: sparsity {figures['sparsity']:.4f}, stream {len(stream):,} bytes "
+            f"({figures['bits_per_param']:.4f} bits/param, {stats.overhead:.4f}x its symbols' entropy)."
         )
 
     def _plan(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> dict[str, Any]:
@@ -457,6 +494,11 @@ class SuccessivePruning(CompressionCallback):
         self._stage = max(self._stage, 1)
         rank_zero_info(f"SuccessivePruning stopped at sparsity {held:.4f}: {self._stop_reason}.")
 
+    @override
+    def release_fit_state(self) -> None:
+        super().release_fit_state()
+        self._snapshot = None
+
     # -- state -------------------------------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -490,7 +532,7 @@ class SuccessivePruning(CompressionCallback):
             names, state_dict.get("masks", []), state_dict.get("mask_shapes", []), strict=True
         ):
             n = math.prod(shape)
-            bits = np.unpackbits(packed.numpy())[:n].astype(np.float32)
+            bits = np.unpackbits(packed.numpy())[:n].astype(bool)
             self._saved_masks[name] = torch.from_numpy(bits).reshape(shape)
         stream = state_dict.get("final_stream")
         self._final = (

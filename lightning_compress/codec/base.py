@@ -82,6 +82,9 @@ class Codec(ABC):
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         """Return the tensor described by ``encoded`` (on CPU)."""
 
+    def forget(self) -> None:  # noqa: B027 - optional hook: most codecs cache nothing
+        """Drop what the codec cached while coding one artifact (called when a save or a whole load is done)."""
+
 
 _REGISTRY: dict[str, Codec] = {}
 
@@ -112,6 +115,12 @@ def get_codec(name: str) -> Codec:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"Unknown codec {name!r}; registered codecs: {sorted(_REGISTRY)}.") from None
+
+
+def forget_caches() -> None:
+    """Every registered codec drops its caches (a decoded shared stream can be as large as the model)."""
+    for codec in _REGISTRY.values():
+        codec.forget()
 
 
 def available_codecs() -> list[str]:

@@ -36,6 +36,7 @@ from lightning_compress.codec.base import (
     available_codecs,
     dtype_from_name,
     dtype_name,
+    forget_caches,
     get_codec,
     stored_dtype_names,
 )
@@ -223,7 +224,10 @@ class Artifact:
         Raises:
             ArtifactError: naming the file and the tensor whose payload or side information does not decode.
         """
-        state = {r.name: self._decode(r) for r in self.tensors}
+        try:
+            state = {r.name: self._decode(r) for r in self.tensors}
+        finally:
+            forget_caches()
         for alias, name in self.aliases.items():
             state[alias] = state[name]
         return state
@@ -337,30 +341,33 @@ def save(
     blobs: list[bytes] = []
     shared_blobs: dict[str, bytes] = {}
     offset = 0
-    for name, tensor in state.items():
-        if name in aliases:
-            continue  # one tensor under two names: written once, the alias restored on load
-        encoded, source = _encode(name, tensor, asked.get(name), plan.get(name), precision)
-        if codecs_decided and source == SOURCE_ASKED:
-            source = SOURCE_REPRESENTATION
-        for key, blob in encoded.shared.items():
-            if shared_blobs.setdefault(key, blob) != blob:
-                raise ValueError(f"Codec {encoded.codec!r} produced two different shared blobs under key {key!r}.")
-        record = {
-            "name": name,
-            "role": "parameter" if name in param_names else "buffer",
-            "shape": list(encoded.shape),
-            "dtype": encoded.dtype,
-            "codec": encoded.codec,
-            "meta": {**encoded.meta, **({"shared_keys": sorted(encoded.shared)} if encoded.shared else {})},
-            "offset": offset,
-            "nbytes": len(encoded.payload),
-        }
-        if source not in (SOURCE_REPRESENTATION, SOURCE_DEFAULT):
-            record["source"] = source  # the common cases cost no header bytes
-        records.append(record)
-        blobs.append(encoded.payload)
-        offset += len(encoded.payload)
+    try:  # a codec may cache a decoded shared stream (as large as the model) while checking its encodings
+        for name, tensor in state.items():
+            if name in aliases:
+                continue  # one tensor under two names: written once, the alias restored on load
+            encoded, source = _encode(name, tensor, asked.get(name), plan.get(name), precision)
+            if codecs_decided and source == SOURCE_ASKED:
+                source = SOURCE_REPRESENTATION
+            for key, blob in encoded.shared.items():
+                if shared_blobs.setdefault(key, blob) != blob:
+                    raise ValueError(f"Codec {encoded.codec!r} produced two different shared blobs under key {key!r}.")
+            record = {
+                "name": name,
+                "role": "parameter" if name in param_names else "buffer",
+                "shape": list(encoded.shape),
+                "dtype": encoded.dtype,
+                "codec": encoded.codec,
+                "meta": {**encoded.meta, **({"shared_keys": sorted(encoded.shared)} if encoded.shared else {})},
+                "offset": offset,
+                "nbytes": len(encoded.payload),
+            }
+            if source not in (SOURCE_REPRESENTATION, SOURCE_DEFAULT):
+                record["source"] = source  # the common cases cost no header bytes
+            records.append(record)
+            blobs.append(encoded.payload)
+            offset += len(encoded.payload)
+    finally:
+        forget_caches()
     shared_index: dict[str, list[int]] = {}
     for key, blob in shared_blobs.items():
         shared_index[key] = [offset, len(blob)]

@@ -499,10 +499,13 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
     return StreamStatistics(8 * len(stream), entropy, geometric, result.nonzeros, result.picks)
 
 
-@lru_cache(maxsize=4)
-def _decoded(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=1)
+def _decoded(blob: bytes) -> np.ndarray:
+    """``sign * û`` of a stream (float64): every tensor of the stream decodes a slice of it."""
     result, signs = decode_stream(blob)
-    return result.recon, signs
+    signed = np.asarray(result.recon)
+    signed *= signs
+    return signed
 
 
 @register_codec
@@ -557,9 +560,12 @@ class SurpCodec(Codec):
             shares[name] = (len(blob) - head) * count // total
         return shares
 
+    def forget(self) -> None:
+        _decoded.cache_clear()
+
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta
-        recon, signs = _decoded(encoded.shared[meta["key"]])
+        signed = _decoded(encoded.shared[meta["key"]])
         n = math.prod(encoded.shape)
         start, norm = meta["offset"], meta["norm"]
         if not (
@@ -568,7 +574,7 @@ class SurpCodec(Codec):
             raise ValueError(
                 f"surp codec: `offset`={start!r} / `norm`={norm!r} are not an int >= 0 / a finite float >= 0."
             )
-        if start + n > recon.size:
+        if start + n > signed.size:
             raise ValueError("surp codec: tensor slice outside the stream.")
-        values = (signs[start : start + n] * recon[start : start + n] * norm).astype(np.float32)
+        values = (signed[start : start + n] * norm).astype(np.float32)
         return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))

@@ -25,8 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-__all__ = ["SurpResult", "reconstruct", "refine", "refine_reference", "sparsity_schedule"]
+__all__ = [
+    "SurpResult",
+    "magnitudes",
+    "normalise",
+    "reconstruct",
+    "refine",
+    "refine_reference",
+    "sparsity_schedule",
+    "stable_sum",
+]
 
 
 @dataclass
@@ -41,7 +51,7 @@ class SurpResult:
         rounds: positions picked in each round (ascending int64 arrays).
         refresh_steps: per round, ladder steps taken before it (``"ladder"``).
         refresh_values: per round, the refreshed threshold or NaN if none (``"mean"``).
-        recon: the reconstructed magnitudes ``û`` (float64).
+        recon: the reconstructed magnitudes ``û`` (float64; a tensor on the refined vector's device, or an array).
     """
 
     n: int
@@ -51,11 +61,13 @@ class SurpResult:
     rounds: list[np.ndarray] = field(default_factory=list)
     refresh_steps: list[int] = field(default_factory=list)
     refresh_values: list[float] = field(default_factory=list)
-    recon: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    recon: np.ndarray | torch.Tensor = field(default_factory=lambda: np.zeros(0))
 
     @property
     def nonzeros(self) -> int:
         """Non-zero positions of the reconstruction."""
+        if isinstance(self.recon, torch.Tensor):
+            return int(torch.count_nonzero(self.recon))
         return int(np.count_nonzero(self.recon))
 
     @property
@@ -74,8 +86,44 @@ def _decay(t: float, picks: int, n: int) -> float:
     return t * (1.0 - 1.0 / n) ** picks
 
 
+def stable_sum(x: torch.Tensor) -> float:
+    """Sum of a float64 tensor that does not depend on its device or on the thread count.
+
+    Chunks of a fixed size are summed on the host by NumPy (pairwise, single-threaded) and the chunk sums added with
+    ``math.fsum``: the same bits on a CPU and a GPU, where a device reduction's order is unspecified. Thresholds and
+    norms decide which weights survive, so they must not depend on where the fit ran.
+    """
+    flat = x.detach().reshape(-1)
+    return math.fsum(float(np.sum(chunk.cpu().numpy())) for chunk in flat.split(_CHUNK)) if flat.numel() else 0.0
+
+
+_CHUNK = 1 << 20
+#: the candidate pool keeps every position whose residual exceeds this fraction of the threshold it was built at
+_POOL_FACTOR = 0.5
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending positions of a 1-D mask's true entries (NumPy's on the CPU: several times faster than torch's)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask).reshape(-1)
+
+
+def _above(r: torch.Tensor, idx: torch.Tensor, t: float) -> torch.Tensor:
+    """The positions of ``idx`` (ascending) whose residual exceeds ``t``, in the same order."""
+    if r.device.type == "cpu":
+        i = idx.numpy()
+        return torch.from_numpy(i[r.numpy()[i] > t])
+    return idx[torch.index_select(r, 0, idx) > t]
+
+
+def _positive_mean(r: torch.Tensor) -> float:
+    positive = r[r > 0]
+    return stable_sum(positive) / positive.numel()
+
+
 def refine(
-    u: np.ndarray,
+    u: np.ndarray | torch.Tensor,
     *,
     target_sparsity: float | None = None,
     max_picks: int | None = None,
@@ -84,11 +132,21 @@ def refine(
     ladder: float = 0.9,
     refine_steps: int = 0,
     support_tolerance: float = 0.0,
+    record_rounds: bool = True,
+    overwrite: bool = False,
 ) -> SurpResult:
-    """Vectorised SuRP: every candidate above the threshold is refined in one round.
+    """Vectorised SuRP: every candidate above the threshold is refined in one round, on ``u``'s device.
+
+    The candidates of a round are exactly the positions whose residual exceeds the threshold, in ascending order.
+    They are found in a pool (the positions whose residual exceeded half the threshold when the pool was built;
+    residuals only fall, so no candidate is outside it until the threshold drops below that), not by scanning all
+    ``n`` positions every round. Thresholds follow the same float64 scalar arithmetic in encoder and decoder and
+    every reduction that sets one is device-independent (:func:`stable_sum`), so the decisions are the same on a
+    CPU and a GPU.
 
     Args:
-        u: non-negative magnitudes (float64), already normalised per tensor.
+        u: non-negative magnitudes (float64), already normalised per tensor; a NumPy array (the reconstruction is
+            returned as one) or a tensor on any device (the reconstruction stays there).
         target_sparsity: stop as soon as the reconstruction's sparsity is at most this.
         max_picks: stop after this many quanta (a bit budget, roughly).
         alpha: initial threshold factor, ``t0 = alpha * mean(u[u > 0])`` (paper: 10 for ResNet-20, 13 for VGG-16).
@@ -100,6 +158,9 @@ def refine(
             target's non-zeros (our design). Re-encoding a network that is already at the target must otherwise
             reach its tiniest survivors, and the many rounds that takes refine every other position far beyond any
             useful precision. 0 = stop exactly at the target.
+        record_rounds: keep every round's positions (what a bitstream needs); ``False`` for a reconstruction only
+            (a pruning stage that writes no stream: less memory and time).
+        overwrite: ``u`` (a float64 tensor) may serve as the residual and be overwritten (saves a copy).
 
     Returns:
         The :class:`SurpResult` (reconstruction and decoder side information).
@@ -122,17 +183,52 @@ def refine(
         raise ValueError(f"`ladder` must be in (0, 1), got {ladder!r}.")
     if not 0.0 <= support_tolerance < 1.0:
         raise ValueError(f"`support_tolerance` must be in [0, 1), got {support_tolerance!r}.")
-    u = np.asarray(u, dtype=np.float64)
-    n = u.size
-    r = u.copy()
-    recon = np.zeros(n)
-    if not np.any(u > 0):
+    as_numpy = not isinstance(u, torch.Tensor)
+    if isinstance(u, torch.Tensor):
+        r = u.detach().reshape(-1)
+        if not overwrite or r.dtype != torch.float64:
+            r = r.to(torch.float64, copy=True)
+    else:
+        r = torch.from_numpy(np.array(u, dtype=np.float64).reshape(-1))  # a copy: the residual is overwritten
+    result = _refine_residual(
+        r,
+        target_sparsity=target_sparsity,
+        max_picks=max_picks,
+        alpha=alpha,
+        refresh=refresh,
+        ladder=ladder,
+        refine_steps=refine_steps,
+        support_tolerance=support_tolerance,
+        record_rounds=record_rounds,
+    )
+    if as_numpy:
+        result.recon = torch.as_tensor(result.recon).cpu().numpy()
+    return result
+
+
+def _refine_residual(
+    r: torch.Tensor,
+    *,
+    target_sparsity: float | None,
+    max_picks: int | None,
+    alpha: float,
+    refresh: str,
+    ladder: float,
+    refine_steps: int,
+    support_tolerance: float,
+    record_rounds: bool,
+) -> SurpResult:
+    """:func:`refine` on a residual it owns (the magnitudes, overwritten)."""
+    n = r.numel()
+    recon = torch.zeros_like(r)
+    nonzero_u = int(torch.count_nonzero(r))
+    if nonzero_u == 0:
         result = SurpResult(n=n, t0=0.0, refresh=refresh, ladder=ladder)
         result.recon = recon
         return result
     # Mean over the non-zero magnitudes (the authors' iterative mode): on an already pruned network the zeros
     # would otherwise shrink the threshold and every survivor would be refined in many tiny quanta.
-    t = float(alpha * u[u > 0].mean())
+    t = float(alpha * _positive_mean(r))
     result = SurpResult(n=n, t0=t, refresh=refresh, ladder=ladder)
     refresh_count = 0
     cur_alpha = alpha
@@ -140,57 +236,92 @@ def refine(
     # (1 - s) * n carries float error (0.05 * 5000 = 250.00000000000003): round it first
     target_nonzero = math.inf if target_sparsity is None else math.ceil(round((1.0 - target_sparsity) * n, 6))
     # a vector already sparser than the target can only keep its own non-zeros (else the rounds never end)
-    target_nonzero = min(target_nonzero, int(np.count_nonzero(u)))
+    target_nonzero = min(target_nonzero, nonzero_u)
     enough_nonzero = (
         target_nonzero if math.isinf(target_nonzero) else math.ceil(round((1 - support_tolerance) * target_nonzero, 6))
     )
     picks = 0
     extra = -1  # ladder refreshes left after the target (-1: target not reached yet)
-    support: np.ndarray | None = None
+    support: torch.Tensor | None = None
+    pool = torch.zeros(0, dtype=torch.int64, device=r.device)  # rebuilt at the first round
+    pool_threshold = math.inf  # every residual outside the pool is at most this
+
+    def candidates() -> torch.Tensor:
+        nonlocal pool, pool_threshold
+        if support is not None:
+            return _above(r, support, t)
+        if t < pool_threshold:  # the pool may miss candidates now: rebuild it from every position
+            pool_threshold = t * _POOL_FACTOR
+            pool = _positions(r > pool_threshold)
+        return _above(r, pool, t)
+
+    def largest_residual() -> tuple[float, bool]:
+        """The largest residual that could be a candidate, and whether it is the largest of all (not the pool's)."""
+        if support is not None:
+            return (float(r.index_select(0, support).max()) if support.numel() else 0.0), True
+        if t >= pool_threshold:  # every residual outside the pool is at most t: the pool's largest decides
+            return (float(r.index_select(0, pool).max()) if pool.numel() else 0.0), False
+        return float(r.max()), True
+
     while True:
         steps, value = 0, math.nan
-        cand = np.flatnonzero(r > t) if support is None else support[r[support] > t]
-        while cand.size == 0:
-            if extra == 0 or (support is not None and not np.any(r[support] > 0)):
-                result.recon = recon
-                return result
-            if extra > 0:
-                extra -= 1
-            refresh_count += 1
+        cand = candidates()
+        if cand.numel() == 0:
+            # refresh until some residual exceeds the threshold: decided from the largest residual, not by scanning
             if refresh == "ladder":
-                t *= ladder
-                steps += 1
+                top, of_all = largest_residual()
+                while not top > t:
+                    if extra == 0 or (of_all and top <= 0):
+                        result.recon = recon
+                        return result
+                    if extra > 0:
+                        extra -= 1
+                    refresh_count += 1
+                    t *= ladder
+                    steps += 1
+                    if not of_all and t < pool_threshold:  # below the pool's bound: the largest of all decides
+                        top, of_all = float(r.max()), True
+                cand = candidates()
             else:
-                if refresh_count % 20 == 0:
-                    cur_alpha *= 0.9
-                t = float(cur_alpha * r[r > 0].mean())
-                value = t
-            cand = np.flatnonzero(r > t) if support is None else support[r[support] > t]
-        if max_picks is not None and picks + cand.size > max_picks:
+                while cand.numel() == 0:
+                    if extra == 0 or (support is not None and not bool((r.index_select(0, support) > 0).any())):
+                        result.recon = recon
+                        return result
+                    if extra > 0:
+                        extra -= 1
+                    refresh_count += 1
+                    if refresh_count % 20 == 0:
+                        cur_alpha *= 0.9
+                    t = float(cur_alpha * _positive_mean(r))
+                    value = t
+                    cand = candidates()
+        if max_picks is not None and picks + cand.numel() > max_picks:
             cand = cand[: max_picks - picks]
-        fresh = recon[cand] == 0
-        if nonzero + int(fresh.sum()) > target_nonzero:
+        fresh = recon.index_select(0, cand) == 0
+        new = int(fresh.sum())
+        if nonzero + new > target_nonzero:
             # the last round may not overshoot the target: keep refinements, and the largest new residuals only
             allowed = max(int(target_nonzero) - nonzero, 0)
             new_pos = cand[fresh]
-            keep_new = new_pos[np.argsort(-r[new_pos], kind="stable")[:allowed]]
-            cand = np.sort(np.concatenate([cand[~fresh], keep_new]))
-        result.rounds.append(cand.astype(np.int64))
-        result.refresh_steps.append(steps)
-        result.refresh_values.append(value)
-        new = int(np.count_nonzero(recon[cand] == 0))
-        recon[cand] += t
-        r[cand] -= t
-        picks += cand.size
+            keep_new = new_pos[torch.argsort(-r.index_select(0, new_pos), stable=True)[:allowed]]
+            cand = torch.sort(torch.cat([cand[~fresh], keep_new])).values
+            new = allowed
+        if record_rounds:
+            result.rounds.append(cand.cpu().numpy().astype(np.int64))
+            result.refresh_steps.append(steps)
+            result.refresh_values.append(value)
+        recon.index_put_((cand,), recon.index_select(0, cand) + t)
+        r.index_put_((cand,), r.index_select(0, cand) - t)
+        picks += cand.numel()
         nonzero += new
-        t = _decay(t, cand.size, n)
+        t = _decay(t, cand.numel(), n)
         if max_picks is not None and picks >= max_picks:
             break
         if extra < 0 and nonzero >= enough_nonzero:
             if refine_steps <= 0:
                 break
             extra = refine_steps
-            support = np.flatnonzero(recon)
+            support = _positions(recon != 0)
     result.recon = recon
     return result
 
@@ -256,6 +387,31 @@ def sparsity_schedule(target: float, decay: float = 0.8) -> list[float]:
         stages.append(s)
         k += 1
     return [*stages, target]
+
+
+def magnitudes(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+    """``|tensor| / ||tensor||`` of every tensor, concatenated in float64 on their device, and the norms.
+
+    The norms are device-independent (:func:`stable_sum`); the vector is filled slice by slice (no second copy).
+
+    Example:
+        >>> u, norms = magnitudes([torch.tensor([3.0, -4.0]), torch.zeros(2)])
+        >>> u.tolist(), norms
+        ([0.6, 0.8, 0.0, 0.0], [5.0, 0.0])
+    """
+    n = sum(t.numel() for t in tensors)
+    device = tensors[0].device if tensors else torch.device("cpu")
+    u = torch.empty(n, dtype=torch.float64, device=device)
+    norms: list[float] = []
+    offset = 0
+    for tensor in tensors:
+        piece = u[offset : offset + tensor.numel()]
+        piece.copy_(tensor.detach().reshape(-1))
+        norm = math.sqrt(stable_sum(piece.square()))
+        piece.abs_().div_(norm if norm > 0 else 1.0)
+        norms.append(norm)
+        offset += tensor.numel()
+    return u, norms
 
 
 def normalise(tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:
