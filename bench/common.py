@@ -151,6 +151,8 @@ def held_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
         return sum(held_bytes(v, seen, depth + 1) for v in obj.values())
     if isinstance(obj, list | tuple | set | frozenset):
         return sum(held_bytes(v, seen, depth + 1) for v in obj)
+    if isinstance(obj, pl.Callback) and depth > 0:
+        return 0  # another callback (a composed fit's order list): counted on its own
     if isinstance(obj, pl.Callback) or type(obj).__module__.startswith("lightning_compress"):
         return sum(held_bytes(v, seen, depth + 1) for v in getattr(obj, "__dict__", {}).values())
     return 0

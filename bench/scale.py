@@ -205,6 +205,7 @@ def run_one(net: str, config: str, steps: int, batch: int, val_images: int, devi
         "rss_rise_mb": (rss.peak - before) / 2**20,
         "cuda_peak_mb": cuda_peak / 2**20,
         "held_bytes": {type(cb).__name__: held_bytes(cb) for cb in compression},
+        "weight_sharing": {k: v for cb in compression for k, v in cb.summary().items() if "weight_sharing" in k},
         "artifact_bytes": size,
         "save_s": save_s,
     }
@@ -212,7 +213,8 @@ def run_one(net: str, config: str, steps: int, batch: int, val_images: int, devi
 
 def _child(args: argparse.Namespace, net: str, config: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.scale", "--child", config, "--net", net, "--steps", str(args.steps)]
-    cmd += ["--batch", str(_batch(args, net)), "--val-images", str(args.val_images), "--device", args.device]
+    cmd += ["--batch", str(_batch(args, net)), "--val-images", str(_per_net(args.val_for, net, args.val_images))]
+    cmd += ["--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -220,11 +222,18 @@ def _child(args: argparse.Namespace, net: str, config: str) -> dict[str, Any]:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def _batch(args: argparse.Namespace, net: str) -> int:
-    for item in args.batch_for:
+def _per_net(items: list[str], net: str, default: int) -> int:
+    """``net=value`` overrides (``--batch-for vit_b_16=8``)."""
+    for item in items:
         name, _, value = item.partition("=")
         if name == net:
             return int(value)
+    return default
+
+
+def _batch(args: argparse.Namespace, net: str) -> int:
+    if any(item.partition("=")[0] == net for item in args.batch_for):
+        return _per_net(args.batch_for, net, args.batch)
     # LeNet's calibration needs rows (NeuronElimination: 10 per neuron); its step is cheap at any batch
     return max(int(args.batch), 256) if net == "lenet300" else int(args.batch)
 
@@ -303,7 +312,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batch-for", nargs="*", default=[], help="per-net batch, e.g. vit_b_16=8")
-    parser.add_argument("--val-images", type=int, default=64)
+    parser.add_argument("--val-images", type=int, default=32)
+    parser.add_argument("--val-for", nargs="*", default=[], help="per-net validation images, e.g. vit_b_16=16")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--name", default=NAME)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -296,3 +296,21 @@ def test_pareto_front_goes_to_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def _model_for_wandb() -> lc.ImageClassifier:
     torch.manual_seed(0)
     return lc.ImageClassifier(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+
+
+def test_bounded_cache_counts_validation_passes_and_checks_the_choice_on_all_data(tmp_path: Path) -> None:
+    """A cache smaller than the validation data: candidates are judged on it, the choice again on all of it
+    (streamed), and the search's cost is stated in passes over the whole validation data."""
+    ws = lc.WeightSharing(
+        k_bounds=(2, 64), pop_size=8, n_gen=4, progress=False, accuracy_budget=0.02, max_val_samples=64
+    )
+    _fit(tmp_path, ws)
+    summary = ws.summary()
+    assert summary["weight_sharing/baseline_metric"] > 0.8  # the dense net learned (chance: 0.25)
+    state = ws._state
+    assert state["val_samples"] == 64
+    assert state["val_samples_total"] == 128
+    assert 0.8 < state["baseline_metric_all"] <= 1.0
+    assert state["metric_all"] >= state["baseline_metric_all"] - 0.05
+    # every evaluation ran 64 samples (half a pass), plus the two streamed passes over all 128
+    assert state["validation_set_equivalents"] == pytest.approx(state["evaluations"] * 0.5 + 2 + 0.5)

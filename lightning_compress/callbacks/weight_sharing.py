@@ -41,6 +41,19 @@ log = logging.getLogger(__name__)
 
 _METRICS = ("accuracy", "f1_macro")
 
+#: ``max_val_samples="auto"``: the search caches as many validation samples as fit in this many bytes
+VAL_CACHE_BYTES = 1 << 30
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
 
 class WeightSharing(CompressionCallback):
     """Share one codebook across the network, chosen on the validation data given to ``fit``.
@@ -83,7 +96,11 @@ class WeightSharing(CompressionCallback):
         merge: run the iterative merge.
         merge_candidates: how many front solutions are merged.
         at_epoch: alias of ``end`` in epochs: share at the end of this epoch (0-based) and keep training the rest.
-        max_val_samples: cap on cached validation samples (``None`` = the whole validation loader).
+        max_val_samples: cap on the validation samples the search caches and scores candidates on; ``"auto"``
+            (default): as many as fit in 1 GiB (all of Fashion-MNIST's or CIFAR's validation split, about 1,700
+            ImageNet images); ``None``: the whole validation loader. When the cache holds only part of the
+            validation data, the unshared model and the chosen codebook are also scored on all of it (streamed,
+            two passes) and a drop over the budget there is reported.
         screen_samples: the search screens candidates on the first this many validation samples and confirms on
             the whole validation data only the front solutions near the budget and the merged ones (``None``: every
             candidate on all of it, as the paper does; also when the validation data is not larger).
@@ -120,7 +137,7 @@ class WeightSharing(CompressionCallback):
         merge: bool = True,
         merge_candidates: int = 3,
         at_epoch: int | None = None,
-        max_val_samples: int | None = None,
+        max_val_samples: int | str | None = "auto",
         screen_samples: int | None = 1000,
         k_focus: int | None = 64,
         seed: int = 1,
@@ -149,7 +166,8 @@ class WeightSharing(CompressionCallback):
         check_number("at_epoch", at_epoch, low=0, integer=True, allow_none=True)
         if at_epoch is not None and end is not None:
             raise ValueError("Give `end` (a fraction of the fit) or its alias `at_epoch` (an epoch), not both.")
-        check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
+        if max_val_samples != "auto":
+            check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
         check_number("screen_samples", screen_samples, low=1, integer=True, allow_none=True)
         check_number("k_focus", k_focus, low=3, integer=True, allow_none=True)
         check_number("seed", seed, low=0, integer=True)
@@ -176,6 +194,8 @@ class WeightSharing(CompressionCallback):
         self.screen_used = False
         self.points: list[SearchPoint] = []
         self._state: dict[str, Any] = {"done": False}
+        self._scored_samples = 0  # validation samples run through the model by the search
+        self._cache_complete = True  # whether the cached batches are the whole validation loader
 
     @property
     @override
@@ -293,6 +313,7 @@ class WeightSharing(CompressionCallback):
                 "search_s",
                 "evaluations",
                 "full_evaluations",
+                "validation_set_equivalents",
                 "entropy_bits",
                 "huffman_bits",
                 "merged",
@@ -304,7 +325,13 @@ class WeightSharing(CompressionCallback):
             f"{', zeros kept' if any(keep_zeros) else ''}), val {self.metric} {decision['metric']:.4f} vs "
             f"{decision['baseline_metric']:.4f} unshared, index entropy {decision['entropy_bits']:.3f} bits, "
             f"{decision['evaluations']} evaluations ({decision['full_evaluations']} on all {decision['val_samples']} "
-            f"validation samples) in {decision['search_s']:.1f}s."
+            f"cached validation samples), {decision['validation_set_equivalents']:.1f} passes over the "
+            f"{decision['val_samples_total']} validation samples' worth, in {decision['search_s']:.1f}s."
+            + (
+                f" On all of them: {decision['metric_all']:.4f} vs {decision['baseline_metric_all']:.4f} unshared."
+                if "metric_all" in decision
+                else ""
+            )
         )
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
@@ -346,8 +373,13 @@ class WeightSharing(CompressionCallback):
             raise RuntimeError("WeightSharing: the validation data given to `fit` is gone.")
         batches: list[tuple[Any, torch.Tensor]] = []
         seen = 0
+        cap = self.max_val_samples if isinstance(self.max_val_samples, int) else None
+        self._cache_complete = True
         to_inputs = self.forward_inputs_fn(pl_module)  # a sequence model's forward may take several arguments
         for batch in loaders:
+            if cap is not None and seen >= cap:
+                self._cache_complete = False
+                break
             if not (
                 isinstance(batch, Sequence) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch[:2])
             ):
@@ -359,13 +391,38 @@ class WeightSharing(CompressionCallback):
             if probe:
                 self._probe(pl_module, leading(x, 2), y[:2])
                 return []
-            if self.max_val_samples is not None:
-                x, y = leading(x, self.max_val_samples - seen), y[: self.max_val_samples - seen]
+            if self.max_val_samples == "auto" and cap is None:  # the byte bound, from the first batch's size
+                cap = max(1, VAL_CACHE_BYTES * len(y) // max(_tensor_bytes((x, y)), 1))
+            if cap is not None and len(y) > cap - seen:
+                x, y = leading(x, cap - seen), y[: cap - seen]
+                self._cache_complete = False
             batches.append((x, y))
             seen += len(y)
-            if self.max_val_samples is not None and seen >= self.max_val_samples:
-                break
         return batches
+
+    @torch.no_grad()
+    def _error_on_all(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, int]:
+        """Error on the whole validation loader, streamed batch by batch (nothing cached); and its sample count."""
+        loaders = self._validation_loader(trainer)
+        to_inputs = self.forward_inputs_fn(pl_module)
+        was_training = pl_module.training
+        pl_module.eval()
+        preds, targets = [], []
+        try:
+            for batch in loaders:
+                logits = call_forward(pl_module, to_device(to_inputs(batch), pl_module.device))
+                preds.append(logits.reshape(-1, logits.shape[-1]).argmax(dim=1).cpu())
+                targets.append(batch[1].reshape(-1).cpu())
+        finally:
+            pl_module.train(was_training)
+        pred, target = torch.cat(preds), torch.cat(targets)
+        self._scored_samples += len(target)
+        if self.metric == "accuracy":
+            return 1.0 - float((pred == target).float().mean()), len(target)
+        from torchmetrics.functional.classification import multiclass_f1_score
+
+        num_classes = int(max(pred.max(), target.max())) + 1
+        return 1.0 - float(multiclass_f1_score(pred, target, num_classes=num_classes, average="macro")), len(target)
 
     @staticmethod
     @torch.no_grad()
@@ -393,9 +450,11 @@ class WeightSharing(CompressionCallback):
         from torchmetrics.functional.classification import multiclass_f1_score
 
         targets = torch.cat([y.reshape(-1) for _, y in batches])
+        samples = sum(len(y) for _, y in batches)
 
         @torch.no_grad()
         def error() -> float:
+            self._scored_samples += samples
             was_training = model.training
             model.eval()
             outputs = [call_forward(model, x) for x, _ in batches]
@@ -418,6 +477,7 @@ class WeightSharing(CompressionCallback):
         out_dir: Path,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        self._scored_samples = 0
         batches = self._validation_batches(trainer, pl_module, pl_module.device)
         screen = self._screen_batches(batches)
         problem = WeightSharingProblem(
@@ -452,6 +512,22 @@ class WeightSharing(CompressionCallback):
             nudged = binning.codebook.clone()
             nudged[nudged == 0] = float(torch.finfo(torch.float32).tiny)
             binning = Binning(nudged, binning.indices, binning.sums, binning.counts)
+        cached = sum(len(y) for _, y in batches)
+        total, on_all = cached, None
+        if not self._cache_complete:
+            # the candidates were judged on a bounded part of the validation data: check the choice on all of it
+            problem.restore()
+            baseline_all, total = self._error_on_all(trainer, pl_module)
+            problem.write(binning)
+            chosen_all, _ = self._error_on_all(trainer, pl_module)
+            problem.restore()
+            on_all = {"baseline_metric_all": 1.0 - baseline_all, "metric_all": 1.0 - chosen_all}
+            if chosen_all - baseline_all > self.accuracy_budget:
+                rank_zero_warn(
+                    f"WeightSharing: the codebook chosen on {cached} cached validation samples is "
+                    f"{chosen_all - baseline_all:.4f} below the unshared model on all {total} (accuracy_budget="
+                    f"{self.accuracy_budget}). Raise `max_val_samples` (or set it to None) to choose on more data."
+                )
         codebook = binning.codebook.float()
         self._write_outputs(trainer, out_dir, baseline_error, chosen)
         return {
@@ -468,8 +544,12 @@ class WeightSharing(CompressionCallback):
             "search_s": time.perf_counter() - started,
             "entropy_bits": entropy_bits(binning.counts),
             "huffman_bits": huffman_average_length(binning.counts),
-            "val_samples": sum(len(y) for _, y in batches),
+            "val_samples": cached,
+            "val_samples_total": total,
             "screen_samples": sum(len(y) for _, y in screen),
+            # the search's cost in passes over the whole validation data
+            "validation_set_equivalents": self._scored_samples / max(total, 1),
+            **(on_all or {}),
         }
 
     def _screen_batches(self, batches: list[tuple[Any, torch.Tensor]]) -> list[tuple[Any, torch.Tensor]]:
