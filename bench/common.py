@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -135,10 +136,11 @@ def held_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
     """Bytes of the tensors and arrays reachable from a callback's attributes.
 
     Followed: dicts, lists, tuples, sets and the attributes of the library's own objects (guards, histories), a few
-    levels deep; tensors count their storage, NumPy arrays and bytes their length.
+    levels deep; tensors count their storage, NumPy arrays and bytes their length, Python numbers and containers
+    their object size. Small ints are shared by Python and counted anyway (an upper bound).
     """
     seen = set() if seen is None else seen
-    if id(obj) in seen or depth > 6:
+    if id(obj) in seen or depth > 8:
         return 0
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
@@ -147,10 +149,12 @@ def held_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
         return int(obj.nbytes)
     if isinstance(obj, bytes | bytearray):
         return len(obj)
+    if isinstance(obj, int | float) and not isinstance(obj, bool):
+        return sys.getsizeof(obj)  # a history kept as Python numbers costs 24-32 bytes a value
     if isinstance(obj, dict):
-        return sum(held_bytes(v, seen, depth + 1) for v in obj.values())
+        return sys.getsizeof(obj) + sum(held_bytes(v, seen, depth + 1) for v in obj.values())
     if isinstance(obj, list | tuple | set | frozenset):
-        return sum(held_bytes(v, seen, depth + 1) for v in obj)
+        return sys.getsizeof(obj) + sum(held_bytes(v, seen, depth + 1) for v in obj)
     if isinstance(obj, pl.Callback) and depth > 0:
         return 0  # another callback (a composed fit's order list): counted on its own
     if isinstance(obj, pl.Callback) or type(obj).__module__.startswith("lightning_compress"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import random
 import struct
 from collections.abc import Callable
@@ -252,7 +253,8 @@ def test_fuzzed_artifacts_raise_artifact_error(tmp_path: Path) -> None:
 
 
 def _huge_input(header: dict[str, Any]) -> None:
-    header["architecture"]["kwargs"]["in_shape"] = [1, 100000, 100000]  # the 12 TB case of the original report
+    # the original report's case, grown to 4 TB of input: beyond any machine's memory-derived `max_elements`
+    header["architecture"]["kwargs"]["in_shape"] = [1, 1000000, 1000000]
 
 
 def _modules_string(header: dict[str, Any]) -> None:
@@ -291,6 +293,13 @@ def test_reported_hostile_headers_name_the_field(
     path.write_bytes(_join(header, payload, version))
     with pytest.raises(ArtifactError, match=named):
         lc.load(path)
+
+
+def test_default_max_elements_follows_the_machines_memory() -> None:
+    from lightning_compress.codec.container import default_max_elements
+
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert default_max_elements() == max(2**20, physical // 16)  # 16 bytes of reader memory per decoded value
 
 
 def test_max_elements_bounds_reading(tmp_path: Path) -> None:

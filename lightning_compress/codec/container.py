@@ -65,9 +65,31 @@ _HEADER_ZDICT_V2 = (
 _DIGEST_BYTES = 32
 _MAX_DIMS = 8
 _STORED_DTYPES = frozenset(stored_dtype_names())
-#: Default bound on the values an artifact may decode to (4 GiB of fp32): a header cannot make a reader allocate
-#: more than this; ``max_elements=`` raises it for a genuinely larger model.
+#: Bytes of reader memory one decoded value may need at worst (its float32 tensor, the float64 stream it is decoded
+#: from, the state dict and the model it is copied into).
+_BYTES_PER_DECODED_VALUE = 16
+#: The bound on the values an artifact may decode to, on a machine whose memory is not known (4 GiB of fp32).
 MAX_ELEMENTS = 2**30
+
+
+def default_max_elements() -> int:
+    """The values an artifact may decode to when ``max_elements`` is not given: what this machine's memory holds.
+
+    A header cannot make a reader allocate more than the machine has (physical memory over 16 bytes per value); a
+    genuine model of that size would not load anyway. Falls back to :data:`MAX_ELEMENTS` where the memory size is
+    not known.
+
+    Example:
+        >>> default_max_elements() >= 2**20
+        True
+    """
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return MAX_ELEMENTS
+    return max(2**20, physical // _BYTES_PER_DECODED_VALUE) if physical > 0 else MAX_ELEMENTS
+
+
 #: Modules a method inserts (step activations) hold a handful of values each.
 _MAX_INSERTED_ELEMENTS = 2**20
 
@@ -473,7 +495,7 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     return path
 
 
-def read_artifact(path: str | os.PathLike[str], *, max_elements: int = MAX_ELEMENTS) -> Artifact:
+def read_artifact(path: str | os.PathLike[str], *, max_elements: int | None = None) -> Artifact:
     """Parse and verify an artifact file: checksum, then every header field's type and range.
 
     Nothing is decoded here; the tensors' extents must tile the payload exactly, and their shapes may not add up to
@@ -481,7 +503,8 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int = MAX_ELEME
 
     Args:
         path: the artifact.
-        max_elements: the most values the tensors may decode to (default :data:`MAX_ELEMENTS`).
+        max_elements: the most values the tensors may decode to; ``None`` (default): what this machine's memory
+            holds (:func:`default_max_elements`).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -489,8 +512,7 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int = MAX_ELEME
             truncated, corrupted or malformed.
         ValueError: for a ``max_elements`` that is not an int >= 1.
     """
-    if not _is_count(max_elements) or max_elements < 1:
-        raise ValueError(f"`max_elements` must be an int >= 1, got {max_elements!r}.")
+    max_elements = _checked_max_elements(max_elements)
     if not isinstance(path, str | os.PathLike):
         raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
     path = Path(path)
@@ -518,6 +540,14 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int = MAX_ELEME
         raise ArtifactError(f"{path}: unreadable header ({err}).") from err
     payload = body[start + header_len :]
     return _parse_header(header, path, version, payload, len(data), max_elements)
+
+
+def _checked_max_elements(max_elements: Any) -> int:
+    if max_elements is None:
+        return default_max_elements()
+    if not _is_count(max_elements) or max_elements < 1:
+        raise ValueError(f"`max_elements` must be None (this machine's memory) or an int >= 1, got {max_elements!r}.")
+    return int(max_elements)
 
 
 def _parse_header(
@@ -648,7 +678,7 @@ def load(
     model: nn.Module | None = None,
     *,
     strict: bool = True,
-    max_elements: int = MAX_ELEMENTS,
+    max_elements: int | None = None,
 ) -> nn.Module:
     """Rebuild the module stored in an artifact.
 
@@ -681,6 +711,7 @@ def load(
     if model is not None and not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be None or a fresh torch.nn.Module to fill, got {type(model).__name__}.")
     check_bool("strict", strict)
+    max_elements = _checked_max_elements(max_elements)
     artifact = read_artifact(path, max_elements=max_elements)
     if model is None:
         if not artifact.architecture:

@@ -208,8 +208,12 @@ class WeightSharingProblem:
         self.values = torch.cat([o.reshape(-1).cpu()[m] for o, m in zip(self.original, self.masks, strict=True)])
         # computed once for every candidate
         flat = self.values.double()
-        self._order = torch.argsort(flat, stable=True)
-        self._sorted = flat[self._order]
+        order = torch.argsort(flat, stable=True)
+        self._sorted = flat[order]
+        del flat
+        # positions fit in int32 below 2**31 values: half the bytes of the int64 argsort, for the whole search
+        self._order = order.to(torch.int32) if order.numel() < 2**31 else order
+        del order
         self._prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self._sorted, 0)])
         mask = torch.cat(self.masks)
         # candidates are written on the parameters' device (no host copy of the model per candidate)
