@@ -113,6 +113,29 @@ def test_merge_never_increases_validation_error() -> None:
     assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
 
 
+def test_merge_run_on_the_device_takes_the_per_weight_runs_steps() -> None:
+    # The run updates a table over the unmerged bins; each step must score exactly what the binning built weight by
+    # weight (merge_bins, Binning.values) would, so it takes the same steps.
+    problem = _tiny_problem()
+    for k in (6, 12, 30):
+        problem.merge_until_no_improvement(k)
+        steps = list(problem.merge_steps)
+        binning, best, naive = uniform_binning(problem.values, k), problem.evaluate_k(k).error, []
+        i = 1
+        while i < binning.num_shared - 1:
+            left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
+            e_left, e_right = problem.error_of(left), problem.error_of(right)
+            if e_left <= best and e_left <= e_right:
+                binning, best = left, e_left
+                naive.append(i - 1)
+            elif e_right <= best:
+                binning, best = right, e_right
+                naive.append(i)
+            else:
+                i += 1
+        assert steps == naive
+
+
 def test_codebook_from_sorted_values_equals_uniform_binning() -> None:
     """The search's O(k log N) codebook (prefix sums over the sorted values) is uniform_binning's, for every k."""
     torch.manual_seed(0)

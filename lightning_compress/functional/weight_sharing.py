@@ -316,23 +316,42 @@ class WeightSharingProblem:
         tried again, otherwise ``i`` advances. The error never rises above the unmerged one. With a screen the
         merges are judged by it; score the result with ``error_of(binning, full=True)``.
         """
-        binning = uniform_binning(self.values, k)
+        base = uniform_binning(self.values, k)
         best = self.evaluate_k(k).error
+        # A merge changes the codebook, not which unmerged bin a weight is in: the run keeps each weight's unmerged
+        # bin on the device once and a small table (unmerged bin -> shared value), so a step is a table update and
+        # one gather on the device, not a new index per weight built on the host.
+        base_on_device = base.indices.to(self.device)
+        sums, counts = base.sums, base.counts
+        group = torch.arange(base.num_shared)
+
+        def merge(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return (
+                torch.cat([sums[:i], sums[i : i + 2].sum().reshape(1), sums[i + 2 :]]),
+                torch.cat([counts[:i], counts[i : i + 2].sum().reshape(1), counts[i + 2 :]]),
+                group - (group > i).long(),
+            )
+
+        def error(merged: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
+            table = (merged[0] / merged[1]).to(torch.float32)[merged[2]].to(self.device)
+            self._write_kept(table[base_on_device])  # the same values as Binning.values() of the merged binning
+            return self._score(full=False)
+
         # the steps, not the binnings: each binning holds an index per weight, and a run takes dozens of steps
         self.merge_k, self.merge_steps = k, []
         i = 1
-        while i < binning.num_shared - 1:
-            left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
-            e_left, e_right = self.error_of(left), self.error_of(right)
+        while i < sums.numel() - 1:
+            left, right = merge(i - 1), merge(i)
+            e_left, e_right = error(left), error(right)
             if e_left <= best and e_left <= e_right:
-                binning, best = left, e_left
+                (sums, counts, group), best = left, e_left
                 self.merge_steps.append(i - 1)
             elif e_right <= best:
-                binning, best = right, e_right
+                (sums, counts, group), best = right, e_right
                 self.merge_steps.append(i)
             else:
                 i += 1
-        return binning, best
+        return self.merged(len(self.merge_steps)), best
 
     def merged(self, steps: int) -> Binning:
         """The binning after the first ``steps`` merges of the last :meth:`merge_until_no_improvement` run.
