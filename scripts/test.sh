@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test suite: ruff, mypy, then pytest without the `slow` tests (about 4 minutes on 2 CPU cores).
+# The test suite: ruff, mypy, the docs site (mkdocs build --strict), then pytest without the `slow` tests (about
+# 4 minutes on 2 CPU cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
@@ -8,4 +9,7 @@ export WANDB_MODE=disabled
 ruff check .
 ruff format --check lightning_compress tests bench
 mypy
+SITE="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$SITE"
+rm -rf "$SITE"
 pytest -m "not slow" -q "$@"

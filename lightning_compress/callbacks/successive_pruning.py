@@ -52,8 +52,10 @@ class SuccessivePruning(CompressionCallback):
     method) and encoded; those are the final weights and what :func:`lightning_compress.save` writes with the
     ``surp`` codec.
 
-    Refinement is vectorised (every candidate above the threshold in one round) and deterministic; decisions are
-    taken on rank 0 and broadcast as the bitstream, so every rank holds the same weights.
+    Refinement is vectorised (every candidate above the threshold in one round), runs in torch on the weights'
+    device, and its decisions do not depend on the device (thresholds and norms come from fixed-order reductions):
+    a pruning stage is computed on every rank from the same weights and writes no stream; the final stream is
+    coded on rank 0 and broadcast (a few bytes per survivor), so every rank holds the same weights.
 
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
     towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
