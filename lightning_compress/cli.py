@@ -31,7 +31,7 @@ from lightning_compress.report import size_report
 from lightning_compress.sweep import dense_reference, sweep_group
 from lightning_compress.tracking import finish_wandb, go_offline_without_key, log_artifact_to_wandb
 
-__all__ = ["instantiate_children", "main", "train"]
+__all__ = ["entry", "instantiate_children", "main", "report_command", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         artifact_path = writer.resolved_path(trainer)
         report = size_report(artifact_path)
         report.print(Console())
+        picture = report.plot(artifact_path.with_suffix(".png"))  # a picture of the run, next to its artifact
         metrics.update(report.summary())
         if cfg.artifact.verify and cfg.get("test"):
             datamodule.setup("test")
@@ -163,6 +164,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         for lg in loggers:
             if type(lg).__name__ == "WandbLogger":
                 log_artifact_to_wandb(lg, artifact_path, metrics, cfg.task_name)
+        for lg in loggers:
+            if type(lg).__name__ == "WandbLogger":
+                lg.log_image(key="size/report_png", images=[str(picture)])  # type: ignore[attr-defined]
         report.log_to(loggers)  # also flushes the loggers
     objects = {"datamodule": datamodule, "module": module, "trainer": trainer, "artifact_path": artifact_path}
     return metrics, objects
@@ -239,6 +243,53 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         finish_wandb()
     _write_job_metrics(cfg, metrics, "ok")
     return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def report_command(argv: Sequence[str]) -> int:
+    """``lcompress report PATH [--png [OUT]] [--json]``: the size report of any artifact, read from the file.
+
+    Prints the table; ``--png`` also writes its picture (default: the artifact's path with ``.png``), ``--json`` the
+    report as JSON on standard output instead of the table. Returns the exit status.
+
+    Example:
+        >>> import tempfile, torch, lightning_compress as lc
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = lc.save(torch.nn.Linear(4, 2), f"{d}/net.lcz")
+        ...     status = report_command([str(path), "--json"])  # doctest: +ELLIPSIS
+        {...}
+        >>> status
+        0
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="lcompress report", description="The size report of an artifact.")
+    parser.add_argument("path", help="an artifact written by lc.save (.lcz)")
+    parser.add_argument("--png", nargs="?", const="", default=None, help="write the report's picture (PNG)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    args = parser.parse_args(list(argv))
+    path = Path(args.path)
+    if not path.is_file():
+        parser.error(f"{str(path)!r} is not a file: give the path of an artifact written by lc.save (.lcz).")
+    report = size_report(path)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        report.print(Console())
+    if args.png is not None:
+        picture = report.plot(Path(args.png) if args.png else path.with_suffix(".png"))
+        if not args.json:
+            Console().print(f"picture: {picture}")
+    return 0
+
+
+def entry() -> None:
+    """The ``lcompress`` command: ``lcompress report ...`` reads an artifact; anything else is a Hydra training job."""
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        raise SystemExit(report_command(sys.argv[2:]))
+    main()
 
 
 def _in_multirun() -> bool:

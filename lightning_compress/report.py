@@ -163,6 +163,60 @@ class SizeReport:
         """Print the table (rich)."""
         (console or Console()).print(self.table())
 
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """A picture of the report: bytes per layer (log axis) coloured by codec, bits per parameter on each bar.
+
+        Args:
+            path: the PNG to write (parent directories are created).
+
+        Returns:
+            The path written.
+
+        Example:
+            >>> import tempfile, torch, lightning_compress as lc
+            >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     picture = lc.size_report(net).plot(f"{d}/report.png")
+            ...     picture.stat().st_size > 0
+            True
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        # tensors' rows, then what no single tensor owns: shared blobs (codebooks) and the container itself
+        rows = [r for r in self.rows if r.bytes > 0]
+        rows.append(LayerSize("(container: header + checksum)", 0, 0, "", self.overhead_bytes))
+        kinds = [r.codecs or "shared / container" for r in rows]
+        codecs = sorted(set(kinds))
+        colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(codecs)}
+        fig, ax = plt.subplots(figsize=(8, 0.9 + 0.32 * max(len(rows), 1)))
+        positions = range(len(rows))
+        ax.barh(positions, [r.bytes for r in rows], color=[colours[k] for k in kinds])
+        for y, row in zip(positions, rows, strict=True):
+            label = f" {row.bytes:,} B" + (f", {row.bits_per_param:.2f} bits/param" if row.params else "")
+            ax.text(row.bytes, y, label, va="center", fontsize=7)
+        ax.set_yticks(list(positions), [r.layer for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes in the artifact (log)")
+        ax.set_title(
+            f"{Path(self.path).name}: {self.artifact_bytes:,} bytes, {self.ratio:.1f}x smaller than fp32 "
+            f"({self.bits_per_param:.3f} bits/param)",
+            fontsize=9,
+        )
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in codecs]
+        ax.legend(handles, codecs, fontsize=7, loc="lower right", title="codec", title_fontsize=7)
+        sizes = [max(r.bytes, 1) for r in rows]
+        ax.set_xlim(min(sizes) / 2, max(sizes) * 12)  # room for the labels right of the longest bar (log axis)
+        fig.tight_layout()
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=120)
+        plt.close(fig)
+        return target
+
     def log_to(self, loggers: Iterable[Any]) -> None:
         """Send the totals (and, for W&B, the per-layer table and run summary) to Lightning loggers."""
         totals = self.summary()

@@ -79,6 +79,7 @@ def test_train_end_to_end_writes_artifact_and_report(train_cfg: DictConfig, tmp_
     path = objects["artifact_path"]
     assert path == tmp_path / "model.lcz"
     assert path.is_file()
+    assert path.with_suffix(".png").stat().st_size > 10_000  # the report's picture, next to the artifact
     assert metrics["size/artifact_bytes"] == os.path.getsize(path)
     assert metrics["size/fp32_bytes"] == 4 * 266_610
     assert 0.0 <= metrics["test/acc"] <= 1.0
@@ -164,6 +165,34 @@ def test_real_cli_run(tmp_path: Path, fake_fmnist_root: Path) -> None:
     artifacts = list(tmp_path.glob("dense_lenet300_fmnist/runs/*/model.lcz"))
     assert len(artifacts) == 1
     assert lc.size_report(artifacts[0]).params == 266_610
+
+
+def test_report_command_reads_any_artifact(tmp_path: Path) -> None:
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        net[0].weight[:, :15] = 0.0  # mostly zeros: the sparse codec, chosen from the values
+    path = lc.save(net, tmp_path / "net.lcz")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from lightning_compress.cli import entry; entry()", "report", str(path), "--png"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{path.stat().st_size:,}" in proc.stdout  # the total read from the file
+    assert "sparse" in proc.stdout
+    assert path.with_suffix(".png").stat().st_size > 5_000
+    missing = subprocess.run(
+        [sys.executable, "-c", "from lightning_compress.cli import entry; entry()", "report", str(tmp_path / "no.lcz")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "no.lcz" in missing.stderr
+    assert "artifact written by lc.save" in missing.stderr
 
 
 def test_multirun_smoke(tmp_path: Path, fake_fmnist_root: Path) -> None:
