@@ -49,7 +49,14 @@ class LayerSize:
 
 @dataclass
 class SizeReport:
-    """Sizes of one artifact. Build it with :func:`size_report`."""
+    """Sizes of one artifact. Build it with :func:`size_report`.
+
+    Example:
+        >>> import torch, lightning_compress as lc
+        >>> report = lc.size_report(torch.nn.Linear(100, 10))
+        >>> report.params, report.fp32_bytes, report.ratio < 1.0  # dense: the header makes it a little larger
+        (1010, 4040, True)
+    """
 
     path: str
     rows: list[LayerSize]

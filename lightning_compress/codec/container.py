@@ -165,7 +165,19 @@ def _insert_modules(module: nn.Module, records: Mapping[str, Mapping[str, Any]],
 
 
 class ArtifactError(ValueError):
-    """A file is not a readable lightning_compress artifact (wrong magic, version, checksum or truncated)."""
+    """A file is not a readable lightning_compress artifact (wrong magic, version, checksum or truncated).
+
+    Example:
+        >>> import tempfile, lightning_compress as lc
+        >>> with tempfile.NamedTemporaryFile(suffix=".lcz") as f:
+        ...     _ = f.write(b"not an artifact, but long enough to be read as one: " * 4)
+        ...     f.flush()
+        ...     try:
+        ...         lc.read_artifact(f.name)
+        ...     except lc.ArtifactError as err:
+        ...         print("bad magic" in str(err))
+        True
+    """
 
 
 @dataclass(frozen=True)
@@ -506,6 +518,13 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int | None = No
         max_elements: the most values the tensors may decode to; ``None`` (default): what this machine's memory
             holds (:func:`default_max_elements`).
 
+    Example:
+        >>> import tempfile, torch, lightning_compress as lc
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     artifact = lc.read_artifact(lc.save(torch.nn.Linear(3, 2), f"{d}/net.lcz"))
+        >>> [(t.name, t.codec, t.shape) for t in artifact.tensors]
+        [('weight', 'dense', (2, 3)), ('bias', 'dense', (2,))]
+
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ArtifactError: naming the file (and the header field), if it is not an artifact, is of a newer format, is
@@ -707,6 +726,16 @@ def load(
         FileNotFoundError: if ``path`` does not exist.
         ArtifactError: if the file is not a valid artifact, or does not fit the model it describes (or ``model``).
         ValueError: if the architecture is unknown and no ``model`` was given.
+
+    Example:
+        >>> import tempfile, torch, lightning_compress as lc
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     back = lc.load(lc.save(net, f"{d}/net.lcz"), model=torch.nn.Sequential(
+        ...         torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)))
+        >>> x = torch.randn(2, 4)
+        >>> torch.equal(back(x), net(x)), back.training
+        (True, False)
     """
     if model is not None and not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be None or a fresh torch.nn.Module to fill, got {type(model).__name__}.")
