@@ -33,6 +33,7 @@ from lightning_compress.functional.weight_sharing import (
     nsga2_search,
     pareto_front,
     select_parameters,
+    write_binning,
 )
 
 __all__ = ["WeightSharing"]
@@ -295,7 +296,7 @@ class WeightSharing(CompressionCallback):
             sums=torch.zeros(0),
             counts=torch.tensor(decision["counts"]),
         )
-        WeightSharingProblem(selected, lambda: 0.0, keep_zeros).write(binning)
+        write_binning(selected, binning, keep_zeros)
         self._state = {
             "done": True,
             "names": names,

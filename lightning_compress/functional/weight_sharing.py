@@ -31,6 +31,7 @@ __all__ = [
     "pareto_front",
     "select_parameters",
     "uniform_binning",
+    "write_binning",
 ]
 
 ErrorFn = Callable[[], float]
@@ -90,6 +91,34 @@ def uniform_binning(values: torch.Tensor, k: int) -> Binning:
     edges = torch.linspace(float(flat.min()), float(flat.max()), k, dtype=torch.float64)
     bins = torch.bucketize(flat, edges, right=True) - 1
     return _binning_from_bins(flat, bins.clamp_(0, k - 1), k)
+
+
+@torch.no_grad()
+def write_binning(params: Sequence[torch.Tensor], binning: Binning, keep_zeros: Sequence[bool]) -> None:
+    """Write a chosen binning into the tensors it was made for, tensor by tensor (no sorted copy of the model).
+
+    ``binning.indices`` runs over the binned entries in order: every entry of a tensor, or only its non-zeros when
+    its ``keep_zeros`` is set (those zeros stay exactly zero). The same values as
+    :meth:`WeightSharingProblem.write`.
+
+    Example:
+        >>> w = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0])
+        >>> write_binning([w], uniform_binning(torch.tensor([1.0, 2.0, 4.0]), 2), keep_zeros=[True])
+        >>> w.tolist()
+        [0.0, 1.5, 0.0, 1.5, 4.0]
+    """
+    codebook = binning.codebook.to(torch.float32)
+    offset = 0
+    for p, keep in zip(params, keep_zeros, strict=True):
+        flat = p.detach().reshape(-1)
+        mask = flat != 0 if keep else None
+        count = int(mask.sum()) if mask is not None else flat.numel()
+        values = codebook[binning.indices[offset : offset + count]].to(p.device, p.dtype)
+        if mask is None:
+            flat.copy_(values)
+        else:
+            flat[mask] = values
+        offset += count
 
 
 def merge_bins(binning: Binning, i: int) -> Binning:
@@ -197,24 +226,28 @@ class WeightSharingProblem:
         self.params = list(params)
         self.error_fn = error_fn
         self.screen_fn = screen_fn
-        self.original = [p.detach().clone() for p in self.params]
         keep = list(keep_zeros) if keep_zeros is not None else [False] * len(self.params)
         if len(keep) != len(self.params):
             raise ValueError(f"`keep_zeros` has {len(keep)} entries for {len(self.params)} tensors.")
         self.masks = [
-            (o != 0).reshape(-1).cpu() if k else torch.ones(o.numel(), dtype=torch.bool)
-            for o, k in zip(self.original, keep, strict=True)
+            (p.detach() != 0).reshape(-1).cpu() if k else torch.ones(p.numel(), dtype=torch.bool)
+            for p, k in zip(self.params, keep, strict=True)
         ]
-        self.values = torch.cat([o.reshape(-1).cpu()[m] for o, m in zip(self.original, self.masks, strict=True)])
-        # computed once for every candidate
-        flat = self.values.double()
-        order = torch.argsort(flat, stable=True)
-        self._sorted = flat[order]
-        del flat
+        # the binned values; with the masks they are also the original tensors (restore writes them back): no clone
+        self.values = torch.cat(
+            [p.detach().reshape(-1).cpu()[m].float() for p, m in zip(self.params, self.masks, strict=True)]
+        )
+        # computed once for every candidate, in the order that keeps the fewest copies alive (memory grows with the
+        # model: 86M values on a ViT-B): sort the float32 values (the same order as their exact float64 copies)
+        sorted32, order = torch.sort(self.values, stable=True)
         # positions fit in int32 below 2**31 values: half the bytes of the int64 argsort, for the whole search
         self._order = order.to(torch.int32) if order.numel() < 2**31 else order
         del order
-        self._prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(self._sorted, 0)])
+        self._sorted = sorted32.double()
+        del sorted32
+        self._prefix = torch.empty(self._sorted.numel() + 1, dtype=torch.float64)
+        self._prefix[0] = 0.0
+        torch.cumsum(self._sorted, 0, out=self._prefix[1:])
         mask = torch.cat(self.masks)
         # candidates are written on the parameters' device (no host copy of the model per candidate)
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -252,8 +285,19 @@ class WeightSharingProblem:
     @torch.no_grad()
     def restore(self) -> None:
         """Put the original (unshared) values back."""
-        for p, o in zip(self.params, self.original, strict=True):
-            p.copy_(o)
+        self._write_kept(self.values)
+
+    @property
+    def original(self) -> list[torch.Tensor]:
+        """The original (unshared) tensors, rebuilt from the binned values and the masks."""
+        out, offset = [], 0
+        for p, m in zip(self.params, self.masks, strict=True):
+            full = torch.zeros(p.numel(), dtype=p.dtype)
+            count = int(m.sum())
+            full[m] = self.values[offset : offset + count].to(p.dtype)
+            out.append(full.reshape(p.shape))
+            offset += count
+        return out
 
     def uniform_codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Codebook and counts of :func:`uniform_binning` with ``k`` edges, from the sorted values (no indices).
