@@ -41,11 +41,11 @@ import lightning.pytorch as pl
 import torch
 import torchvision
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 import lightning_compress as lc
 from bench.common import RESULTS, PeakRss, held_bytes, quiet_trainer, write_results
+from bench.defaults_fmnist import UserClassifier
 from lightning_compress.callbacks.base import CompressionCallback
 
 NAME = "scale"
@@ -80,25 +80,8 @@ CONFIGS: dict[str, Callable[[], list[pl.Callback]]] = {
 }
 
 
-class ScaleModule(pl.LightningModule):
-    """A plain classifier with SGD + momentum (the ImageNet habit)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y))
-        self.log("val_acc", (logits.argmax(1) == y).float().mean())
+class ScaleModule(UserClassifier):
+    """A user's plain classifier (``bench.defaults_fmnist``) with SGD + momentum (the ImageNet habit)."""
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
