@@ -164,8 +164,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
         for lg in loggers:
             if type(lg).__name__ == "WandbLogger":
                 log_artifact_to_wandb(lg, artifact_path, metrics, cfg.task_name)
-        for lg in loggers:
-            if type(lg).__name__ == "WandbLogger":
                 lg.log_image(key="size/report_png", images=[str(picture)])  # type: ignore[attr-defined]
         report.log_to(loggers)  # also flushes the loggers
     objects = {"datamodule": datamodule, "module": module, "trainer": trainer, "artifact_path": artifact_path}

@@ -365,7 +365,6 @@ class SuccessivePruning(CompressionCallback):
         assert payload is not None  # noqa: S101 - broadcast returns rank 0's payload
         if result is None:  # another rank: the decoded stream (its signs are those of the same weights)
             result = decode_stream(payload[0])[0]
-            result.recon = torch.from_numpy(np.asarray(result.recon))
         return payload[0], payload[1], result
 
     @torch.no_grad()

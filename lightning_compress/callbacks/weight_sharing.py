@@ -408,22 +408,27 @@ class WeightSharing(CompressionCallback):
         to_inputs = self.forward_inputs_fn(pl_module)
         was_training = pl_module.training
         pl_module.eval()
-        preds, targets = [], []
+        preds, targets, num_classes = [], [], 0
         try:
             for batch in loaders:
                 logits = call_forward(pl_module, to_device(to_inputs(batch), pl_module.device))
-                preds.append(logits.reshape(-1, logits.shape[-1]).argmax(dim=1).cpu())
+                num_classes = logits.shape[-1]
+                preds.append(logits.reshape(-1, num_classes).argmax(dim=1).cpu())
                 targets.append(batch[1].reshape(-1).cpu())
         finally:
             pl_module.train(was_training)
-        pred, target = torch.cat(preds), torch.cat(targets)
+        target = torch.cat(targets)
         self._scored_samples += len(target)
+        return self._error(torch.cat(preds), target, num_classes), len(target)
+
+    def _error(self, preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
+        """``1 - metric`` of predicted classes against targets (the search's error, cached or streamed)."""
         if self.metric == "accuracy":
-            return 1.0 - float((pred == target).float().mean()), len(target)
+            return 1.0 - float((preds == targets.to(preds.device)).float().mean())
         from torchmetrics.functional.classification import multiclass_f1_score
 
-        num_classes = int(max(pred.max(), target.max())) + 1
-        return 1.0 - float(multiclass_f1_score(pred, target, num_classes=num_classes, average="macro")), len(target)
+        score = multiclass_f1_score(preds, targets.to(preds.device), num_classes=num_classes, average="macro")
+        return 1.0 - float(score)
 
     @staticmethod
     @torch.no_grad()
@@ -448,8 +453,6 @@ class WeightSharing(CompressionCallback):
             )
 
     def _error_fn(self, model: nn.Module, batches: list[tuple[Any, torch.Tensor]]) -> Any:
-        from torchmetrics.functional.classification import multiclass_f1_score
-
         targets = torch.cat([y.reshape(-1) for _, y in batches])
         samples = sum(len(y) for _, y in batches)
 
@@ -461,11 +464,7 @@ class WeightSharing(CompressionCallback):
             outputs = [call_forward(model, x) for x, _ in batches]
             logits = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
             model.train(was_training)
-            preds = logits.argmax(dim=1)
-            if self.metric == "accuracy":
-                return 1.0 - float((preds == targets).float().mean())
-            score = multiclass_f1_score(preds, targets, num_classes=logits.shape[1], average="macro")
-            return 1.0 - float(score)
+            return self._error(logits.argmax(dim=1), targets, logits.shape[1])
 
         return error
 

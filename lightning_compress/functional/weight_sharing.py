@@ -234,17 +234,16 @@ class WeightSharingProblem:
             for p, k in zip(self.params, keep, strict=True)
         ]
         # the binned values; with the masks they are also the original tensors (restore writes them back): no clone
-        self.values = torch.cat(
-            [p.detach().reshape(-1).cpu()[m].float() for p, m in zip(self.params, self.masks, strict=True)]
-        )
+        self.values = torch.cat([p.detach().reshape(-1).cpu()[m] for p, m in zip(self.params, self.masks, strict=True)])
         # computed once for every candidate, in the order that keeps the fewest copies alive (memory grows with the
-        # model: 86M values on a ViT-B): sort the float32 values (the same order as their exact float64 copies)
-        sorted32, order = torch.sort(self.values, stable=True)
+        # model: 86M values on a ViT-B): sort the values in their own dtype (the same order as their exact float64
+        # copies), then widen the sorted ones
+        sorted_values, order = torch.sort(self.values, stable=True)
         # positions fit in int32 below 2**31 values: half the bytes of the int64 argsort, for the whole search
         self._order = order.to(torch.int32) if order.numel() < 2**31 else order
         del order
-        self._sorted = sorted32.double()
-        del sorted32
+        self._sorted = sorted_values.double()
+        del sorted_values
         self._prefix = torch.empty(self._sorted.numel() + 1, dtype=torch.float64)
         self._prefix[0] = 0.0
         torch.cumsum(self._sorted, 0, out=self._prefix[1:])
