@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lightning_compress.callbacks import (
         ArtifactWriter,
         NeuronElimination,
+        RateAware,
         SuccessivePruning,
         Ternarization,
         WeightSharing,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 _PUBLIC = {
     "ArtifactWriter": "lightning_compress.callbacks",
     "NeuronElimination": "lightning_compress.callbacks",
+    "RateAware": "lightning_compress.callbacks",
     "SuccessivePruning": "lightning_compress.callbacks",
     "Ternarization": "lightning_compress.callbacks",
     "WeightSharing": "lightning_compress.callbacks",
@@ -68,6 +70,7 @@ __all__ = [
     "CodecSpec",
     "ImageClassifier",
     "NeuronElimination",
+    "RateAware",
     "SizeReport",
     "SuccessivePruning",
     "Ternarization",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
@@ -292,6 +293,13 @@ class CompressionCallback(Callback):
     def before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Called before every training step, in aspect order (e.g. swap layers when the window opens)."""
 
+    def add_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called before every optimizer step, in aspect order, before any mask is applied to the gradients.
+
+        Where a method adds a term of its own to the loss's gradients (RateAware's rate term): the gradients are
+        complete (accumulated, unscaled under mixed precision, reduced across processes) and not yet clipped.
+        """
+
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Called after every training step (masks already re-applied), in aspect order."""
 
@@ -352,6 +360,10 @@ class CompressionCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if self._leads(trainer) and not self.should_skip(trainer):
+            # the leader's hook runs before any other compression callback's: every added term is masked after
+            for cb in self._in_order(trainer):
+                cb.add_gradients(trainer, pl_module)
         if not (self._support or self._frozen):
             return
         params = dict(self.target_module(pl_module).named_parameters())
@@ -468,6 +480,54 @@ class CompressionCallback(Callback):
             torch._foreach_mul_([params[n] for n in self._support], list(self._support.values()))
         if self._frozen:
             torch._foreach_copy_([params[n] for n in self._frozen], list(self._frozen.values()))
+
+    def take_snapshot(self, pl_module: nn.Module, names: Iterable[str]) -> dict[str, Any]:
+        """The named tensors, the held masks and the BatchNorm statistics, copied to the CPU (for an undo).
+
+        The statistics were re-estimated for these weights before the validation that judged them, so they go back
+        with them (:meth:`restore_snapshot`).
+        """
+        params = dict(self.target_module(pl_module).named_parameters())
+        return {
+            "weights": {n: params[n].detach().to("cpu", copy=True) for n in names},
+            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self._support.items()},
+            "buffers": {n: b.detach().to("cpu", copy=True) for n, b in self.target_module(pl_module).named_buffers()},
+        }
+
+    @torch.no_grad()
+    def restore_snapshot(self, pl_module: nn.Module, snapshot: Mapping[str, Any]) -> None:
+        """Put back what :meth:`take_snapshot` copied (weights, statistics) and hold its masks again."""
+        params = dict(self.target_module(pl_module).named_parameters())
+        for name, value in snapshot["weights"].items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+        for name, buffer in self.target_module(pl_module).named_buffers():
+            if name in snapshot["buffers"] and snapshot["buffers"][name].shape == buffer.shape:
+                buffer.copy_(snapshot["buffers"][name].to(buffer.device, buffer.dtype))
+        self.release_holds()
+        if snapshot["masks"]:
+            self.hold_support(pl_module, snapshot["masks"])
+
+    def masks_state(self) -> dict[str, Any]:
+        """The held masks as checkpoint data: bit-packed (one bit per entry), with names and shapes."""
+        return {
+            "mask_names": list(self._support),
+            "masks": [
+                torch.from_numpy(np.packbits(m.detach().cpu().numpy().astype(bool).reshape(-1)))
+                for m in self._support.values()
+            ],
+            "mask_shapes": [list(m.shape) for m in self._support.values()],
+        }
+
+    @staticmethod
+    def masks_from_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Inverse of :meth:`masks_state` (name -> bool mask on the CPU)."""
+        masks = {}
+        for name, packed, shape in zip(
+            state.get("mask_names", []), state.get("masks", []), state.get("mask_shapes", []), strict=True
+        ):
+            bits = np.unpackbits(packed.numpy())[: math.prod(shape)].astype(bool)
+            masks[name] = torch.from_numpy(bits).reshape(shape)
+        return masks
 
     def trial_bytes(self, pl_module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
         """Size of the artifact the module would be written as now (a real file, in a temporary directory).

@@ -6,12 +6,10 @@ retraining between them, and a real entropy-coded bitstream (codec ``surp``) for
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -257,7 +255,7 @@ class SuccessivePruning(CompressionCallback):
         over, drop = guard.judge(trainer.callback_metrics)
         over = bool(self.broadcast(trainer, over))
         if over and self._snapshot is not None:
-            self._restore(trainer.lightning_module, self._snapshot)
+            self.restore_snapshot(trainer.lightning_module, self._snapshot)
             undone = self._stage - int(self._snapshot["stage"])
             self._stage = int(self._snapshot["stage"])
             self._stopped = True
@@ -277,28 +275,8 @@ class SuccessivePruning(CompressionCallback):
         return self.guard is not None and not self._stopped and self._final is None
 
     def _take_snapshot(self, pl_module: nn.Module) -> dict[str, Any]:
-        """The validated state: stage, weights of the selected tensors and masks (on the CPU)."""
-        return {
-            "stage": self._stage,
-            "weights": {
-                n: p.detach().to("cpu", copy=True)
-                for n, p in zip(self._names, self._params(pl_module, self._names), strict=True)
-            },
-            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self._support.items()},
-            # the BatchNorm statistics of those weights (re-estimated before this validation) go back with them
-            "buffers": {n: b.detach().to("cpu", copy=True) for n, b in self.target_module(pl_module).named_buffers()},
-        }
-
-    @torch.no_grad()
-    def _restore(self, pl_module: nn.Module, snapshot: dict[str, Any]) -> None:
-        for name, param in zip(self._names, self._params(pl_module, self._names), strict=True):
-            param.copy_(snapshot["weights"][name].to(param.device, param.dtype))
-        for name, buffer in self.target_module(pl_module).named_buffers():
-            if name in snapshot["buffers"] and snapshot["buffers"][name].shape == buffer.shape:
-                buffer.copy_(snapshot["buffers"][name].to(buffer.device, buffer.dtype))
-        self.release_holds()
-        if snapshot["masks"]:
-            self.hold_support(pl_module, snapshot["masks"])
+        """The validated state: stage, weights of the selected tensors, masks and statistics (on the CPU)."""
+        return {"stage": self._stage, **self.take_snapshot(pl_module, self._names)}
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
@@ -506,12 +484,7 @@ class SuccessivePruning(CompressionCallback):
         return {
             "stage": self._stage,
             "stage_steps": list(self._stage_steps),
-            "mask_names": list(self._support),
-            "masks": [
-                torch.from_numpy(np.packbits(m.detach().cpu().numpy().astype(bool).reshape(-1)))
-                for m in self._support.values()
-            ],
-            "mask_shapes": [list(m.shape) for m in self._support.values()],
+            **self.masks_state(),
             "final_stream": None
             if self._final is None
             else torch.frombuffer(bytearray(self._final["stream"]), dtype=torch.uint8),
@@ -527,14 +500,7 @@ class SuccessivePruning(CompressionCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._stage = int(state_dict.get("stage", 0))
         self._stage_steps = list(state_dict.get("stage_steps", []))
-        self._saved_masks = {}
-        names = state_dict.get("mask_names", [])
-        for name, packed, shape in zip(
-            names, state_dict.get("masks", []), state_dict.get("mask_shapes", []), strict=True
-        ):
-            n = math.prod(shape)
-            bits = np.unpackbits(packed.numpy())[:n].astype(bool)
-            self._saved_masks[name] = torch.from_numpy(bits).reshape(shape)
+        self._saved_masks = self.masks_from_state(state_dict)
         stream = state_dict.get("final_stream")
         self._final = (
             None

@@ -1,0 +1,401 @@
+"""RateAware: train for the file's length — a rate term in the loss, and a support cut along a byte path.
+
+Our methods decide support and values by magnitudes and accuracy budgets, then code what is left; the optimizer
+never sees the bits. RateAware adds to the loss's gradient, every optimizer step of its window, ``weight`` times the
+differentiable estimate of the kilobytes the sparse codecs will spend on its tensors
+(:func:`~lightning_compress.functional.rate.relaxed_bits`: positions under the i.i.d. model the entropy coder
+reaches, plus ``value_bits`` per non-zero). Its gradient prices every weight at what zeroing it saves in the file,
+so the weights the loss barely needs drift to zero before they are cut. At ``events`` points of the window the
+support is cut: the global magnitude threshold at which the hard count fits the next point of a byte path, from the
+bytes at the window's start to ``target_bytes`` (cubic: big cuts early, small ones late), held for the rest of the
+fit. ``weight`` is steered between cuts so that the soft estimate reaches the next point of the path before the cut
+comes (a cut then removes weights that are already small).
+
+Without ``target_bytes`` the path goes towards 1/1000 of the tensors' fp32 bytes under an accuracy guard
+(``accuracy_budget``, 1 point by default): cuts since a validation that fell further than the budget are undone,
+and the support is held where it was validated.
+
+RateAware owns the **support** of its tensors (it is refused next to SuccessivePruning on the same tensors). Their
+values are left to a value method: with WeightSharing after it the file stores positions and codebook indices in one
+entropy-coded stream per tensor (``sparse_codebook``); alone, the surviving values are stored exactly (``sparse``,
+float32), and ``value_bits="auto"`` prices them so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_compress.arguments import check_number, check_parameters, is_number
+from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
+from lightning_compress.functional.rate import hard_bits, relaxed_bits, threshold_for_bits
+from lightning_compress.functional.selection import select_parameters
+
+__all__ = ["RateAware"]
+
+#: Bits per non-zero value by the kind of the value method that stores them: a codebook index under its histogram
+#: (WeightSharing: 2.5-3 bits on our nets, with the tables), a sign (Ternarization; the support is coded apart).
+#: Values no method claims are stored exactly: 32 bits.
+VALUE_BITS = {"codebook": 3.0, "ternary": 1.0}
+#: The byte path's end without a target: this fraction of the tensors' fp32 bytes (the guard stops before it).
+GUARDED_FLOOR = 1e-3
+#: How far the steered weight may move from ``weight`` (either way).
+STEER_RANGE = 30.0
+
+
+class RateAware(CompressionCallback):
+    """Rate term in the loss and support cuts along a byte path (see the module docstring).
+
+    Args:
+        target_bytes: the artifact's size to reach (the file: every tensor, header included). ``None``: no target,
+            cut under the accuracy guard.
+        accuracy_budget: the guard's budget (drop of the validation metric from its best, e.g. 0.01 = 1 point);
+            ``"auto"`` (default): 0.01 unless ``target_bytes`` is given; ``None``: no guard.
+        weight: the rate term's initial weight, in loss per kilobyte of estimated file (0.1 is the minimum
+            description length's exchange rate for 54,000 training samples and a loss averaged over them).
+        steer: how fast the weight follows the byte path (0: a fixed weight).
+        scale: where the relaxed count bends (``tau``), as a fraction of each tensor's mean non-zero magnitude.
+        value_bits: bits per non-zero value; ``"auto"``: 3 under WeightSharing, 1 (the sign) under Ternarization,
+            32 when no value method claims the values.
+        events: support cuts in the window.
+        final_fraction: fraction of the window after the last cut (fine-tuning at the final support, no rate term).
+        parameters: ``"all"`` (every trainable parameter, as SuccessivePruning), ``"weights"`` or a list of names.
+        monitor: the guard's validation metric (``None``: found by name).
+        mode: ``"max"``/``"min"`` for ``monitor`` (``None``: from its name).
+        start: window start, a fraction of the fit's optimizer steps.
+        end: window end.
+
+    Example:
+        >>> from lightning_compress import RateAware, WeightSharing
+        >>> callbacks = [RateAware(target_bytes=4000), WeightSharing()]
+        >>> callbacks[0].target_bytes, callbacks[0].guard is None
+        (4000, True)
+    """
+
+    LOG_PREFIX = "rate"
+    ASPECT = "support"
+
+    def __init__(
+        self,
+        target_bytes: int | None = None,
+        accuracy_budget: float | str | None = "auto",
+        weight: float = 0.3,
+        steer: float = 0.01,
+        scale: float = 0.5,
+        value_bits: float | str = "auto",
+        events: int = 15,
+        final_fraction: float = 0.25,
+        parameters: str | Sequence[str] = "all",
+        monitor: str | None = None,
+        mode: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> None:
+        super().__init__(start=start, end=end)
+        check_number("target_bytes", target_bytes, low=1, integer=True, allow_none=True)
+        if accuracy_budget != "auto":
+            check_number("accuracy_budget", accuracy_budget, low=0, allow_none=True)
+        check_number("weight", weight, low=0)
+        check_number("steer", steer, low=0, high=1)
+        check_number("scale", scale, low=0, low_open=True)
+        if value_bits != "auto" and not (is_number(value_bits) and float(value_bits) >= 0):
+            raise ValueError(f"`value_bits` must be 'auto' or a number of bits >= 0, got {value_bits!r}.")
+        check_number("events", events, low=1, integer=True)
+        check_number("final_fraction", final_fraction, low=0, high=1, high_open=True)
+        check_parameters("parameters", parameters)
+        if target_bytes is None and accuracy_budget is None:
+            raise ValueError(
+                "RateAware needs a target: `target_bytes=` (the file's size), or `accuracy_budget=` (points of the "
+                "validation metric it may cost) to cut as far as the guard allows."
+            )
+        self.target_bytes = None if target_bytes is None else int(target_bytes)
+        self.weight = float(weight)
+        self.steer = float(steer)
+        self.scale = float(scale)
+        self.value_bits_arg = value_bits
+        self.events = int(events)
+        self.final_fraction = float(final_fraction)
+        self.parameters = parameters if isinstance(parameters, str) else list(parameters)
+        auto = accuracy_budget == "auto"
+        budget = (None if target_bytes is not None else DEFAULT_ACCURACY_BUDGET) if auto else accuracy_budget
+        #: the accuracy guard (None: cut as far as the target asks)
+        self.guard = None if budget is None else MetricGuard(self.owner, float(budget), monitor, mode, default=auto)
+        self._names: list[str] = []
+        self._event_steps: list[int] = []
+        self._event = 0
+        #: the steered weight (loss per KB)
+        self.current_weight = self.weight
+        #: bits of the claimed tensors at the window's start (hard count) and at the path's end
+        self._start_bits: float | None = None
+        self._end_bits: float | None = None
+        self._value_bits: list[float] = []
+        self._soft_bits = math.nan
+        self._saved_masks: dict[str, torch.Tensor] = {}
+        self._snapshot: dict[str, Any] | None = None
+        self._stopped = False
+        self._stop_reason = ""
+        self.history: list[dict[str, float]] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(target_bytes=self.target_bytes, parameters=str(self.parameters))
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._names = [n for n, _ in select_parameters(self.target_module(pl_module), self.parameters)]
+            self.claim(pl_module, "support", self._names, kind="rate")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.guard is not None and not self.should_skip(trainer) and not self.has_validation(trainer, pl_module):
+            raise ValueError(
+                "RateAware guards its cuts with a validation metric "
+                f"({'the default, with no target given' if self.guard.default else 'accuracy_budget='}), and this fit "
+                "has no validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`). Pass "
+                "validation data to `fit`, or give `target_bytes=` to cut that far unguarded."
+            )
+        rep = self.representation(pl_module)
+        kinds = [claim.kind if (claim := rep.tensors[n].values) else None for n in self._names]
+        if self.value_bits_arg == "auto":
+            # a sign per non-zero under Ternarization, a codebook index under WeightSharing, else float32
+            self._value_bits = [VALUE_BITS.get(kind or "", 32.0) for kind in kinds]
+        else:
+            self._value_bits = [float(self.value_bits_arg)] * len(self._names)
+        unclaimed = kinds.count(None)
+        if unclaimed and self._leads(trainer):
+            rank_zero_info(
+                f"RateAware decides the support; no value method claims the values of {unclaimed} of its "
+                f"{len(kinds)} tensors, so their surviving values are stored exactly (float32) and priced at 32 bits. "
+                "Add WeightSharing (or Ternarization) to store them as codebook indices or signs, a few bits each."
+            )
+        if not self._event_steps:
+            self._event_steps = self.steps_in_window(self.events, self.final_fraction)
+        if self._saved_masks:  # resumed: masks from the checkpoint
+            self.hold_support(pl_module, self._saved_masks)
+            self._saved_masks = {}
+
+    def _params(self, pl_module: nn.Module) -> list[torch.Tensor]:
+        params = dict(self.target_module(pl_module).named_parameters())
+        return [params[n] for n in self._names]
+
+    # -- the path ----------------------------------------------------------------------------------------------
+    def _begin(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
+        """At the window's start (after any structural method): the path's two ends, in bits of the tensors."""
+        params = self._params(pl_module)
+        numels = [p.numel() for p in params]
+        self._start_bits = hard_bits([int(p.count_nonzero()) for p in params], numels, self._value_bits)
+        if self.target_bytes is None:
+            self._end_bits = GUARDED_FLOOR * 32.0 * sum(numels)
+            return
+        others = self._other_bytes(pl_module)
+        self._end_bits = 8.0 * (self.target_bytes - others)
+        if self._end_bits <= 0:
+            raise ValueError(
+                f"RateAware(target_bytes={self.target_bytes}): the rest of the file (header and the tensors it does "
+                f"not compress) already takes {others} bytes; give a larger target_bytes or `parameters=` more tensors."
+            )
+        rank_zero_info(
+            f"RateAware: {self._start_bits / 8:,.0f} bytes estimated for its {len(params)} tensors now, "
+            f"{self._end_bits / 8:,.0f} to reach ({others:,} bytes go to the rest of the file)."
+        )
+
+    @torch.no_grad()
+    def _other_bytes(self, pl_module: nn.Module) -> int:
+        """Bytes of the file without this callback's tensors (they are zeroed for one trial file, then put back)."""
+        params = self._params(pl_module)
+        saved = [p.detach().clone() for p in params]
+        try:
+            for p in params:
+                p.zero_()
+            return self.trial_bytes(pl_module)
+        finally:
+            for p, value in zip(params, saved, strict=True):
+                p.copy_(value)
+
+    def _path_bits(self, event: int) -> float:
+        """The path's point at cut ``event`` (1-based): geometric between the ends, cubic in the cut's rank."""
+        assert self._start_bits is not None  # noqa: S101 - set by _begin
+        assert self._end_bits is not None  # noqa: S101 - set by _begin
+        progress = 1.0 - (1.0 - min(event, self.events) / self.events) ** 3
+        start, end = max(self._start_bits, 1.0), max(self._end_bits, 1.0)
+        return start * (end / start) ** progress
+
+    def _rate_active(self, trainer: pl.Trainer) -> bool:
+        first = self.window_steps()[0]
+        return (
+            not self._stopped
+            and self._event < self.events
+            and first <= trainer.global_step < self._event_steps[-1]
+            and self._start_bits is not None
+        )
+
+    # -- per step ----------------------------------------------------------------------------------------------
+    @override
+    def before_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start_bits is None and trainer.global_step >= self.window_steps()[0]:
+            self._begin(trainer, pl_module)
+
+    @override
+    def add_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._rate_active(trainer) or self.current_weight == 0:
+            return
+        params = self._params(pl_module)
+        masks = [self._support.get(n) for n in self._names]
+        with torch.enable_grad():
+            bits = relaxed_bits(params, self._value_bits, self.scale, masks)
+            grads = torch.autograd.grad(bits * (self.current_weight / 8192.0), params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g.to(p.dtype)
+            else:
+                p.grad.add_(g)
+        self._soft_bits = float(bits.detach())
+        if self.steer:
+            # more weight while the soft estimate is above the next cut's point, less once below it
+            target = self._path_bits(self._event + 1)
+            error = max(-1.0, min(1.0, math.log(max(self._soft_bits, 1.0) / target)))
+            steered = self.current_weight * math.exp(self.steer * error)
+            self.current_weight = min(self.weight * STEER_RANGE, max(self.weight / STEER_RANGE, steered))
+
+    @override
+    def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stopped or self._start_bits is None:
+            return
+        due = [i for i in range(self._event, self.events) if trainer.global_step >= self._event_steps[i]]
+        if not due:
+            return
+        if self.guard is not None and self.guard.best is None:
+            return  # the first cut waits for the baseline validation
+        self._event = due[-1] + 1  # cuts that waited are merged into the latest one due
+        self._cut(trainer, pl_module, self._path_bits(self._event))
+
+    @compression_event("cut")
+    def _cut(self, trainer: pl.Trainer, pl_module: nn.Module, bits: float) -> None:
+        """Zero every entry below the global magnitude at which the hard count fits ``bits``; hold the support."""
+        params = self._params(pl_module)
+        masks = [self._support.get(n, p.detach() != 0) for n, p in zip(self._names, params, strict=True)]
+        magnitudes = [p.detach()[m].abs() for p, m in zip(params, masks, strict=True)]
+        threshold = threshold_for_bits(magnitudes, [p.numel() for p in params], self._value_bits, bits)
+        new = {n: m & (p.detach().abs() > threshold) for n, p, m in zip(self._names, params, masks, strict=True)}
+        self.hold_support(pl_module, {**self._support, **new})
+        self.changed_weights = True
+        nonzeros = [int(m.sum()) for m in new.values()]
+        estimate = hard_bits(nonzeros, [p.numel() for p in params], self._value_bits) / 8
+        figures = {
+            "event": float(self._event),
+            "estimated_bytes": estimate,
+            "nonzeros": float(sum(nonzeros)),
+            "weight": self.current_weight,
+            "soft_bytes": self._soft_bits / 8,
+        }
+        self.history.append(figures)
+        self.log_figures(trainer, figures)
+        rank_zero_info(
+            f"RateAware cut {self._event}/{self.events}: {sum(nonzeros):,} non-zeros, about {estimate:,.0f} bytes "
+            f"for its tensors (weight {self.current_weight:.3g}/KB)."
+        )
+
+    # -- the accuracy guard ----------------------------------------------------------------------------------------
+    @override
+    @compression_event("validation_check")
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        guard = self.guard
+        if guard is None or self._stopped or self.should_skip(trainer):
+            return
+        if guard.monitor is None or guard.mode is None:
+            if not guard.resolve(trainer.callback_metrics):
+                self._stop(
+                    f"no validation metric to guard with was found among {sorted(trainer.callback_metrics)} (name one "
+                    "with `monitor=`, or give `target_bytes=`)",
+                    warn=True,
+                )
+                return
+            rank_zero_info(guard.describe() + ": cuts since a validation that falls further are undone.")
+        over, drop = guard.judge(trainer.callback_metrics)
+        if bool(self.broadcast(trainer, over)) and self._snapshot is not None:
+            undone = self._event - int(self._snapshot["event"])
+            self.restore_snapshot(trainer.lightning_module, self._snapshot)
+            self._event = int(self._snapshot["event"])
+            self.log_figures(trainer, {"undone_events": float(undone)})
+            self._stop(
+                f"{guard.monitor} fell {drop:.4g} below its best (over budget): the last {undone} cut(s) were undone"
+            )
+            return
+        if self._snapshot is None or int(self._snapshot["event"]) != self._event:
+            self._snapshot = {"event": self._event, **self.take_snapshot(trainer.lightning_module, self._names)}
+
+    def _stop(self, reason: str, warn: bool = False) -> None:
+        self._stopped = True
+        self._stop_reason = reason
+        (rank_zero_warn if warn else rank_zero_info)(f"RateAware holds its support where it is: {reason}.")
+
+    @property
+    @override
+    def guarding(self) -> bool:
+        return self.guard is not None and not self._stopped and self._event < self.events
+
+    @override
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start_bits is None:  # the window never opened (a fit shorter than its start)
+            self._begin(trainer, pl_module)
+        if self.guard is None and self._event < self.events:  # a fit too short for the schedule still gets there
+            self._event = self.events
+            self._cut(trainer, pl_module, self._path_bits(self.events))
+        params = self._params(pl_module)
+        held = sum(int(p.count_nonzero()) for p in params)
+        total = sum(p.numel() for p in params)
+        self.log_figures(trainer, {"final_nonzeros": float(held), "final_density": held / max(total, 1)})
+        rank_zero_info(
+            f"RateAware: {held:,} non-zeros of {total:,} ({held / max(total, 1):.4f})"
+            + (f"; {self._stop_reason}." if self._stop_reason else ".")
+        )
+
+    @override
+    def release_fit_state(self) -> None:
+        super().release_fit_state()
+        self._snapshot = None
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "event": self._event,
+            "event_steps": list(self._event_steps),
+            "current_weight": self.current_weight,
+            "start_bits": self._start_bits,
+            "end_bits": self._end_bits,
+            **self.masks_state(),
+            "history": list(self.history),
+            "guard": None if self.guard is None else self.guard.state_dict(),
+            "stopped": self._stopped,
+            "stop_reason": self._stop_reason,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._event = int(state_dict.get("event", 0))
+        self._event_steps = list(state_dict.get("event_steps", []))
+        self.current_weight = float(state_dict.get("current_weight", self.weight))
+        self._start_bits = state_dict.get("start_bits")
+        self._end_bits = state_dict.get("end_bits")
+        self._saved_masks = self.masks_from_state(state_dict)
+        self.history = list(state_dict.get("history", []))
+        if self.guard is not None and state_dict.get("guard") is not None:
+            self.guard.load_state_dict(state_dict["guard"])
+        self._stopped = bool(state_dict.get("stopped", False))
+        self._stop_reason = str(state_dict.get("stop_reason", ""))
