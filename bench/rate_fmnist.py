@@ -19,7 +19,8 @@ and the peers.
 Sizes are bytes of the file each method writes; ratios against fp32 of the original model; our accuracies are of the
 model reloaded from its file; fit wall time is ``fit/wall_s`` of the same process. Run:
 ``python -m bench.rate_fmnist [--seeds 0 1 2] [--nets lenet300 lenet5] [--targets 3550 4500 5500]``; finished
-seeds go to ``bench/results/rate_fmnist.runs.json`` (``--resume`` keeps them).
+seeds go to ``bench/results/rate_fmnist.runs.json`` (``--resume`` keeps them; ``--resume --ablation`` adds the
+ablation without the rate term, ``weight=0``, to the seeds kept).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run(recipe: str, common: list[str], extra: Sequence[str] = ()) -> tuple[dict
 
 def nncodec_available() -> bool:
     try:
-        import nncodec  # type: ignore[import-not-found]  # noqa: F401
+        import nncodec  # noqa: F401
     except ImportError:
         return False
     return True
@@ -78,7 +79,7 @@ def nncodec_bytes(module: torch.nn.Module, qp: int | None = None) -> tuple[int, 
     import copy
 
     import numpy as np
-    from nncodec import nnc  # type: ignore[import-not-found]
+    from nncodec import nnc
 
     params = {n: p.detach().cpu().numpy().astype(np.float32) for n, p in module.state_dict().items()}
     if qp is None:
@@ -92,6 +93,13 @@ def nncodec_bytes(module: torch.nn.Module, qp: int | None = None) -> tuple[int, 
         {n: torch.from_numpy(np.asarray(v, dtype=np.float32)).reshape(params[n].shape) for n, v in decoded.items()}
     )
     return len(stream), out
+
+
+def run_ablation(seed: int) -> dict[str, Any]:
+    """``rate_lenet300_fmnist`` without the rate term (``weight=0``: the same cuts by magnitude alone)."""
+    out, _ = run("rate_lenet300_fmnist", quiet_run(seed), ["compress.rate_aware.weight=0"])
+    print("no rate term", out, flush=True)
+    return {"lenet300/rate_lenet300_fmnist, weight=0": out}
 
 
 def run_seed(seed: int, nets: list[str], targets: list[int]) -> dict[str, Any]:
@@ -152,6 +160,7 @@ def label(key: str) -> str:
     return {
         "full_lenet300_fmnist": "composed: full_ (NE -> SuRP -> WS)",
         "rate_lenet300_fmnist": f"**rate_** (NE -> RateAware -> WS), target {LENET300_TARGET}",
+        "rate_lenet300_fmnist, weight=0": f"ablation: rate_ without the rate term (weight=0), target {LENET300_TARGET}",
         "rate_lenet5_fmnist": f"**rate_lenet5_** (NE -> RateAware -> WS), target {LENET5_TARGET}",
         "nncodec_on_rate": "NNCodec coding the rate_ weights (same weights as our file)",
         "peer_xz": "peer: ModelPruning 0.975 + gaps + xz",
@@ -206,11 +215,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nets", nargs="+", default=["lenet300"], choices=["lenet300", "lenet5"])
     parser.add_argument("--targets", type=int, nargs="+", default=[LENET300_TARGET, 4500, 5500])
     parser.add_argument("--resume", action="store_true", help="keep the seeds already in the runs file")
+    parser.add_argument("--ablation", action="store_true", help="only the no-rate-term run, added to the seeds kept")
     args = parser.parse_args(argv)
     runs_path = RESULTS / f"{NAME}.runs.json"
     runs: list[dict[str, Any]] = json.loads(runs_path.read_text()) if args.resume and runs_path.exists() else []
     for seed in args.seeds:
-        result = run_seed(seed, args.nets, args.targets)
+        result = run_ablation(seed) if args.ablation else run_seed(seed, args.nets, args.targets)
         done = next((r for r in runs if r["seed"] == seed), None)
         if done is not None:
             done.update(result)
