@@ -270,6 +270,7 @@ def test_every_recipe_runs_on_fake_data(tmp_path: Path, fake_fmnist_root: Path, 
         "successive_pruning": "surp/",
         "ternarization": "ternary/",
         "neuron_elimination": "neuron_elimination/",
+        "rate_aware": "rate/",
     }
     for name in cfg.get("compress") or {}:
         assert any(k.startswith(prefixes[name]) for k in metrics)
@@ -380,14 +381,21 @@ def test_sweep_scatter_goes_to_wandb_offline(tmp_path: Path, monkeypatch: pytest
     assert log_sweep_to_wandb(rows, columns, None, project="p", group="g", save_dir=tmp_path) is None
 
 
-def test_pareto_search_runs_two_objective_trials(tmp_path: Path, fake_fmnist_root: Path) -> None:
+@pytest.mark.parametrize(
+    ("recipe", "knob"),
+    [
+        ("surp_lenet300_fmnist", "successive_pruning.target_sparsity"),
+        ("rate_lenet300_fmnist", "rate_aware.target_bytes"),
+    ],
+)
+def test_pareto_search_runs_two_objective_trials(
+    tmp_path: Path, fake_fmnist_root: Path, recipe: str, knob: str
+) -> None:
     """hparams_search=pareto_<recipe>: Optuna NSGA-II over the method's knobs, main returns (bytes, val acc)."""
-    args = ["hparams_search=pareto_surp_lenet300_fmnist", "hydra.sweeper.n_trials=2"]
-    _, sweep, rows = _run_sweep(
-        [*args, "hydra.sweeper.sampler.population_size=2"], "surp_lenet300_fmnist", tmp_path, fake_fmnist_root
-    )
+    args = [f"hparams_search=pareto_{recipe}", "hydra.sweeper.n_trials=2"]
+    _, sweep, rows = _run_sweep([*args, "hydra.sweeper.sampler.population_size=2"], recipe, tmp_path, fake_fmnist_root)
     assert len(rows) == 2
-    assert all("compress.successive_pruning.target_sparsity=" in r["overrides"] for r in rows)
+    assert all(f"compress.{knob}=" in r["overrides"] for r in rows)
     assert (sweep / "optimization_results.yaml").is_file()  # the sweeper's own record of the front
 
 
