@@ -198,3 +198,13 @@ def test_composes_after_elimination_and_before_a_value_method(tmp_path: Path, va
     x = torch.randn(8, 16)
     assert torch.equal(reloaded(x), backbone.eval()(x))
     assert int(backbone[0].weight.count_nonzero()) <= rate.history[-1]["nonzeros"]
+
+
+def test_cuts_show_in_the_progress_bar(tmp_path: Path) -> None:
+    """Long events show their progress beside the loss in Lightning's bar, not only in the log."""
+    train, val = loaders()
+    rate = lc.RateAware(target_bytes=1200, events=3)
+    trainer = pl.Trainer(callbacks=[rate], **trainer_kwargs(tmp_path, max_epochs=3, enable_progress_bar=True))
+    trainer.fit(_model(), train, val)
+    assert trainer.progress_bar_metrics["rate/event"] == 3.0
+    assert trainer.progress_bar_metrics["rate/estimated_bytes"] > 0

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -148,6 +149,8 @@ class CompressionCallback(Callback):
     LOG_PREFIX = "compress"
     #: The aspect of a tensor this method decides: ``"structure"``, ``"support"`` or ``"values"``.
     ASPECT: ClassVar[str] = "values"
+    #: Figures of :meth:`log_figures` also shown in Lightning's progress bar (an event's progress: stage, round, cut).
+    PROGRESS_KEYS: ClassVar[tuple[str, ...]] = ()
     #: Window when this callback is the only compression callback and none is given.
     DEFAULT_WINDOW: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
@@ -575,6 +578,21 @@ class CompressionCallback(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(prefixed, step=trainer.global_step)
+        shown = {f"{self.LOG_PREFIX}/{k}": float(v) for k, v in figures.items() if k in self.PROGRESS_KEYS}
+        if shown:
+            self._show_in_progress_bar(trainer, shown)
+
+    @staticmethod
+    def _show_in_progress_bar(trainer: pl.Trainer, shown: Mapping[str, float]) -> None:
+        """Put an event's figures (a stage, a round, a cut) in Lightning's progress bar, beside the loss."""
+        module = trainer.lightning_module
+        if trainer.progress_bar_callback is None or module is None:
+            return
+        try:
+            for key, value in shown.items():
+                module.log(key, value, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        except MisconfigurationException as err:  # hooks where Lightning forbids logging (end of fit): the log says it
+            log.debug("progress bar not updated: %s", err)
 
     @staticmethod
     def broadcast(trainer: pl.Trainer, obj: Any) -> Any:

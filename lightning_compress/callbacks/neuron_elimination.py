@@ -140,6 +140,7 @@ class NeuronElimination(CompressionCallback):
     """
 
     LOG_PREFIX = "neuron_elimination"
+    PROGRESS_KEYS = ("round", "params_fraction")
     ASPECT = "structure"
 
     def __init__(

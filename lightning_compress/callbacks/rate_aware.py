@@ -81,6 +81,7 @@ class RateAware(CompressionCallback):
     """
 
     LOG_PREFIX = "rate"
+    PROGRESS_KEYS = ("event", "estimated_bytes")
     ASPECT = "support"
 
     def __init__(

@@ -98,6 +98,7 @@ class SuccessivePruning(CompressionCallback):
     """
 
     LOG_PREFIX = "surp"
+    PROGRESS_KEYS = ("stage", "sparsity")
     ASPECT = "support"
 
     def __init__(
