@@ -9,7 +9,8 @@ LeNet-300-100 (10 epochs of Adam, per seed):
   larger ``target_bytes`` (a front);
 * peers on the same data and training: Lightning's ``ModelPruning`` to 97.5% + gaps + xz, and the
   Deep-Compression-style peer (k-means 32 + Huffman) on that pruned model (as in ``bench.composed_fmnist``);
-* NNCodec (the MPEG NNC standard codec, DeepCABAC) when it is importable (the optional ``peers`` extra): coding our
+* NNCodec (the MPEG NNC standard codec, DeepCABAC) when it is importable (``bash scripts/install_nncodec.sh`` builds
+  it apart from the project's environment, whose numpy it would downgrade; never a dependency): coding our
   rate-trained weights (the same weights as our file: the coders compared bit for bit) and, as a post-training
   compressor, the dense net with its quantization parameter swept.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -209,6 +211,53 @@ def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
     return rows
 
 
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy against file bytes, every run of every seed: RateAware's front, the flagship, the peers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = [n for n in ("lenet300", "lenet5") if any(k.startswith(f"{n}/") for r in runs for k in r)]
+    fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.5), squeeze=False)
+    for ax, net in zip(axes[0], nets, strict=True):
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for run in runs:
+            for key, entry in run.items():
+                if not key.startswith(f"{net}/") or key.split("/", 1)[1].startswith("dense@"):
+                    continue
+                name = key.split("/", 1)[1]
+                group = (
+                    "rate_ (RateAware), targets"
+                    if name.startswith("rate_") and "weight=0" not in name
+                    else "NNCodec on the dense net (QP sweep)"
+                    if name.startswith("nncodec_dense")
+                    else label(name)
+                )
+                groups.setdefault(group, []).append((entry["bytes"], 100 * entry["acc"]))
+        for group, points in sorted(groups.items()):
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, s=18, label=group)
+        dense = [
+            100 * max(r[k]["acc"] for k in r if k.startswith(f"{net}/dense@"))
+            for r in runs
+            if f"{net}/dense@0.003" in r
+        ]
+        if dense:
+            best = sum(dense) / len(dense)
+            ax.axhline(best, color="gray", lw=0.8, ls="--", label="dense (best per seed, mean)")
+            ax.axhline(best - 1.0, color="gray", lw=0.8, ls=":", label="1 pt below dense")
+        ax.set_xscale("log")
+        ax.set_xlabel("file bytes (log)")
+        ax.set_ylabel("test accuracy (%), reloaded from the file")
+        ax.set_title(f"{'LeNet-300-100' if net == 'lenet300' else 'LeNet-5'} / Fashion-MNIST")
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], (best - 5.0) if dense else 80.0))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -216,10 +265,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--targets", type=int, nargs="+", default=[LENET300_TARGET, 4500, 5500])
     parser.add_argument("--resume", action="store_true", help="keep the seeds already in the runs file")
     parser.add_argument("--ablation", action="store_true", help="only the no-rate-term run, added to the seeds kept")
+    parser.add_argument("--summarise", action="store_true", help="only the table and the plot, from the runs file")
     args = parser.parse_args(argv)
     runs_path = RESULTS / f"{NAME}.runs.json"
     runs: list[dict[str, Any]] = json.loads(runs_path.read_text()) if args.resume and runs_path.exists() else []
-    for seed in args.seeds:
+    for seed in [] if args.summarise else args.seeds:
         result = run_ablation(seed) if args.ablation else run_seed(seed, args.nets, args.targets)
         done = next((r for r in runs if r["seed"] == seed), None)
         if done is not None:
@@ -231,10 +281,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = summarise(runs, "lenet300") + summarise(runs, "lenet5")
     notes = (
         "Drops are against the best dense run of the same seed, accuracies of the model reloaded from its file. "
-        f"NNCodec: {'measured' if nncodec_available() else 'not installed in this run (optional `peers` extra)'}. "
+        f"NNCodec: {'measured' if any('nncodec' in k for r in runs for k in r) else 'not installed in this run'} "
+        "(`bash scripts/install_nncodec.sh`, then PYTHONPATH as it says). "
         "Run: `python -m bench.rate_fmnist` (see its docstring)."
     )
-    write_results(NAME, {"runs": runs, "seeds": args.seeds, "targets": args.targets}, table, notes)
+    write_results(NAME, {"runs": runs, "seeds": sorted(r["seed"] for r in runs), "targets": args.targets}, table, notes)
+    plot(runs, RESULTS / f"{NAME}.png")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def test_composes_after_elimination_and_before_a_value_method(tmp_path: Path, va
     assert codecs["0.weight"] == ("sparse_codebook" if values == "WeightSharing" else "ternary")
     # priced by who stores the values: Ternarization leaves the biases and the small last layer in float32
     rep = rate.representation(model)
-    kinds = {"WeightSharing": 3.0, "Ternarization": 1.0}
+    kinds = {"WeightSharing": 3.6, "Ternarization": 1.0}
     expected = [kinds.get(rep.owner(n, "values") or "", 32.0) for n in rate._names]
     assert expected.count(32.0) < len(expected)
     assert rate._value_bits == expected

@@ -24,7 +24,9 @@ float32), and ``value_bits="auto"`` prices them so.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -36,15 +38,18 @@ from typing_extensions import override
 from lightning_compress.arguments import check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
+from lightning_compress.codec.container import read_artifact, save
 from lightning_compress.functional.rate import hard_bits, relaxed_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
 
 __all__ = ["RateAware"]
 
 #: Bits per non-zero value by the kind of the value method that stores them: a codebook index under its histogram
-#: (WeightSharing: 2.5-3 bits on our nets, with the tables), a sign (Ternarization; the support is coded apart).
-#: Values no method claims are stored exactly: 32 bits.
-VALUE_BITS = {"codebook": 3.0, "ternary": 1.0}
+#: (WeightSharing's codebooks spent 3.5-3.9 bits on our rate-trained nets), a sign (Ternarization; the support is
+#: coded apart). Values no method claims are stored exactly: 32 bits.
+VALUE_BITS = {"codebook": 3.6, "ternary": 1.0}
+#: Bytes a shared codebook's table takes in the file (values and index histogram; 144 bytes for 18 values).
+CODEBOOK_TABLE_BYTES = 160
 #: The byte path's end without a target: this fraction of the tensors' fp32 bytes (the guard stops before it).
 GUARDED_FLOOR = 1e-3
 #: How far the steered weight may move from ``weight`` (either way).
@@ -63,7 +68,8 @@ class RateAware(CompressionCallback):
             description length's exchange rate for 54,000 training samples and a loss averaged over them).
         steer: how fast the weight follows the byte path (0: a fixed weight).
         scale: where the relaxed count bends (``tau``), as a fraction of each tensor's mean non-zero magnitude.
-        value_bits: bits per non-zero value; ``"auto"``: 3 under WeightSharing, 1 (the sign) under Ternarization,
+        value_bits: bits per non-zero value; ``"auto"``: 3.6 under WeightSharing (and 160 bytes for its table),
+            1 (the sign) under Ternarization,
             32 when no value method claims the values.
         events: support cuts in the window.
         final_fraction: fraction of the window after the last cut (fine-tuning at the final support, no rate term).
@@ -202,6 +208,9 @@ class RateAware(CompressionCallback):
             self._end_bits = GUARDED_FLOOR * 32.0 * sum(numels)
             return
         others = self._other_bytes(pl_module)
+        rep = self.representation(pl_module)
+        if any((claim := rep.tensors[n].values) is not None and claim.kind == "codebook" for n in self._names):
+            others += CODEBOOK_TABLE_BYTES  # WeightSharing writes its table after the last cut
         self._end_bits = 8.0 * (self.target_bytes - others)
         if self._end_bits <= 0:
             raise ValueError(
@@ -213,18 +222,21 @@ class RateAware(CompressionCallback):
             f"{self._end_bits / 8:,.0f} to reach ({others:,} bytes go to the rest of the file)."
         )
 
-    @torch.no_grad()
     def _other_bytes(self, pl_module: nn.Module) -> int:
-        """Bytes of the file without this callback's tensors (they are zeroed for one trial file, then put back)."""
-        params = self._params(pl_module)
-        saved = [p.detach().clone() for p in params]
-        try:
-            for p in params:
-                p.zero_()
-            return self.trial_bytes(pl_module)
-        finally:
-            for p, value in zip(params, saved, strict=True):
-                p.copy_(value)
+        """Bytes of the file that are not this callback's tensors: header, records, checksum and the other tensors.
+
+        Measured on a trial file of the model as it is: its size less the payloads (and the shared blobs) of the
+        tensors RateAware compresses.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs_decided=True)
+            artifact = read_artifact(path)
+            mine = set(self._names)
+            payloads = sum(r.nbytes for r in artifact.tensors if r.name in mine)
+            keys = {k for r in artifact.tensors if r.name in mine for k in r.meta.get("shared_keys", [])}
+            kept = {k for r in artifact.tensors if r.name not in mine for k in r.meta.get("shared_keys", [])}
+            payloads += sum(artifact.shared[k][1] for k in keys - kept)
+            return path.stat().st_size - payloads
 
     def _path_bits(self, event: int) -> float:
         """The path's point at cut ``event`` (1-based): geometric between the ends, cubic in the cut's rank."""
