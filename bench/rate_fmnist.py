@@ -21,7 +21,8 @@ Sizes are bytes of the file each method writes; ratios against fp32 of the origi
 model reloaded from its file; fit wall time is ``fit/wall_s`` of the same process. Run:
 ``python -m bench.rate_fmnist [--seeds 0 1 2] [--nets lenet300 lenet5] [--targets 3550 4500 5500]``; finished
 seeds go to ``bench/results/rate_fmnist.runs.json`` (``--resume`` keeps them; ``--resume --ablation`` adds the
-ablation without the rate term, ``weight=0``, to the seeds kept).
+ablation without the rate term, ``weight=0``, to the seeds kept; ``--resume --trials --seeds 0`` the design's
+alternatives on one seed; ``--summarise`` rebuilds the table and the plot from the runs file).
 """
 
 from __future__ import annotations
@@ -104,6 +105,29 @@ def run_ablation(seed: int) -> dict[str, Any]:
     return {"lenet300/rate_lenet300_fmnist, weight=0": out}
 
 
+#: One-seed trials of the design's alternatives, on the 300x recipe: name -> overrides.
+TRIALS = {
+    "scale=0.25": ["compress.rate_aware.scale=0.25"],
+    "steer=0 (fixed weight)": ["compress.rate_aware.steer=0"],
+    "without NeuronElimination": ["compress=[rate_aware,weight_sharing]", "compress.rate_aware.start=0.05"],
+    "14 epochs": ["trainer.max_epochs=14"],
+    "values by Ternarization": [
+        "compress=[neuron_elimination,rate_aware,ternarization]",
+        "compress.rate_aware.end=0.75",
+        "compress.rate_aware.final_fraction=0.1",
+    ],
+}
+
+
+def run_trials(seed: int) -> dict[str, Any]:
+    """The design's alternatives (:data:`TRIALS`) on one seed."""
+    out: dict[str, Any] = {}
+    for name, overrides in TRIALS.items():
+        out[f"lenet300/rate_lenet300_fmnist, {name}"], _ = run("rate_lenet300_fmnist", quiet_run(seed), overrides)
+        print(name, out[f"lenet300/rate_lenet300_fmnist, {name}"], flush=True)
+    return out
+
+
 def run_seed(seed: int, nets: list[str], targets: list[int]) -> dict[str, Any]:
     common = quiet_run(seed)
     out: dict[str, Any] = {"seed": seed}
@@ -157,6 +181,8 @@ def label(key: str) -> str:
         return f"dense fp32, Adam {key.split('@')[1]}"
     if key.startswith("rate_lenet300_fmnist@"):
         return f"rate_ at target_bytes={key.split('@')[1]}"
+    if key.startswith("rate_lenet300_fmnist, ") and "weight=0" not in key:
+        return f"trial: rate_ with {key.split(', ', 1)[1]}"
     if key.startswith("nncodec_dense@"):
         return f"peer: NNCodec on the dense net, {key.split('@')[1]}"
     return {
@@ -227,6 +253,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
                 if not key.startswith(f"{net}/") or key.split("/", 1)[1].startswith("dense@"):
                     continue
                 name = key.split("/", 1)[1]
+                if name.startswith("rate_lenet300_fmnist, ") and "weight=0" not in name:
+                    continue  # one-seed trials: in the table, not on the picture
                 group = (
                     "rate_ (RateAware), targets"
                     if name.startswith("rate_") and "weight=0" not in name
@@ -266,11 +294,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="keep the seeds already in the runs file")
     parser.add_argument("--ablation", action="store_true", help="only the no-rate-term run, added to the seeds kept")
     parser.add_argument("--summarise", action="store_true", help="only the table and the plot, from the runs file")
+    parser.add_argument("--trials", action="store_true", help="only the design's alternatives, added to the seeds kept")
     args = parser.parse_args(argv)
     runs_path = RESULTS / f"{NAME}.runs.json"
     runs: list[dict[str, Any]] = json.loads(runs_path.read_text()) if args.resume and runs_path.exists() else []
     for seed in [] if args.summarise else args.seeds:
-        result = run_ablation(seed) if args.ablation else run_seed(seed, args.nets, args.targets)
+        if args.ablation or args.trials:
+            result = {"seed": seed, **(run_ablation(seed) if args.ablation else run_trials(seed))}
+        else:
+            result = run_seed(seed, args.nets, args.targets)
         done = next((r for r in runs if r["seed"] == seed), None)
         if done is not None:
             done.update(result)
