@@ -11,7 +11,7 @@ import torch
 
 import lightning_compress as lc
 from lightning_compress.codec.representation import CompositionError
-from lightning_compress.functional.rate import hard_bits, relaxed_bits, threshold_for_bits
+from lightning_compress.functional.rate import add_rate_gradients, hard_bits, relaxed_bits, threshold_for_bits
 from lightning_compress.module import evaluate_accuracy
 from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, trainer_kwargs
 
@@ -50,6 +50,23 @@ def test_relaxed_bits_tend_to_the_hard_count_and_push_small_weights_to_zero() ->
     assert (grad[50:60] > 0).all()  # descent moves the small positive weights towards zero
     assert grad[50:60].min() > 4 * grad[:50].abs().max()  # ... far more than the large ones
     assert torch.all(grad[60:] == 0)  # exact zeros are not alive: no gradient
+
+
+def test_closed_form_gradient_is_autograds() -> None:
+    """The training step's closed-form rate gradient equals autograd's gradient of the documented estimate."""
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(40, 30, generator=g), torch.randn(30, generator=g) * 0.1]
+    tensors[0][torch.rand(40, 30, generator=g) < 0.7] = 0.0  # held zeros
+    reference = [t.clone().requires_grad_(True) for t in tensors]
+    expected = relaxed_bits(reference, [3.6, 32.0], 0.5)
+    expected.backward()
+    for t in tensors:
+        t.grad = torch.ones_like(t)  # the loss's gradient is added to, not replaced
+    bits = add_rate_gradients(tensors, [3.6, 32.0], 0.5, weight=0.25)
+    assert float(bits) == pytest.approx(float(expected.detach()), rel=1e-5)
+    for t, r in zip(tensors, reference, strict=True):
+        assert r.grad is not None
+        assert torch.allclose(t.grad, 1.0 + 0.25 * r.grad, atol=1e-6)
 
 
 def test_threshold_fits_the_budget_and_keeps_the_largest() -> None:

@@ -39,7 +39,7 @@ from lightning_compress.arguments import check_number, check_parameters, is_numb
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
 from lightning_compress.codec.container import read_artifact, save
-from lightning_compress.functional.rate import hard_bits, relaxed_bits, threshold_for_bits
+from lightning_compress.functional.rate import add_rate_gradients, hard_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
 
 __all__ = ["RateAware"]
@@ -266,18 +266,9 @@ class RateAware(CompressionCallback):
         if not self._rate_active(trainer) or self.current_weight == 0:
             return
         params = self._params(pl_module)
-        masks = [self._support.get(n) for n in self._names]
-        with torch.enable_grad():
-            bits = relaxed_bits(params, self._value_bits, self.scale, masks)
-            grads = torch.autograd.grad(bits * (self.current_weight / 8192.0), params, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
-            if g is None:
-                continue
-            if p.grad is None:
-                p.grad = g.to(p.dtype)
-            else:
-                p.grad.add_(g)
-        self._soft_bits = float(bits.detach())
+        # held zeros are exact zeros: they count nothing and get no gradient (the masks are applied after anyway)
+        bits = add_rate_gradients(params, self._value_bits, self.scale, self.current_weight / 8192.0)
+        self._soft_bits = float(bits)  # the one synchronisation of the step (the steering needs the number)
         if self.steer:
             # more weight while the soft estimate is above the next cut's point, less once below it
             target = self._path_bits(self._event + 1)
