@@ -1,4 +1,4 @@
-"""An independent reader of `dense` and `sparse_codebook` tensors, written from docs/format.md alone.
+"""An independent reader of `dense`, `sparse_codebook` and `sparse` tensors, written from docs/format.md alone.
 
 Standard library, NumPy and constriction only (nothing from lightning_compress is imported to read); checked against
 ``lc.load`` on a pruned and shared network.
@@ -75,10 +75,7 @@ def read(path: Path) -> dict[str, np.ndarray]:
             values = np.frombuffer(
                 raw, dtype="<" + {"float32": "f4", "float16": "f2", "int64": "i8"}[meta["stored_dtype"]]
             )
-        elif t["codec"] == "sparse_codebook":
-            offset, size = header["shared"][meta["key"]]
-            blob, k = payload[offset : offset + size], meta["k"]
-            codebook = np.frombuffer(blob[: 4 * k], dtype="<f4")
+        elif t["codec"] in ("sparse_codebook", "sparse"):
             cur = Cursor(raw)
             coder = constriction.stream.stack.AnsCoder(np.frombuffer(cur.block(), dtype="<u4").astype(np.uint32))
             m, values = cur.varint(), np.zeros(n, dtype=np.float32)
@@ -90,9 +87,18 @@ def read(path: Path) -> dict[str, np.ndarray]:
                     has = buckets > j
                     low[has] = (low[has] << 1) | bits[starts[has] + j]
                 positions = np.cumsum((1 << buckets) + low) - 1
+            if t["codec"] == "sparse":
+                dtype = "<" + {"float32": "f4", "float16": "f2"}[meta["stored_dtype"]]
+                if m:
+                    values[positions] = np.frombuffer(raw[cur.pos :], dtype=dtype)
+                cur.pos = len(raw)
+            elif m:
+                offset, size = header["shared"][meta["key"]]
+                blob, k = payload[offset : offset + size], meta["k"]
                 own = meta["coding"] == "own"
                 counts = np.frombuffer(cur.block() if own else blob[4 * k : 8 * k], dtype="<u4")
-                values[positions] = codebook[np.asarray(coder.decode(_model(counts), m))]
+                indices = np.asarray(coder.decode(_model(counts), m))
+                values[positions] = np.frombuffer(blob[: 4 * k], dtype="<f4")[indices]
             assert coder.is_empty()
             assert cur.pos == len(raw)
         else:
@@ -108,9 +114,10 @@ def test_independent_reader_matches_lc_load(tmp_path: Path) -> None:
     with torch.no_grad():
         w = net[0].weight
         w.copy_(torch.tensor(codebook)[torch.randint(0, 5, w.shape)] * (torch.rand(w.shape) < 0.1))
-    path = lc.save(
-        net, tmp_path / "net.lcz", codecs={"0.weight": lc.CodecSpec("sparse_codebook", {"codebook": codebook})}
-    )
+        net[2].weight.mul_(torch.rand(net[2].weight.shape) < 0.3)
+    codecs = {"0.weight": lc.CodecSpec("sparse_codebook", {"codebook": codebook}), "2.weight": lc.CodecSpec("sparse")}
+    path = lc.save(net, tmp_path / "net.lcz", codecs=codecs)
+    assert {r.name: r.codec for r in lc.read_artifact(path).tensors}["2.weight"] == "sparse"
     ours = read(path)
     assert {"0.weight", "0.bias", "2.weight", "2.bias"} <= set(ours)
     loaded = lc.load(path, model=torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)))
