@@ -198,23 +198,34 @@ def test_composes_after_elimination_and_before_a_value_method(tmp_path: Path, va
     model = _model()
     ne = lc.NeuronElimination(target_params=0.6, rounds=2, min_rows_per_neuron=4, verbose=False)
     value_cb = _ws() if values == "WeightSharing" else lc.Ternarization()
-    rate = lc.RateAware(target_bytes=1200, events=3)
+    # Ternarization keeps the small last layer and the biases in float32: RateAware takes the layers it ternarizes
+    parameters = "all" if values == "WeightSharing" else ["0.weight", "2.weight"]
+    rate = lc.RateAware(target_bytes=1200, events=3, parameters=parameters)
     pl.Trainer(callbacks=[value_cb, rate, ne], **trainer_kwargs(tmp_path, max_epochs=6)).fit(model, train, val)
     assert rate.window[0] >= ne.window[1]  # consecutive default windows: structure, then support, then values
     path = lc.save(model, tmp_path / "model.lcz")
     codecs = {r.name: r.codec for r in lc.read_artifact(path).tensors}
     assert codecs["0.weight"] == ("sparse_codebook" if values == "WeightSharing" else "ternary")
-    # priced by who stores the values: Ternarization leaves the biases and the small last layer in float32
-    rep = rate.representation(model)
-    kinds = {"WeightSharing": 3.6, "Ternarization": 1.0}
-    expected = [kinds.get(rep.owner(n, "values") or "", 32.0) for n in rate._names]
-    assert expected.count(32.0) < len(expected)
-    assert rate._value_bits == expected
+    assert rate._value_bits == [3.6 if values == "WeightSharing" else 1.0] * len(rate._names)
     backbone = model.backbone
     reloaded = lc.load(path, model=mlp(hidden=backbone[0].out_features))
     x = torch.randn(8, 16)
     assert torch.equal(reloaded(x), backbone.eval()(x))
     assert int(backbone[0].weight.count_nonzero()) <= rate.history[-1]["nonzeros"]
+
+
+def test_values_priced_far_apart_are_refused_before_the_first_step(tmp_path: Path) -> None:
+    """Ternarization leaves the head in float32: one cut would empty it (measured on Fashion-MNIST); refused."""
+    train, val = loaders()
+    callbacks = [lc.RateAware(target_bytes=1200, events=3), lc.Ternarization()]
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=2))
+    with pytest.raises(CompositionError, match="parameters=") as err:
+        trainer.fit(_model(), train, val)
+    assert "4.weight" in str(err.value)
+    assert trainer.global_step == 0
+    # one price for all, given by the user: accepted
+    callbacks = [lc.RateAware(target_bytes=1200, events=3, value_bits=2.0), lc.Ternarization()]
+    pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=2)).fit(_model(), train, val)
 
 
 def test_cuts_show_in_the_progress_bar(tmp_path: Path) -> None:
