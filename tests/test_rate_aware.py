@@ -128,11 +128,12 @@ def test_guarded_default_needs_validation() -> None:
         trainer.fit(_model(), train)
 
 
-def test_target_smaller_than_the_rest_of_the_file_is_refused_at_the_window_start(tmp_path: Path) -> None:
+def test_target_smaller_than_the_rest_of_the_file_is_refused_before_the_first_step(tmp_path: Path) -> None:
     train, val = loaders()
     trainer = pl.Trainer(callbacks=[lc.RateAware(target_bytes=50, parameters="weights")], **trainer_kwargs(tmp_path))
     with pytest.raises(ValueError, match="target_bytes=50"):
         trainer.fit(_model(), train, val)
+    assert trainer.global_step == 0
 
 
 def test_guard_undoes_cuts_that_cost_more_than_the_budget(tmp_path: Path) -> None:

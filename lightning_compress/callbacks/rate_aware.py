@@ -192,6 +192,10 @@ class RateAware(CompressionCallback):
                 f"{len(kinds)} tensors, so their surviving values are stored exactly (float32) and priced at 32 bits. "
                 "Add WeightSharing (or Ternarization) to store them as codebook indices or signs, a few bits each."
             )
+        rep = self.representation(pl_module)
+        shrinks = any(t.structure is not None for t in rep.tensors.values())
+        if self.target_bytes is not None and not shrinks and self._start_bits is None and not self.should_skip(trainer):
+            self._rest_of_file(pl_module)  # nothing shrinks the rest before the window: refuse now, not mid-fit
         if not self._event_steps:
             self._event_steps = self.steps_in_window(self.events, self.final_fraction)
         if self._saved_masks:  # resumed: masks from the checkpoint
@@ -234,20 +238,30 @@ class RateAware(CompressionCallback):
         if self.target_bytes is None:
             self._end_bits = GUARDED_FLOOR * 32.0 * sum(numels)
             return
-        others = self._other_bytes(pl_module)
-        rep = self.representation(pl_module)
-        if any((claim := rep.tensors[n].values) is not None and claim.kind == "codebook" for n in self._names):
-            others += CODEBOOK_TABLE_BYTES  # WeightSharing writes its table after the last cut
+        others = self._rest_of_file(pl_module)
         self._end_bits = 8.0 * (self.target_bytes - others)
-        if self._end_bits <= 0:
-            raise ValueError(
-                f"RateAware(target_bytes={self.target_bytes}): the rest of the file (header and the tensors it does "
-                f"not compress) already takes {others} bytes; give a larger target_bytes or `parameters=` more tensors."
-            )
         rank_zero_info(
             f"RateAware: {self._start_bits / 8:,.0f} bytes estimated for its {len(params)} tensors now, "
             f"{self._end_bits / 8:,.0f} to reach ({others:,} bytes go to the rest of the file)."
         )
+
+    def _rest_of_file(self, pl_module: nn.Module) -> int:
+        """Bytes of the file that ``target_bytes`` leaves no room for: refused when they already fill it.
+
+        Raises:
+            ValueError: the rest of the file takes ``target_bytes`` or more.
+        """
+        assert self.target_bytes is not None  # noqa: S101 - called with a target only
+        others = self._other_bytes(pl_module)
+        rep = self.representation(pl_module)
+        if any((claim := rep.tensors[n].values) is not None and claim.kind == "codebook" for n in self._names):
+            others += CODEBOOK_TABLE_BYTES  # WeightSharing writes its table after the last cut
+        if others >= self.target_bytes:
+            raise ValueError(
+                f"RateAware(target_bytes={self.target_bytes}): the rest of the file (header and the tensors it does "
+                f"not compress) already takes {others} bytes; give a larger target_bytes or `parameters=` more tensors."
+            )
+        return others
 
     def _other_bytes(self, pl_module: nn.Module) -> int:
         """Bytes of the file that are not this callback's tensors: header, records, checksum and the other tensors.
