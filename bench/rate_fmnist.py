@@ -131,7 +131,7 @@ TRIALS: dict[str, tuple[str, list[str]]] = {
 
 #: Trials run by earlier versions, kept in the results with what changed since.
 TRIAL_NOTES = {
-    "values by Ternarization": "RateAware on every tensor, the head priced at 32 bits (refused up front since)",
+    "values by Ternarization": "RateAware on every tensor, the head priced at 32 bits; refused up front since",
 }
 
 
