@@ -181,6 +181,8 @@ class CompressionCallback(Callback):
         self.event_counts: dict[str, int] = {}
         #: for this fit (set in on_fit_start): the leader's aspect-ordered compression callbacks, [] on the others
         self._fit_order: list[CompressionCallback] | None = None
+        #: the validated state an accuracy guard goes back to (:meth:`take_snapshot`), dropped with the fit's state
+        self._snapshot: dict[str, Any] | None = None
         #: set when a per-step action changed weights (a stage, a round): BatchNorm statistics are re-estimated before
         #: the next validation, so an accuracy guard judges the weights, not statistics of weights that are gone
         self.changed_weights = False
@@ -417,6 +419,7 @@ class CompressionCallback(Callback):
         The weights and the representation carry the result; a callback kept after ``fit`` holds no model copy.
         """
         self.release_holds()
+        self._snapshot = None
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -428,6 +431,25 @@ class CompressionCallback(Callback):
             cb.changed_weights = False
         if changed:
             self.recalibrate_norms(trainer, pl_module, " and ".join(changed), quiet=True)
+
+    def require_validation(
+        self, trainer: pl.Trainer, pl_module: nn.Module, guard: Any, what: str, instead: str
+    ) -> None:
+        """Refuse, before the first step, a guard (``guard`` not ``None``) in a fit without a validation loop.
+
+        ``what`` says what the guard holds (e.g. "its sparsity"); ``instead`` the argument that goes unguarded.
+
+        Raises:
+            ValueError: naming the default guard or ``accuracy_budget=``, and what to pass instead.
+        """
+        if guard is None or self.should_skip(trainer) or self.has_validation(trainer, pl_module):
+            return
+        raise ValueError(
+            f"{self.owner} guards {what} with a validation metric "
+            f"({'the default, with no target given' if guard.default else 'accuracy_budget='}), and this fit has no "
+            "validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`). Pass validation "
+            f"data to `fit`, or give {instead} unguarded."
+        )
 
     @property
     def guarding(self) -> bool:

@@ -790,11 +790,6 @@ class NeuronElimination(CompressionCallback):
         table.caption = f"parameters {self._dense_params:,} -> {params:,} ({fraction:.2%})"
         return table
 
-    @override
-    def release_fit_state(self) -> None:
-        super().release_fit_state()
-        self._snapshot = None
-
     # -- state -------------------------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -170,13 +170,7 @@ class RateAware(CompressionCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        if self.guard is not None and not self.should_skip(trainer) and not self.has_validation(trainer, pl_module):
-            raise ValueError(
-                "RateAware guards its cuts with a validation metric "
-                f"({'the default, with no target given' if self.guard.default else 'accuracy_budget='}), and this fit "
-                "has no validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`). Pass "
-                "validation data to `fit`, or give `target_bytes=` to cut that far unguarded."
-            )
+        self.require_validation(trainer, pl_module, self.guard, "its cuts", "`target_bytes=` to cut that far")
         rep = self.representation(pl_module)
         kinds = [claim.kind if (claim := rep.tensors[n].values) else None for n in self._names]
         if self.value_bits_arg == "auto":
@@ -409,11 +403,6 @@ class RateAware(CompressionCallback):
             f"RateAware: {held:,} non-zeros of {total:,} ({held / max(total, 1):.4f})"
             + (f"; {self._stop_reason}." if self._stop_reason else ".")
         )
-
-    @override
-    def release_fit_state(self) -> None:
-        super().release_fit_state()
-        self._snapshot = None
 
     # -- state -------------------------------------------------------------------------------------------------------
     @override

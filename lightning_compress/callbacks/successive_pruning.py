@@ -193,13 +193,9 @@ class SuccessivePruning(CompressionCallback):
         self.claim(
             pl_module, "values", [n for n in self._names if rep.owner(n, "values") in (None, self.owner)], "surp"
         )
-        if self.guard is not None and not self.should_skip(trainer) and not self.has_validation(trainer, pl_module):
-            raise ValueError(
-                "SuccessivePruning guards its sparsity with a validation metric "
-                f"({'the default, with no target given' if self.guard.default else 'accuracy_budget='}), and this fit "
-                "has no validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`). Pass "
-                "validation data to `fit`, or give `target_sparsity=` (or `bit_budget=`) to prune that far unguarded."
-            )
+        self.require_validation(
+            trainer, pl_module, self.guard, "its sparsity", "`target_sparsity=` (or `bit_budget=`) to prune that far"
+        )
         if not self._stage_steps:
             self._stage_steps = self.steps_in_window(len(self.stages), self.final_fraction)
         if self._saved_masks:  # resumed: masks from the checkpoint
@@ -473,11 +469,6 @@ class SuccessivePruning(CompressionCallback):
             self._run_stage(trainer, held, final=True)
         self._stage = max(self._stage, 1)
         rank_zero_info(f"SuccessivePruning stopped at sparsity {held:.4f}: {self._stop_reason}.")
-
-    @override
-    def release_fit_state(self) -> None:
-        super().release_fit_state()
-        self._snapshot = None
 
     # -- state -------------------------------------------------------------------------------------------------------
     @override
