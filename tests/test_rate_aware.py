@@ -142,7 +142,7 @@ def test_guard_undoes_cuts_that_cost_more_than_the_budget(tmp_path: Path) -> Non
     model = _model()
     pl.Trainer(callbacks=[rate, _ws()], **trainer_kwargs(tmp_path, max_epochs=8)).fit(model, train, val)
     assert rate._stopped  # a zero budget: the first cut that costs anything is undone
-    assert rate.summary().get("rate/undone_events", 0) >= 1
+    assert rate.summary().get("rate/undone_cuts", 0) >= 1
     assert rate._event < 8
 
 

@@ -451,6 +451,44 @@ class CompressionCallback(Callback):
             f"data to `fit`, or give {instead} unguarded."
         )
 
+    def guard_validation(
+        self, trainer: pl.Trainer, guard: Any, position: int, names: Iterable[str], unit: str, hint: str
+    ) -> tuple[str, int, bool] | None:
+        """One validation under an accuracy guard, for a callback that acts in counted steps (stages, cuts).
+
+        Finds the monitored metric at the first validation; then judges the drop from the best. Over budget, the
+        snapshot of the last validation within budget is restored (weights of ``names``, masks, statistics).
+        Otherwise a snapshot is taken when ``position`` (steps done) moved since the last one.
+
+        Returns:
+            ``None`` to go on, or ``(reason, position to hold, warn)`` when the callback must stop: the metric is
+            missing (``hint`` says what to give instead) or the last steps (``unit``) were undone.
+        """
+        if guard.monitor is None or guard.mode is None:
+            if not guard.resolve(trainer.callback_metrics):
+                found = sorted(trainer.callback_metrics)
+                reason = (
+                    f"no validation metric to guard with was found among {found} (name one with `monitor=`, or give "
+                    f"{hint})"
+                )
+                return reason, position, True
+            rank_zero_info(guard.describe() + f": {unit}s since a validation that falls further are undone.")
+        if self.should_skip(trainer):
+            return None
+        over, drop = guard.judge(trainer.callback_metrics)
+        if bool(self.broadcast(trainer, over)) and self._snapshot is not None:
+            restored = int(self._snapshot["position"])
+            self.restore_snapshot(trainer.lightning_module, self._snapshot)
+            self.log_figures(trainer, {f"undone_{unit}s": float(position - restored)})
+            reason = (
+                f"{guard.monitor} fell {drop:.4g} below its best (over its budget): the last {position - restored} "
+                f"{unit}(s) were undone"
+            )
+            return reason, restored, False
+        if self._snapshot is None or int(self._snapshot["position"]) != position:
+            self._snapshot = {"position": position, **self.take_snapshot(trainer.lightning_module, names)}
+        return None
+
     @property
     def guarding(self) -> bool:
         """Whether an accuracy guard of this callback watches validations now (they must see true accuracy)."""

@@ -353,30 +353,12 @@ class RateAware(CompressionCallback):
     @override
     @compression_event("validation_check")
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        guard = self.guard
-        if guard is None or self._stopped or self.should_skip(trainer):
+        if self.guard is None or self._stopped:
             return
-        if guard.monitor is None or guard.mode is None:
-            if not guard.resolve(trainer.callback_metrics):
-                self._stop(
-                    f"no validation metric to guard with was found among {sorted(trainer.callback_metrics)} (name one "
-                    "with `monitor=`, or give `target_bytes=`)",
-                    warn=True,
-                )
-                return
-            rank_zero_info(guard.describe() + ": cuts since a validation that falls further are undone.")
-        over, drop = guard.judge(trainer.callback_metrics)
-        if bool(self.broadcast(trainer, over)) and self._snapshot is not None:
-            undone = self._event - int(self._snapshot["event"])
-            self.restore_snapshot(trainer.lightning_module, self._snapshot)
-            self._event = int(self._snapshot["event"])
-            self.log_figures(trainer, {"undone_events": float(undone)})
-            self._stop(
-                f"{guard.monitor} fell {drop:.4g} below its best (over budget): the last {undone} cut(s) were undone"
-            )
-            return
-        if self._snapshot is None or int(self._snapshot["event"]) != self._event:
-            self._snapshot = {"event": self._event, **self.take_snapshot(trainer.lightning_module, self._names)}
+        stop = self.guard_validation(trainer, self.guard, self._event, self._names, "cut", "`target_bytes=`")
+        if stop is not None:
+            reason, self._event, warn = stop
+            self._stop(reason, warn=warn)
 
     def _stop(self, reason: str, warn: bool = False) -> None:
         self._stopped = True

@@ -234,46 +234,21 @@ class SuccessivePruning(CompressionCallback):
     @override
     @compression_event("validation_check")
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        guard = self.guard
-        if guard is None or self._stopped or self._final is not None:
+        if self.guard is None or self._stopped or self._final is not None:
             return
-        if guard.monitor is None or guard.mode is None:
-            if not guard.resolve(trainer.callback_metrics):
-                self._stopped = True
-                self._stop_reason = (
-                    f"no validation metric to guard with was found among {sorted(trainer.callback_metrics)} (name "
-                    "one with `monitor=`, or give `target_sparsity=`)"
-                )
-                rank_zero_warn(f"SuccessivePruning holds its sparsity: {self._stop_reason}.")
-                return
-            rank_zero_info(guard.describe() + ": stages since a validation that falls further are undone.")
-        if self.should_skip(trainer):
-            return
-        over, drop = guard.judge(trainer.callback_metrics)
-        over = bool(self.broadcast(trainer, over))
-        if over and self._snapshot is not None:
-            self.restore_snapshot(trainer.lightning_module, self._snapshot)
-            undone = self._stage - int(self._snapshot["stage"])
-            self._stage = int(self._snapshot["stage"])
+        stop = self.guard_validation(trainer, self.guard, self._stage, self._names, "stage", "`target_sparsity=`")
+        if stop is not None:
+            self._stop_reason, self._stage, warn = stop
             self._stopped = True
-            self._stop_reason = (
-                f"{guard.monitor} fell {drop:.4g} below its best (over its budget): the last {undone} stage(s) were "
-                "undone"
-            )
-            self.log_figures(trainer, {"undone_stages": float(undone)})
-            rank_zero_info(f"SuccessivePruning: {self._stop_reason}; the sparsity is held there.")
-            return
-        if self._snapshot is None or int(self._snapshot["stage"]) != self._stage:
-            self._snapshot = self._take_snapshot(trainer.lightning_module)
+            if warn:
+                rank_zero_warn(f"SuccessivePruning holds its sparsity: {self._stop_reason}.")
+            else:
+                rank_zero_info(f"SuccessivePruning: {self._stop_reason}; the sparsity is held there.")
 
     @property
     @override
     def guarding(self) -> bool:
         return self.guard is not None and not self._stopped and self._final is None
-
-    def _take_snapshot(self, pl_module: nn.Module) -> dict[str, Any]:
-        """The validated state: stage, weights of the selected tensors, masks and statistics (on the CPU)."""
-        return {"stage": self._stage, **self.take_snapshot(pl_module, self._names)}
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
