@@ -6,6 +6,7 @@ callback with no arguments. Two networks: a 784-300-100-10 MLP (6 epochs) and Le
 The test accuracy is the reloaded ``.lcz`` artifact's, and the drop is against the dense run of the same seed.
 
     python -m bench.defaults_fmnist --seeds 0 1 2
+    python -m bench.defaults_fmnist --callbacks dense "RateAware()" --name defaults_fmnist_rate
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
     "SuccessivePruning()": lambda: lc.SuccessivePruning(),
     "Ternarization()": lambda: lc.Ternarization(),
     "WeightSharing()": lambda: lc.WeightSharing(progress=False),
+    "RateAware()": lambda: lc.RateAware(),
     # the same default, in a fit without validation data: the guard gives way to the loss-free rule
     "NeuronElimination(), no validation": lambda: lc.NeuronElimination(verbose=False),
 }
