@@ -22,6 +22,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +37,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_number
+from lightning_compress.callbacks.guard import MetricGuard
 from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.container import artifact_module, save
@@ -433,7 +435,7 @@ class CompressionCallback(Callback):
             self.recalibrate_norms(trainer, pl_module, " and ".join(changed), quiet=True)
 
     def require_validation(
-        self, trainer: pl.Trainer, pl_module: nn.Module, guard: Any, what: str, instead: str
+        self, trainer: pl.Trainer, pl_module: nn.Module, guard: MetricGuard | None, what: str, instead: str
     ) -> None:
         """Refuse, before the first step, a guard (``guard`` not ``None``) in a fit without a validation loop.
 
@@ -452,7 +454,7 @@ class CompressionCallback(Callback):
         )
 
     def guard_validation(
-        self, trainer: pl.Trainer, guard: Any, position: int, names: Iterable[str], unit: str, hint: str
+        self, trainer: pl.Trainer, guard: MetricGuard, position: int, names: Iterable[str], unit: str, hint: str
     ) -> tuple[str, int, bool] | None:
         """One validation under an accuracy guard, for a callback that acts in counted steps (stages, cuts).
 
@@ -592,13 +594,18 @@ class CompressionCallback(Callback):
             masks[name] = torch.from_numpy(bits).reshape(shape)
         return masks
 
-    def trial_bytes(self, pl_module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
-        """Size of the artifact the module would be written as now (a real file, in a temporary directory).
+    @contextmanager
+    def trial_artifact(self, pl_module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> Iterator[Path]:
+        """The artifact the module would be written as now: a real file in a temporary directory, removed after.
 
         ``codecs`` overrides the codecs the representation calls for (e.g. a stage not yet recorded in it).
         """
         with tempfile.TemporaryDirectory() as tmp:
-            path = save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs=codecs, codecs_decided=True)
+            yield save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs=codecs, codecs_decided=True)
+
+    def trial_bytes(self, pl_module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
+        """Size of :meth:`trial_artifact`."""
+        with self.trial_artifact(pl_module, codecs) as path:
             return path.stat().st_size
 
     def rebuild_optimizers(self, trainer: pl.Trainer, change: Callable[[], KeptIndices] | None = None) -> None:

@@ -241,7 +241,6 @@ class NeuronElimination(CompressionCallback):
         self._original_shapes: dict[str, list[int]] = {}
         self._table: list[tuple[int, int | None, int | None]] = []
         # runtime only
-        self._snapshot: dict[str, Any] | None = None
         self._warned_rows: set[str] = set()
         self._resize_hook: Any = None
 

@@ -24,9 +24,7 @@ float32), and ``value_bits="auto"`` prices them so.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -38,7 +36,7 @@ from typing_extensions import override
 from lightning_compress.arguments import check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.callbacks.guard import MetricGuard
-from lightning_compress.codec.container import read_artifact, save
+from lightning_compress.codec.container import read_artifact
 from lightning_compress.codec.representation import CompositionError
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
@@ -150,7 +148,6 @@ class RateAware(CompressionCallback):
         self._value_bits: list[float] = []
         self._soft_bits = math.nan
         self._saved_masks: dict[str, torch.Tensor] = {}
-        self._snapshot: dict[str, Any] | None = None
         self._stopped = False
         self._stop_reason = ""
         self.history: list[dict[str, float]] = []
@@ -187,7 +184,6 @@ class RateAware(CompressionCallback):
                 f"{len(kinds)} tensors, so their surviving values are stored exactly (float32) and priced at 32 bits. "
                 "Add WeightSharing (or Ternarization) to store them as codebook indices or signs, a few bits each."
             )
-        rep = self.representation(pl_module)
         shrinks = any(t.structure is not None for t in rep.tensors.values())
         if self.target_bytes is not None and not shrinks and self._start_bits is None and not self.should_skip(trainer):
             self._rest_of_file(pl_module)  # nothing shrinks the rest before the window: refuse now, not mid-fit
@@ -265,8 +261,7 @@ class RateAware(CompressionCallback):
         Measured on a trial file of the model as it is: its size less the payloads (and the shared blobs) of the
         tensors RateAware compresses.
         """
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save(self.target_module(pl_module), Path(tmp) / "trial.lcz", codecs_decided=True)
+        with self.trial_artifact(pl_module) as path:
             artifact = read_artifact(path)
             mine = set(self._names)
             payloads = sum(r.nbytes for r in artifact.tensors if r.name in mine)

@@ -164,7 +164,6 @@ class SuccessivePruning(CompressionCallback):
         )
         self._stopped = False
         self._stop_reason = ""
-        self._snapshot: dict[str, Any] | None = None
         self._stage = 0
         self._stage_steps: list[int] = []
         self._names: list[str] = []
