@@ -219,6 +219,21 @@ def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
     return rows
 
 
+#: marker and colour per method (one colour each, on every panel): circles alone, stars composed, crosses peers
+STYLE = {
+    "shah": ("o", "tab:blue"),
+    "share": ("o", "tab:orange"),
+    "surp": ("o", "tab:green"),
+    "ternary": ("o", "tab:red"),
+    "eliminate_share": ("*", "tab:purple"),
+    "eliminate_ternary": ("*", "tab:brown"),
+    "surp_share": ("*", "tab:cyan"),
+    "full": ("*", "black"),
+    "peer_dc": ("X", "tab:pink"),
+    "peer_xz": ("P", "tab:olive"),
+}
+
+
 def plot(runs: list[dict[str, Any]], nets: list[str], path: Any) -> None:
     import matplotlib
 
@@ -226,24 +241,32 @@ def plot(runs: list[dict[str, Any]], nets: list[str], path: Any) -> None:
     import matplotlib.pyplot as plt
 
     titles = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
-    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.6), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, net in zip(axes[0], nets, strict=True):
-        title = titles[net]
         net_runs = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
         keys = sorted({k.split("/", 1)[1] for k in net_runs[0] if k.startswith(f"{net}/")}) if net_runs else []
-        colours = plt.get_cmap("tab20")
-        for i, key in enumerate(keys):
+        for key in keys:
             ratios = [r[f"{net}/{key}"]["ratio"] for r in net_runs]
             accs = [100 * r[f"{net}/{key}"]["acc"] for r in net_runs]
-            marker = "*" if key.startswith(("full", "eliminate", "surp_share")) else ("x" if "peer" in key else "o")
-            label = LABELS.get(key, key).replace("**", "")
-            ax.scatter(ratios, accs, marker=marker, s=80 if marker == "*" else 30, color=colours(i % 20), label=label)
+            if key.startswith("dense"):  # the learning rates are one reference: one grey label
+                label, (marker, colour) = "dense fp32 (Adam, each LR)", ("o", "0.7")
+            else:
+                label = LABELS.get(key, key).replace("**", "")
+                if key.startswith("full"):  # the main recipe: one label for both nets
+                    label = "composed: full_ (NE -> SuRP -> WS)"
+                marker, colour = STYLE[key.removesuffix("_fmnist").removesuffix("_lenet300").removesuffix("_lenet5")]
+            handles[label] = ax.scatter(ratios, accs, marker=marker, s=110 if marker == "*" else 34, color=colour)
         ax.set_xscale("log")
         ax.set_xlabel("compression ratio vs fp32 (file bytes)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{title} / Fashion-MNIST")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+        ax.set_title(f"{titles[net]} / Fashion-MNIST")
+        ax.grid(alpha=0.3)
+    # one legend under both panels: inside the axes it covered points
+    rank = {"dense": 0, "peer": 3, "composed": 2}  # dense, each method alone, composed, peers
+    order = sorted(handles, key=lambda label: rank.get(label.split()[0].rstrip(":"), 1))
+    fig.legend([handles[k] for k in order], order, loc="lower center", ncol=3, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) + 2) // 3), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -59,7 +59,7 @@ def _dequantized(codes: bytes) -> np.ndarray:
     return np.where(c < 16, c, (8 + (c - 16) % 8) << np.maximum((c - 16) // 8 + 1, 0))
 
 
-def read(path: Path) -> dict[str, np.ndarray]:
+def read_container(path: Path) -> tuple[dict, bytes]:
     data = path.read_bytes()
     magic, version, header_len = struct.unpack_from("<4sHI", data)
     assert magic == b"LCZ\x89"
@@ -67,7 +67,11 @@ def read(path: Path) -> dict[str, np.ndarray]:
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
     inflate = zlib.decompressobj(zdict=_zdict())
     header = json.loads(inflate.decompress(data[10 : 10 + header_len]) + inflate.flush())
-    payload = data[10 + header_len : -32]
+    return header, data[10 + header_len : -32]
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+    header, payload = read_container(path)
     out = {}
     for t in header["tensors"]:
         raw, meta, n = payload[t["offset"] : t["offset"] + t["nbytes"]], t["meta"], int(np.prod(t["shape"]))
