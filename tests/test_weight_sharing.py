@@ -41,6 +41,24 @@ def test_uniform_binning_matches_numpy_digitize() -> None:
         )
 
 
+def test_chunked_float32_binning_equals_float64_digitize(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Binned in chunks and compared in float32 (edges rounded up), every value lands in its float64 bin."""
+    import lightning_compress.functional.weight_sharing as ws
+
+    monkeypatch.setattr(ws, "CHUNK", 1000)  # several chunks, one partial
+    torch.manual_seed(0)
+    values = (torch.randn(4321) ** 3).float()
+    for k in (2, 7, 33, 300):
+        values[1 : k - 1] = ws.uniform_edges(values, k)[1:-1].float()  # values on the float32 roundings of edges
+        edges = ws.uniform_edges(values, k)  # torch.linspace, the binning's definition (numpy's rounds otherwise)
+        bins = np.digitize(values.double().numpy(), edges.numpy()) - 1
+        b = uniform_binning(values, k)
+        assert b.indices.dtype == torch.int32
+        nonempty = np.unique(bins)
+        assert np.array_equal(b.indices.numpy(), np.searchsorted(nonempty, bins))
+        assert np.array_equal(b.counts.numpy(), np.bincount(bins)[nonempty])
+
+
 def test_merge_bins_keeps_exact_means() -> None:
     values = torch.randn(1000, dtype=torch.float64)
     b = uniform_binning(values, 10)
@@ -136,8 +154,8 @@ def test_merge_run_on_the_device_takes_the_per_weight_runs_steps() -> None:
         assert steps == naive
 
 
-def test_codebook_from_sorted_values_equals_uniform_binning() -> None:
-    """The search's O(k log N) codebook (prefix sums over the sorted values) is uniform_binning's, for every k."""
+def test_codebook_of_the_search_equals_uniform_binning() -> None:
+    """The search's codebook (chunked statistics, no indices kept) is uniform_binning's, for every k."""
     torch.manual_seed(0)
     w = [torch.randn(40, 30) ** 3, torch.zeros(7), torch.randn(5)]
     w[0][w[0].abs() < 0.05] = 0.0  # a pruned support, kept
@@ -147,7 +165,7 @@ def test_codebook_from_sorted_values_equals_uniform_binning() -> None:
         codebook, counts = problem.uniform_codebook(k)
         torch.testing.assert_close(codebook, exact.codebook, rtol=1e-12, atol=1e-15)
         assert torch.equal(counts, exact.counts)
-        problem.evaluate_k(k)  # writes through the sorted order ...
+        problem.evaluate_k(k)  # writes bin by bin, in chunks ...
         fast = [t.clone() for t in w]
         problem.write(exact)  # ... the same values as the exact binning's
         assert all(torch.allclose(a, b, rtol=1e-6, atol=0) for a, b in zip(fast, w, strict=True))

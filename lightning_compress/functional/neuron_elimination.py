@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -202,6 +203,10 @@ def find_layer_pairs(
             skipped[name] = reason
         else:
             pairs.append(pair)
+    # torch-pruning's graph is a web of reference cycles through the traced autograd nodes, which hold the example
+    # forward's activations: without a collection they stay alive for the whole fit (62 MB on ResNet-18).
+    del graph
+    gc.collect()
     if names is not None:
         bad = {n: skipped.get(n, "not a Linear/Conv2d reached by the forward pass") for n in names}
         bad = {n: r for n, r in bad.items() if n not in {p.producer for p in pairs}}

@@ -9,7 +9,8 @@ of front solutions are then merged while the validation error does not get worse
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ class Binning:
 
     Attributes:
         codebook: the shared values, ``(K',)`` float64.
-        indices: bin of every weight, ``(N,)`` int64 in ``[0, K')``.
+        indices: bin of every weight, ``(N,)`` int32 in ``[0, K')`` (half the bytes of int64, for the whole model).
         sums: sum of the original weights in each bin (so merged means are exact).
         counts: number of weights in each bin (all > 0).
     """
@@ -63,21 +64,72 @@ class Binning:
         return self.codebook.to(dtype)[self.indices]
 
 
+#: values binned at a time: the per-value temporaries (float64 copies, int64 bin ids) stay a few MB, whatever the model
+CHUNK = 1 << 20
+
+
 def _binning_from_bins(values: torch.Tensor, bins: torch.Tensor, num_bins: int) -> Binning:
     counts = torch.bincount(bins, minlength=num_bins)
     nonempty = counts > 0
     remap = torch.cumsum(nonempty, 0) - 1  # bins are in value order, so renumbering keeps the order
-    indices = remap[bins]
+    indices = remap[bins].to(torch.int32)
     counts = counts[nonempty]
     sums = torch.zeros(int(nonempty.sum()), dtype=torch.float64).index_add_(0, indices, values.double())
     return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
+
+
+def uniform_edges(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` float64 edges of :func:`uniform_binning`: ``linspace(min, max, k)``."""
+    if k < 2:
+        raise ValueError(f"`k` must be >= 2, got {k}.")
+    return torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64)
+
+
+def _edges_in(edges: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.dtype]:
+    """Edges to compare values of ``dtype`` with, exactly as with the float64 ones, and the dtype to compare in.
+
+    For a float32 value ``v`` and a float64 edge ``e``, ``v >= e`` exactly when ``v >= c``, with ``c`` the smallest
+    float32 not below ``e``; so a float32 model is binned without a float64 copy of its values. Other dtypes are
+    compared in float64.
+    """
+    if dtype != torch.float32:
+        return edges, torch.float64
+    rounded = edges.to(torch.float32)
+    below = rounded.double() < edges
+    return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded), dtype
+
+
+def bin_chunks(values: torch.Tensor, edges: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Flat ``values`` in :data:`CHUNK`-sized slices, with the bin of each value: ``(start, chunk, bins)``.
+
+    A value's bin (int64, in ``[0, len(edges))``) is ``j`` with ``edges[j] <= v < edges[j + 1]`` (the last bin:
+    ``v >= edges[-1]``).
+    """
+    compare, dtype = _edges_in(edges, values.dtype)
+    compare = compare.to(values.device)
+    last = edges.numel() - 1
+    for start in range(0, values.numel(), CHUNK):
+        chunk = values[start : start + CHUNK].to(dtype)
+        yield start, chunk, (torch.bucketize(chunk, compare, right=True) - 1).clamp_(0, last)
+
+
+def bin_statistics(values: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bin of ``edges`` (empty ones included): the float64 sum and the count of ``values``, in chunks."""
+    k = edges.numel()
+    sums = torch.zeros(k, dtype=torch.float64, device=values.device)
+    counts = torch.zeros(k, dtype=torch.int64, device=values.device)
+    for _, chunk, bins in bin_chunks(values, edges):
+        sums.index_add_(0, bins, chunk.double())
+        counts += torch.bincount(bins, minlength=k)
+    return sums.cpu(), counts.cpu()
 
 
 def uniform_binning(values: torch.Tensor, k: int) -> Binning:
     """Equal-width binning with ``k`` edges from ``min`` to ``max`` (``np.digitize`` semantics), empty bins dropped.
 
     As in the authors' code, ``k`` edges give ``k - 1`` intervals plus a last bin holding only the maximum.
-    O(N log k) with ``torch.bucketize``.
+    O(N log k) with ``torch.bucketize``, in chunks: besides the int32 indices it returns, it needs memory for a
+    chunk, not for the model.
 
     Example:
         >>> import torch
@@ -85,12 +137,22 @@ def uniform_binning(values: torch.Tensor, k: int) -> Binning:
         >>> b.codebook.tolist(), b.indices.tolist()
         ([0.75, 4.0], [0, 0, 0, 0, 1])
     """
-    if k < 2:
-        raise ValueError(f"`k` must be >= 2, got {k}.")
-    flat = values.detach().reshape(-1).double()
-    edges = torch.linspace(float(flat.min()), float(flat.max()), k, dtype=torch.float64)
-    bins = torch.bucketize(flat, edges, right=True) - 1
-    return _binning_from_bins(flat, bins.clamp_(0, k - 1), k)
+    flat = values.detach().reshape(-1)
+    edges = uniform_edges(flat, k)
+    sums = torch.zeros(k, dtype=torch.float64)
+    counts = torch.zeros(k, dtype=torch.int64)
+    indices = torch.empty(flat.numel(), dtype=torch.int32)
+    for start, chunk, bins in bin_chunks(flat.cpu(), edges):
+        sums.index_add_(0, bins, chunk.double())
+        counts += torch.bincount(bins, minlength=k)
+        indices[start : start + bins.numel()] = bins
+    nonempty = counts > 0
+    remap = (torch.cumsum(nonempty, 0) - 1).to(torch.int32)  # bins are in value order: renumbering keeps the order
+    for start in range(0, indices.numel(), CHUNK):
+        part = indices[start : start + CHUNK]
+        part.copy_(remap[part])
+    sums, counts = sums[nonempty], counts[nonempty]
+    return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
 
 
 @torch.no_grad()
@@ -127,7 +189,7 @@ def merge_bins(binning: Binning, i: int) -> Binning:
         raise ValueError(f"Cannot merge bins {i} and {i + 1} of {binning.num_shared}.")
     sums = torch.cat([binning.sums[:i], binning.sums[i : i + 2].sum().reshape(1), binning.sums[i + 2 :]])
     counts = torch.cat([binning.counts[:i], binning.counts[i : i + 2].sum().reshape(1), binning.counts[i + 2 :]])
-    indices = binning.indices - (binning.indices > i).long()
+    indices = binning.indices - (binning.indices > i).to(binning.indices.dtype)
     return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
 
 
@@ -235,23 +297,12 @@ class WeightSharingProblem:
         ]
         # the binned values; with the masks they are also the original tensors (restore writes them back): no clone
         self.values = torch.cat([p.detach().reshape(-1).cpu()[m] for p, m in zip(self.params, self.masks, strict=True)])
-        # computed once for every candidate, in the order that keeps the fewest copies alive (memory grows with the
-        # model: 86M values on a ViT-B): sort the values in their own dtype (the same order as their exact float64
-        # copies), then widen the sorted ones
-        sorted_values, order = torch.sort(self.values, stable=True)
-        # positions fit in int32 below 2**31 values: half the bytes of the int64 argsort, for the whole search
-        self._order = order.to(torch.int32) if order.numel() < 2**31 else order
-        del order
-        self._sorted = sorted_values.double()
-        del sorted_values
-        self._prefix = torch.empty(self._sorted.numel() + 1, dtype=torch.float64)
-        self._prefix[0] = 0.0
-        torch.cumsum(self._sorted, 0, out=self._prefix[1:])
+        # Nothing per value is kept for the search besides these (a sorted copy, its prefix sums and the argsort took
+        # 5 model sizes): each candidate bins the values again in chunks (O(N log k), like writing it).
         mask = torch.cat(self.masks)
         # candidates are written on the parameters' device (no host copy of the model per candidate)
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self._kept = None if bool(mask.all()) else mask.nonzero().reshape(-1).to(self.device)
-        self._order_on_device = self._order.to(self.device)
         self._total = mask.numel()
         #: k -> point scored by the screen (or by ``error_fn`` without one)
         self.cache: dict[int, SearchPoint] = {}
@@ -299,23 +350,15 @@ class WeightSharingProblem:
         return out
 
     def uniform_codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codebook and counts of :func:`uniform_binning` with ``k`` edges, from the sorted values (no indices).
+        """Codebook and counts of :func:`uniform_binning` with ``k`` edges (no indices kept).
 
         Example:
             >>> problem = WeightSharingProblem([torch.tensor([0.0, 0.5, 1.0, 1.5, 4.0])], lambda: 0.0)
             >>> [t.tolist() for t in problem.uniform_codebook(3)]
             [[0.75, 4.0], [4, 1]]
         """
-        if k < 2:
-            raise ValueError(f"`k` must be >= 2, got {k}.")
-        edges = torch.linspace(float(self._sorted[0]), float(self._sorted[-1]), k, dtype=torch.float64)
-        # bin j holds edges[j] <= v < edges[j + 1] (the last bin: v >= its edge), as in uniform_binning
-        starts = torch.searchsorted(self._sorted, edges, right=False)
-        starts[0] = 0
-        ends = torch.cat([starts[1:], torch.tensor([self._sorted.numel()])])
-        counts = ends - starts
+        sums, counts = bin_statistics(self.values, uniform_edges(self.values, k))
         nonempty = counts > 0
-        sums = self._prefix[ends] - self._prefix[starts]
         return sums[nonempty] / counts[nonempty], counts[nonempty]
 
     def _score(self, full: bool) -> float:
@@ -333,12 +376,15 @@ class WeightSharingProblem:
     def evaluate_k(self, k: int) -> SearchPoint:
         """Fitness of ``k`` uniform bins (screened when there is a screen), cached per ``k``."""
         if k not in self.cache:
-            codebook, counts = self.uniform_codebook(k)  # O(k log N), on the CPU
-            kept = torch.empty(self.values.numel(), dtype=torch.float32, device=self.device)
-            kept[self._order_on_device] = torch.repeat_interleave(
-                codebook.float().to(self.device), counts.to(self.device)
-            )
+            edges = uniform_edges(self.values, k)
+            sums, counts = bin_statistics(self.values, edges)
+            # every bin's mean, by its unmerged number (empty bins are never looked up)
+            table = (sums / counts.clamp(min=1)).to(torch.float32)
+            kept = torch.empty(self.values.numel(), dtype=torch.float32)
+            for start, _, bins in bin_chunks(self.values, edges):
+                kept[start : start + bins.numel()] = table[bins]
             self._write_kept(kept)
+            codebook = table[counts > 0]
             self.cache[k] = SearchPoint(k, int(codebook.numel()), self._score(full=False))
         return self.cache[k]
 
