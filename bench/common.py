@@ -132,6 +132,18 @@ class PeakRss:
         self._thread.join()
 
 
+def kept_by_model(module: torch.nn.Module) -> set[int]:
+    """Ids of what the model itself keeps alive: its tensors and its representation (e.g. SuccessivePruning's stream).
+
+    Seed :func:`held_bytes` with them, to count only the memory a callback alone keeps after ``fit``.
+    """
+    from lightning_compress.codec.representation import find_representation
+
+    seen = {id(t) for t in (*module.parameters(), *module.buffers())}
+    held_bytes(find_representation(module), seen)
+    return seen
+
+
 def held_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
     """Bytes of the tensors and arrays reachable from a callback's attributes.
 

@@ -74,6 +74,32 @@ def test_load_resizes_structurally_smaller_layers(tmp_path: Path) -> None:
     assert torch.equal(pruned(x), loaded(x))
 
 
+def test_load_decodes_tensor_by_tensor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load never holds every decoded tensor at once, only the one it copies into the model."""
+    import weakref
+
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8), nn.Linear(8, 8))
+    path = lc.save(net, tmp_path / "net.lcz")
+    alive: list[weakref.ref[torch.Tensor]] = []
+    most = 0
+    decode = container.Artifact._decode
+
+    def counted(self: container.Artifact, record: container.TensorRecord) -> torch.Tensor:
+        nonlocal most
+        tensor = decode(self, record)
+        alive.append(weakref.ref(tensor))
+        most = max(most, sum(ref() is not None for ref in alive))
+        return tensor
+
+    monkeypatch.setattr(container.Artifact, "_decode", counted)
+    fresh = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8), nn.Linear(8, 8))
+    loaded = lc.load(path, model=fresh)
+    assert len(alive) == 8  # eight tensors decoded ...
+    assert most == 1  # ... one alive at a time
+    x = torch.randn(3, 8)
+    assert torch.equal(loaded(x), net(x))
+
+
 def test_fp16_is_half_size_and_close(tmp_path: Path) -> None:
     model = build_model("lenet_300_100")
     full = lc.save(model, tmp_path / "a.lcz")

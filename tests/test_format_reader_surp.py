@@ -66,7 +66,8 @@ def decode_surp(stream: bytes) -> np.ndarray:
     labels = np.asarray(coder.decode(_model(per_round), s)) if s else np.zeros(0, int)
     refine_gaps = _eg(cur, coder, int(refinements.sum()))
     signs = np.unpackbits(np.frombuffer(cur.block(), dtype=np.uint8))[:s]
-    assert coder.is_empty() and cur.pos == len(stream)
+    assert coder.is_empty()
+    assert cur.pos == len(stream)
     u, t, used = [0.0] * n, t0, 0
     for r in range(rounds):
         if not mean:

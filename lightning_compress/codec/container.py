@@ -753,13 +753,32 @@ def load(
     module = artifact_module(model)
     _insert_modules(module, artifact.modules, artifact.path)
     _check_records(module, artifact, strict)
-    state = artifact.state_dict()
-    resize_to_state(module, state)
-    try:
-        module.load_state_dict(state, strict=strict)
-    except RuntimeError as err:
-        raise ArtifactError(f"{artifact.path}: the tensors do not fit the model: {err}") from err
+    _load_tensor_by_tensor(module, artifact)
     return model.eval()
+
+
+def _load_tensor_by_tensor(module: nn.Module, artifact: Artifact) -> None:
+    """Decode each tensor into the module and drop it: the model is never held twice (whole decoded state + model).
+
+    The shapes come from the header (structurally compressed layers are resized first, no decoding needed); the
+    names were checked against the module by :func:`_check_records`.
+    """
+    shapes = {r.name: torch.empty(r.shape, dtype=dtype_from_name(r.dtype), device="meta") for r in artifact.tensors}
+    resize_to_state(module, shapes | {alias: shapes[name] for alias, name in artifact.aliases.items()})
+    aliases: dict[str, list[str]] = {}
+    for alias, name in artifact.aliases.items():
+        aliases.setdefault(name, []).append(alias)
+    try:
+        for record in artifact.tensors:
+            tensor = artifact._decode(record)
+            try:
+                names = (record.name, *aliases.get(record.name, []))
+                module.load_state_dict(dict.fromkeys(names, tensor), strict=False)
+            except RuntimeError as err:
+                raise ArtifactError(f"{artifact.path}: the tensors do not fit the model: {err}") from err
+            del tensor
+    finally:
+        forget_caches()
 
 
 def _build_zoo_model(artifact: Artifact, device: torch.device) -> nn.Module:
@@ -876,10 +895,13 @@ def resize_to_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         current = owner._parameters.get(attr, owner._buffers.get(attr))
         if current is None or current.shape == tensor.shape:
             continue
+        # a shape alone (a meta tensor, from a header) takes the current tensor's device
+        device = current.device if tensor.is_meta else tensor.device
+        fresh = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
         if attr in owner._parameters:
-            owner._parameters[attr] = nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad)
+            owner._parameters[attr] = nn.Parameter(fresh, requires_grad=current.requires_grad)
         else:
-            owner._buffers[attr] = torch.empty_like(tensor)
+            owner._buffers[attr] = fresh
         _sync_shape_attributes(owner)
 
 
