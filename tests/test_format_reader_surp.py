@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import lightning_compress as lc
+from tests.helpers.models import surp_refined
 from tests.test_format_reader import Cursor, _dequantized, _model, read_container
 
 
@@ -101,27 +102,13 @@ def read_surp(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("refresh", ["ladder", "mean"])
 def test_independent_surp_reader_matches_lc_load(tmp_path: Path, refresh: str) -> None:
-    from lightning_compress.codec import CodecSpec
-    from lightning_compress.codec.surp import decode_stream, encode_stream
-    from lightning_compress.functional.successive_pruning import normalise, refine
-
     def net() -> torch.nn.Module:
         return torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 4))
 
     torch.manual_seed(0)
     model = net()
+    codecs, _ = surp_refined(model, 0.6, refresh)
     params = list(model.parameters())
-    u, signs, norms = normalise([p.detach().double().numpy() for p in params])
-    result = refine(u, target_sparsity=0.6, refresh=refresh)
-    stream = encode_stream(result, signs, segments=[p.numel() for p in params])
-    decoded, decoded_signs = decode_stream(stream)
-    codecs, offset = {}, 0
-    with torch.no_grad():
-        for (name, p), norm in zip(model.named_parameters(), norms, strict=True):
-            values = (decoded_signs * decoded.recon)[offset : offset + p.numel()] * norm
-            p.copy_(torch.from_numpy(values.astype(np.float32)).reshape(p.shape))
-            codecs[name] = CodecSpec("surp", {"stream": stream, "offset": offset, "numel": p.numel(), "norm": norm})
-            offset += p.numel()
     assert int((params[0] != 0).sum()) >= 1000  # a gap model of its own, next to the shared one
     path = lc.save(model, tmp_path / "surp.lcz", codecs=codecs)
     ours = read_surp(path)

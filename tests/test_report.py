@@ -57,26 +57,11 @@ def test_table_and_summary(tmp_path: Path) -> None:
 
 def test_a_shared_surp_stream_is_split_over_its_layers(tmp_path: Path) -> None:
     """Per-layer attribution: each layer's row carries its share of the SuRP stream; the totals are the file size."""
-    import numpy as np
-
-    from lightning_compress.codec import CodecSpec
-    from lightning_compress.codec.surp import decode_stream, encode_stream
-    from lightning_compress.functional.successive_pruning import normalise, refine
-    from tests.helpers.models import mlp
+    from tests.helpers.models import mlp, surp_refined
 
     torch.manual_seed(0)
     net = mlp()
-    params = list(net.parameters())
-    u, signs, norms = normalise([p.detach().double().numpy() for p in params])
-    stream = encode_stream(refine(u, target_sparsity=0.8), signs, segments=[p.numel() for p in params])
-    result, decoded_signs = decode_stream(stream)
-    codecs, offset = {}, 0
-    with torch.no_grad():
-        for (name, p), norm in zip(net.named_parameters(), norms, strict=True):
-            values = (decoded_signs * result.recon)[offset : offset + p.numel()] * norm
-            p.copy_(torch.from_numpy(values.astype(np.float32)).reshape(p.shape))
-            codecs[name] = CodecSpec("surp", {"stream": stream, "offset": offset, "numel": p.numel(), "norm": norm})
-            offset += p.numel()
+    codecs, stream = surp_refined(net, 0.8)
     report = lc.size_report(lc.save(net, tmp_path / "surp.lcz", codecs=codecs))
     layers = {r.layer: r for r in report.rows}
     assert all(layers[name].bytes > 0 for name in ("0", "2", "4"))

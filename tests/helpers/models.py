@@ -86,3 +86,26 @@ def run_ddp_check(method: str, out: Path) -> tuple[dict[str, torch.Tensor], dict
     if proc.returncode != 0:
         raise AssertionError(f"ddp_check {method} failed:\n{proc.stderr[-3000:]}")
     return torch.load(out / "rank0.pt", weights_only=True), torch.load(out / "rank1.pt", weights_only=True)
+
+
+def surp_refined(net: nn.Module, target_sparsity: float, refresh: str = "ladder") -> tuple[dict[str, object], bytes]:
+    """Refine all of ``net``'s parameters in place into one SuRP stream (no Trainer): their codecs and the stream."""
+    import numpy as np
+
+    from lightning_compress.codec import CodecSpec
+    from lightning_compress.codec.surp import decode_stream, encode_stream
+    from lightning_compress.functional.successive_pruning import normalise, refine
+
+    params = list(net.parameters())
+    u, signs, norms = normalise([p.detach().double().numpy() for p in params])
+    result = refine(u, target_sparsity=target_sparsity, refresh=refresh)
+    stream = encode_stream(result, signs, [p.numel() for p in params])
+    decoded, decoded_signs = decode_stream(stream)
+    codecs, offset = {}, 0
+    with torch.no_grad():
+        for (name, p), norm in zip(net.named_parameters(), norms, strict=True):
+            values = (decoded_signs * decoded.recon)[offset : offset + p.numel()] * norm
+            p.copy_(torch.from_numpy(values.astype(np.float32)).reshape(p.shape))
+            codecs[name] = CodecSpec("surp", {"stream": stream, "offset": offset, "numel": p.numel(), "norm": norm})
+            offset += p.numel()
+    return codecs, stream
