@@ -49,8 +49,10 @@ def test_chunked_float32_binning_equals_float64_digitize(monkeypatch: pytest.Mon
     torch.manual_seed(0)
     values = (torch.randn(4321) ** 3).float()
     for k in (2, 7, 33, 300):
-        values[1 : k - 1] = ws.uniform_edges(values, k)[1:-1].float()  # values on the float32 roundings of edges
-        edges = ws.uniform_edges(values, k)  # torch.linspace, the binning's definition (numpy's rounds otherwise)
+        low, high = float(values.min()), float(values.max())
+        values[1 : k - 1] = ws.uniform_edges(low, high, k)[1:-1].float()  # values on the float32 roundings of edges
+        # torch.linspace over the values' own range, the binning's definition (numpy's rounds otherwise)
+        edges = ws.uniform_edges(float(values.min()), float(values.max()), k)
         bins = np.digitize(values.double().numpy(), edges.numpy()) - 1
         b = uniform_binning(values, k)
         assert b.indices.dtype == torch.int32

@@ -78,11 +78,11 @@ def _binning_from_bins(values: torch.Tensor, bins: torch.Tensor, num_bins: int) 
     return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
 
 
-def uniform_edges(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` float64 edges of :func:`uniform_binning`: ``linspace(min, max, k)``."""
+def uniform_edges(low: float, high: float, k: int) -> torch.Tensor:
+    """The ``k`` float64 edges of :func:`uniform_binning` for values in ``[low, high]``: ``linspace(low, high, k)``."""
     if k < 2:
         raise ValueError(f"`k` must be >= 2, got {k}.")
-    return torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64)
+    return torch.linspace(low, high, k, dtype=torch.float64)
 
 
 def _edges_in(edges: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.dtype]:
@@ -113,14 +113,21 @@ def bin_chunks(values: torch.Tensor, edges: torch.Tensor) -> Iterator[tuple[int,
         yield start, chunk, (torch.bucketize(chunk, compare, right=True) - 1).clamp_(0, last)
 
 
-def bin_statistics(values: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per bin of ``edges`` (empty ones included): the float64 sum and the count of ``values``, in chunks."""
+def bin_statistics(
+    values: torch.Tensor, edges: torch.Tensor, bins_out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bin of ``edges`` (empty ones included): the float64 sum and the count of ``values``, in chunks.
+
+    ``bins_out`` (as many entries as ``values``, e.g. int32) receives every value's bin, when given.
+    """
     k = edges.numel()
     sums = torch.zeros(k, dtype=torch.float64, device=values.device)
     counts = torch.zeros(k, dtype=torch.int64, device=values.device)
-    for _, chunk, bins in bin_chunks(values, edges):
+    for start, chunk, bins in bin_chunks(values, edges):
         sums.index_add_(0, bins, chunk.double())
         counts += torch.bincount(bins, minlength=k)
+        if bins_out is not None:
+            bins_out[start : start + bins.numel()] = bins
     return sums.cpu(), counts.cpu()
 
 
@@ -137,15 +144,9 @@ def uniform_binning(values: torch.Tensor, k: int) -> Binning:
         >>> b.codebook.tolist(), b.indices.tolist()
         ([0.75, 4.0], [0, 0, 0, 0, 1])
     """
-    flat = values.detach().reshape(-1)
-    edges = uniform_edges(flat, k)
-    sums = torch.zeros(k, dtype=torch.float64)
-    counts = torch.zeros(k, dtype=torch.int64)
+    flat = values.detach().reshape(-1).cpu()
     indices = torch.empty(flat.numel(), dtype=torch.int32)
-    for start, chunk, bins in bin_chunks(flat.cpu(), edges):
-        sums.index_add_(0, bins, chunk.double())
-        counts += torch.bincount(bins, minlength=k)
-        indices[start : start + bins.numel()] = bins
+    sums, counts = bin_statistics(flat, uniform_edges(float(flat.min()), float(flat.max()), k), indices)
     nonempty = counts > 0
     remap = (torch.cumsum(nonempty, 0) - 1).to(torch.int32)  # bins are in value order: renumbering keeps the order
     for start in range(0, indices.numel(), CHUNK):
@@ -299,6 +300,8 @@ class WeightSharingProblem:
         self.values = torch.cat([p.detach().reshape(-1).cpu()[m] for p, m in zip(self.params, self.masks, strict=True)])
         # Nothing per value is kept for the search besides these (a sorted copy, its prefix sums and the argsort took
         # 5 model sizes): each candidate bins the values again in chunks (O(N log k), like writing it).
+        # the edges of every candidate span these (as uniform_binning's, from the values' own range)
+        self._bounds = (float(self.values.min()), float(self.values.max())) if self.values.numel() else (0.0, 0.0)
         mask = torch.cat(self.masks)
         # candidates are written on the parameters' device (no host copy of the model per candidate)
         self.device = self.params[0].device if self.params else torch.device("cpu")
@@ -357,7 +360,7 @@ class WeightSharingProblem:
             >>> [t.tolist() for t in problem.uniform_codebook(3)]
             [[0.75, 4.0], [4, 1]]
         """
-        sums, counts = bin_statistics(self.values, uniform_edges(self.values, k))
+        sums, counts = bin_statistics(self.values, uniform_edges(*self._bounds, k))
         nonempty = counts > 0
         return sums[nonempty] / counts[nonempty], counts[nonempty]
 
@@ -376,7 +379,7 @@ class WeightSharingProblem:
     def evaluate_k(self, k: int) -> SearchPoint:
         """Fitness of ``k`` uniform bins (screened when there is a screen), cached per ``k``."""
         if k not in self.cache:
-            edges = uniform_edges(self.values, k)
+            edges = uniform_edges(*self._bounds, k)
             sums, counts = bin_statistics(self.values, edges)
             # every bin's mean, by its unmerged number (empty bins are never looked up)
             table = (sums / counts.clamp(min=1)).to(torch.float32)
@@ -384,8 +387,7 @@ class WeightSharingProblem:
             for start, _, bins in bin_chunks(self.values, edges):
                 kept[start : start + bins.numel()] = table[bins]
             self._write_kept(kept)
-            codebook = table[counts > 0]
-            self.cache[k] = SearchPoint(k, int(codebook.numel()), self._score(full=False))
+            self.cache[k] = SearchPoint(k, int((counts > 0).sum()), self._score(full=False))
         return self.cache[k]
 
     def confirm(self, k: int) -> float:
