@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,46 @@ def environment() -> dict[str, Any]:
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_sd_text(values: Sequence[float], digits: int = 2) -> str:
+    """``"mean ± sd"`` of ``values`` (sample standard deviation), for a results table."""
+    mean, sd = mean_std(values)
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class NetRuns:
+    """One net's share of per-seed runs stored as ``{"<net>/<key>": entry}``: its keys and dense references.
+
+    Attributes:
+        net: the net's prefix.
+        runs: the seeds' runs that hold the net.
+        keys: the net's configurations, in the first run's order.
+        dense: the keys of its dense references (``dense@<lr>``).
+    """
+
+    net: str
+    runs: list[dict[str, Any]]
+    keys: list[str]
+    dense: list[str]
+
+    def best_dense(self, run: dict[str, Any]) -> float:
+        """The best dense test accuracy of one seed (what drops are measured against)."""
+        return max(run[f"{self.net}/{k}"]["acc"] for k in self.dense)
+
+    def dense_wall(self, run: dict[str, Any]) -> float:
+        """The fastest dense fit of one seed (seconds)."""
+        return min(run[f"{self.net}/{k}"]["wall_s"] for k in self.dense)
+
+
+def net_runs(runs: Sequence[dict[str, Any]], net: str) -> NetRuns | None:
+    """The runs, keys and dense references of ``net``, or ``None`` when no run holds it."""
+    held = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
+    if not held:
+        return None
+    keys = [k.split("/", 1)[1] for k in held[0] if k.startswith(f"{net}/")]
+    return NetRuns(net, held, keys, [k for k in keys if k.startswith("dense@")])
 
 
 def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]], notes: str = "") -> Path:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, composed, mean_std, quiet_run, write_results
+from bench.common import RESULTS, composed, mean_sd_text, net_runs, quiet_run, write_results
 from bench.surp_lenet300_fmnist import gradual_l1_peer, peer_amounts, sparse_xz_bytes
 from lightning_compress.cli import train
 from lightning_compress.functional.weight_sharing import huffman_average_length, kmeans_binning
@@ -179,21 +179,13 @@ LABELS = {
 
 
 def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
-    runs = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
-    if not runs:
+    found = net_runs(runs, net)
+    if found is None:
         return []
-    keys = [k.split("/", 1)[1] for k in runs[0] if k.startswith(f"{net}/")]
-    dense = [k for k in keys if k.startswith("dense@")]
-
-    def best_dense(run: dict[str, Any]) -> float:
-        return max(run[f"{net}/{k}"]["acc"] for k in dense)
-
-    def dense_wall(run: dict[str, Any]) -> float:
-        return min(run[f"{net}/{k}"]["wall_s"] for k in dense)
+    runs, keys, dense = found.runs, found.keys, found.dense
 
     def stat(fn: Any, digits: int = 2) -> str:
-        mean, sd = mean_std([fn(r) for r in runs])
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+        return mean_sd_text([fn(r) for r in runs], digits)
 
     peers = [k for k in keys if k.startswith("peer")]
     rows = []
@@ -205,7 +197,7 @@ def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
             + f" ({len(runs)} seed{'s' * (len(runs) > 1)})",
             "method": f"dense fp32, Adam {key.split('@')[1]}" if is_dense else LABELS.get(key, key),
             "test acc (%)": stat(lambda r, e=entry: 100 * r[e]["acc"]),
-            "drop (pt)": "-" if is_dense else stat(lambda r, e=entry: 100 * (best_dense(r) - r[e]["acc"])),
+            "drop (pt)": "-" if is_dense else stat(lambda r, e=entry: 100 * (found.best_dense(r) - r[e]["acc"])),
             "bytes": stat(lambda r, e=entry: r[e]["bytes"], 0),
             "ratio vs fp32": stat(lambda r, e=entry: r[e]["ratio"], 1),
             "non-zeros": stat(lambda r, e=entry: r[e]["nonzeros"], 0),
@@ -213,7 +205,7 @@ def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
             if is_dense or key in peers
             else stat(lambda r, e=entry: min(r[f"{net}/{p}"]["bytes"] for p in peers) / r[e]["bytes"], 2),
             "fit wall (s)": stat(lambda r, e=entry: r[e]["wall_s"], 1),
-            "wall vs dense": "-" if is_dense else stat(lambda r, e=entry: r[e]["wall_s"] / dense_wall(r), 2),
+            "wall vs dense": "-" if is_dense else stat(lambda r, e=entry: r[e]["wall_s"] / found.dense_wall(r), 2),
         }
         rows.append(row)
     return rows

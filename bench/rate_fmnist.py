@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, composed, mean_std, quiet_run, write_results
+from bench.common import RESULTS, composed, mean_sd_text, net_runs, quiet_run, write_results
 from bench.composed_fmnist import run_peers
 from lightning_compress.cli import train
 from lightning_compress.module import evaluate_accuracy
@@ -217,24 +217,16 @@ def label(key: str) -> str:
 
 
 def summarise(runs: list[dict[str, Any]], net: str) -> list[dict[str, str]]:
-    runs = [r for r in runs if any(k.startswith(f"{net}/") for k in r)]
-    if not runs:
+    found = net_runs(runs, net)
+    if found is None:
         return []
-    keys = [k.split("/", 1)[1] for k in runs[0] if k.startswith(f"{net}/")]
-    dense = [k for k in keys if k.startswith("dense@")]
-
-    def best(run: dict[str, Any]) -> float:
-        return max(run[f"{net}/{k}"]["acc"] for k in dense)
-
-    def stat(values: list[float], digits: int = 2) -> str:
-        mean, sd = mean_std(values)
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    runs, keys, dense, best, stat = found.runs, found.keys, found.dense, found.best_dense, mean_sd_text
 
     rows = []
     for key in keys:
         entries = [r[f"{net}/{key}"] for r in runs if f"{net}/{key}" in r]
         used = [r for r in runs if f"{net}/{key}" in r]
-        dense_wall = [min(r[f"{net}/{k}"]["wall_s"] for k in dense) for r in used]
+        dense_wall = [found.dense_wall(r) for r in used]
         rows.append(
             {
                 "net": f"{net} ({len(used)} seed{'s' if len(used) > 1 else ''})",

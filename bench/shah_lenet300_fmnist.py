@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from bench.common import composed, mean_std, quiet_run, write_results
+from bench.common import composed, mean_sd_text, quiet_run, write_results
 from lightning_compress.callbacks.neuron_elimination import NeuronElimination
 from lightning_compress.cli import train
 from lightning_compress.functional.neuron_elimination import Elimination, RoundRecord
@@ -120,8 +120,7 @@ def main() -> None:
     dense_params = 266_610
 
     def stat(fn: Any, digits: int = 2) -> str:
-        mean, sd = mean_std([fn(r) for r in runs])
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+        return mean_sd_text([fn(r) for r in runs], digits)
 
     table = [
         {

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import lightning_compress as lc
-from bench.common import composed, mean_std, quiet_run, write_results
+from bench.common import composed, mean_sd_text, quiet_run, write_results
 from lightning_compress.cli import train
 from lightning_compress.codec.container import CodecSpec
 from lightning_compress.functional.weight_sharing import (
@@ -119,8 +119,7 @@ def run_seed(seed: int, epochs: int) -> dict[str, Any]:
 
 
 def fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    mean, sd = mean_std([v * scale for v in values])
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return mean_sd_text([v * scale for v in values], digits)
 
 
 def main() -> None:

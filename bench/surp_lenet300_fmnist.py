@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelPruning
 
-from bench.common import composed, mean_std, quiet_run, write_results
+from bench.common import composed, mean_sd_text, quiet_run, write_results
 from lightning_compress.cli import train
 from lightning_compress.codec.entropy import leb128
 from lightning_compress.functional.successive_pruning import sparsity_schedule
@@ -149,8 +149,7 @@ def main() -> None:
         return max(run[k]["acc"] for k in dense_keys)
 
     def stat(fn: Any, digits: int = 2) -> str:
-        mean, sd = mean_std([fn(r) for r in runs])
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+        return mean_sd_text([fn(r) for r in runs], digits)
 
     def dense_row(key: str, label: str) -> dict[str, str]:
         return {
