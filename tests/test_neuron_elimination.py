@@ -276,6 +276,45 @@ def test_callback_shrinks_to_target_and_artifact_is_smaller(tmp_path: Path) -> N
     assert report.fp32_bytes == 4 * callback._dense_params  # the ratio is against the original model
 
 
+def test_history_keeps_neurons_and_scores_and_reads_full_records(tmp_path: Path) -> None:
+    """The callback keeps 12 bytes per eliminated neuron (the weights carry the redistribution), not the regression.
+
+    A checkpoint of an earlier version, whose history holds survivors and coefficients, loads into the same removals.
+    """
+    callback = lc.NeuronElimination(rounds=4, target_params=0.4, verbose=False)
+    model = _fit(tmp_path, callback)
+    records = [record for entry in callback.history for record in entry["records"]]
+    eliminated = sum(len(record["neurons"]) for record in records)
+    assert eliminated == 24 - model.backbone[0].out_features + 24 - model.backbone[2].out_features > 0
+    assert all(set(record) == {"pair", "neurons", "scores"} for record in records)
+    assert sum(record["neurons"].nbytes + record["scores"].nbytes for record in records) == 12 * eliminated
+    legacy = callback.state_dict()
+    for entry in legacy["history"]:
+        entry["records"] = [
+            {
+                "pair": record["pair"],
+                "eliminations": [
+                    {
+                        "neuron": n,
+                        "survivors": torch.arange(3),
+                        "coefficients": torch.ones(3),
+                        "intercept": 0.0,
+                        "score": s,
+                    }
+                    for n, s in zip(record["neurons"].tolist(), record["scores"].tolist(), strict=True)
+                ],
+            }
+            for record in entry["records"]
+        ]
+    restored = lc.NeuronElimination(verbose=False)
+    restored.load_state_dict(legacy)
+    assert restored.removed() == callback.removed()
+    assert [len(alive) for alive in restored.alive()] == [
+        model.backbone[0].out_features,
+        model.backbone[2].out_features,
+    ]
+
+
 def test_callback_lossless_on_exact_redundancy(tmp_path: Path) -> None:
     """With lr 0 and a tolerance near 0 the callback removes only the planted dependents; outputs unchanged."""
     net, _groups = _mlp_with_dependent_neurons()
