@@ -12,6 +12,8 @@ import torch
 import lightning_compress as lc
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.successive_pruning import (
+    magnitude,
+    magnitudes,
     normalise,
     reconstruct,
     refine,
@@ -84,7 +86,35 @@ def test_pooled_torch_refinement_takes_the_full_scans_decisions(
         record_rounds=False,
     )
     assert not bare.rounds
-    assert torch.equal(bare.recon, pooled.recon)
+    # its reconstruction is u - r: the same support, the same values to float64 rounding (not the quanta's sum)
+    assert isinstance(bare.recon, torch.Tensor)
+    assert torch.equal(bare.recon != 0, pooled.recon != 0)
+    assert torch.allclose(bare.recon, pooled.recon, rtol=1e-12, atol=0.0)
+    # overwriting u, it hands back the residual instead: u - residual is that reconstruction
+    work = torch.from_numpy(u.copy())
+    kept = refine(
+        work,
+        target_sparsity=sparsity,
+        refine_steps=refine_steps,
+        support_tolerance=tolerance,
+        max_picks=max_picks,
+        record_rounds=False,
+        overwrite=True,
+    )
+    assert kept.recon is None
+    assert kept.residual is not None
+    assert kept.residual.data_ptr() == work.data_ptr()  # no second float64 vector
+    assert torch.equal(torch.from_numpy(u) - kept.residual, bare.recon)
+    assert kept.nonzeros == pooled.nonzeros
+
+
+def test_magnitude_recomputes_the_refined_vector_bit_for_bit() -> None:
+    # a pruning stage recomputes u from the weights to take u - r: any other rounding would leave non-zeros behind
+    generator = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(64, 33, generator=generator) * 0.03, torch.randn(7, generator=generator), torch.zeros(3)]
+    u, norms = magnitudes(tensors)
+    recomputed = torch.cat([magnitude(t, norm) for t, norm in zip(tensors, norms, strict=True)])
+    assert torch.equal(recomputed, u)
 
 
 def test_large_stream_is_within_two_percent_of_its_entropy() -> None:

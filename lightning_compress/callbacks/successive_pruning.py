@@ -21,7 +21,13 @@ from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGu
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
-from lightning_compress.functional.successive_pruning import SurpResult, magnitudes, refine, sparsity_schedule
+from lightning_compress.functional.successive_pruning import (
+    SurpResult,
+    magnitude,
+    magnitudes,
+    refine,
+    sparsity_schedule,
+)
 
 __all__ = ["SuccessivePruning"]
 
@@ -317,17 +323,25 @@ class SuccessivePruning(CompressionCallback):
         return payload[0], payload[1], result
 
     @torch.no_grad()
-    def _write(self, pl_module: nn.Module, names: list[str], recon: torch.Tensor, norms: list[float]) -> None:
+    def _write(self, pl_module: nn.Module, names: list[str], result: SurpResult, norms: list[float]) -> None:
         """Put ``sign * recon * norm`` into the named tensors (as the ``surp`` codec decodes it); hold their zeros.
 
         ``recon`` is float64; the product is taken in float64 and rounded to the tensor's dtype once, so the
-        weights equal the decoded stream bit for bit.
+        weights equal the decoded stream bit for bit. A pruning stage's result holds the residual instead (one
+        float64 vector, not two): each tensor's reconstruction is then its magnitudes, recomputed from the weights
+        the refinement read, minus its residual.
         """
+        recon = None if result.recon is None else torch.as_tensor(result.recon)
         offset = 0
         masks = dict(self._support)
         for name, param, norm in zip(names, self._params(pl_module, names), norms, strict=True):
             n = param.numel()
-            piece = recon[offset : offset + n].to(param.device).reshape(param.shape)
+            if recon is not None:
+                piece = recon[offset : offset + n].to(param.device)
+            else:
+                assert result.residual is not None  # noqa: S101 - recon or residual, one of the two
+                piece = magnitude(param, norm).sub_(result.residual[offset : offset + n].to(param.device))
+            piece = piece.reshape(param.shape)
             values = param.detach().sign().to(torch.float64).mul_(piece).mul_(norm)
             param.copy_(values)
             masks[name] = piece != 0
@@ -345,8 +359,7 @@ class SuccessivePruning(CompressionCallback):
             # A pruning stage writes no stream: every rank refines the same weights (DDP keeps them identical) with
             # device-independent decisions, so no bytes are coded, decoded or sent.
             result, norms = self._refine(self._params(pl_module, names), sparsity, stream=False)
-            assert isinstance(result.recon, torch.Tensor)  # noqa: S101 - refined from tensors
-            self._write(pl_module, names, result.recon, norms)
+            self._write(pl_module, names, result, norms)
             self.changed_weights = True
             figures: dict[str, float] = {"stage": float(self._stage + 1), "sparsity": result.sparsity}
             self.history.append(figures)
@@ -356,8 +369,7 @@ class SuccessivePruning(CompressionCallback):
             )
             return
         stream, norms, result = self._decide_stream(trainer, names, sparsity)
-        recon = torch.as_tensor(result.recon)
-        self._write(pl_module, names, recon, norms)
+        self._write(pl_module, names, result, norms)
         self.changed_weights = True
         nonzeros, n = result.nonzeros, result.n
         figures = {

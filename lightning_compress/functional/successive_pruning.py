@@ -29,6 +29,7 @@ import torch
 
 __all__ = [
     "SurpResult",
+    "magnitude",
     "magnitudes",
     "normalise",
     "reconstruct",
@@ -51,7 +52,10 @@ class SurpResult:
         rounds: positions picked in each round (ascending int64 arrays).
         refresh_steps: per round, ladder steps taken before it (``"ladder"``).
         refresh_values: per round, the refreshed threshold or NaN if none (``"mean"``).
-        recon: the reconstructed magnitudes ``û`` (float64; a tensor on the refined vector's device, or an array).
+        recon: the reconstructed magnitudes ``û`` (float64; a tensor on the refined vector's device, or an array);
+            ``None`` when :func:`refine` handed back the residual instead (no rounds kept and ``u`` overwritten).
+        residual: the final residual ``r`` when ``recon`` is ``None``: then ``û = u - r`` position by position.
+        picked: positions picked at least once (bool, on the refined vector's device): the support.
     """
 
     n: int
@@ -61,11 +65,15 @@ class SurpResult:
     rounds: list[np.ndarray] = field(default_factory=list)
     refresh_steps: list[int] = field(default_factory=list)
     refresh_values: list[float] = field(default_factory=list)
-    recon: np.ndarray | torch.Tensor = field(default_factory=lambda: np.zeros(0))
+    recon: np.ndarray | torch.Tensor | None = field(default_factory=lambda: np.zeros(0))
+    residual: torch.Tensor | None = None
+    picked: torch.Tensor | None = None
 
     @property
     def nonzeros(self) -> int:
         """Non-zero positions of the reconstruction."""
+        if self.recon is None:
+            return int(torch.count_nonzero(self.picked)) if self.picked is not None else 0
         if isinstance(self.recon, torch.Tensor):
             return int(torch.count_nonzero(self.recon))
         return int(np.count_nonzero(self.recon))
@@ -159,8 +167,13 @@ def refine(
             reach its tiniest survivors, and the many rounds that takes refine every other position far beyond any
             useful precision. 0 = stop exactly at the target.
         record_rounds: keep every round's positions (what a bitstream needs); ``False`` for a reconstruction only
-            (a pruning stage that writes no stream: less memory and time).
-        overwrite: ``u`` (a float64 tensor) may serve as the residual and be overwritten (saves a copy).
+            (a pruning stage that writes no stream: less memory and time). Without rounds the reconstruction is
+            ``u - r`` (equal to the sum of the quanta to float64 rounding, exactly zero where nothing was picked);
+            with rounds it is their sum, replayed in the decoder's order (bit-exact with :func:`reconstruct`).
+        overwrite: ``u`` (a float64 tensor) may serve as the working vector: it is overwritten by the residual and
+            then holds the reconstruction (with rounds), or stays the residual, handed back as
+            :attr:`SurpResult.residual` with ``recon=None`` (without rounds; the caller, who can recompute ``u``
+            with :func:`magnitude`, takes ``u - r`` tensor by tensor). One float64 vector instead of three.
 
     Returns:
         The :class:`SurpResult` (reconstruction and decoder side information).
@@ -185,11 +198,13 @@ def refine(
         raise ValueError(f"`support_tolerance` must be in [0, 1), got {support_tolerance!r}.")
     as_numpy = not isinstance(u, torch.Tensor)
     if isinstance(u, torch.Tensor):
-        r = u.detach().reshape(-1)
-        if not overwrite or r.dtype != torch.float64:
-            r = r.to(torch.float64, copy=True)
+        source = u.detach().reshape(-1)
+        overwrite = overwrite and source.dtype == torch.float64
+        r = source if overwrite else source.to(torch.float64, copy=True)
     else:
-        r = torch.from_numpy(np.array(u, dtype=np.float64).reshape(-1))  # a copy: the residual is overwritten
+        source = torch.from_numpy(np.asarray(u, dtype=np.float64).reshape(-1))
+        r = source.clone()  # the residual is overwritten
+        overwrite = False
     result = _refine_residual(
         r,
         target_sparsity=target_sparsity,
@@ -201,9 +216,23 @@ def refine(
         support_tolerance=support_tolerance,
         record_rounds=record_rounds,
     )
-    if as_numpy:
+    if result.recon is None and not overwrite:  # the caller's u is intact: the reconstruction is u - r
+        assert result.residual is not None  # noqa: S101 - set whenever recon is not
+        result.recon = torch.sub(source.to(r.device), result.residual, out=result.residual)
+        result.residual = None
+    if as_numpy and result.recon is not None:
         result.recon = torch.as_tensor(result.recon).cpu().numpy()
     return result
+
+
+def magnitude(tensor: torch.Tensor, norm: float) -> torch.Tensor:
+    """``|tensor| / norm`` in float64, flat: the same operations as :func:`magnitudes`, so the same bits.
+
+    Example:
+        >>> magnitude(torch.tensor([3.0, -4.0]), 5.0).tolist()
+        [0.6, 0.8]
+    """
+    return tensor.detach().reshape(-1).to(torch.float64).abs_().div_(norm if norm > 0 else 1.0)
 
 
 def _refine_residual(
@@ -218,13 +247,19 @@ def _refine_residual(
     support_tolerance: float,
     record_rounds: bool,
 ) -> SurpResult:
-    """:func:`refine` on a residual it owns (the magnitudes, overwritten)."""
+    """:func:`refine` on a residual it owns (the magnitudes, overwritten).
+
+    Keeps only the residual and a bool mask of the picked positions while refining (a float64 reconstruction
+    beside the residual would double the working memory: 4 bytes of the model's 4 per weight, twice). With rounds
+    the reconstruction is then replayed into the residual's memory; without, the residual is handed back.
+    """
     n = r.numel()
-    recon = torch.zeros_like(r)
+    picked = torch.zeros(n, dtype=torch.bool, device=r.device)
+    thresholds: list[float] = []  # each round's quantum, to replay the reconstruction in the decoder's order
     nonzero_u = int(torch.count_nonzero(r))
     if nonzero_u == 0:
         result = SurpResult(n=n, t0=0.0, refresh=refresh, ladder=ladder)
-        result.recon = recon
+        result.recon, result.picked = r.zero_(), picked
         return result
     # Mean over the non-zero magnitudes (the authors' iterative mode): on an already pruned network the zeros
     # would otherwise shrink the threshold and every survivor would be refined in many tiny quanta.
@@ -245,6 +280,18 @@ def _refine_residual(
     support: torch.Tensor | None = None
     pool = torch.zeros(0, dtype=torch.int64, device=r.device)  # rebuilt at the first round
     pool_threshold = math.inf  # every residual outside the pool is at most this
+
+    def finish() -> SurpResult:
+        result.picked = picked
+        if not record_rounds:
+            result.recon, result.residual = None, r
+            return result
+        recon = r.zero_()  # the residual is no longer needed: its memory takes the reconstruction
+        for positions, quantum in zip(result.rounds, thresholds, strict=True):
+            cand = torch.from_numpy(positions).to(recon.device)
+            recon.index_put_((cand,), recon.index_select(0, cand) + quantum)
+        result.recon = recon
+        return result
 
     def candidates() -> torch.Tensor:
         nonlocal pool, pool_threshold
@@ -272,8 +319,7 @@ def _refine_residual(
                 top, of_all = largest_residual()
                 while not top > t:
                     if extra == 0 or (of_all and top <= 0):
-                        result.recon = recon
-                        return result
+                        return finish()
                     if extra > 0:
                         extra -= 1
                     refresh_count += 1
@@ -285,8 +331,7 @@ def _refine_residual(
             else:
                 while cand.numel() == 0:
                     if extra == 0 or (support is not None and not bool((r.index_select(0, support) > 0).any())):
-                        result.recon = recon
-                        return result
+                        return finish()
                     if extra > 0:
                         extra -= 1
                     refresh_count += 1
@@ -297,7 +342,7 @@ def _refine_residual(
                     cand = candidates()
         if max_picks is not None and picks + cand.numel() > max_picks:
             cand = cand[: max_picks - picks]
-        fresh = recon.index_select(0, cand) == 0
+        fresh = ~picked.index_select(0, cand)
         new = int(fresh.sum())
         if nonzero + new > target_nonzero:
             # the last round may not overshoot the target: keep refinements, and the largest new residuals only
@@ -310,7 +355,8 @@ def _refine_residual(
             result.rounds.append(cand.cpu().numpy().astype(np.int64))
             result.refresh_steps.append(steps)
             result.refresh_values.append(value)
-        recon.index_put_((cand,), recon.index_select(0, cand) + t)
+            thresholds.append(t)
+        picked.index_fill_(0, cand, True)
         r.index_put_((cand,), r.index_select(0, cand) - t)
         picks += cand.numel()
         nonzero += new
@@ -321,9 +367,8 @@ def _refine_residual(
             if refine_steps <= 0:
                 break
             extra = refine_steps
-            support = _positions(recon != 0)
-    result.recon = recon
-    return result
+            support = _positions(picked)
+    return finish()
 
 
 def reconstruct(result: SurpResult) -> np.ndarray:
@@ -408,7 +453,7 @@ def magnitudes(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[floa
         piece = u[offset : offset + tensor.numel()]
         piece.copy_(tensor.detach().reshape(-1))
         norm = math.sqrt(stable_sum(piece.square()))
-        piece.abs_().div_(norm if norm > 0 else 1.0)
+        piece.abs_().div_(norm if norm > 0 else 1.0)  # as magnitude(): the writer recomputes u from the weights
         norms.append(norm)
         offset += tensor.numel()
     return u, norms
