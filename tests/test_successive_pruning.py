@@ -11,6 +11,7 @@ import torch
 
 import lightning_compress as lc
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
+from lightning_compress.functional import successive_pruning
 from lightning_compress.functional.successive_pruning import (
     magnitude,
     magnitudes,
@@ -106,6 +107,23 @@ def test_pooled_torch_refinement_takes_the_full_scans_decisions(
     assert kept.residual.data_ptr() == work.data_ptr()  # no second float64 vector
     assert torch.equal(torch.from_numpy(u) - kept.residual, bare.recon)
     assert kept.nonzeros == pooled.nonzeros
+
+
+@pytest.mark.parametrize("sparsity", [0.2, 0.9])
+def test_chunked_search_takes_the_full_scans_decisions(monkeypatch: pytest.MonkeyPatch, sparsity: float) -> None:
+    # With chunks of 4,096 values the 60,000-long vector crosses chunk boundaries everywhere: the pool, the search
+    # among all positions (a dense stage's pool holds more than half), the largest residual and the positive mean.
+    monkeypatch.setattr(successive_pruning, "_CHUNK", 4096)
+    rng = np.random.default_rng(12)
+    u = np.abs(rng.laplace(size=60_000))
+    u[rng.random(u.size) < 0.2] = 0.0
+    r = torch.from_numpy(u)
+    assert successive_pruning._positive_mean(r) == successive_pruning.stable_sum(r[r > 0]) / int((r > 0).sum())
+    chunked = refine(torch.from_numpy(u.copy()), target_sparsity=sparsity, refine_steps=2)
+    scanned = refine_full_scan(u, target_sparsity=sparsity, refine_steps=2, t0=chunked.t0)
+    assert len(chunked.rounds) == len(scanned.rounds) > 5
+    assert all(np.array_equal(a, b) for a, b in zip(chunked.rounds, scanned.rounds, strict=True))
+    assert np.array_equal(chunked.recon.numpy(), scanned.recon)
 
 
 def test_magnitude_recomputes_the_refined_vector_bit_for_bit() -> None:
