@@ -242,13 +242,15 @@ def _merge_rounds(
     return rounds
 
 
-def _first_picks(result: SurpResult) -> tuple[np.ndarray, np.ndarray]:
-    """The support (ascending) and, per position in it, the round that first picked it (its label)."""
-    first = np.full(result.n, -1, dtype=np.int64)
-    for r, positions in enumerate(result.rounds):
-        first[positions[first[positions] < 0]] = r
-    support = np.flatnonzero(first >= 0)
-    return support, first[support]
+def _first_picks(new_counts: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The support (ascending) and, per position in it, the round that first picked it (its label).
+
+    From :func:`_split_rounds`' new positions in round order: memory of the support's size, not a label per
+    position of the whole vector (8 bytes per weight, twice the model).
+    """
+    rounds = np.repeat(np.arange(new_counts.size, dtype=np.int64), new_counts)
+    sorter = np.argsort(order, kind="stable")
+    return order[sorter], rounds[sorter]
 
 
 def _segment_contexts(segment_counts: np.ndarray) -> np.ndarray:
@@ -338,8 +340,8 @@ def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | N
     segments = [result.n] if segments is None else [int(x) for x in segments]
     if sum(segments) != result.n or min(segments, default=0) < 1:
         raise ValueError(f"`segments` must be positive sizes summing to n={result.n}, got {segments}.")
-    refine_counts, _, refine_gaps, _, _ = _split_rounds(result)
-    support, labels = _first_picks(result)
+    refine_counts, new_counts, refine_gaps, _, order = _split_rounds(result)
+    support, labels = _first_picks(new_counts, order)
     segment_counts, context_gaps = _support_gaps(support, segments)
     w = _Writer()
     w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
@@ -479,12 +481,12 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
     for its rate estimate.
     """
     version, segments = _layout(stream)
-    refine_counts, new_counts, refine_gaps, new_gaps, _ = _split_rounds(result)
+    refine_counts, new_counts, refine_gaps, new_gaps, order = _split_rounds(result)
     entropy = _exp_golomb_entropy(refine_gaps) + _exp_golomb_entropy(refine_counts + 1) + result.nonzeros
     if version == 1:
         entropy += _exp_golomb_entropy(new_gaps) + _exp_golomb_entropy(new_counts + 1)
     else:
-        support, labels = _first_picks(result)
+        support, labels = _first_picks(new_counts, order)
         entropy += sum(_exp_golomb_entropy(g) for g in _support_gaps(support, segments)[1])
         entropy += _exp_golomb_entropy(new_counts + 1) + (_histogram_bits(labels) if labels.size else 0.0)
     if result.refresh == "ladder":

@@ -49,7 +49,8 @@ class SurpResult:
         t0: initial threshold (``alpha * mean(u)``).
         refresh: ``"ladder"`` or ``"mean"``.
         ladder: the ladder factor (``"ladder"`` refresh).
-        rounds: positions picked in each round (ascending int64 arrays).
+        rounds: positions picked in each round (ascending integer arrays: int32 from :func:`refine` below 2^31
+            positions, int64 from the decoder).
         refresh_steps: per round, ladder steps taken before it (``"ladder"``).
         refresh_values: per round, the refreshed threshold or NaN if none (``"mean"``).
         recon: the reconstructed magnitudes ``û`` (float64; a tensor on the refined vector's device, or an array);
@@ -409,7 +410,7 @@ def _refine_residual(
             cand = torch.sort(torch.cat([cand[~fresh], keep_new])).values
             new = allowed
         if record_rounds:
-            result.rounds.append(cand.cpu().numpy().astype(np.int64))
+            result.rounds.append(cand.cpu().numpy())  # int32 below 2^31 positions: half the memory
             result.refresh_steps.append(steps)
             result.refresh_values.append(value)
             thresholds.append(t)
