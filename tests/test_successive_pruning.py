@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lightning_compress as lc
+from lightning_compress.codec import surp as surp_codec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional import successive_pruning
 from lightning_compress.functional.successive_pruning import (
@@ -124,6 +125,19 @@ def test_chunked_search_takes_the_full_scans_decisions(monkeypatch: pytest.Monke
     assert len(chunked.rounds) == len(scanned.rounds) > 5
     assert all(np.array_equal(a, b) for a, b in zip(chunked.rounds, scanned.rounds, strict=True))
     assert np.array_equal(chunked.recon.numpy(), scanned.recon)
+
+
+def test_a_slice_decodes_to_the_bits_of_the_whole_vector() -> None:
+    # the codec decodes each tensor's slice alone (memory of one tensor, not of the whole float64 vector)
+    u, signs, _ = normalise([laplacian(20_000, 3), laplacian(30_000, 4)])
+    result = refine(u, target_sparsity=0.9, refine_steps=3)
+    stream = encode_stream(result, signs, segments=[20_000, 30_000])
+    decoded, decoded_signs = decode_stream(stream)
+    whole = decoded.recon * decoded_signs
+    assert decoded_signs.dtype == np.int8
+    for start, count in [(0, 7), (123, 4567), (19_999, 2), (20_000, 30_000), (49_990, 10), (0, 50_000)]:
+        assert np.array_equal(reconstruct(decoded, start, count), decoded.recon[start : start + count])
+        assert np.array_equal(surp_codec._signed_slice(stream, start, count), whole[start : start + count])
 
 
 def test_magnitude_recomputes_the_refined_vector_bit_for_bit() -> None:

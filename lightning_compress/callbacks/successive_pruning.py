@@ -370,6 +370,8 @@ class SuccessivePruning(CompressionCallback):
             return
         stream, norms, result = self._decide_stream(trainer, names, sparsity)
         self._write(pl_module, names, result, norms)
+        if result.picked is not None:  # the weights hold the reconstruction now; the figures need the rounds only
+            result.recon = None
         self.changed_weights = True
         nonzeros, n = result.nonzeros, result.n
         figures = {

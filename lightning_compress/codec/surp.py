@@ -400,12 +400,8 @@ def _decode_v2(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.nda
     return _rounds_from_labels(support, labels, refine_counts, refine_gaps), support, r.block()
 
 
-def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
-    """Inverse of :func:`encode_stream` (reads versions 1 and 2): the replayed refinement (``recon`` filled), signs.
-
-    Raises:
-        ValueError: when the stream is truncated or corrupt.
-    """
+def _parse(data: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
+    """A stream's refinement (rounds, no reconstruction), its signed positions and their sign bits (1: negative)."""
     if len(data) < _HEAD.size:
         raise ValueError("surp stream truncated (header).")
     version, mean_flag, t0, ladder = _HEAD.unpack_from(data)
@@ -419,9 +415,21 @@ def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
         raise ValueError("surp stream truncated (signs).")
     if r.pos != len(data):
         raise ValueError("surp stream corrupt (trailing bytes).")
+    return result, signed, sign_bits[: signed.size].astype(bool)
+
+
+def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
+    """Inverse of :func:`encode_stream` (reads versions 1 and 2): the replayed refinement (``recon`` filled), signs.
+
+    The signs are ``-1``, ``0`` or ``+1`` per position (int8; 0 off the support).
+
+    Raises:
+        ValueError: when the stream is truncated or corrupt.
+    """
+    result, signed, negative = _parse(data)
     result.recon = reconstruct(result)
-    signs = np.zeros(result.n)
-    signs[signed] = np.where(sign_bits[: signed.size] == 1, -1.0, 1.0)
+    signs = np.zeros(result.n, dtype=np.int8)
+    signs[signed] = np.where(negative, -1, 1)
     return result, signs
 
 
@@ -502,12 +510,21 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
 
 
 @lru_cache(maxsize=1)
-def _decoded(blob: bytes) -> np.ndarray:
-    """``sign * û`` of a stream (float64): every tensor of the stream decodes a slice of it."""
-    result, signs = decode_stream(blob)
-    signed = np.asarray(result.recon)
-    signed *= signs
-    return signed
+def _parsed(blob: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
+    """The parsed stream that every tensor of it decodes its slice from.
+
+    Rounds and signs: memory of the picks, not of a float64 vector of all positions.
+    """
+    return _parse(blob)
+
+
+def _signed_slice(blob: bytes, start: int, count: int) -> np.ndarray:
+    """``sign * û`` (float64) of positions ``[start, start + count)``: the same bits as the whole vector's slice."""
+    result, signed, negative = _parsed(blob)
+    values = reconstruct(result, start, count)
+    lo, hi = np.searchsorted(signed, (start, start + count))
+    values[signed[lo:hi][negative[lo:hi]] - start] *= -1.0
+    return values
 
 
 @register_codec
@@ -551,7 +568,7 @@ class SurpCodec(Codec):
         stream's head (version, thresholds, sizes) stays the blob's own overhead. Picks are weighted equally, so a
         tensor with denser, cheaper positions is charged a little more than its exact entropy.
         """
-        result, _ = decode_stream(blob)
+        result = _parsed(blob)[0]
         picks = np.concatenate(result.rounds) if result.rounds else np.zeros(0, dtype=np.int64)
         head = _head_bytes(blob)
         shares: dict[str, int] = {}
@@ -563,11 +580,12 @@ class SurpCodec(Codec):
         return shares
 
     def forget(self) -> None:
-        _decoded.cache_clear()
+        _parsed.cache_clear()
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta
-        signed = _decoded(encoded.shared[meta["key"]])
+        blob = encoded.shared[meta["key"]]
+        size = _parsed(blob)[0].n
         n = math.prod(encoded.shape)
         start, norm = meta["offset"], meta["norm"]
         if not (
@@ -576,7 +594,7 @@ class SurpCodec(Codec):
             raise ValueError(
                 f"surp codec: `offset`={start!r} / `norm`={norm!r} are not an int >= 0 / a finite float >= 0."
             )
-        if start + n > signed.size:
+        if start + n > size:
             raise ValueError("surp codec: tensor slice outside the stream.")
-        values = (signed[start : start + n] * norm).astype(np.float32)
+        values = (_signed_slice(blob, start, n) * norm).astype(np.float32)
         return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))

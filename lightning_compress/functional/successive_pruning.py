@@ -35,6 +35,7 @@ __all__ = [
     "reconstruct",
     "refine",
     "refine_reference",
+    "round_quanta",
     "sparsity_schedule",
     "stable_sum",
 ]
@@ -435,9 +436,15 @@ def _found(positions: torch.Tensor | None) -> torch.Tensor:
     return positions
 
 
-def reconstruct(result: SurpResult) -> np.ndarray:
-    """Decoder: replay the thresholds and picks; returns ``û`` bit-exactly equal to the encoder's."""
-    recon = np.zeros(result.n)
+def round_quanta(result: SurpResult) -> list[float]:
+    """Decoder: the threshold every round added to its positions, replayed from what the stream carries.
+
+    Example:
+        >>> res = refine(np.array([3.0, 1.0, 0.5]), target_sparsity=0.3)
+        >>> float(sum(q for q, r in zip(round_quanta(res), res.rounds) if 0 in r)) == res.recon[0]
+        True
+    """
+    quanta: list[float] = []
     t = result.t0
     for positions, steps, value in zip(result.rounds, result.refresh_steps, result.refresh_values, strict=True):
         if result.refresh == "ladder":
@@ -445,8 +452,26 @@ def reconstruct(result: SurpResult) -> np.ndarray:
                 t *= result.ladder
         elif not math.isnan(value):
             t = value
-        recon[positions] += t
+        quanta.append(t)
         t = _decay(t, len(positions), result.n)
+    return quanta
+
+
+def reconstruct(result: SurpResult, start: int = 0, count: int | None = None) -> np.ndarray:
+    """Decoder: replay the thresholds and picks; returns ``û`` bit-exactly equal to the encoder's.
+
+    ``start`` and ``count`` select a slice of the positions (one tensor's): each position receives the same
+    quanta in the same order as in the whole vector, so the slice has the same bits, without the whole vector's
+    memory.
+    """
+    count = result.n - start if count is None else count
+    recon = np.zeros(count)
+    for positions, quantum in zip(result.rounds, round_quanta(result), strict=True):
+        if start == 0 and count == result.n:
+            recon[positions] += quantum
+        else:
+            lo, hi = np.searchsorted(positions, (start, start + count))
+            recon[positions[lo:hi] - start] += quantum
     return recon
 
 
