@@ -38,6 +38,7 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_number
 from lightning_compress.callbacks.guard import MetricGuard
+from lightning_compress.callbacks.memory import release_freed_memory
 from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.container import artifact_module, save
@@ -90,6 +91,7 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
                 try:
                     return method(self, *args, **kwargs)
                 finally:
+                    release_freed_memory()  # the event's working buffers must not stay resident under the next step
                     self.event_seconds[name] = self.event_seconds.get(name, 0.0) + time.perf_counter() - started
                     self.event_counts[name] = self.event_counts.get(name, 0) + 1
 
