@@ -1,0 +1,35 @@
+"""Compression events hand the memory they freed back to the operating system."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from lightning_compress.callbacks import base
+from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.memory import _malloc_trim
+
+
+class _Events(CompressionCallback):
+    @compression_event("stage")
+    def stage(self, fail: bool) -> int:
+        if fail:
+            raise RuntimeError("event failed")
+        return 1
+
+
+def test_every_event_releases_freed_memory_even_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(base, "release_freed_memory", lambda: calls.append(1) or True)
+    events = _Events()
+    assert events.stage(False) == 1
+    with pytest.raises(RuntimeError, match="event failed"):
+        events.stage(True)
+    assert len(calls) == 2
+    assert events.event_counts["stage"] == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux-only")
+def test_malloc_trim_is_found_on_linux() -> None:
+    assert _malloc_trim() is not None
