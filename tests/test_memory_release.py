@@ -26,7 +26,7 @@ def test_every_event_releases_freed_memory_even_when_it_fails(monkeypatch: pytes
     assert events.stage(False) == 1
     with pytest.raises(RuntimeError, match="event failed"):
         events.stage(True)
-    assert len(calls) == 2
+    assert len(calls) == 4  # before and after each event
     assert events.event_counts["stage"] == 2
 
 

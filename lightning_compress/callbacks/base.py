@@ -88,6 +88,8 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
         def timed(self: CompressionCallback, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             with torch.profiler.record_function(f"lc/{self.owner}/{name}"):
+                # the last step's activations, freed but still resident, must not lie under the event's buffers
+                release_freed_memory()
                 try:
                     return method(self, *args, **kwargs)
                 finally:
