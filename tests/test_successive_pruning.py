@@ -147,6 +147,9 @@ def test_magnitude_recomputes_the_refined_vector_bit_for_bit() -> None:
     u, norms = magnitudes(tensors)
     recomputed = torch.cat([magnitude(t, norm) for t, norm in zip(tensors, norms, strict=True)])
     assert torch.equal(recomputed, u)
+    weights = torch.tensor([-3.0, 4.0], dtype=torch.float64)
+    assert magnitude(weights, 5.0).tolist() == [0.6, 0.8]
+    assert weights.tolist() == [-3.0, 4.0]  # float64 weights are read, not overwritten
 
 
 def test_large_stream_is_within_two_percent_of_its_entropy() -> None:

@@ -288,7 +288,13 @@ def magnitude(tensor: torch.Tensor, norm: float) -> torch.Tensor:
         >>> magnitude(torch.tensor([3.0, -4.0]), 5.0).tolist()
         [0.6, 0.8]
     """
-    return tensor.detach().reshape(-1).to(torch.float64).abs_().div_(norm if norm > 0 else 1.0)
+    # copy=True: a float64 tensor's .to() would be the weights themselves, and abs_ would drop their signs
+    return _scaled_(tensor.detach().reshape(-1).to(torch.float64, copy=True), norm)
+
+
+def _scaled_(values: torch.Tensor, norm: float) -> torch.Tensor:
+    """``|values| / norm`` in place: the one definition :func:`magnitude` and :func:`magnitudes` share."""
+    return values.abs_().div_(norm if norm > 0 else 1.0)
 
 
 def _refine_residual(
@@ -542,7 +548,7 @@ def magnitudes(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[floa
         piece = u[offset : offset + tensor.numel()]
         piece.copy_(tensor.detach().reshape(-1))
         norm = math.sqrt(stable_sum(piece.square()))
-        piece.abs_().div_(norm if norm > 0 else 1.0)  # as magnitude(): the writer recomputes u from the weights
+        _scaled_(piece, norm)  # as magnitude(): the writer recomputes u from the weights
         norms.append(norm)
         offset += tensor.numel()
     return u, norms
