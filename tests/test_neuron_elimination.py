@@ -55,7 +55,7 @@ def test_scores_and_coefficients_match_least_squares() -> None:
     others = [k for k in range(6) if k != position]
     design = torch.cat([a[:, others], torch.ones(2000, 1, dtype=torch.float64)], dim=1)
     solution = torch.linalg.lstsq(design, a[:, position : position + 1]).solution.squeeze(1)
-    assert torch.allclose(torch.tensor(elimination.coefficients, dtype=torch.float64), solution[:-1], atol=1e-8)
+    assert torch.allclose(elimination.coefficients, solution[:-1], atol=1e-8)
     assert elimination.intercept == pytest.approx(float(solution[-1]), abs=1e-8)
     assert elimination.score == pytest.approx(score)
 
@@ -71,6 +71,41 @@ def test_downdated_inverse_equals_fresh_inverse() -> None:
         solver.eliminate(solver.best()[1])
     fresh = DependenceSolver(moments.mean(), moments.second_moment(), intercept=True, ridge=1e-10, alive=solver.alive)
     assert torch.allclose(solver.inverse, fresh.inverse, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_solver_in_the_moments_memory_decides_bit_for_bit_as_on_a_copy(intercept: bool) -> None:
+    """``take_second_moment`` + ``overwrite=True`` (the Gram matrix built in the moments' memory, kept packed)
+    eliminates the same neurons with the same coefficients, to the bit, as a solver on a copy; near-exact
+    eliminations (re-inversions from the packed Gram matrix) included. Without ``overwrite`` the input is untouched."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(4000, 30, generator=g)
+    noise = 1e-5 * torch.randn(4000, 10, generator=g)
+    acts = torch.cat([a, a[:, :10] * 2 + a[:, 10:20] + noise, torch.zeros(4000, 2)], dim=1)  # near-exact, dead
+    weight = torch.randn(42, 5, generator=g)
+
+    def decide(overwrite: bool, alive: list[int] | None) -> list[tuple[int, torch.Tensor, torch.Tensor, float]]:
+        moments = ActivationMoments(42)
+        moments.update(acts)
+        second = moments.take_second_moment() if overwrite else moments.second_moment()
+        before = second.clone()
+        solver = DependenceSolver(
+            moments.mean(), second, intercept=intercept, alive=alive, consumer_weight=weight, overwrite=overwrite
+        )
+        if not overwrite:
+            assert torch.equal(second, before)
+        else:
+            assert moments.outer.numel() == 0  # handed over
+        (record,) = greedy_round([solver], 1e-3, min_neurons=5)
+        return [(e.neuron, e.survivors, e.coefficients, e.score) for e in record.eliminations]
+
+    for alive in (None, [i for i in range(42) if i != 3]):
+        copied, in_place = decide(False, alive), decide(True, alive)
+        assert len(copied) >= 10
+        for (n1, s1, c1, r1), (n2, s2, c2, r2) in zip(copied, in_place, strict=True):
+            assert (n1, r1) == (n2, r2)
+            assert torch.equal(s1, s2)
+            assert torch.equal(c1, c2)
 
 
 def test_too_few_rows_every_neuron_looks_dependent_and_is_refused() -> None:

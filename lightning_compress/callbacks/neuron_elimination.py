@@ -505,11 +505,12 @@ class NeuronElimination(CompressionCallback):
                 solvers.append(
                     DependenceSolver(
                         moment.mean(),
-                        moment.second_moment(),
+                        moment.take_second_moment(),  # the solver's Gram matrix is built in this memory
                         intercept=pair.intercept,
                         ridge=self.ridge,
                         alive=keep,
                         consumer_weight=weight,
+                        overwrite=True,
                     )
                 )
                 index.append(i)
@@ -541,7 +542,8 @@ class NeuronElimination(CompressionCallback):
             for record, i in zip(records, index, strict=True):
                 eliminations = record.eliminations
                 if self.removal == "immediate":  # solver positions are current positions: back to original indices
-                    eliminations = [_remap(e, alive[i]) for e in eliminations]
+                    original = torch.tensor(alive[i], dtype=torch.long)
+                    eliminations = [_remap(e, original) for e in eliminations]
                 decided.append(RoundRecord(i, eliminations).to_dict())
         decided = self.broadcast(trainer, decided)
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
@@ -592,7 +594,9 @@ class NeuronElimination(CompressionCallback):
             consumer = module.get_submodule(pair.consumer)
             if self.removal == "immediate":
                 current = self._current_pairs(alive_before)[record.pair]
-                position = {orig: pos for pos, orig in enumerate(alive_before[record.pair])}
+                original = alive_before[record.pair]
+                position = torch.full((max(original, default=-1) + 1,), -1, dtype=torch.long)
+                position[torch.tensor(original, dtype=torch.long)] = torch.arange(len(original))
                 for elimination in record.eliminations:
                     redistribute_(consumer, current, _remap(elimination, position))
             else:
@@ -873,10 +877,6 @@ def _compact(record: RoundRecord | Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _remap(elimination: Elimination, index: Mapping[int, int] | Sequence[int]) -> Elimination:
-    """The same elimination with its neuron indices mapped through ``index`` (current <-> original positions)."""
-    return replace(
-        elimination,
-        neuron=index[elimination.neuron],
-        survivors=tuple(index[i] for i in elimination.survivors),
-    )
+def _remap(elimination: Elimination, lookup: torch.Tensor) -> Elimination:
+    """The same elimination with its neuron indices mapped through ``lookup`` (``lookup[old]`` is the new index)."""
+    return replace(elimination, neuron=int(lookup[elimination.neuron]), survivors=lookup[elimination.survivors])

@@ -339,6 +339,16 @@ class ActivationMoments:
         """``E[a a^T]``."""
         return self.outer / max(self.count, 1)
 
+    def take_second_moment(self) -> torch.Tensor:
+        """``E[a a^T]`` computed in the outer products' own memory, which this object gives up (left empty).
+
+        For :class:`DependenceSolver` with ``overwrite=True``: one ``[channels, channels]`` float64 matrix per layer
+        instead of three (ViT-B/16's twelve 3,072-unit layers: 76 MB each).
+        """
+        second = self.outer.div_(max(self.count, 1))
+        self.outer = torch.empty(0, 0, dtype=torch.float64, device=second.device)
+        return second
+
     def covariance(self) -> torch.Tensor:
         """``E[a a^T] - E[a] E[a]^T``."""
         mean = self.mean()
@@ -407,21 +417,24 @@ def rows_shortfall(layer: str, rows: int, neurons: int, min_rows_per_neuron: int
 # --------------------------------------------------------------------------------------------------------------------
 # Greedy elimination
 # --------------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Elimination:
     """One eliminated neuron and how its activation was redistributed (plain data; indices are original).
 
+    Survivors and coefficients are 1-D tensors: as tuples a Python int or float costs 28-32 bytes against a
+    tensor entry's 8, and a round on ViT-B/16 eliminates thousands of neurons with thousands of survivors each.
+
     Attributes:
         neuron: index of the neuron among the producer's original outputs.
-        survivors: original indices of the neurons alive at that moment (the regressors).
-        coefficients: regression coefficient of each survivor.
+        survivors: original indices of the neurons alive at that moment (the regressors; int64).
+        coefficients: regression coefficient of each survivor (float64).
         intercept: the constant term (0 for pairs without intercept).
         score: its ``1 - R^2`` when it was eliminated.
     """
 
     neuron: int
-    survivors: tuple[int, ...]
-    coefficients: tuple[float, ...]
+    survivors: torch.Tensor
+    coefficients: torch.Tensor
     intercept: float
     score: float
 
@@ -444,8 +457,8 @@ class RoundRecord:
             "eliminations": [
                 {
                     "neuron": e.neuron,
-                    "survivors": torch.tensor(e.survivors, dtype=torch.int32),
-                    "coefficients": torch.tensor(e.coefficients, dtype=torch.float64),
+                    "survivors": e.survivors.to("cpu", torch.int32),
+                    "coefficients": e.coefficients.to("cpu", torch.float64),
                     "intercept": e.intercept,
                     "score": e.score,
                 }
@@ -459,14 +472,52 @@ class RoundRecord:
         elims = [
             Elimination(
                 int(e["neuron"]),
-                tuple(int(i) for i in torch.as_tensor(e["survivors"]).tolist()),
-                tuple(float(c) for c in torch.as_tensor(e["coefficients"], dtype=torch.float64).tolist()),
+                torch.as_tensor(e["survivors"]).to(torch.long),
+                torch.as_tensor(e["coefficients"], dtype=torch.float64),
                 float(e["intercept"]),
                 float(e["score"]),
             )
             for e in data["eliminations"]
         ]
         return cls(int(data["pair"]), elims)
+
+
+def _without_row(matrix: torch.Tensor, position: int) -> torch.Tensor:
+    """A copy of ``matrix`` without row ``position`` (two block copies; an index gather is several times slower)."""
+    return torch.cat([matrix[:position], matrix[position + 1 :]])
+
+
+def _without(matrix: torch.Tensor, position: int) -> torch.Tensor:
+    """A copy of a square ``matrix`` without row and column ``position``."""
+    n = matrix.shape[0]
+    out = torch.empty(n - 1, n - 1, dtype=matrix.dtype, device=matrix.device)
+    p = position
+    out[:p, :p] = matrix[:p, :p]
+    out[:p, p:] = matrix[:p, p + 1 :]
+    out[p:, :p] = matrix[p + 1 :, :p]
+    out[p:, p:] = matrix[p + 1 :, p + 1 :]
+    return out
+
+
+def _pack_upper(matrix: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of a square matrix (with its diagonal), row by row, in one 1-D tensor."""
+    n = matrix.shape[0]
+    packed = torch.empty(n * (n + 1) // 2, dtype=matrix.dtype, device=matrix.device)
+    start = 0
+    for i in range(n):
+        packed[start : start + n - i] = matrix[i, i:]
+        start += n - i
+    return packed
+
+
+def _unpack_upper(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The symmetric ``[n, n]`` matrix whose upper triangle :func:`_pack_upper` packed (the same values)."""
+    matrix = torch.zeros(n, n, dtype=packed.dtype, device=packed.device)
+    start = 0
+    for i in range(n):
+        matrix[i, i:] = packed[start : start + n - i]
+        start += n - i
+    return matrix.add_(matrix.triu(1).T)
 
 
 #: Below this score an elimination is "near-exact": the Schur downdate would cancel catastrophically.
@@ -494,7 +545,7 @@ class DependenceSolver:
         >>> solver = DependenceSolver(m.mean(), m.second_moment(), intercept=True)
         >>> score, j = solver.best()
         >>> e = solver.eliminate(j)
-        >>> e.neuron, [round(c, 6) + 0.0 for c in e.coefficients], round(e.intercept, 6), solver.alive
+        >>> e.neuron, [round(c, 6) + 0.0 for c in e.coefficients.tolist()], round(e.intercept, 6), solver.alive
         (3, [1.0, 2.0, 0.0], 3.0, [0, 1, 2])
     """
 
@@ -507,38 +558,65 @@ class DependenceSolver:
         ridge: float = 1e-10,
         alive: Sequence[int] | None = None,
         consumer_weight: torch.Tensor | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.intercept = intercept
         self.alive = list(range(mean.numel())) if alive is None else [int(i) for i in alive]
         index = torch.tensor(self.alive, dtype=torch.long, device=mean.device)
+        everyone = len(self.alive) == mean.numel() and self.alive == list(range(mean.numel()))
         mean = mean.double()[index]
-        second = second_moment.double()[index][:, index]
+        second = second_moment.double()
+        if not everyone:
+            second = second[index[:, None], index]
+        elif not overwrite or second is not second_moment:
+            second = second.clone()
+        # from here `second` is this solver's own memory: it becomes the Gram matrix in place (the same operations,
+        # so the same bits, as the out-of-place formulas; only one [n, n] matrix besides it at a time)
         self.mean = mean
-        self.variance = (second.diagonal() - mean * mean).clamp_min(0.0)
-        self.gram = second - torch.outer(mean, mean) if intercept else second
-        self.gram = (self.gram + self.gram.T) / 2
-        diag = self.gram.diagonal()
-        scale = float(diag.mean()) if diag.numel() and float(diag.mean()) > 0 else 1.0
-        self.delta = float(ridge) * scale
-        # dead neurons: constant (with intercept) or always zero (without); removable with c = 0
-        self.dead = (self.variance if intercept else second.diagonal()) <= 1e-12 * scale
+        second_diagonal = second.diagonal().clone()
+        self.variance = (second_diagonal - mean * mean).clamp_min(0.0)
         self.weight: torch.Tensor | None = None
         self.output_variance = 1.0
         if consumer_weight is not None:
             self.weight = consumer_weight.to(mean.device, torch.float64)[index]
-            covariance = second - torch.outer(mean, mean)
-            total = float(((self.weight @ self.weight.T) * covariance).sum())
+            product = self.weight @ self.weight.T
+            total = float(product.mul_(second - torch.outer(mean, mean)).sum())
+            del product
             self.output_variance = total if total > 0 else 1.0
-        self._invert()
+        if intercept:
+            second.sub_(torch.outer(mean, mean))
+        second.add_(second.T.clone()).div_(2)
+        diag = second.diagonal()
+        scale = float(diag.mean()) if diag.numel() and float(diag.mean()) > 0 else 1.0
+        self.delta = float(ridge) * scale
+        # dead neurons: constant (with intercept) or always zero (without); removable with c = 0
+        self.dead = (self.variance if intercept else second_diagonal) <= 1e-12 * scale
+        self._size = len(self.alive)
+        self._rows = torch.arange(self._size, device=mean.device)
+        # the Gram matrix is read again only to re-invert after a near-exact elimination: kept as its upper
+        # triangle at its first size (it is exactly symmetric), the alive neurons' rows picked out when needed
+        self._gram = _pack_upper(second)
+        self._invert(second)
 
-    def _invert(self) -> None:
-        n = self.gram.shape[0]
-        eye = torch.eye(n, dtype=torch.float64, device=self.gram.device)
-        factor, info = torch.linalg.cholesky_ex(self.gram + self.delta * eye)
+    @property
+    def gram(self) -> torch.Tensor:
+        """The (centred, when with intercept) Gram matrix of the alive neurons, without the ridge."""
+        gram = _unpack_upper(self._gram, self._size)
+        return gram if self._rows.numel() == self._size else gram[self._rows[:, None], self._rows]
+
+    def _invert(self, gram: torch.Tensor | None = None) -> None:
+        """Invert the ridged Gram matrix (``gram``'s memory is overwritten when given; default: :attr:`gram`)."""
+        ridged = self.gram if gram is None else gram
+        ridged.diagonal().add_(self.delta)  # = gram + delta * I, bit for bit
+        factor, info = torch.linalg.cholesky_ex(ridged)
         if int(info) == 0:
+            del ridged
             self.inverse = torch.cholesky_inverse(factor)
         else:  # not positive definite in floating point: fall back to a general inverse
-            self.inverse = torch.linalg.inv(self.gram + self.delta * eye)
+            del factor
+            self.inverse = torch.linalg.inv(ridged)
+        # symmetrising after a downdate changes nothing when the inverse is exactly symmetric (it then stays so)
+        self._symmetric = bool(torch.equal(self.inverse, self.inverse.T))
 
     def scores(self) -> torch.Tensor:
         """``1 - R^2`` of every alive neuron (0 for dead ones), in the order of :attr:`alive`."""
@@ -560,35 +638,45 @@ class DependenceSolver:
     def eliminate(self, position: int) -> Elimination:
         """Eliminate the alive neuron at ``position``: its regression on the others, and the downdate."""
         score = float(self.scores()[position])
-        keep = [i for i in range(len(self.alive)) if i != position]
-        keep_index = torch.tensor(keep, dtype=torch.long, device=self.inverse.device)
+        device = self.inverse.device
+        keep_index = torch.cat(
+            [torch.arange(position, device=device), torch.arange(position + 1, len(self.alive), device=device)]
+        )
+        pivot = self.inverse[position, position].clone()  # not a view: the old inverse is freed below
         if bool(self.dead[position]):
-            coefficients = torch.zeros(len(keep), dtype=torch.float64, device=self.inverse.device)
+            coefficients = torch.zeros(len(self.alive) - 1, dtype=torch.float64, device=device)
         else:
-            coefficients = -self.inverse[position, keep_index] / self.inverse[position, position]
+            coefficients = -self.inverse[position, keep_index] / pivot
         intercept = float(self.mean[position] - coefficients @ self.mean[keep_index]) if self.intercept else 0.0
+        alive = torch.tensor(self.alive, dtype=torch.long)
         elimination = Elimination(
             neuron=self.alive[position],
-            survivors=tuple(self.alive[i] for i in keep),
-            coefficients=tuple(float(c) for c in coefficients.cpu()),
+            survivors=torch.cat([alive[:position], alive[position + 1 :]]),
+            coefficients=coefficients,
             intercept=intercept,
             score=score,
         )
         column = self.inverse[keep_index, position]
-        downdated = (
-            self.inverse[keep_index][:, keep_index] - torch.outer(column, column) / self.inverse[position, position]
-        )
+        # the Schur downdate, in place on one copy without the row and column (same bits as the out-of-place formula)
+        downdated = _without(self.inverse, position)
+        downdated.sub_(torch.outer(column, column).div_(pivot))
         if self.weight is not None:  # the survivors' consumer columns absorb the eliminated one's
-            self.weight = self.weight[keep_index] + coefficients[:, None] * self.weight[position][None, :]
-        self.alive = [self.alive[i] for i in keep]
+            moved = self.weight[position]
+            self.weight = _without_row(self.weight, position).add_(coefficients[:, None] * moved[None, :])
+        self.alive = [self.alive[i] for i in keep_index.tolist()]
         self.mean = self.mean[keep_index]
         self.variance = self.variance[keep_index]
         self.dead = self.dead[keep_index]
-        self.gram = self.gram[keep_index][:, keep_index]
+        self._rows = self._rows[keep_index]
+        del self.inverse
         if score < _NEAR_EXACT and not bool(self.dead.all()):
+            del downdated
             self._invert()
+        elif self._symmetric:  # the downdate keeps an exactly symmetric inverse exactly symmetric
+            self.inverse = downdated
         else:
-            self.inverse = (downdated + downdated.T) / 2
+            self.inverse = downdated.add_(downdated.T.clone()).div_(2)
+            self._symmetric = True
         return elimination
 
 
@@ -682,8 +770,8 @@ def redistribute_(consumer: nn.Module, pair: LayerPair, elimination: Elimination
     weight = _weight(consumer)
     view = weight.view(weight.shape[0], pair.channels, -1)  # [out, C, S]: a kernel/flatten block per neuron
     column = view[:, elimination.neuron, :].double()
-    survivors = torch.tensor(elimination.survivors, dtype=torch.long, device=weight.device)
-    coefficients = torch.tensor(elimination.coefficients, dtype=torch.float64, device=weight.device)
+    survivors = elimination.survivors.to(weight.device, torch.long)
+    coefficients = elimination.coefficients.to(weight.device, torch.float64)
     update = view[:, survivors, :].double() + coefficients[None, :, None] * column[:, None, :]
     view[:, survivors, :] = update.to(weight.dtype)
     bias = _bias(consumer)
@@ -896,10 +984,11 @@ def eliminate_dependent(
     solvers = [
         DependenceSolver(
             m.mean(),
-            m.second_moment(),
+            m.take_second_moment(),
             intercept=p.intercept,
             ridge=ridge,
             consumer_weight=consumer_columns(module.get_submodule(p.consumer), p) if score == "output" else None,
+            overwrite=True,
         )
         for p, m in zip(pairs, moments, strict=True)
     ]
