@@ -479,14 +479,15 @@ class NeuronElimination(CompressionCallback):
         rows = None if batches is not None else math.ceil(4 * self.min_rows_per_neuron / max(trainer.world_size, 1))
         moments = collect_moments(module, self._current_pairs(alive), inputs, rows_per_neuron=rows)
         for pair, moment in zip(self.pairs, moments, strict=True):
-            packed = trainer.strategy.reduce(moment.as_tensor(), reduce_op="sum")
-            if not bool(torch.isfinite(packed).all()):
+            if trainer.world_size > 1:  # one process: no packed copy of the outer products to sum
+                moment.load_tensor(trainer.strategy.reduce(moment.as_tensor(), reduce_op="sum"))
+            finite = bool(torch.isfinite(moment.total).all()) and bool(torch.isfinite(moment.outer).all())
+            if not finite:
                 raise FloatingPointError(
                     f"NeuronElimination: the calibration statistics of {pair.producer}'s outputs hold NaN or Inf (the "
                     "model has diverged, or its inputs do); nothing was eliminated. Lower the learning rate or check "
                     "the data."
                 )
-            moment.load_tensor(packed)
         decided: list[dict[str, Any]] | None = None
         if trainer.is_global_zero:
             solvers, index = [], []
