@@ -156,6 +156,39 @@ def test_merge_run_on_the_device_takes_the_per_weight_runs_steps() -> None:
         assert steps == naive
 
 
+def test_candidates_written_chunk_by_chunk_across_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a pruned support a candidate is written slice by slice into the tensors each slice covers (slices
+    crossing tensor boundaries, an empty tensor): exactly the values of the binning written whole."""
+    import lightning_compress.functional.weight_sharing as ws
+
+    monkeypatch.setattr(ws, "CHUNK", 1000)
+    torch.manual_seed(0)
+    w = [torch.randn(37, 41) ** 3, torch.zeros(0), torch.randn(2500), torch.randn(3, 7)]
+    problem = WeightSharingProblem(w, lambda: float(sum(t.sum() for t in w)))
+    for k in (2, 9, 300):
+        problem.evaluate_k(k)
+        written = [t.clone() for t in w]
+        problem.write(uniform_binning(problem.values, k))
+        assert all(torch.equal(a, b) for a, b in zip(written, w, strict=True))
+        # a merge step's candidate is written in slices too: the run scores what whole writes score
+        problem.merge_until_no_improvement(k)
+        binning, best, naive, i = uniform_binning(problem.values, k), problem.evaluate_k(k).error, [], 1
+        while i < binning.num_shared - 1:
+            left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
+            e_left, e_right = problem.error_of(left), problem.error_of(right)
+            if e_left <= best and e_left <= e_right:
+                binning, best = left, e_left
+                naive.append(i - 1)
+            elif e_right <= best:
+                binning, best = right, e_right
+                naive.append(i)
+            else:
+                i += 1
+        assert problem.merge_steps == naive
+    problem.restore()
+    assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
+
+
 def test_codebook_of_the_search_equals_uniform_binning() -> None:
     """The search's codebook (chunked statistics, no indices kept) is uniform_binning's, for every k."""
     torch.manual_seed(0)

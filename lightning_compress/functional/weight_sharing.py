@@ -8,7 +8,9 @@ of front solutions are then merged while the validation error does not get worse
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -331,6 +333,31 @@ class WeightSharingProblem:
             p.copy_(full[offset : offset + p.numel()].reshape(p.shape))
             offset += p.numel()
 
+    @torch.no_grad()
+    def _write_chunks(self, chunks: Iterable[tuple[int, torch.Tensor]]) -> None:
+        """Write the binned entries' new values from ``(start, values)`` slices in :attr:`values` order.
+
+        Without a pruned support every entry is binned, so each slice goes straight into the parameters it covers (no
+        new value per weight held at once: one model size less than :meth:`_write_kept` at a candidate's peak).
+        """
+        flats = [p.detach().view(-1) for p in self.params if p.is_contiguous()]
+        if self._kept is not None or len(flats) < len(self.params):
+            kept = torch.empty(self.values.numel(), dtype=torch.float32, device=self.device)
+            for start, part in chunks:
+                kept[start : start + part.numel()] = part
+            self._write_kept(kept)
+            return
+        ends = list(itertools.accumulate(p.numel() for p in self.params))
+        for start, part in chunks:
+            stop = start + part.numel()
+            first = bisect.bisect_right(ends, start)
+            for i in range(first, len(self.params)):
+                begin = ends[i] - self.params[i].numel()
+                if begin >= stop:
+                    break
+                low, high = max(start, begin), min(stop, ends[i])
+                flats[i][low - begin : high - begin].copy_(part[low - start : high - start])
+
     def write(self, binning: Binning) -> None:
         """Set every (kept) entry to its shared value."""
         self._write_kept(binning.values(torch.float32))
@@ -383,10 +410,7 @@ class WeightSharingProblem:
             sums, counts = bin_statistics(self.values, edges)
             # every bin's mean, by its unmerged number (empty bins are never looked up)
             table = (sums / counts.clamp(min=1)).to(torch.float32)
-            kept = torch.empty(self.values.numel(), dtype=torch.float32)
-            for start, _, bins in bin_chunks(self.values, edges):
-                kept[start : start + bins.numel()] = table[bins]
-            self._write_kept(kept)
+            self._write_chunks((start, table[bins]) for start, _, bins in bin_chunks(self.values, edges))
             self.cache[k] = SearchPoint(k, int((counts > 0).sum()), self._score(full=False))
         return self.cache[k]
 
@@ -425,7 +449,11 @@ class WeightSharingProblem:
 
         def error(merged: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
             table = (merged[0] / merged[1]).to(torch.float32)[merged[2]].to(self.device)
-            self._write_kept(table[base_on_device])  # the same values as Binning.values() of the merged binning
+            # the same values as Binning.values() of the merged binning
+            self._write_chunks(
+                (start, table[base_on_device[start : start + CHUNK]])
+                for start in range(0, base_on_device.numel(), CHUNK)
+            )
             return self._score(full=False)
 
         # the steps, not the binnings: each binning holds an index per weight, and a run takes dozens of steps
