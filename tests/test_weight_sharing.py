@@ -118,6 +118,27 @@ def test_nsga2_front_equals_exhaustive_front(seed: int) -> None:
     assert all(a.num_shared < b.num_shared and a.error > b.error for a, b in itertools.pairwise(found))
 
 
+def test_replayed_merges_equal_merges_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merges composed in a table and applied once, in place and in chunks: the same codebook (to the bit), indices
+    and counts as merge_bins one step at a time."""
+    import lightning_compress.functional.weight_sharing as ws
+
+    monkeypatch.setattr(ws, "CHUNK", 1000)
+    torch.manual_seed(3)
+    values = torch.randn(4321) ** 3
+    steps = [0, 0, 5, 3, 10, 2, 2]
+    one_by_one = uniform_binning(values, 40)
+    for i in steps:
+        one_by_one = merge_bins(one_by_one, i)
+    replayed = ws.replay_merges_(uniform_binning(values, 40), steps)
+    assert torch.equal(replayed.codebook, one_by_one.codebook)
+    assert torch.equal(replayed.indices, one_by_one.indices)
+    assert torch.equal(replayed.counts, one_by_one.counts)
+    assert replayed.indices.dtype == torch.int32
+    with pytest.raises(ValueError, match="Cannot merge bins 99"):
+        ws.replay_merges_(uniform_binning(values, 40), [99])
+
+
 def test_merge_never_increases_validation_error() -> None:
     problem = _tiny_problem()
     for k in (6, 12, 30):

@@ -293,7 +293,7 @@ class WeightSharing(CompressionCallback):
         assert decision is not None  # noqa: S101 - broadcast returns rank 0's decision
         binning = Binning(
             codebook=torch.tensor(decision["codebook"], dtype=torch.float64),
-            indices=decision["indices"].long(),
+            indices=decision["indices"],  # int32: an int64 copy was 2 model sizes
             sums=torch.zeros(0),
             counts=torch.tensor(decision["counts"]),
         )

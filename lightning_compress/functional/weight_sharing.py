@@ -32,6 +32,7 @@ __all__ = [
     "merge_bins",
     "nsga2_search",
     "pareto_front",
+    "replay_merges_",
     "select_parameters",
     "uniform_binning",
     "write_binning",
@@ -186,13 +187,48 @@ def write_binning(params: Sequence[torch.Tensor], binning: Binning, keep_zeros: 
         offset += count
 
 
+def _merge_statistics(
+    sums: torch.Tensor, counts: torch.Tensor, group: torch.Tensor, i: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bins ``i`` and ``i + 1`` merged in the per-bin sums and counts, and in ``group`` (unmerged bin -> bin)."""
+    return (
+        torch.cat([sums[:i], sums[i : i + 2].sum().reshape(1), sums[i + 2 :]]),
+        torch.cat([counts[:i], counts[i : i + 2].sum().reshape(1), counts[i + 2 :]]),
+        group - (group > i).to(group.dtype),
+    )
+
+
 def merge_bins(binning: Binning, i: int) -> Binning:
     """Merge bins ``i`` and ``i + 1``; the merged value is the mean of all their members."""
     if not 0 <= i < binning.num_shared - 1:
         raise ValueError(f"Cannot merge bins {i} and {i + 1} of {binning.num_shared}.")
-    sums = torch.cat([binning.sums[:i], binning.sums[i : i + 2].sum().reshape(1), binning.sums[i + 2 :]])
-    counts = torch.cat([binning.counts[:i], binning.counts[i : i + 2].sum().reshape(1), binning.counts[i + 2 :]])
-    indices = binning.indices - (binning.indices > i).to(binning.indices.dtype)
+    sums, counts, indices = _merge_statistics(binning.sums, binning.counts, binning.indices, i)
+    return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
+
+
+def replay_merges_(binning: Binning, steps: Sequence[int]) -> Binning:
+    """:func:`merge_bins` at each of ``steps`` in turn, relabelling ``binning``'s indices once, in place.
+
+    The same binning as the merges one by one (the same sums and counts, so the same codebook), without a new index
+    per weight at every step: the steps are composed in a table over the unmerged bins, applied chunk by chunk.
+
+    Example:
+        >>> b = uniform_binning(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]), k=5)  # one value per bin
+        >>> replay_merges_(b, [1, 1]).indices.tolist()  # bins 1, 2, 3 merged
+        [0, 1, 1, 1, 2]
+    """
+    sums, counts = binning.sums, binning.counts
+    group = torch.arange(binning.num_shared, dtype=torch.int64)
+    for i in steps:
+        if not 0 <= i < sums.numel() - 1:
+            raise ValueError(f"Cannot merge bins {i} and {i + 1} of {sums.numel()}.")
+        sums, counts, group = _merge_statistics(sums, counts, group, i)
+    indices = binning.indices
+    if len(steps):
+        table = group.to(device=indices.device, dtype=indices.dtype)
+        for start in range(0, indices.numel(), CHUNK):
+            part = indices[start : start + CHUNK]
+            part.copy_(table[part])
     return Binning(codebook=sums / counts, indices=indices, sums=sums, counts=counts)
 
 
@@ -299,7 +335,16 @@ class WeightSharingProblem:
             for p, k in zip(self.params, keep, strict=True)
         ]
         # the binned values; with the masks they are also the original tensors (restore writes them back): no clone
-        self.values = torch.cat([p.detach().reshape(-1).cpu()[m] for p, m in zip(self.params, self.masks, strict=True)])
+        dtype = self.params[0].dtype if self.params else torch.float32
+        for p in self.params[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        self.values = torch.empty(sum(int(m.sum()) for m in self.masks), dtype=dtype)
+        offset = 0
+        for p, m, k in zip(self.params, self.masks, keep, strict=True):
+            flat = p.detach().reshape(-1).cpu()
+            part = flat[m] if k else flat  # filled in place: a concatenation held the values twice
+            self.values[offset : offset + part.numel()] = part
+            offset += part.numel()
         # Nothing per value is kept for the search besides these (a sorted copy, its prefix sums and the argsort took
         # 5 model sizes): each candidate bins the values again in chunks (O(N log k), like writing it).
         # the edges of every candidate span these (as uniform_binning's, from the values' own range)
@@ -441,11 +486,7 @@ class WeightSharingProblem:
         group = torch.arange(base.num_shared)
 
         def merge(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return (
-                torch.cat([sums[:i], sums[i : i + 2].sum().reshape(1), sums[i + 2 :]]),
-                torch.cat([counts[:i], counts[i : i + 2].sum().reshape(1), counts[i + 2 :]]),
-                group - (group > i).long(),
-            )
+            return _merge_statistics(sums, counts, group, i)
 
         def error(merged: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
             table = (merged[0] / merged[1]).to(torch.float32)[merged[2]].to(self.device)
@@ -470,17 +511,14 @@ class WeightSharingProblem:
                 self.merge_steps.append(i)
             else:
                 i += 1
-        return self.merged(len(self.merge_steps)), best
+        return replay_merges_(base, self.merge_steps), best  # the very binning the steps went through
 
     def merged(self, steps: int) -> Binning:
         """The binning after the first ``steps`` merges of the last :meth:`merge_until_no_improvement` run.
 
         Replays them from its unmerged binning, so it is the very binning that run went through.
         """
-        binning = uniform_binning(self.values, self.merge_k)
-        for i in self.merge_steps[:steps]:
-            binning = merge_bins(binning, i)
-        return binning
+        return replay_merges_(uniform_binning(self.values, self.merge_k), self.merge_steps[:steps])
 
 
 def nsga2_search(
