@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 
 import bench.scale as scale
+from lightning_compress.callbacks.memory import release_freed_memory
 
 
 class _MallInfo2(ctypes.Structure):
@@ -58,6 +59,44 @@ class Timeline:
         while not stop.is_set():
             self.samples.append((time.perf_counter(), self.label, self.now()))
             time.sleep(0.005)
+
+
+class PhasePeaks:
+    """The most malloc held since the last :meth:`report` (a sampling thread)."""
+
+    def __init__(self) -> None:
+        self._timeline = Timeline(rss=False)
+        self.most = self._timeline.now()
+        self._lock = threading.Lock()  # a sample taken before a reset must not land after it
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._started = time.perf_counter()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self.most = max(self.most, self._timeline.now())
+            time.sleep(0.003)
+
+    def report(self, phase: str) -> None:
+        mb = 2**20
+        with self._lock:
+            now = self._timeline.now()
+            most = max(self.most, now)
+        print(
+            f"{phase:30s} held {now / mb:8.0f} MB   most inside {most / mb:8.0f} MB   "
+            f"{time.perf_counter() - self._started:7.1f} s",
+            flush=True,
+        )
+        release_freed_memory()
+        with self._lock:
+            self.most = self._timeline.now()
+        self._started = time.perf_counter()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _label_events(timeline: Timeline) -> None:

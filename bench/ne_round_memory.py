@@ -17,54 +17,13 @@ written to ``bench/results``: the figures are read, not tabled.
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 from collections.abc import Iterator
 
 import torch
 
 import bench.scale as scale
-from bench.memory_timeline import Timeline
-from lightning_compress.callbacks.memory import release_freed_memory
+from bench.memory_timeline import PhasePeaks
 from lightning_compress.functional import neuron_elimination as ne
-
-
-class PhasePeaks:
-    """The most malloc held since the last :meth:`report` (a sampling thread)."""
-
-    def __init__(self) -> None:
-        self._timeline = Timeline(rss=False)
-        self.most = self._timeline.now()
-        self._lock = threading.Lock()  # a sample taken before a reset must not land after it
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        self._started = time.perf_counter()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                self.most = max(self.most, self._timeline.now())
-            time.sleep(0.003)
-
-    def report(self, phase: str) -> None:
-        mb = 2**20
-        with self._lock:
-            now = self._timeline.now()
-            most = max(self.most, now)
-        print(
-            f"{phase:30s} held {now / mb:8.0f} MB   most inside {most / mb:8.0f} MB   "
-            f"{time.perf_counter() - self._started:7.1f} s",
-            flush=True,
-        )
-        release_freed_memory()
-        with self._lock:
-            self.most = self._timeline.now()
-        self._started = time.perf_counter()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main() -> None:

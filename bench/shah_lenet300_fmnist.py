@@ -59,7 +59,9 @@ class L1NeuronPruning(NeuronElimination):
             group = graph.get_pruning_group(layer, prune, list(range(pair.channels)))
             scores = importance(group).detach().cpu()[alive[i]]  # masked neurons are zero anyway
             order = torch.argsort(scores)[:excess].tolist()
-            records.append(RoundRecord(i, [Elimination(alive[i][j], (), (), 0.0, float(scores[j])) for j in order]))
+            none, no_coefficients = torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.float64)
+            eliminations = [Elimination(alive[i][j], none, no_coefficients, 0.0, float(scores[j])) for j in order]
+            records.append(RoundRecord(i, eliminations))
         return records
 
 
