@@ -154,27 +154,30 @@ def test_merge_never_increases_validation_error() -> None:
     assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
 
 
+def _merge_steps_one_by_one(problem: WeightSharingProblem, k: int) -> list[int]:
+    """The merge run's rule applied with binnings built weight by weight (merge_bins) and written whole."""
+    binning, best, steps, i = uniform_binning(problem.values, k), problem.evaluate_k(k).error, [], 1
+    while i < binning.num_shared - 1:
+        left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
+        e_left, e_right = problem.error_of(left), problem.error_of(right)
+        if e_left <= best and e_left <= e_right:
+            binning, best = left, e_left
+            steps.append(i - 1)
+        elif e_right <= best:
+            binning, best = right, e_right
+            steps.append(i)
+        else:
+            i += 1
+    return steps
+
+
 def test_merge_run_on_the_device_takes_the_per_weight_runs_steps() -> None:
     # The run updates a table over the unmerged bins; each step must score exactly what the binning built weight by
     # weight (merge_bins, Binning.values) would, so it takes the same steps.
     problem = _tiny_problem()
     for k in (6, 12, 30):
         problem.merge_until_no_improvement(k)
-        steps = list(problem.merge_steps)
-        binning, best, naive = uniform_binning(problem.values, k), problem.evaluate_k(k).error, []
-        i = 1
-        while i < binning.num_shared - 1:
-            left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
-            e_left, e_right = problem.error_of(left), problem.error_of(right)
-            if e_left <= best and e_left <= e_right:
-                binning, best = left, e_left
-                naive.append(i - 1)
-            elif e_right <= best:
-                binning, best = right, e_right
-                naive.append(i)
-            else:
-                i += 1
-        assert steps == naive
+        assert problem.merge_steps == _merge_steps_one_by_one(problem, k)
 
 
 def test_candidates_written_chunk_by_chunk_across_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,19 +196,7 @@ def test_candidates_written_chunk_by_chunk_across_tensors(monkeypatch: pytest.Mo
         assert all(torch.equal(a, b) for a, b in zip(written, w, strict=True))
         # a merge step's candidate is written in slices too: the run scores what whole writes score
         problem.merge_until_no_improvement(k)
-        binning, best, naive, i = uniform_binning(problem.values, k), problem.evaluate_k(k).error, [], 1
-        while i < binning.num_shared - 1:
-            left, right = merge_bins(binning, i - 1), merge_bins(binning, i)
-            e_left, e_right = problem.error_of(left), problem.error_of(right)
-            if e_left <= best and e_left <= e_right:
-                binning, best = left, e_left
-                naive.append(i - 1)
-            elif e_right <= best:
-                binning, best = right, e_right
-                naive.append(i)
-            else:
-                i += 1
-        assert problem.merge_steps == naive
+        assert problem.merge_steps == _merge_steps_one_by_one(problem, k)
     problem.restore()
     assert all(torch.equal(p, o) for p, o in zip(problem.params, problem.original, strict=True))
 

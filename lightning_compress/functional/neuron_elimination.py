@@ -563,7 +563,7 @@ class DependenceSolver:
         self.intercept = intercept
         self.alive = list(range(mean.numel())) if alive is None else [int(i) for i in alive]
         index = torch.tensor(self.alive, dtype=torch.long, device=mean.device)
-        everyone = len(self.alive) == mean.numel() and self.alive == list(range(mean.numel()))
+        everyone = self.alive == list(range(mean.numel()))
         mean = mean.double()[index]
         second = second_moment.double()
         if not everyone:
@@ -648,10 +648,10 @@ class DependenceSolver:
         else:
             coefficients = -self.inverse[position, keep_index] / pivot
         intercept = float(self.mean[position] - coefficients @ self.mean[keep_index]) if self.intercept else 0.0
-        alive = torch.tensor(self.alive, dtype=torch.long)
+        survivors = self.alive[:position] + self.alive[position + 1 :]
         elimination = Elimination(
             neuron=self.alive[position],
-            survivors=torch.cat([alive[:position], alive[position + 1 :]]),
+            survivors=torch.tensor(survivors, dtype=torch.long),
             coefficients=coefficients,
             intercept=intercept,
             score=score,
@@ -663,7 +663,7 @@ class DependenceSolver:
         if self.weight is not None:  # the survivors' consumer columns absorb the eliminated one's
             moved = self.weight[position]
             self.weight = _without_row(self.weight, position).add_(coefficients[:, None] * moved[None, :])
-        self.alive = [self.alive[i] for i in keep_index.tolist()]
+        self.alive = survivors
         self.mean = self.mean[keep_index]
         self.variance = self.variance[keep_index]
         self.dead = self.dead[keep_index]
