@@ -178,7 +178,7 @@ def kept_by_model(module: torch.nn.Module) -> set[int]:
 
     Seed :func:`held_bytes` with them, to count only the memory a callback alone keeps after ``fit``.
     """
-    from lightning_compress.codec.representation import find_representation
+    from lightning_compress.representation import find_representation
 
     seen = {id(t) for t in (*module.parameters(), *module.buffers())}
     held_bytes(find_representation(module), seen)

@@ -27,7 +27,7 @@ from torch import nn
 import lightning_compress as lc
 from bench.common import composed, mean_sd_text, quiet_run, write_results
 from lightning_compress.cli import train
-from lightning_compress.codec.container import CodecSpec
+from lightning_compress.codec import CodecSpec
 from lightning_compress.functional.weight_sharing import (
     WeightSharingProblem,
     entropy_bits,
@@ -47,7 +47,7 @@ class SnapshotBeforeCompression(pl.Callback):
         self.snapshot: nn.Module | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.snapshot = copy.deepcopy(lc.codec.container.artifact_module(pl_module)).cpu()
+        self.snapshot = copy.deepcopy(lc.saving.artifact_module(pl_module)).cpu()
 
 
 def artifact_bits_per_weight(model: nn.Module, codebook: list[float], counts: list[int]) -> tuple[int, float]:

@@ -6,7 +6,8 @@ Public API::
     lc.save(model, "model.lcz"); model = lc.load("model.lcz"); lc.size_report("model.lcz").print()
 
 The names below are imported on first use (PEP 562), so ``import lightning_compress.codec`` reads and writes
-artifacts without importing Lightning, torchvision or torch-pruning.
+artifacts (``lightning_compress.saving`` saves and loads models) without importing Lightning, torchvision or
+torch-pruning.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
         Ternarization,
         WeightSharing,
     )
-    from lightning_compress.codec import ArtifactError, CodecSpec, load, read_artifact, save
+    from lightning_compress.codec import ArtifactError, CodecSpec, read_artifact
     from lightning_compress.models import build_model
     from lightning_compress.module import ImageClassifier, param_groups
     from lightning_compress.report import SizeReport, size_report
+    from lightning_compress.saving import load, save
 
 #: Public name -> the module that defines it.
 _PUBLIC = {
@@ -40,9 +42,9 @@ _PUBLIC = {
     "WeightSharing": "lightning_compress.callbacks",
     "ArtifactError": "lightning_compress.codec",
     "CodecSpec": "lightning_compress.codec",
-    "load": "lightning_compress.codec",
+    "load": "lightning_compress.saving",
     "read_artifact": "lightning_compress.codec",
-    "save": "lightning_compress.codec",
+    "save": "lightning_compress.saving",
     "build_model": "lightning_compress.models",
     "ImageClassifier": "lightning_compress.module",
     "param_groups": "lightning_compress.module",
@@ -61,6 +63,9 @@ _SUBMODULES = (
     "models",
     "module",
     "report",
+    "representation",
+    "saving",
+    "surgery",
     "sweep",
 )
 

@@ -25,9 +25,9 @@ from rich.console import Console
 
 from lightning_compress.callbacks.artifact import ArtifactWriter
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.codec.container import load
 from lightning_compress.module import evaluate_accuracy
 from lightning_compress.report import size_report
+from lightning_compress.saving import load
 from lightning_compress.sweep import dense_reference, sweep_group
 from lightning_compress.tracking import finish_wandb, go_offline_without_key, log_artifact_to_wandb
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_compress.codec.container import register_module_type
+from lightning_compress.codec.registry import register_module_type
 from lightning_compress.functional.ternarization import StepFunction, ternary_ste
 
 __all__ = [

@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from lightning_compress.codec import Artifact, read_artifact
 from lightning_compress.codec.base import dtype_from_name, fp32_nbytes, get_codec
-from lightning_compress.codec.container import Artifact, read_artifact, save
+from lightning_compress.saving import save
 
 __all__ = ["LayerSize", "SizeReport", "size_report"]
 
@@ -38,7 +39,7 @@ class LayerSize:
     codecs: str
     bytes: int
     #: why its tensors got their codecs (``representation``, ``values``, ``stale``, ``asked`` or ``default``; see
-    #: :data:`lightning_compress.codec.container.SOURCES`), "+"-joined when they differ
+    #: :data:`lightning_compress.codec.records.SOURCES`), "+"-joined when they differ
     why: str = ""
 
     @property

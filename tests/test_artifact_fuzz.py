@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import lightning_compress as lc
-from lightning_compress.codec import ArtifactError, CodecSpec, container
+from lightning_compress.codec import ArtifactError, CodecSpec, frame
 from lightning_compress.codec.surp import encode_stream
 from lightning_compress.functional.successive_pruning import normalise, refine
 from lightning_compress.models import build_model
@@ -75,15 +75,15 @@ def _fixture_bytes(tmp_path: Path) -> bytes:
 
 
 def _split(data: bytes) -> tuple[int, dict[str, Any], bytes]:
-    _, version, header_len = container._PREFIX.unpack_from(data)
-    start = container._PREFIX.size
-    header = json.loads(container._inflate_header(data[start : start + header_len], version))
-    return version, header, data[start + header_len : -container._DIGEST_BYTES]
+    _, version, header_len = frame.PREFIX.unpack_from(data)
+    start = frame.PREFIX.size
+    header = json.loads(frame.inflate_header(data[start : start + header_len], version))
+    return version, header, data[start + header_len : -frame.DIGEST_BYTES]
 
 
-def _join(header: Any, payload: bytes, version: int = container.FORMAT_VERSION) -> bytes:
-    text = container._deflate_header(json.dumps(header).encode())
-    body = container._PREFIX.pack(container.MAGIC, version, len(text)) + text + payload
+def _join(header: Any, payload: bytes, version: int = frame.FORMAT_VERSION) -> bytes:
+    text = frame.deflate_header(json.dumps(header).encode())
+    body = frame.PREFIX.pack(frame.MAGIC, version, len(text)) + text + payload
     return body + hashlib.sha256(body).digest()
 
 
@@ -220,7 +220,7 @@ def _cases(data: bytes) -> list[tuple[str, bytes]]:
         cases.append(("bitflip", bytes(flipped)))
     for _ in range(CASES["version"]):  # the prefix's version, checksum recomputed
         wrong = rng.choice([0, 1, 3, 4, 255, 65535])
-        body = bytearray(data[: -container._DIGEST_BYTES])
+        body = bytearray(data[: -frame.DIGEST_BYTES])
         struct.pack_into("<H", body, 4, wrong)
         cases.append(("version", bytes(body) + hashlib.sha256(bytes(body)).digest()))
     for _ in range(CASES["header"]):
@@ -296,7 +296,7 @@ def test_reported_hostile_headers_name_the_field(
 
 
 def test_default_max_elements_follows_the_machines_memory() -> None:
-    from lightning_compress.codec.container import default_max_elements
+    from lightning_compress.codec.header import default_max_elements
 
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert default_max_elements() == max(2**20, physical // 16)  # 16 bytes of reader memory per decoded value

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import lightning_compress as lc
-from lightning_compress.codec import ArtifactError, CodecSpec, container, get_codec, read_artifact
+from lightning_compress.codec import ArtifactError, CodecSpec, frame, get_codec, read_artifact, records
 from lightning_compress.codec.entropy import AnsStackReader, AnsStackWriter, ans_encode
 from lightning_compress.models import available_models, build_model
 
@@ -82,16 +82,16 @@ def test_load_decodes_tensor_by_tensor(tmp_path: Path, monkeypatch: pytest.Monke
     path = lc.save(net, tmp_path / "net.lcz")
     alive: list[weakref.ref[torch.Tensor]] = []
     most = 0
-    decode = container.Artifact._decode
+    decode = records.Artifact._decode
 
-    def counted(self: container.Artifact, record: container.TensorRecord) -> torch.Tensor:
+    def counted(self: records.Artifact, record: records.TensorRecord) -> torch.Tensor:
         nonlocal most
         tensor = decode(self, record)
         alive.append(weakref.ref(tensor))
         most = max(most, sum(ref() is not None for ref in alive))
         return tensor
 
-    monkeypatch.setattr(container.Artifact, "_decode", counted)
+    monkeypatch.setattr(records.Artifact, "_decode", counted)
     fresh = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8), nn.Linear(8, 8))
     loaded = lc.load(path, model=fresh)
     assert len(alive) == 8  # eight tensors decoded ...
@@ -148,7 +148,7 @@ def test_format_1_artifacts_are_still_read(tmp_path: Path) -> None:
     data = lc.save(model, tmp_path / "v2.lcz").read_bytes()
     magic, version, header_len = struct.unpack_from("<4sHI", data)
     assert version == 2
-    text = container._inflate_header(data[10 : 10 + header_len], version)
+    text = frame.inflate_header(data[10 : 10 + header_len], version)
     header_v1 = zlib.compress(text.replace(b'"format_version":2', b'"format_version":1'), 9)
     body = struct.pack("<4sHI", magic, 1, len(header_v1)) + header_v1 + data[10 + header_len : -32]
     (tmp_path / "v1.lcz").write_bytes(body + hashlib.sha256(body).digest())
@@ -161,7 +161,7 @@ def test_header_dictionary_makes_small_headers_smaller(tmp_path: Path) -> None:
     path = lc.save(build_model("lenet_300_100"), tmp_path / "m.lcz", metadata={"val/acc": 0.875})
     data = path.read_bytes()
     _, version, header_len = struct.unpack_from("<4sHI", data)
-    text = container._inflate_header(data[10 : 10 + header_len], version)
+    text = frame.inflate_header(data[10 : 10 + header_len], version)
     assert json.loads(text)["metadata"] == {"val/acc": 0.875}
     assert header_len < 0.8 * len(zlib.compress(text, 9))
 

@@ -16,7 +16,7 @@ import torch
 
 import lightning_compress as lc
 from lightning_compress.callbacks.base import CompressionCallback, default_windows
-from lightning_compress.codec.representation import CompositionError, Representation
+from lightning_compress.representation import CompositionError, Representation
 from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 
 _EPOCHS = 4

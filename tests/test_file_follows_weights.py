@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lightning_compress as lc
-from lightning_compress.codec.representation import find_representation, representation_of
+from lightning_compress.representation import find_representation, representation_of
 from tests.helpers.models import loaders, mlp, trainer_kwargs
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import lightning_compress as lc
-from lightning_compress.codec.representation import CompositionError
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, relaxed_bits, threshold_for_bits
 from lightning_compress.module import evaluate_accuracy
+from lightning_compress.representation import CompositionError
 from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, trainer_kwargs
 
 

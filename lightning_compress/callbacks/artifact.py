@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_metadata, check_names
-from lightning_compress.codec.container import save
+from lightning_compress.saving import save
 
 __all__ = ["ArtifactWriter"]
 

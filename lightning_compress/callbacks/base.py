@@ -3,7 +3,7 @@
 Composition (several callbacks in one ``fit``) rests on four rules kept here, so each callback keeps only its method:
 
 * **Claims.** In ``setup`` each callback claims aspects (structure, support, values) of named tensors in the model's
-  :class:`~lightning_compress.codec.representation.Representation`; a second owner of an aspect is refused there,
+  :class:`~lightning_compress.representation.Representation`; a second owner of an aspect is refused there,
   before the first step. The artifact's codecs are derived from the representation at save time.
 * **Windows.** Each callback acts within ``[start, end]``, fractions of the fit's optimizer steps. Without explicit
   windows, several callbacks get consecutive ones in the order structure, support, values
@@ -41,8 +41,6 @@ from lightning_compress.callbacks.guard import MetricGuard
 from lightning_compress.callbacks.memory import release_freed_memory
 from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
 from lightning_compress.codec.base import CodecSpec
-from lightning_compress.codec.container import artifact_module, save
-from lightning_compress.codec.representation import ASPECTS, CompositionError, Representation, representation_of
 from lightning_compress.functional.batchnorm import batch_norms, recalibrate_batch_norms_
 from lightning_compress.functional.forward import (
     ForwardInputs,
@@ -52,6 +50,8 @@ from lightning_compress.functional.forward import (
     to_device,
 )
 from lightning_compress.functional.selection import frozen_parameters
+from lightning_compress.representation import ASPECTS, CompositionError, Representation, representation_of
+from lightning_compress.saving import artifact_module, save
 
 __all__ = ["FORWARD_INPUTS_ATTR", "CompressionCallback", "compression_event", "default_windows"]
 

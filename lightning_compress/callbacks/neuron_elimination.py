@@ -25,7 +25,6 @@ from lightning_compress.arguments import check_bool, check_choice, check_names, 
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, DEFAULT_LOSS_BUDGET, find_monitor, mode_of
 from lightning_compress.codec.base import fp32_nbytes
-from lightning_compress.codec.container import resize_to_state
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     DependenceSolver,
@@ -46,6 +45,7 @@ from lightning_compress.functional.neuron_elimination import (
     shrink_,
 )
 from lightning_compress.functional.selection import frozen_parameters, tied_parameters
+from lightning_compress.surgery import resize_to_state
 
 __all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
 

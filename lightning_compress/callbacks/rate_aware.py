@@ -36,10 +36,10 @@ from typing_extensions import override
 from lightning_compress.arguments import check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback, compression_event
 from lightning_compress.callbacks.guard import MetricGuard
-from lightning_compress.codec.container import read_artifact
-from lightning_compress.codec.representation import CompositionError
+from lightning_compress.codec.reader import read_artifact
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
+from lightning_compress.representation import CompositionError
 
 __all__ = ["RateAware"]
 

@@ -1,19 +1,15 @@
-"""Compressed artifact container and the codecs it stores tensors with."""
+"""The ``.lcz`` file format and nothing else: the frame, the header's checks, the writer, the reader, the codecs.
 
-from lightning_compress.codec.base import Codec, EncodedTensor, available_codecs, get_codec, register_codec
+Models are saved and loaded by :mod:`lightning_compress.saving`, above this package; nothing here imports a model,
+a callback or model surgery.
+"""
+
+from lightning_compress.codec.base import Codec, CodecSpec, EncodedTensor, available_codecs, get_codec, register_codec
 from lightning_compress.codec.codebook import CodebookCodec
-from lightning_compress.codec.container import (
-    FORMAT_VERSION,
-    Artifact,
-    ArtifactError,
-    CodecSpec,
-    TensorRecord,
-    load,
-    read_artifact,
-    save,
-)
 from lightning_compress.codec.dense import DenseCodec
-from lightning_compress.codec.representation import CompositionError, Representation, representation_of
+from lightning_compress.codec.frame import FORMAT_VERSION
+from lightning_compress.codec.reader import read_artifact
+from lightning_compress.codec.records import Artifact, ArtifactError, TensorRecord
 from lightning_compress.codec.sparse import SparseCodec
 from lightning_compress.codec.sparse_codebook import SparseCodebookCodec
 from lightning_compress.codec.surp import SurpCodec
@@ -26,10 +22,8 @@ __all__ = [
     "CodebookCodec",
     "Codec",
     "CodecSpec",
-    "CompositionError",
     "DenseCodec",
     "EncodedTensor",
-    "Representation",
     "SparseCodebookCodec",
     "SparseCodec",
     "SurpCodec",
@@ -37,9 +31,6 @@ __all__ = [
     "TernaryCodec",
     "available_codecs",
     "get_codec",
-    "load",
     "read_artifact",
     "register_codec",
-    "representation_of",
-    "save",
 ]

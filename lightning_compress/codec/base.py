@@ -2,7 +2,7 @@
 
 A codec turns one tensor into ``(meta, payload)``: ``meta`` is small JSON-able side information (scales, sizes,
 which variant was chosen) and ``payload`` is the bytes that carry the values. The container
-(:mod:`lightning_compress.codec.container`) stores both; the size report reads them back from the file.
+(:mod:`lightning_compress.codec.writer`) stores both; the size report reads them back from the file.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def rf_vgg_cifar(
                 "state_dict file)."
             )
         if path.suffix == ".lcz":
-            from lightning_compress.codec.container import load
+            from lightning_compress.saving import load
 
             load(path, model=vgg)
         else:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from lightning_compress.codec.container import register_architecture
+from lightning_compress.codec.registry import register_architecture
 
 __all__ = ["available_models", "build_model", "register_model"]
 
