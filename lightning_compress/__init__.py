@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         Ternarization,
         WeightSharing,
     )
+    from lightning_compress.callbacks.plan import FitPlan, plan
     from lightning_compress.codec import ArtifactError, CodecSpec, read_artifact
     from lightning_compress.models import build_model
     from lightning_compress.module import ImageClassifier, param_groups
@@ -40,6 +41,8 @@ _PUBLIC = {
     "SuccessivePruning": "lightning_compress.callbacks",
     "Ternarization": "lightning_compress.callbacks",
     "WeightSharing": "lightning_compress.callbacks",
+    "FitPlan": "lightning_compress.callbacks.plan",
+    "plan": "lightning_compress.callbacks.plan",
     "ArtifactError": "lightning_compress.codec",
     "CodecSpec": "lightning_compress.codec",
     "load": "lightning_compress.saving",
@@ -73,6 +76,7 @@ __all__ = [
     "ArtifactError",
     "ArtifactWriter",
     "CodecSpec",
+    "FitPlan",
     "ImageClassifier",
     "NeuronElimination",
     "RateAware",
@@ -84,6 +88,7 @@ __all__ = [
     "build_model",
     "load",
     "param_groups",
+    "plan",
     "read_artifact",
     "save",
     "size_report",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from lightning_compress.codec.writer import resolve_spec, tied_aliases, write_ar
 from lightning_compress.representation import find_representation
 from lightning_compress.surgery import resize_to_state
 
-__all__ = ["REFERENCE_ATTR", "artifact_module", "load", "save"]
+__all__ = ["REFERENCE_ATTR", "artifact_module", "load", "save", "trial_artifact", "trial_bytes"]
 
 #: Module attribute set by structural compression: fp32 bytes of the model before it was made smaller.
 REFERENCE_ATTR = "_lc_reference_fp32_bytes"
@@ -127,6 +129,28 @@ def save(
             "reference_fp32_bytes": _reference_bytes(module, state, aliases, found.original_shapes),
         },
     )
+
+
+@contextmanager
+def trial_artifact(module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> Iterator[Path]:
+    """The artifact ``module`` would be written as now: a real file in a temporary directory, removed after.
+
+    ``codecs`` are a method's decisions not yet in its representation (a stage about to be recorded): the trial's
+    header is the final file's, byte for byte.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        yield save(module, Path(tmp) / "trial.lcz", codecs=codecs, codecs_decided=True)
+
+
+def trial_bytes(module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
+    """Size of :func:`trial_artifact`: the bytes the file would have now.
+
+    Example:
+        >>> trial_bytes(nn.Linear(4, 2)) > 10 * 4
+        True
+    """
+    with trial_artifact(module, codecs) as path:
+        return path.stat().st_size
 
 
 def _reference_bytes(

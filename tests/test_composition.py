@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import lightning_compress as lc
-from lightning_compress.callbacks.base import CompressionCallback, default_windows
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.plan import default_windows
 from lightning_compress.representation import CompositionError, Representation
 from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from lightning_compress.callbacks import base
-from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks import events as events_module
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.memory import _malloc_trim
 
 
@@ -21,7 +22,7 @@ class _Events(CompressionCallback):
 
 def test_every_event_releases_freed_memory_even_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(base, "release_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(events_module, "release_freed_memory", lambda: calls.append(1) or True)
     events = _Events()
     assert events.stage(False) == 1
     with pytest.raises(RuntimeError, match="event failed"):

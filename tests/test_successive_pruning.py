@@ -307,8 +307,8 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
     class CheckZeros(pl.Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
             flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
-            if cb._support:  # after the first stage: every masked entry is exactly zero, biases included
-                mask = torch.cat([m.reshape(-1) for m in cb._support.values()])
+            if cb.holds.support:  # after the first stage: every masked entry is exactly zero, biases included
+                mask = torch.cat([m.reshape(-1) for m in cb.holds.support.values()])
                 assert mask.dtype == torch.bool  # a quarter of a float mask's bytes
                 assert torch.all(flat[~mask] == 0)
                 zero_sets.append(flat == 0)
@@ -324,8 +324,8 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
     assert cb.event_seconds["stage"] > 0
     assert "artifact_bytes" in cb.history[-1]
     assert "artifact_bytes" not in cb.history[0]
-    assert not cb._support
-    assert cb._snapshot is None
+    assert not cb.holds.support
+    assert cb.guard_snapshot is None
 
 
 def test_artifact_round_trip_and_codec(tmp_path: Path) -> None:

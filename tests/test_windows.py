@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import lightning_compress as lc
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.plan import FitPlan
 from tests.helpers.models import blobs, loaders, mlp, trainer_kwargs
 
 
@@ -46,7 +47,7 @@ def test_weight_sharing_end_alone_says_when_it_shares(tmp_path: Path) -> None:
 
 def test_stages_never_pass_the_window_end() -> None:
     surp = lc.SuccessivePruning(end=0.5)
-    surp._window, surp._total_steps = (0.0, 0.5), 10  # a 5-step window for 14 stages
+    surp.fit_plan = FitPlan.of([surp], total_steps=10)  # a 5-step window for 14 stages
     steps = surp.steps_in_window(14, 0.2)
     assert max(steps) <= 5
     assert steps == sorted(steps)

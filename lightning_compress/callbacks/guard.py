@@ -5,17 +5,36 @@ network takes its method, so it watches a validation metric: the first one logge
 (accuracy-like words first, then loss-like ones; ``max``/``min`` from the name), or the one named by ``monitor``.
 After each validation the metric is compared with its best so far; a drop larger than the budget (1 point of an
 accuracy; 2% of the best value of a loss, for the default guard) tells the callback to undo what it did since the
-last validation and stop. :class:`MetricGuard` holds that logic and its state (plain data); the callbacks keep
-their own snapshots, since each knows which tensors it changed.
+last validation and stop. :class:`MetricGuard` holds that logic and its state (plain data); :func:`guard_validation`
+runs it for a callback that acts in counted steps (stages, cuts), with the snapshot it goes back to, and
+:func:`require_validation` refuses a guard in a fit without validation, before the first step. Every guarded
+callback (SuccessivePruning, RateAware, NeuronElimination) judges with :class:`MetricGuard`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_LOSS_BUDGET", "MetricGuard", "find_monitor", "mode_of"]
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
+
+from lightning_compress.callbacks.calibration import has_validation
+from lightning_compress.callbacks.holds import Holds
+from lightning_compress.callbacks.plan import should_skip
+
+__all__ = [
+    "DEFAULT_ACCURACY_BUDGET",
+    "DEFAULT_LOSS_BUDGET",
+    "Guarded",
+    "MetricGuard",
+    "find_monitor",
+    "guard_validation",
+    "mode_of",
+    "require_validation",
+]
 
 #: The default guard's budget on an accuracy-like metric: 1 point.
 DEFAULT_ACCURACY_BUDGET = 0.01
@@ -66,6 +85,7 @@ class MetricGuard:
     """
 
     owner: str
+
     budget: float
     monitor: str | None = None
     mode: str | None = None
@@ -132,3 +152,87 @@ class MetricGuard:
         self.monitor = state.get("monitor", self.monitor)
         self.mode = state.get("mode", self.mode)
         self.best = state.get("best", self.best)
+
+
+class Guarded(Protocol):
+    """What :func:`guard_validation` needs of a callback."""
+
+    @property
+    def owner(self) -> str:
+        """The callback's name."""
+
+    holds: Holds
+    #: the validated state an undo goes back to (``position`` and what :meth:`Holds.take_snapshot` copied)
+    guard_snapshot: dict[str, Any] | None
+
+    def target_module(self, pl_module: nn.Module) -> nn.Module:
+        """The module it compresses."""
+
+    def log_figures(self, trainer: pl.Trainer, figures: Mapping[str, float]) -> None:
+        """Record and log figures."""
+
+
+def require_validation(
+    owner: str, trainer: pl.Trainer, pl_module: nn.Module, guard: MetricGuard | None, what: str, instead: str
+) -> None:
+    """Refuse, before the first step, a guard (``guard`` not ``None``) in a fit without a validation loop.
+
+    ``what`` says what the guard holds (e.g. "its sparsity"); ``instead`` the argument that goes unguarded.
+
+    Raises:
+        ValueError: naming the default guard or ``accuracy_budget=``, and what to pass instead.
+    """
+    if guard is None or should_skip(trainer) or has_validation(trainer, pl_module):
+        return
+    raise ValueError(
+        f"{owner} guards {what} with a validation metric "
+        f"({'the default, with no target given' if guard.default else 'accuracy_budget='}), and this fit has no "
+        "validation loop (no `validation_step`, no validation data, or `limit_val_batches=0`). Pass validation "
+        f"data to `fit`, or give {instead} unguarded."
+    )
+
+
+def guard_validation(
+    callback: Guarded,
+    trainer: pl.Trainer,
+    guard: MetricGuard,
+    position: int,
+    names: Iterable[str],
+    unit: str,
+    hint: str,
+) -> tuple[str, int, bool] | None:
+    """One validation under an accuracy guard, for a callback that acts in counted steps (stages, cuts).
+
+    Finds the monitored metric at the first validation; then judges the drop from the best. Over budget, the
+    snapshot of the last validation within budget is restored (weights of ``names``, masks, statistics).
+    Otherwise a snapshot is taken when ``position`` (steps done) moved since the last one.
+
+    Returns:
+        ``None`` to go on, or ``(reason, position to hold, warn)`` when the callback must stop: the metric is
+        missing (``hint`` says what to give instead) or the last steps (``unit``) were undone.
+    """
+    if guard.monitor is None or guard.mode is None:
+        if not guard.resolve(trainer.callback_metrics):
+            found = sorted(trainer.callback_metrics)
+            reason = (
+                f"no validation metric to guard with was found among {found} (name one with `monitor=`, or give {hint})"
+            )
+            return reason, position, True
+        rank_zero_info(guard.describe() + f": {unit}s since a validation that falls further are undone.")
+    if should_skip(trainer):
+        return None
+    over, drop = guard.judge(trainer.callback_metrics)
+    module = callback.target_module(trainer.lightning_module)
+    snapshot = callback.guard_snapshot
+    if bool(trainer.strategy.broadcast(over, src=0)) and snapshot is not None:
+        restored = int(snapshot["position"])
+        callback.holds.restore_snapshot(module, snapshot)
+        callback.log_figures(trainer, {f"undone_{unit}s": float(position - restored)})
+        reason = (
+            f"{guard.monitor} fell {drop:.4g} below its best (over its budget): the last {position - restored} "
+            f"{unit}(s) were undone"
+        )
+        return reason, restored, False
+    if snapshot is None or int(snapshot["position"]) != position:
+        callback.guard_snapshot = {"position": position, **callback.holds.take_snapshot(module, names)}
+    return None

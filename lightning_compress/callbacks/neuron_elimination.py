@@ -22,7 +22,9 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
-from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.calibration import has_validation
+from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, DEFAULT_LOSS_BUDGET, find_monitor, mode_of
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.functional.forward import ForwardInputs
@@ -269,9 +271,10 @@ class NeuronElimination(CompressionCallback):
     def _refresh_masks(self, pl_module: nn.Module) -> None:
         """Hold the removed neurons' entries at zero (mask removal), by tensor name."""
         if self.removal == "immediate" or self._finished:
-            self.release_holds()
+            self.holds.release()
             return
-        self.hold_support(pl_module, elimination_masks(self.target_module(pl_module), self.pairs, self.removed()))
+        module = self.target_module(pl_module)
+        self.holds.hold_support(module, elimination_masks(module, self.pairs, self.removed()))
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @override
@@ -324,7 +327,7 @@ class NeuronElimination(CompressionCallback):
         if (
             self.accuracy_budget is not None
             and not self.should_skip(trainer)
-            and not self.has_validation(trainer, pl_module)
+            and not has_validation(trainer, pl_module)
         ):
             if not self.guard_is_default:
                 raise ValueError(
@@ -578,8 +581,8 @@ class NeuronElimination(CompressionCallback):
     @compression_event("round")
     def _run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = self.target_module(pl_module)
-        if self.accuracy_budget is not None and self._snapshot is None:
-            self._snapshot = {
+        if self.accuracy_budget is not None and self.guard_snapshot is None:
+            self.guard_snapshot = {
                 "history": len(self.history),
                 # only what a round writes (producers, norms, consumers): an undo leaves other methods' work alone
                 "state": {
@@ -683,12 +686,12 @@ class NeuronElimination(CompressionCallback):
         budget = self.accuracy_budget
         if self._relative_budget() and self._best is not None:
             budget = DEFAULT_LOSS_BUDGET * abs(self._best)
-        undo = bool(self._snapshot is not None and self._best is not None and self._best - value > budget)
+        undo = bool(self.guard_snapshot is not None and self._best is not None and self._best - value > budget)
         undo = bool(self.broadcast(trainer, undo))
         if undo:
-            assert self._snapshot is not None  # noqa: S101 - undo implies a snapshot
+            assert self.guard_snapshot is not None  # noqa: S101 - undo implies a snapshot
             module = self.target_module(pl_module)
-            state = self._snapshot["state"]
+            state = self.guard_snapshot["state"]
 
             def restore() -> dict[str, list[tuple[int, torch.Tensor]]]:
                 resize_to_state(module, state)
@@ -699,8 +702,8 @@ class NeuronElimination(CompressionCallback):
                 self.rebuild_optimizers(trainer, restore)
             else:
                 module.load_state_dict(state, strict=False)
-            undone = len(self.history) - self._snapshot["history"]
-            del self.history[self._snapshot["history"] :]
+            undone = len(self.history) - self.guard_snapshot["history"]
+            del self.history[self.guard_snapshot["history"] :]
             self._refresh_masks(pl_module)
             self._stopped = True
             self._stop_reason = (
@@ -714,7 +717,7 @@ class NeuronElimination(CompressionCallback):
             )
         else:
             self._best = value if self._best is None else max(self._best, value)
-        self._snapshot = None
+        self.guard_snapshot = None
         self._validated = True
 
     # -- end of the window -----------------------------------------------------------------------------------------
@@ -730,9 +733,9 @@ class NeuronElimination(CompressionCallback):
             self._finished = True
             return
         module = self.target_module(pl_module)
-        if self._snapshot is not None:
+        if self.guard_snapshot is not None:
             self._stop_reason = self._stop_reason or "its window ended (the last round was kept without a validation)"
-            self._snapshot = None
+            self.guard_snapshot = None
         if not self._stop_reason and self.accuracy_budget is not None and self._best is None:
             self._stop_reason = (
                 "no validation ran during the fit to give its accuracy guard a baseline (validate more often, e.g. "
@@ -767,7 +770,7 @@ class NeuronElimination(CompressionCallback):
             else:
                 change()
         self._finished = True
-        self.release_holds()
+        self.holds.release()
         if rebuild:
             self._shrunk_at = int(trainer.global_step)
         params = sum(p.numel() for p in module.parameters())

@@ -34,12 +34,14 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_number, check_parameters, is_number
-from lightning_compress.callbacks.base import CompressionCallback, compression_event
-from lightning_compress.callbacks.guard import MetricGuard
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.events import compression_event
+from lightning_compress.callbacks.guard import MetricGuard, guard_validation, require_validation
 from lightning_compress.codec.reader import read_artifact
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.representation import CompositionError
+from lightning_compress.saving import trial_artifact
 
 __all__ = ["RateAware"]
 
@@ -168,7 +170,7 @@ class RateAware(CompressionCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self.require_validation(trainer, pl_module, self.guard, "its cuts", "`target_bytes=` to cut that far")
+        require_validation(self.owner, trainer, pl_module, self.guard, "its cuts", "`target_bytes=` to cut that far")
         rep = self.representation(pl_module)
         kinds = [claim.kind if (claim := rep.tensors[n].values) else None for n in self._names]
         if self.value_bits_arg == "auto":
@@ -190,7 +192,7 @@ class RateAware(CompressionCallback):
         if not self._event_steps:
             self._event_steps = self.steps_in_window(self.events, self.final_fraction)
         if self._saved_masks:  # resumed: masks from the checkpoint
-            self.hold_support(pl_module, self._saved_masks)
+            self.holds.hold_support(self.target_module(pl_module), self._saved_masks)
             self._saved_masks = {}
 
     def _check_prices(self, kinds: Sequence[str | None]) -> None:
@@ -261,7 +263,7 @@ class RateAware(CompressionCallback):
         Measured on a trial file of the model as it is: its size less the payloads (and the shared blobs) of the
         tensors RateAware compresses.
         """
-        with self.trial_artifact(pl_module) as path:
+        with trial_artifact(self.target_module(pl_module)) as path:
             artifact = read_artifact(path)
             mine = set(self._names)
             payloads = sum(r.nbytes for r in artifact.tensors if r.name in mine)
@@ -324,11 +326,11 @@ class RateAware(CompressionCallback):
     def _cut(self, trainer: pl.Trainer, pl_module: nn.Module, bits: float) -> None:
         """Zero every entry below the global magnitude at which the hard count fits ``bits``; hold the support."""
         params = self._params(pl_module)
-        masks = [self._support.get(n, p.detach() != 0) for n, p in zip(self._names, params, strict=True)]
+        masks = [self.holds.support.get(n, p.detach() != 0) for n, p in zip(self._names, params, strict=True)]
         magnitudes = [p.detach()[m].abs() for p, m in zip(params, masks, strict=True)]
         threshold = threshold_for_bits(magnitudes, [p.numel() for p in params], self._value_bits, bits)
         new = {n: m & (p.detach().abs() > threshold) for n, p, m in zip(self._names, params, masks, strict=True)}
-        self.hold_support(pl_module, {**self._support, **new})
+        self.holds.hold_support(self.target_module(pl_module), {**self.holds.support, **new})
         self.changed_weights = True
         nonzeros = [int(m.sum()) for m in new.values()]
         estimate = hard_bits(nonzeros, [p.numel() for p in params], self._value_bits) / 8
@@ -352,7 +354,7 @@ class RateAware(CompressionCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.guard is None or self._stopped:
             return
-        stop = self.guard_validation(trainer, self.guard, self._event, self._names, "cut", "`target_bytes=`")
+        stop = guard_validation(self, trainer, self.guard, self._event, self._names, "cut", "`target_bytes=`")
         if stop is not None:
             reason, self._event, warn = stop
             self._stop(reason, warn=warn)
@@ -392,7 +394,7 @@ class RateAware(CompressionCallback):
             "current_weight": self.current_weight,
             "start_bits": self._start_bits,
             "end_bits": self._end_bits,
-            **self.masks_state(),
+            **self.holds.state(),
             "history": list(self.history),
             "guard": None if self.guard is None else self.guard.state_dict(),
             "stopped": self._stopped,
@@ -406,7 +408,7 @@ class RateAware(CompressionCallback):
         self.current_weight = float(state_dict.get("current_weight", self.weight))
         self._start_bits = state_dict.get("start_bits")
         self._end_bits = state_dict.get("end_bits")
-        self._saved_masks = self.masks_from_state(state_dict)
+        self._saved_masks = self.holds.masks_from_state(state_dict)
         self.history = list(state_dict.get("history", []))
         if self.guard is not None and state_dict.get("guard") is not None:
             self.guard.load_state_dict(state_dict["guard"])

@@ -16,8 +16,14 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
-from lightning_compress.callbacks.base import CompressionCallback, compression_event
-from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.events import compression_event
+from lightning_compress.callbacks.guard import (
+    DEFAULT_ACCURACY_BUDGET,
+    MetricGuard,
+    guard_validation,
+    require_validation,
+)
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
@@ -28,6 +34,7 @@ from lightning_compress.functional.successive_pruning import (
     refine,
     sparsity_schedule,
 )
+from lightning_compress.saving import trial_bytes
 
 __all__ = ["SuccessivePruning"]
 
@@ -198,13 +205,12 @@ class SuccessivePruning(CompressionCallback):
         self.claim(
             pl_module, "values", [n for n in self._names if rep.owner(n, "values") in (None, self.owner)], "surp"
         )
-        self.require_validation(
-            trainer, pl_module, self.guard, "its sparsity", "`target_sparsity=` (or `bit_budget=`) to prune that far"
-        )
+        instead = "`target_sparsity=` (or `bit_budget=`) to prune that far"
+        require_validation(self.owner, trainer, pl_module, self.guard, "its sparsity", instead)
         if not self._stage_steps:
             self._stage_steps = self.steps_in_window(len(self.stages), self.final_fraction)
         if self._saved_masks:  # resumed: masks from the checkpoint
-            self.hold_support(pl_module, self._saved_masks)
+            self.holds.hold_support(self.target_module(pl_module), self._saved_masks)
             self._saved_masks = {}
         if self._final is not None:
             self._attach(pl_module)
@@ -241,7 +247,7 @@ class SuccessivePruning(CompressionCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.guard is None or self._stopped or self._final is not None:
             return
-        stop = self.guard_validation(trainer, self.guard, self._stage, self._names, "stage", "`target_sparsity=`")
+        stop = guard_validation(self, trainer, self.guard, self._stage, self._names, "stage", "`target_sparsity=`")
         if stop is not None:
             self._stop_reason, self._stage, warn = stop
             self._stopped = True
@@ -333,7 +339,7 @@ class SuccessivePruning(CompressionCallback):
         """
         recon = None if result.recon is None else torch.as_tensor(result.recon)
         offset = 0
-        masks = dict(self._support)
+        masks = dict(self.holds.support)
         for name, param, norm in zip(names, self._params(pl_module, names), norms, strict=True):
             n = param.numel()
             if recon is not None:
@@ -346,7 +352,7 @@ class SuccessivePruning(CompressionCallback):
             param.copy_(values)
             masks[name] = piece != 0
             offset += n
-        self.hold_support(pl_module, masks)
+        self.holds.hold_support(self.target_module(pl_module), masks)
 
     @compression_event("stage")
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
@@ -409,7 +415,7 @@ class SuccessivePruning(CompressionCallback):
 
     def _artifact_bytes(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> int:
         codecs = {n: CodecSpec("surp", o) for n, o in self._plan(pl_module, names, stream, norms).items()}
-        return self.trial_bytes(pl_module, codecs)
+        return trial_bytes(self.target_module(pl_module), codecs)
 
     def _attach(self, pl_module: nn.Module) -> None:
         assert self._final is not None  # noqa: S101 - called once the final stream exists
@@ -443,7 +449,7 @@ class SuccessivePruning(CompressionCallback):
                 "e.g. `val_check_interval`, or give `target_sparsity=`)"
             )
             rank_zero_info(f"SuccessivePruning pruned nothing: {self._stop_reason}.")
-            self.release_holds()
+            self.holds.release()
             return
         if not self._stop_reason:
             self._stop_reason = (
@@ -464,7 +470,7 @@ class SuccessivePruning(CompressionCallback):
         return {
             "stage": self._stage,
             "stage_steps": list(self._stage_steps),
-            **self.masks_state(),
+            **self.holds.state(),
             "final_stream": None
             if self._final is None
             else torch.frombuffer(bytearray(self._final["stream"]), dtype=torch.uint8),
@@ -480,7 +486,7 @@ class SuccessivePruning(CompressionCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._stage = int(state_dict.get("stage", 0))
         self._stage_steps = list(state_dict.get("stage_steps", []))
-        self._saved_masks = self.masks_from_state(state_dict)
+        self._saved_masks = self.holds.masks_from_state(state_dict)
         stream = state_dict.get("final_stream")
         self._final = (
             None

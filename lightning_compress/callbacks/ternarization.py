@@ -22,7 +22,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
-from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.events import compression_event
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.functional.forward import call_forward
 from lightning_compress.functional.ternarization import (
@@ -42,6 +43,7 @@ from lightning_compress.layers import (
 )
 from lightning_compress.models.random_features import RandomFeatureMLP, activation_moments
 from lightning_compress.module import LR_SCALE_ATTR, is_lr_scale
+from lightning_compress.saving import trial_bytes
 
 __all__ = ["Ternarization"]
 
@@ -532,7 +534,7 @@ class Ternarization(CompressionCallback):
         self.representation(module).decide(
             self.owner, "values", {n: {"per_channel": self.per_channel} for n in self.ternarized}
         )
-        self.hold_values(module, self.ternarized)  # the ternary values stay for the rest of the fit
+        self.holds.hold_values(module, self.ternarized)  # the ternary values stay for the rest of the fit
 
     @torch.no_grad()
     def _bake(self, module: nn.Module) -> None:
@@ -584,7 +586,7 @@ class Ternarization(CompressionCallback):
         return {"paper_dense_bits": float(dense_bits), "paper_ratio": dense_bits / compressed_bits}
 
     def _artifact_bytes(self, module: nn.Module, storage: str) -> int:
-        return self.trial_bytes(module, dict(self._ntk_plan(storage)) if self.mode == "ntk" else None)
+        return trial_bytes(module, dict(self._ntk_plan(storage)) if self.mode == "ntk" else None)
 
     # -- state ---------------------------------------------------------------------------------------------------
     @override

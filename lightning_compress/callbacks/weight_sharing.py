@@ -22,7 +22,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_number, check_parameters
-from lightning_compress.callbacks.base import CompressionCallback, compression_event
+from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.events import compression_event
 from lightning_compress.functional.forward import call_forward, leading, to_device
 from lightning_compress.functional.weight_sharing import (
     Binning,
@@ -351,7 +352,7 @@ class WeightSharing(CompressionCallback):
             else:
                 decided[name] = dict(options)
         self.representation(pl_module).decide(self.owner, "values", decided)
-        self.hold_values(pl_module, names)
+        self.holds.hold_values(self.target_module(pl_module), names)
 
     @staticmethod
     def _validation_loader(trainer: pl.Trainer) -> Any:

@@ -21,7 +21,6 @@ SOURCE_DEFAULT = "default"  # nothing decided it and nothing beats dense
 SOURCES = (SOURCE_REPRESENTATION, SOURCE_VALUES, SOURCE_STALE, SOURCE_ASKED, SOURCE_DEFAULT)
 
 
-
 class ArtifactError(ValueError):
     """A file is not a readable lightning_compress artifact (wrong magic, version, checksum or truncated).
 

@@ -1,0 +1,137 @@
+"""Calibration: training inputs read between steps, the forward check before the first step, BatchNorm statistics.
+
+The statistics are re-estimated after a method replaced weights.
+
+How a batch becomes the forward's arguments: the callback's ``forward_inputs``, else the LightningModule's
+``lc_forward_inputs(batch)``, else the batch's first element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_compress.functional.batchnorm import batch_norms, recalibrate_batch_norms_
+from lightning_compress.functional.forward import (
+    ForwardInputs,
+    call_forward,
+    default_forward_inputs,
+    leading,
+    to_device,
+)
+
+__all__ = [
+    "FORWARD_INPUTS_ATTR",
+    "NORM_CALIBRATION_BATCHES",
+    "check_forward",
+    "has_validation",
+    "recalibrate_norms",
+    "resolve_forward_inputs",
+    "training_inputs",
+]
+
+#: Method a LightningModule may define, ``lc_forward_inputs(batch)``: the forward's arguments for a training batch.
+FORWARD_INPUTS_ATTR = "lc_forward_inputs"
+#: Training batches the BatchNorm statistics are re-estimated on after a method replaced weights at the end of fit.
+NORM_CALIBRATION_BATCHES = 20
+
+
+def resolve_forward_inputs(forward_inputs: ForwardInputs | None, pl_module: nn.Module) -> ForwardInputs:
+    """How a batch becomes the forward's arguments.
+
+    ``forward_inputs``, else the LightningModule's ``lc_forward_inputs(batch)``, else the batch's first element.
+
+    Example:
+        >>> resolve_forward_inputs(None, torch.nn.Linear(2, 2))((torch.ones(1, 2), 0)).shape
+        torch.Size([1, 2])
+    """
+    if forward_inputs is not None:
+        return forward_inputs
+    hook = getattr(pl_module, FORWARD_INPUTS_ATTR, None)
+    return hook if callable(hook) else default_forward_inputs
+
+
+def training_inputs(
+    trainer: pl.Trainer, to_inputs: ForwardInputs, batches: int, who: str, shard: bool = False
+) -> Iterator[Any]:
+    """The forward's arguments for the first ``batches`` training batches, for calibration.
+
+    With ``shard`` under several processes, each rank reads its own share of them (batch ``i`` goes to rank
+    ``i % world_size``), for statistics the caller sums over ranks; without it every rank reads the same ones.
+
+    Raises:
+        RuntimeError: the fit has no training data loader (``who`` names the caller).
+    """
+    source = getattr(trainer.fit_loop, "_data_source", None)
+    loader = source.dataloader() if source is not None else None
+    if loader is None:
+        raise RuntimeError(f"{who} calibrates on training data: pass `train_dataloaders` or a datamodule to `fit`.")
+    world, rank = (trainer.world_size, trainer.global_rank) if shard else (1, 0)
+    for i, batch in enumerate(loader):
+        if i >= batches:
+            return
+        if i % world == rank:
+            yield to_inputs(batch)
+
+
+def check_forward(trainer: pl.Trainer, module: nn.Module, to_inputs: ForwardInputs, who: str) -> Any:
+    """Run ``module`` once on two samples of the first training batch, before the first step.
+
+    Returns:
+        Those two samples' forward arguments (on the module's device), e.g. for tracing.
+
+    Raises:
+        TypeError: naming ``forward_inputs`` and ``lc_forward_inputs``, when the forward fails on them.
+    """
+    device = next(module.parameters()).device
+    inputs = training_inputs(trainer, to_inputs, 1, who)  # no loader: its own RuntimeError
+    was_training = module.training
+    try:
+        example = to_device(leading(next(inputs), 2), device)
+        module.eval()
+        with torch.no_grad():
+            call_forward(module, example)
+    except Exception as err:
+        raise TypeError(_forward_help(who, err)) from err
+    finally:
+        module.train(was_training)
+    return example
+
+
+def _forward_help(who: str, err: BaseException) -> str:
+    return (
+        f"{who} runs the model on training batches to calibrate, and the forward failed on the first batch "
+        f"({type(err).__name__}: {err}). By default it calls `model(batch[0])`. Pass `forward_inputs=` to the "
+        "callback, or define `lc_forward_inputs(self, batch)` on your LightningModule: a function from a batch "
+        "to the forward's arguments (a tensor, a tuple of positional arguments or a dict of keyword arguments)."
+    )
+
+
+def recalibrate_norms(trainer: pl.Trainer, module: nn.Module, to_inputs: ForwardInputs, who: str) -> int:
+    """Re-estimate the BatchNorm statistics of ``module`` on training batches; the batches read (0: no BatchNorm).
+
+    Under several processes every rank reads its own batches and rank 0's statistics go everywhere.
+    """
+    if not batch_norms(module):
+        return 0
+    inputs = training_inputs(trainer, to_inputs, NORM_CALIBRATION_BATCHES, who)
+    read = recalibrate_batch_norms_(module, inputs)
+    buffers = [b for m in batch_norms(module) for b in (m.running_mean, m.running_var) if b is not None]
+    if trainer.world_size > 1:
+        for buffer in buffers:
+            buffer.copy_(trainer.strategy.broadcast(buffer, src=0))
+    return read
+
+
+def has_validation(trainer: pl.Trainer, pl_module: nn.Module, needs_step: bool = True) -> bool:
+    """Whether ``fit`` will run a validation loop (with ``validation_step`` unless ``needs_step`` is False)."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+    defined = source is not None and source.is_defined()
+    step = is_overridden("validation_step", pl_module) or not needs_step
+    return bool(defined and step and trainer.limit_val_batches != 0)

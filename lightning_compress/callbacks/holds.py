@@ -1,0 +1,137 @@
+"""Holds: the masks (support) and frozen values a callback keeps for the rest of the fit, by tensor name.
+
+Held by name and looked up in the module every time they are applied, so a layer that shrinks or is swapped never
+leaves a stale reference behind. Also the snapshot an undo goes back to, and the holds' checkpoint form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Holds"]
+
+
+class Holds:
+    """The masks and frozen values of one callback.
+
+    Attributes:
+        support: tensor name -> mask (True keeps, False prunes), re-applied after every optimizer step.
+        frozen: tensor name -> value held fixed (gradients zeroed, value put back after every step).
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> holds = Holds()
+        >>> holds.hold_support(layer, {"weight": torch.tensor([[1, 0, 1], [0, 1, 1]])})
+        >>> int((layer.weight == 0).sum()), bool(holds)
+        (2, True)
+        >>> sorted(Holds.masks_from_state(holds.state())) == ["weight"]
+        True
+    """
+
+    def __init__(self) -> None:
+        self.support: dict[str, torch.Tensor] = {}
+        self.frozen: dict[str, torch.Tensor] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.support or self.frozen)
+
+    def hold_support(self, module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        """Keep the zeros of ``masks`` (name -> 0/1 or bool tensor) for the rest of the fit, applied now.
+
+        Held as ``bool`` on the parameter's device: a quarter of a float mask's bytes.
+        """
+        params = dict(module.named_parameters())
+        self.support = {n: m.to(params[n].device, torch.bool) for n, m in masks.items()}
+        self.apply(module)
+
+    def hold_values(self, module: nn.Module, names: Iterable[str]) -> None:
+        """Keep the named tensors at their current values for the rest of the fit."""
+        params = dict(module.named_parameters())
+        self.frozen.update({n: params[n].detach().clone() for n in names})
+
+    def release(self) -> None:
+        """Stop holding masks and values (e.g. after the layers they refer to changed shape)."""
+        self.support, self.frozen = {}, {}
+
+    @torch.no_grad()
+    def apply(self, module: nn.Module) -> None:
+        """Re-apply the masks and frozen values (momentum and weight decay move entries whose gradient is zero)."""
+        if not (self.support or self.frozen):
+            return
+        params = dict(module.named_parameters())
+        if self.support:
+            torch._foreach_mul_([params[n] for n in self.support], list(self.support.values()))
+        if self.frozen:
+            torch._foreach_copy_([params[n] for n in self.frozen], list(self.frozen.values()))
+
+    def mask_gradients(self, module: nn.Module) -> None:
+        """Zero the gradients of pruned entries and frozen tensors, one fused call per kind."""
+        if not (self.support or self.frozen):
+            return
+        params = dict(module.named_parameters())
+        grads: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        for name, mask in self.support.items():
+            grad = params[name].grad
+            if grad is not None:
+                grads.append(grad)
+                masks.append(mask)
+        if grads:  # one fused call for every tensor, not one kernel launch per tensor
+            torch._foreach_mul_(grads, masks)
+        frozen = [g for g in (params[n].grad for n in self.frozen) if g is not None]
+        if frozen:
+            torch._foreach_zero_(frozen)
+
+    def take_snapshot(self, module: nn.Module, names: Iterable[str]) -> dict[str, Any]:
+        """The named tensors, the held masks and the module's buffers, copied to the CPU (for an undo).
+
+        The BatchNorm statistics were re-estimated for these weights before the validation that judged them, so
+        they go back with them (:meth:`restore_snapshot`).
+        """
+        params = dict(module.named_parameters())
+        return {
+            "weights": {n: params[n].detach().to("cpu", copy=True) for n in names},
+            "masks": {n: m.detach().to("cpu", copy=True) for n, m in self.support.items()},
+            "buffers": {n: b.detach().to("cpu", copy=True) for n, b in module.named_buffers()},
+        }
+
+    @torch.no_grad()
+    def restore_snapshot(self, module: nn.Module, snapshot: Mapping[str, Any]) -> None:
+        """Put back what :meth:`take_snapshot` copied (weights, statistics) and hold its masks again."""
+        params = dict(module.named_parameters())
+        for name, value in snapshot["weights"].items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+        for name, buffer in module.named_buffers():
+            if name in snapshot["buffers"] and snapshot["buffers"][name].shape == buffer.shape:
+                buffer.copy_(snapshot["buffers"][name].to(buffer.device, buffer.dtype))
+        self.release()
+        if snapshot["masks"]:
+            self.hold_support(module, snapshot["masks"])
+
+    def state(self) -> dict[str, Any]:
+        """The held masks as checkpoint data: bit-packed (one bit per entry), with names and shapes."""
+        return {
+            "mask_names": list(self.support),
+            "masks": [
+                torch.from_numpy(np.packbits(m.detach().cpu().numpy().astype(bool).reshape(-1)))
+                for m in self.support.values()
+            ],
+            "mask_shapes": [list(m.shape) for m in self.support.values()],
+        }
+
+    @staticmethod
+    def masks_from_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Inverse of :meth:`state` (name -> bool mask on the CPU)."""
+        masks = {}
+        for name, packed, shape in zip(
+            state.get("mask_names", []), state.get("masks", []), state.get("mask_shapes", []), strict=True
+        ):
+            bits = np.unpackbits(packed.numpy())[: math.prod(shape)].astype(bool)
+            masks[name] = torch.from_numpy(bits).reshape(shape)
+        return masks
