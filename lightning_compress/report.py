@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from torch import nn
 
 from lightning_compress.codec import Artifact, read_artifact
 from lightning_compress.codec.base import dtype_from_name, fp32_nbytes, get_codec
+from lightning_compress.functional.neuron_elimination.pairs import LayerPair
 from lightning_compress.saving import save
 
 __all__ = ["LayerSize", "SizeReport", "size_report"]
@@ -322,3 +323,26 @@ def size_report(model_or_path: nn.Module | str | os.PathLike[str], **save_kwargs
             report.path = "(in-memory model)"
             return report
     return report_from_artifact(read_artifact(model_or_path))
+
+
+def elimination_table(
+    pairs: Sequence[LayerPair], alive: Sequence[Sequence[int]], dense_params: int, params: int
+) -> Table:
+    """NeuronElimination's summary: neurons per layer before and after, and the parameter count.
+
+    Example:
+        >>> from lightning_compress.functional.neuron_elimination import LayerPair
+        >>> table = elimination_table([LayerPair("fc1", "fc2", (), 4, 1, True)], [[0, 2]], 100, 60)
+        >>> table.caption
+        'parameters 100 -> 60 (60.00%)'
+    """
+    table = Table(title="NeuronElimination")
+    for column in ("layer", "consumer", "neurons", "kept"):
+        table.add_column(column, justify="right" if column in ("neurons", "kept") else "left")
+    for pair, kept in zip(pairs, alive, strict=True):
+        table.add_row(
+            pair.producer, pair.consumer, f"{pair.channels} -> {len(kept)}", f"{len(kept) / pair.channels:.1%}"
+        )
+    fraction = params / max(dense_params, 1)
+    table.caption = f"parameters {dense_params:,} -> {params:,} ({fraction:.2%})"
+    return table

@@ -396,8 +396,8 @@ def test_accuracy_budget_undoes_a_round_and_stops(tmp_path: Path) -> None:
         rounds=3, target_params=0.02, accuracy_budget=0.0, monitor="val/acc", min_layer_fraction=0.0, verbose=False
     )
     model = _fit(tmp_path, callback, epochs=4, hidden=24)
-    assert callback._best is not None
-    assert callback._best > 0.8  # the watched metric is well above chance (0.25)
+    assert callback.guard.best is not None
+    assert callback.guard.best > 0.8  # the watched metric is well above chance (0.25)
     assert callback._stopped
     assert callback.summary().get("neuron_elimination/undone_rounds", 0) >= 1
     assert sum(p.numel() for p in model.backbone.parameters()) > 0.02 * callback._dense_params

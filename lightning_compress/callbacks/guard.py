@@ -122,6 +122,12 @@ class MetricGuard:
         kind = f"{DEFAULT_LOSS_BUDGET:g} of its best, relative" if self.relative else f"{self.budget:g}"
         return f"{self.owner} guards {self.monitor!r} ({self.mode}) with a budget of {kind}"
 
+    def allowed_drop(self) -> float:
+        """The largest drop from the best allowed now (relative budgets scale with the best seen)."""
+        if self.relative and self.best is not None:
+            return DEFAULT_LOSS_BUDGET * abs(self.best)
+        return self.budget
+
     def judge(self, metrics: Mapping[str, Any]) -> tuple[bool, float]:
         """(over budget, drop from the best) for this validation; the best moves up when within budget.
 
@@ -136,7 +142,7 @@ class MetricGuard:
         if self.best is None:
             self.best = value
             return False, 0.0
-        budget = DEFAULT_LOSS_BUDGET * abs(self.best) if self.relative else self.budget
+        budget = self.allowed_drop()
         drop = self.best - value
         if drop > budget:
             return True, drop

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 from typing_extensions import override
 
@@ -25,28 +23,30 @@ from lightning_compress.arguments import check_bool, check_choice, check_names, 
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.calibration import has_validation
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, DEFAULT_LOSS_BUDGET, find_monitor, mode_of
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
-    DependenceSolver,
-    Elimination,
     LayerPair,
     RoundRecord,
     anneal_tolerance,
     collect_moments,
-    consumer_columns,
+    compact_record,
+    current_pairs,
+    decide_round,
     elimination_masks,
-    find_layer_pairs,
-    greedy_round,
     kept_indices,
+    layer_floor,
     param_count,
     param_table,
+    params_goal,
     redistribute_,
-    rows_shortfall,
+    remap,
     shrink_,
+    skipped_summary,
+    trainable_pairs,
 )
-from lightning_compress.functional.selection import frozen_parameters, tied_parameters
+from lightning_compress.report import elimination_table
 from lightning_compress.surgery import resize_to_state
 
 __all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
@@ -215,8 +215,10 @@ class NeuronElimination(CompressionCallback):
         else:
             self.accuracy_budget = None if accuracy_budget is None else float(accuracy_budget)
         self.guard_is_default = accuracy_budget == "auto" and not explicit
-        self.monitor = monitor
-        self.mode = mode
+        #: the metric the rounds are judged on, its mode and best value (plain data; found at the first validation)
+        self.guard = MetricGuard(
+            "NeuronElimination", self.accuracy_budget or 0.0, monitor, mode, default=self.guard_is_default
+        )
         self.unguarded_tolerance = float(unguarded_tolerance)
         self.layers = None if layers is None else list(layers)
         self.calibration_batches = calibration_batches
@@ -237,7 +239,6 @@ class NeuronElimination(CompressionCallback):
         self._finished = False
         #: the step where the window's end shrank the layers mid-fit (None: at the end of fit, or not yet)
         self._shrunk_at: int | None = None
-        self._best: float | None = None
         self._stop_reason = ""
         self._capped = False
         self._monitor_resolved = False
@@ -249,6 +250,16 @@ class NeuronElimination(CompressionCallback):
         # runtime only
         self._warned_rows: set[str] = set()
         self._resize_hook: Any = None
+
+    @property
+    def monitor(self) -> str | None:
+        """The validation metric the guard watches (``None`` until found at the first validation)."""
+        return self.guard.monitor
+
+    @property
+    def mode(self) -> str | None:
+        """``"max"`` or ``"min"`` for :attr:`monitor`."""
+        return self.guard.mode
 
     @property
     @override
@@ -338,31 +349,13 @@ class NeuronElimination(CompressionCallback):
             self._unguarded("the fit has no validation loop")
         if not self.pairs:
             example = self.check_forward(trainer, pl_module, "NeuronElimination")
-            self.pairs, self.skipped = find_layer_pairs(module, example, self.layers)
-            # eliminating rewrites producer rows, norm entries and consumer columns: all of them must train, and none
-            # may be tied to another module (shrinking one name of a shared tensor would cut the tie)
-            frozen_layers = {name.rpartition(".")[0] for name in frozen_parameters(module)}
-            tied_layers = {name.rpartition(".")[0] for name in tied_parameters(module)}
-            for pair in list(self.pairs):
-                if (frozen_layers | tied_layers) & {pair.producer, pair.consumer, *pair.norms}:
-                    self.pairs.remove(pair)
-            for layer in sorted(frozen_layers):
-                self.skipped[layer] = "frozen (requires_grad=False): left alone, with the layers it pairs with"
-            for layer in sorted(tied_layers - frozen_layers):
-                self.skipped[layer] = "tied (its weight is shared with another module): left alone, with its pairs"
+            self.pairs, self.skipped = trainable_pairs(module, example, self.layers)
             if not self.pairs:
-                reasons: dict[str, list[str]] = {}
-                for layer, reason in self.skipped.items():
-                    reasons.setdefault(reason.split(" (")[0] if reason.startswith("frozen") else reason, []).append(
-                        layer
-                    )
-                summary = "; ".join(
-                    f"{len(layers)} layer(s) {why} (e.g. {layers[0]})" for why, layers in list(reasons.items())[:4]
-                )
                 raise ValueError(
-                    f"NeuronElimination found no layer pair it can eliminate neurons from: {summary}. A pair is a "
-                    "Linear/Conv2d whose outputs reach exactly one Linear/Conv2d through channel-wise operations; "
-                    "pass `layers=` to name producers, or leave NeuronElimination out of this fit."
+                    f"NeuronElimination found no layer pair it can eliminate neurons from: "
+                    f"{skipped_summary(self.skipped)}. A pair is a Linear/Conv2d whose outputs reach exactly one "
+                    "Linear/Conv2d through channel-wise operations; pass `layers=` to name producers, or leave "
+                    "NeuronElimination out of this fit."
                 )
             self._dense_params = sum(p.numel() for p in module.parameters())
             self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
@@ -408,30 +401,6 @@ class NeuronElimination(CompressionCallback):
     def _cap_tolerances(self) -> None:
         self.tolerances = [min(t, self.unguarded_tolerance) for t in self.tolerances]
 
-    def _resolve_monitor(self, trainer: pl.Trainer) -> bool:
-        """Find the metric to guard with (first validation); False when there is none."""
-        if self.monitor is not None:
-            if self.monitor not in trainer.callback_metrics:
-                raise ValueError(
-                    f"NeuronElimination: `monitor`={self.monitor!r} was not logged in validation; logged metrics: "
-                    f"{sorted(trainer.callback_metrics)}. Pass one of them, or `monitor=None` to find one."
-                )
-        else:
-            self.monitor = find_monitor(trainer.callback_metrics)
-            if self.monitor is None:
-                self._unguarded(f"no validation metric was found among {sorted(trainer.callback_metrics)}")
-                return False
-        if self.mode is None:
-            self.mode = mode_of(self.monitor)
-        rank_zero_info(
-            f"NeuronElimination guards {self.monitor!r} ({self.mode}): a round that costs more than "
-            f"{self.accuracy_budget:g}{' of its best, relative' if self._relative_budget() else ''} is undone."
-        )
-        return True
-
-    def _relative_budget(self) -> bool:
-        return self.guard_is_default and self.mode == "min"
-
     # -- training steps --------------------------------------------------------------------------------------------
     @override
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -461,15 +430,7 @@ class NeuronElimination(CompressionCallback):
     # -- rounds --------------------------------------------------------------------------------------------------
     def _params_goal(self) -> tuple[int | None, int | None]:
         """(goal of this round, final target) in parameters, or (None, None) without a size target."""
-        if self.target_params is None:
-            return None, None
-        target = int(self._dense_params * self.target_params)
-        if self.rounds == 1:
-            return target, target
-        if self._round == 0:
-            return None, target  # the first round is the lossless one
-        fraction = self.target_params ** (self._round / (self.rounds - 1))
-        return int(self._dense_params * fraction), target
+        return params_goal(self._dense_params, self.target_params, self._round, self.rounds)
 
     def _decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: nn.Module) -> list[RoundRecord]:
         """Statistics on every rank (summed), eliminations decided on rank 0 and broadcast."""
@@ -493,62 +454,24 @@ class NeuronElimination(CompressionCallback):
                 )
         decided: list[dict[str, Any]] | None = None
         if trainer.is_global_zero:
-            solvers, index = [], []
-            for i, (pair, moment) in enumerate(zip(self.pairs, moments, strict=True)):
-                shortfall = rows_shortfall(pair.producer, moment.count, len(alive[i]), self.min_rows_per_neuron)
-                if shortfall is not None:
-                    if pair.producer not in self._warned_rows:
-                        self._warned_rows.add(pair.producer)
-                        rank_zero_warn(f"NeuronElimination skips a layer. {shortfall} Raise `calibration_batches`.")
-                    continue
-                keep = None if self.removal == "immediate" else alive[i]
-                current = self._current_pairs(alive)[i]
-                weight = (
-                    consumer_columns(module.get_submodule(pair.consumer), current) if self.score == "output" else None
-                )
-                solvers.append(
-                    DependenceSolver(
-                        moment.mean(),
-                        moment.take_second_moment(),  # the solver's Gram matrix is built in this memory
-                        intercept=pair.intercept,
-                        ridge=self.ridge,
-                        alive=keep,
-                        consumer_weight=weight,
-                        overwrite=True,
-                    )
-                )
-                index.append(i)
             goal, target = self._params_goal()
-            alive_counts = [len(a) for a in alive]
-
-            def count(counts: Sequence[int]) -> int:
-                full = list(alive_counts)
-                for i, c in zip(index, counts, strict=True):
-                    full[i] = c
-                return param_count(self._table, self.pairs, full)
-
-            counts_now = [len(alive[i]) for i in index]
-            savings = []
-            for j in range(len(index)):
-                fewer = list(counts_now)
-                fewer[j] -= 1
-                savings.append(float(max(count(counts_now) - count(fewer), 1)))
-            records = greedy_round(
-                solvers,
-                self.tolerances[self._round],
-                count_params=count,
-                params_goal=goal,
-                params_floor=target,
-                savings=savings,
-                min_neurons=[self._floor(self.pairs[i]) for i in index],
+            records = decide_round(
+                module,
+                self.pairs,
+                moments,
+                alive,
+                table=self._table,
+                tolerance=self.tolerances[self._round],
+                goal=goal,
+                target=target,
+                floors=[self._floor(p) for p in self.pairs],
+                score=self.score,
+                ridge=self.ridge,
+                shrunk=self.removal == "immediate",
+                min_rows_per_neuron=self.min_rows_per_neuron,
+                on_short_rows=self._warn_rows,
             )
-            decided = []
-            for record, i in zip(records, index, strict=True):
-                eliminations = record.eliminations
-                if self.removal == "immediate":  # solver positions are current positions: back to original indices
-                    original = torch.tensor(alive[i], dtype=torch.long)
-                    eliminations = [_remap(e, original) for e in eliminations]
-                decided.append(RoundRecord(i, eliminations).to_dict())
+            decided = [record.to_dict() for record in records]
         decided = self.broadcast(trainer, decided)
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
         return [RoundRecord.from_dict(d) for d in decided]
@@ -570,13 +493,15 @@ class NeuronElimination(CompressionCallback):
         self.check_composition(trainer, pl_module)
 
     def _floor(self, pair: LayerPair) -> int:
-        """Neurons a layer keeps at least: ``min_neurons``, and ``min_layer_fraction`` of its original width."""
-        return max(self.min_neurons, math.ceil(self.min_layer_fraction * pair.channels))
+        return layer_floor(pair, self.min_neurons, self.min_layer_fraction)
 
     def _current_pairs(self, alive: list[list[int]]) -> list[LayerPair]:
-        if self.removal == "mask":
-            return self.pairs
-        return [replace(p, channels=len(a)) for p, a in zip(self.pairs, alive, strict=True)]
+        return current_pairs(self.pairs, alive, shrunk=self.removal == "immediate")
+
+    def _warn_rows(self, pair: LayerPair, shortfall: str) -> None:
+        if pair.producer not in self._warned_rows:
+            self._warned_rows.add(pair.producer)
+            rank_zero_warn(f"NeuronElimination skips a layer. {shortfall} Raise `calibration_batches`.")
 
     @compression_event("round")
     def _run_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -602,7 +527,7 @@ class NeuronElimination(CompressionCallback):
                 position = torch.full((max(original, default=-1) + 1,), -1, dtype=torch.long)
                 position[torch.tensor(original, dtype=torch.long)] = torch.arange(len(original))
                 for elimination in record.eliminations:
-                    redistribute_(consumer, current, _remap(elimination, position))
+                    redistribute_(consumer, current, remap(elimination, position))
             else:
                 for elimination in record.eliminations:
                     redistribute_(consumer, pair, elimination)
@@ -614,7 +539,7 @@ class NeuronElimination(CompressionCallback):
                 "round": self._round,
                 "step": int(trainer.global_step),
                 "tolerance": self.tolerances[self._round],
-                "records": [_compact(r) for r in records if r.eliminations],
+                "records": [compact_record(r) for r in records if r.eliminations],
             }
         )
         if self.removal == "immediate":
@@ -674,20 +599,19 @@ class NeuronElimination(CompressionCallback):
         first = not self._monitor_resolved and (trainer.sanity_checking or not self.should_skip(trainer))
         if first:
             self._monitor_resolved = True
-            if not self._resolve_monitor(trainer):
+            if not self.guard.resolve(trainer.callback_metrics):
+                self._unguarded(f"no validation metric was found among {sorted(trainer.callback_metrics)}")
                 return
+            relative = " of its best, relative" if self.guard.relative else ""
+            rank_zero_info(
+                f"NeuronElimination guards {self.monitor!r} ({self.mode}): a round that costs more than "
+                f"{self.accuracy_budget:g}{relative} is undone."
+            )
         if self.should_skip(trainer):
             return
-        assert self.monitor is not None  # noqa: S101 - resolved at the first validation
-        metric = trainer.callback_metrics.get(self.monitor)
-        if metric is None:
-            raise ValueError(f"NeuronElimination: `monitor`={self.monitor!r} is no longer logged in validation.")
-        value = float(metric) if self.mode == "max" else -float(metric)
-        budget = self.accuracy_budget
-        if self._relative_budget() and self._best is not None:
-            budget = DEFAULT_LOSS_BUDGET * abs(self._best)
-        undo = bool(self.guard_snapshot is not None and self._best is not None and self._best - value > budget)
-        undo = bool(self.broadcast(trainer, undo))
+        over, drop = self.guard.judge(trainer.callback_metrics)
+        budget = self.guard.allowed_drop()
+        undo = bool(self.broadcast(trainer, over and self.guard_snapshot is not None))
         if undo:
             assert self.guard_snapshot is not None  # noqa: S101 - undo implies a snapshot
             module = self.target_module(pl_module)
@@ -707,16 +631,14 @@ class NeuronElimination(CompressionCallback):
             self._refresh_masks(pl_module)
             self._stopped = True
             self._stop_reason = (
-                f"{self.monitor} fell {(self._best or 0.0) - value:.4g} below its best (budget {budget:.4g}); "
+                f"{self.monitor} fell {drop:.4g} below its best (budget {budget:.4g}); "
                 f"the last {undone} round(s) were undone"
             )
             self.log_figures(trainer, {"undone_rounds": float(undone)})
             rank_zero_info(
-                f"NeuronElimination: {self.monitor} fell {(self._best or 0.0) - value:.4f} below its best (budget "
+                f"NeuronElimination: {self.monitor} fell {drop:.4f} below its best (budget "
                 f"{self.accuracy_budget}); the last {undone} round(s) are undone and annealing stops."
             )
-        else:
-            self._best = value if self._best is None else max(self._best, value)
         self.guard_snapshot = None
         self._validated = True
 
@@ -736,7 +658,7 @@ class NeuronElimination(CompressionCallback):
         if self.guard_snapshot is not None:
             self._stop_reason = self._stop_reason or "its window ended (the last round was kept without a validation)"
             self.guard_snapshot = None
-        if not self._stop_reason and self.accuracy_budget is not None and self._best is None:
+        if not self._stop_reason and self.accuracy_budget is not None and self.guard.best is None:
             self._stop_reason = (
                 "no validation ran during the fit to give its accuracy guard a baseline (validate more often, e.g. "
                 "`check_val_every_n_epoch=1`, or pass `accuracy_budget=None`)"
@@ -787,19 +709,10 @@ class NeuronElimination(CompressionCallback):
         if self.verbose and trainer.is_global_zero:
             Console().print(self.summary_table(module))
 
-    def summary_table(self, module: nn.Module) -> Table:
-        """A rich table: neurons per layer before and after, and the parameter count."""
-        table = Table(title="NeuronElimination")
-        for column in ("layer", "consumer", "neurons", "kept"):
-            table.add_column(column, justify="right" if column in ("neurons", "kept") else "left")
-        for pair, alive in zip(self.pairs, self.alive(), strict=True):
-            table.add_row(
-                pair.producer, pair.consumer, f"{pair.channels} -> {len(alive)}", f"{len(alive) / pair.channels:.1%}"
-            )
+    def summary_table(self, module: nn.Module) -> Any:
+        """A rich table: neurons per layer before and after, and the parameter count (``elimination_table``)."""
         params = sum(p.numel() for p in module.parameters())
-        fraction = params / max(self._dense_params, 1)
-        table.caption = f"parameters {self._dense_params:,} -> {params:,} ({fraction:.2%})"
-        return table
+        return elimination_table(self.pairs, self.alive(), self._dense_params, params)
 
     # -- state -------------------------------------------------------------------------------------------------
     @override
@@ -813,11 +726,11 @@ class NeuronElimination(CompressionCallback):
             "stopped": self._stopped,
             "finished": self._finished,
             "shrunk_at": self._shrunk_at,
-            "best": self._best,
+            "best": self.guard.best,
             "capped": self._capped,
             "validated": self._validated,
-            "monitor": self.monitor,
-            "mode": self.mode,
+            "monitor": self.guard.monitor,
+            "mode": self.guard.mode,
             "stop_reason": self._stop_reason,
             "dense_params": self._dense_params,
             "dense_fp32_bytes": self._dense_fp32_bytes,
@@ -830,7 +743,7 @@ class NeuronElimination(CompressionCallback):
         self.pairs = [LayerPair.from_dict(p) for p in state_dict.get("pairs", [])]
         self.skipped = dict(state_dict.get("skipped", {}))
         self.history = [
-            {**entry, "records": [_compact(record) for record in entry.get("records", [])]}
+            {**entry, "records": [compact_record(record) for record in entry.get("records", [])]}
             for entry in copy.deepcopy(list(state_dict.get("history", [])))
         ]
         self._round = int(state_dict.get("round", 0))
@@ -838,14 +751,12 @@ class NeuronElimination(CompressionCallback):
         self._stopped = bool(state_dict.get("stopped", False))
         self._finished = bool(state_dict.get("finished", False))
         self._shrunk_at = state_dict.get("shrunk_at")
-        self._best = state_dict.get("best")
         self._capped = bool(state_dict.get("capped", False))
         self._validated = bool(state_dict.get("validated", False))
         if self._capped:
             self.accuracy_budget = None
             self._cap_tolerances()
-        self.monitor = state_dict.get("monitor", self.monitor)
-        self.mode = state_dict.get("mode", self.mode)
+        self.guard.load_state_dict({k: state_dict[k] for k in ("monitor", "mode", "best") if k in state_dict})
         self._stop_reason = str(state_dict.get("stop_reason", ""))
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
@@ -855,32 +766,3 @@ class NeuronElimination(CompressionCallback):
 
 def _resize_before_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     resize_to_state(module, {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
-
-
-def _compact(record: RoundRecord | Mapping[str, Any]) -> dict[str, Any]:
-    """What the history keeps of one pair's round: the neurons (original indices, int32) and their scores.
-
-    Also reads the full records (survivors and coefficients) that checkpoints of earlier versions hold.
-    """
-    if isinstance(record, RoundRecord):
-        pair, neurons, scores = (
-            record.pair,
-            [e.neuron for e in record.eliminations],
-            [e.score for e in record.eliminations],
-        )
-    elif "eliminations" in record:
-        pair = int(record["pair"])
-        neurons = [int(e["neuron"]) for e in record["eliminations"]]
-        scores = [float(e["score"]) for e in record["eliminations"]]
-    else:
-        return dict(record)
-    return {
-        "pair": int(pair),
-        "neurons": torch.tensor(neurons, dtype=torch.int32),
-        "scores": torch.tensor(scores, dtype=torch.float64),
-    }
-
-
-def _remap(elimination: Elimination, lookup: torch.Tensor) -> Elimination:
-    """The same elimination with its neuron indices mapped through ``lookup`` (``lookup[old]`` is the new index)."""
-    return replace(elimination, neuron=int(lookup[elimination.neuron]), survivors=lookup[elimination.survivors])

@@ -43,8 +43,21 @@ from lightning_compress.functional.neuron_elimination.moments import (
     consumer_rows,
     rows_shortfall,
 )
-from lightning_compress.functional.neuron_elimination.pairs import LayerPair, find_layer_pairs
+from lightning_compress.functional.neuron_elimination.pairs import (
+    LayerPair,
+    find_layer_pairs,
+    skipped_summary,
+    trainable_pairs,
+)
 from lightning_compress.functional.neuron_elimination.posthoc import eliminate_dependent
+from lightning_compress.functional.neuron_elimination.round import (
+    compact_record,
+    current_pairs,
+    decide_round,
+    layer_floor,
+    params_goal,
+    remap,
+)
 from lightning_compress.functional.neuron_elimination.solver import (
     DependenceSolver,
     Elimination,
@@ -71,17 +84,25 @@ __all__ = [
     "RoundRecord",
     "anneal_tolerance",
     "collect_moments",
+    "compact_record",
     "consumer_columns",
     "consumer_rows",
+    "current_pairs",
+    "decide_round",
     "eliminate_dependent",
     "elimination_masks",
     "find_layer_pairs",
     "greedy_round",
     "kept_indices",
+    "layer_floor",
     "param_count",
     "param_table",
+    "params_goal",
     "redistribute_",
+    "remap",
     "replay_",
     "rows_shortfall",
     "shrink_",
+    "skipped_summary",
+    "trainable_pairs",
 ]

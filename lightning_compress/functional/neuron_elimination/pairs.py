@@ -15,7 +15,18 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["CHANNELWISE_OPS", "CONSUMER_OPS", "LayerPair", "bias_of", "find_layer_pairs", "weight_of"]
+from lightning_compress.functional.selection import frozen_parameters, tied_parameters
+
+__all__ = [
+    "CHANNELWISE_OPS",
+    "CONSUMER_OPS",
+    "LayerPair",
+    "bias_of",
+    "find_layer_pairs",
+    "skipped_summary",
+    "trainable_pairs",
+    "weight_of",
+]
 
 #: Autograd node names of operations that act on every channel separately (allowed between producer and consumer).
 #: Operations torch-pruning traces as separate nodes that are the consumer Linear's own product (3-D inputs of a
@@ -212,3 +223,35 @@ def _pair_of(
     intercept = bias_of(consumer) is not None and not _zero_pads(consumer)
     pair = LayerPair(name, module_names[consumer], tuple(norms), channels, consumer_inputs // channels, intercept)
     return "", pair
+
+
+def trainable_pairs(
+    module: nn.Module, example: Any, layers: Sequence[str] | None = None
+) -> tuple[list[LayerPair], dict[str, str]]:
+    """:func:`find_layer_pairs`, less the pairs that touch a frozen or tied layer (with the reason in ``skipped``).
+
+    Eliminating rewrites producer rows, norm entries and consumer columns: all of them must train, and none may be
+    tied to another module (shrinking one name of a shared tensor would cut the tie).
+    """
+    pairs, skipped = find_layer_pairs(module, example, layers)
+    frozen_layers = {name.rpartition(".")[0] for name in frozen_parameters(module)}
+    tied_layers = {name.rpartition(".")[0] for name in tied_parameters(module)}
+    pairs = [p for p in pairs if not ((frozen_layers | tied_layers) & {p.producer, p.consumer, *p.norms})]
+    for layer in sorted(frozen_layers):
+        skipped[layer] = "frozen (requires_grad=False): left alone, with the layers it pairs with"
+    for layer in sorted(tied_layers - frozen_layers):
+        skipped[layer] = "tied (its weight is shared with another module): left alone, with its pairs"
+    return pairs, skipped
+
+
+def skipped_summary(skipped: Mapping[str, str]) -> str:
+    """Why layers were left alone, grouped by reason, at most four reasons (for a refusal's message).
+
+    Example:
+        >>> skipped_summary({"fc1": "residual", "fc2": "residual"})
+        '2 layer(s) residual (e.g. fc1)'
+    """
+    reasons: dict[str, list[str]] = {}
+    for layer, reason in skipped.items():
+        reasons.setdefault(reason.split(" (")[0] if reason.startswith("frozen") else reason, []).append(layer)
+    return "; ".join(f"{len(layers)} layer(s) {why} (e.g. {layers[0]})" for why, layers in list(reasons.items())[:4])
