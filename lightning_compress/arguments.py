@@ -25,7 +25,7 @@ __all__ = [
 def is_number(value: Any) -> bool:
     """An int or a finite float, not a bool.
 
-    Example:
+    Examples:
         >>> is_number(3), is_number(0.5), is_number(True), is_number(float("nan")), is_number("1")
         (True, True, False, False, False)
     """
@@ -50,7 +50,7 @@ def check_number(
     Raises:
         ValueError: naming ``name`` and the accepted range.
 
-    Example:
+    Examples:
         >>> check_number("rounds", 0, low=1, integer=True)
         Traceback (most recent call last):
         ...

@@ -180,6 +180,20 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     file, net = reference.get("file"), reference.get("net")
     if not file or "test/acc_artifact" not in metrics:
         return
+    data = str((cfg.get("data") or {}).get("_target_", "")).rpartition(".")[2]
+    model = str((cfg.get("model") or {}).get("name", ""))
+    measured = (reference.get("datamodule"), reference.get("model"))
+    if measured != (data, model):
+        log.info(
+            "Dense reference: none for this run. %s holds dense runs of %s with %s; this run trains %s with %s. "
+            "Train the dense recipe with the same data and network to compare (e.g. compress=[] on this command).",
+            file,
+            measured[1] or "an undeclared network",
+            measured[0] or "undeclared data",
+            model or "a model outside the zoo",
+            data or "a data module outside the library",
+        )
+        return
     found = dense_reference(file, str(net))
     if found is None:
         log.warning(
@@ -249,7 +263,7 @@ def report_command(argv: Sequence[str]) -> int:
     Prints the table; ``--png`` also writes its picture (default: the artifact's path with ``.png``), ``--json`` the
     report as JSON on standard output instead of the table. Returns the exit status.
 
-    Example:
+    Examples:
         >>> import tempfile, torch, lightning_compress as lc
         >>> with tempfile.TemporaryDirectory() as d:
         ...     path = lc.save(torch.nn.Linear(4, 2), f"{d}/net.lcz")

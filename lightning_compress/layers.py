@@ -89,7 +89,7 @@ _TERNARY_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
 def ternary_tensors(layer: nn.Module) -> list[str]:
     """The tensors of ``layer`` (relative names) that Ternarization makes ternary.
 
-    Example:
+    Examples:
         >>> ternary_tensors(nn.MultiheadAttention(8, 2))
         ['in_proj_weight', 'out_proj.weight']
     """
@@ -114,7 +114,7 @@ def ternary_layer(layer: nn.Module, **options: Any) -> nn.Module:
     Raises:
         TypeError: for any other layer type.
 
-    Example:
+    Examples:
         >>> import torch
         >>> dense = torch.nn.Linear(8, 4)
         >>> twin = ternary_layer(dense)
@@ -160,7 +160,7 @@ class StepActivation(nn.Module):
         learnable: thresholds and amplitudes are trainable parameters.
         ramp: half-width of the surrogate-gradient ramp, in input units.
 
-    Example:
+    Examples:
         >>> import torch
         >>> act = StepActivation.from_step(StepFunction((0.0,), (0.0, 2.0)))
         >>> act(torch.tensor([-1.0, 0.5])).tolist()

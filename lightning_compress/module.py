@@ -47,7 +47,7 @@ def param_groups(model: nn.Module, lr: float | None = None) -> list[dict[str, An
     Raises:
         ValueError: when a module's :data:`LR_SCALE_ATTR` is not a positive number.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
         >>> net[1].lc_lr_scale = 0.1
@@ -100,7 +100,7 @@ class ImageClassifier(pl.LightningModule):
         top_k: accuracies to report, e.g. ``(1, 5)`` for ImageNet.
         label_smoothing: passed to the cross-entropy.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress import ImageClassifier
         >>> clf = ImageClassifier(torch.nn.Linear(4, 3), num_classes=3)
@@ -209,7 +209,7 @@ def evaluate_accuracy(
 
     The model's own train/eval mode is restored afterwards.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Linear(2, 2)
         >>> with torch.no_grad():

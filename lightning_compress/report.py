@@ -53,7 +53,7 @@ class LayerSize:
 class SizeReport:
     """Sizes of one artifact. Build it with :func:`size_report`.
 
-    Example:
+    Examples:
         >>> import torch, lightning_compress as lc
         >>> report = lc.size_report(torch.nn.Linear(100, 10))
         >>> report.params, report.fp32_bytes, report.ratio < 1.0  # dense: the header makes it a little larger
@@ -181,7 +181,7 @@ class SizeReport:
         Returns:
             The path written.
 
-        Example:
+        Examples:
             >>> import tempfile, torch, lightning_compress as lc
             >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
             >>> with tempfile.TemporaryDirectory() as d:
@@ -305,7 +305,7 @@ def size_report(model_or_path: nn.Module | str | os.PathLike[str], **save_kwargs
         model_or_path: an artifact path, or a module to save with :func:`lightning_compress.save`.
         **save_kwargs: passed to :func:`lightning_compress.save` when a module is given.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress import size_report
         >>> report = size_report(torch.nn.Linear(100, 10))
@@ -330,7 +330,7 @@ def elimination_table(
 ) -> Table:
     """NeuronElimination's summary: neurons per layer before and after, and the parameter count.
 
-    Example:
+    Examples:
         >>> from lightning_compress.functional.neuron_elimination import LayerPair
         >>> table = elimination_table([LayerPair("fc1", "fc2", (), 4, 1, True)], [[0, 2]], 100, 60)
         >>> table.caption

@@ -77,7 +77,7 @@ class TensorRepresentation:
     def codec(self) -> CodecSpec | None:
         """The codec this representation calls for, or ``None`` for the default (dense).
 
-        Example:
+        Examples:
             >>> rep = TensorRepresentation("fc.weight", support=Claim("SuccessivePruning", "surp"))
             >>> rep.values = Claim("WeightSharing", "codebook", {"codebook": [-0.5, 0.5], "counts": [3, 4]})
             >>> rep.codec().codec
@@ -96,7 +96,7 @@ class TensorRepresentation:
 class Representation:
     """The representation of every claimed tensor of one model.
 
-    Example:
+    Examples:
         >>> rep = Representation()
         >>> rep.claim("SuccessivePruning", "support", ["fc.weight"], kind="surp")
         >>> rep.claim("Ternarization", "support", ["fc.weight"], kind="ternary")
@@ -220,7 +220,7 @@ def find_representation(module: nn.Module) -> Representation:
     a module that holds it. Claims come from ``module``'s own representation first, then from any module holding
     ``module`` (names with their prefix removed), then from any module ``module`` holds (prefix added).
 
-    Example:
+    Examples:
         >>> import torch
         >>> outer = torch.nn.Sequential(torch.nn.Linear(2, 2))
         >>> representation_of(outer).claim("SuccessivePruning", "support", ["0.weight"], kind="surp")

@@ -74,7 +74,7 @@ def save(
     Raises:
         ValueError: for an unknown codec, precision or tensor name in ``codecs``.
 
-    Example:
+    Examples:
         >>> import tempfile, torch, lightning_compress as lc
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
         >>> with tempfile.TemporaryDirectory() as d:
@@ -145,7 +145,7 @@ def trial_artifact(module: nn.Module, codecs: Mapping[str, CodecSpec] | None = N
 def trial_bytes(module: nn.Module, codecs: Mapping[str, CodecSpec] | None = None) -> int:
     """Size of :func:`trial_artifact`: the bytes the file would have now.
 
-    Example:
+    Examples:
         >>> trial_bytes(nn.Linear(4, 2)) > 10 * 4
         True
     """
@@ -231,7 +231,7 @@ def load(
         ArtifactError: if the file is not a valid artifact, or does not fit the model it describes (or ``model``).
         ValueError: if the architecture is unknown and no ``model`` was given.
 
-    Example:
+    Examples:
         >>> import tempfile, torch, lightning_compress as lc
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
         >>> with tempfile.TemporaryDirectory() as d:

@@ -28,7 +28,7 @@ def hold_then_cosine(
     Returns:
         A ``LambdaLR``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         >>> sched = hold_then_cosine(opt, total_steps=10, hold_fraction=0.5)

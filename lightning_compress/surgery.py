@@ -20,7 +20,7 @@ def resize_to_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
     Layers' shape attributes (``in_features``, ``out_channels``, ``groups`` of a depthwise convolution,
     ``num_features``) follow. Names ``module`` does not have are left for ``load_state_dict`` to report.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(4, 3)
         >>> resize_to_state(net, {"weight": torch.empty(2, 4, device="meta"), "bias": torch.empty(2)})
         >>> net.out_features, tuple(net.weight.shape)

@@ -36,7 +36,7 @@ _COLUMNS = ("job", "status", "overrides", "test_acc", "artifact_acc", "artifact_
 def pareto_mask(sizes: Sequence[float], accuracies: Sequence[float]) -> list[bool]:
     """Which points no other point beats (smaller or equal size and higher or equal accuracy, one strictly).
 
-    Example:
+    Examples:
         >>> pareto_mask([10, 20, 30, 15], [0.8, 0.9, 0.85, 0.7])
         [True, True, False, False]
     """
@@ -50,7 +50,7 @@ def pareto_mask(sizes: Sequence[float], accuracies: Sequence[float]) -> list[boo
 def sweep_group(task_name: str, sweep_dir: str | Path) -> str:
     """The W&B group of a sweep's runs and of its summary: the task name and the sweep directory's name.
 
-    Example:
+    Examples:
         >>> sweep_group("train", "outputs/train/multiruns/2026-11-30_01-40-00")
         'train-2026-11-30_01-40-00'
     """

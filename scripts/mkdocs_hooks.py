@@ -4,6 +4,8 @@
   drift apart;
 * every ``bench/results/*.png`` becomes part of the site under the same path; the pages link them as
   ``bench/results/<name>.png`` (relative to ``docs/``): nothing is copied into ``docs/`` by hand;
+* a figure ``<!-- fig FILE | ROW | COLUMN -->...<!-- /fig -->`` in the README or a page is read from its results
+  file (:mod:`bench.figures`; a test keeps the committed text equal to it);
 * a line ``<!-- bench-table: NAME -->`` in a page becomes the table of ``bench/results/NAME.json`` (its ``table``
   rows, with the date and machine it was measured on), and the Benchmarks page ends with every results table: the
   figures on the site are read from the results files at build time, so they cannot drift from them.
@@ -13,20 +15,22 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
-
+sys.path.insert(0, str(ROOT))  # bench.figures, when mkdocs runs from elsewhere
+from bench.figures import render  # noqa: E402
 
 REPOSITORY = "https://github.com/lightning-compress/lightning_compress/blob/main/"
 
 
 def home_page() -> str:
     """The README with its links rewritten for the site (``docs/x.md`` -> ``x.md``, repository files -> GitHub)."""
-    text = (ROOT / "README.md").read_text()
+    text = render((ROOT / "README.md").read_text())
     return text.replace("](docs/", "](").replace("](CONTRIBUTING.md)", f"]({REPOSITORY}CONTRIBUTING.md)")
 
 
@@ -80,7 +84,7 @@ def result_tables() -> list[str]:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     """Render the ``bench-table`` markers; the Benchmarks page gets every results table at its end."""
-    markdown = _MARKER.sub(lambda m: bench_table(m.group(1)), markdown)
+    markdown = render(_MARKER.sub(lambda m: bench_table(m.group(1)), markdown))
     if page.file.src_uri == "benchmarks.md":
         sections = [f"### {name}\n\n{bench_table(name)}" for name in result_tables()]
         markdown += "\n\n## Every results table\n\nRead from `bench/results/*.json` when the site is built.\n\n"

@@ -296,11 +296,48 @@ def test_main_job_compares_with_the_committed_dense_reference(tmp_path: Path) ->
     ]
     bench.write_text(json.dumps({"runs": runs}))
     metrics = {"test/acc_artifact": 0.88, "size/ratio": 150.0}
-    _compare_with_reference(OmegaConf.create({"reference": {"file": str(bench), "net": "lenet300"}}), metrics)
+    fmnist = {"_target_": "lightning_compress.data.FashionMNISTDataModule"}
+    declared = {"datamodule": "FashionMNISTDataModule", "model": "lenet_300_100"}
+    cfg = {"reference": {"file": str(bench), "net": "lenet300", **declared}, "data": fmnist}
+    _compare_with_reference(OmegaConf.create({**cfg, "model": {"name": "lenet_300_100"}}), metrics)
     assert metrics["reference/dense_acc"] == pytest.approx(0.89)  # mean of 0.90 and 0.88
     missing = {"test/acc_artifact": 0.88}
-    _compare_with_reference(OmegaConf.create({"reference": {"file": str(tmp_path / "none.json"), "net": "x"}}), missing)
+    absent = {"file": str(tmp_path / "none.json"), "net": "x", **declared}
+    _compare_with_reference(OmegaConf.create({**cfg, "reference": absent, "model": {"name": "lenet_300_100"}}), missing)
     assert "reference/dense_acc" not in missing
+
+
+@pytest.mark.parametrize(
+    ("data", "model"),
+    [
+        ("lightning_compress.data.MNISTDataModule", "lenet_300_100"),  # other data: no reference
+        ("lightning_compress.data.FashionMNISTDataModule", "lenet5"),  # another network: no reference
+    ],
+)
+def test_a_reference_of_other_data_or_another_network_is_not_compared(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, data: str, model: str
+) -> None:
+    """`lcompress recipe=full_lenet300_fmnist data=mnist` must not print a drop against Fashion-MNIST's dense run."""
+    import json
+    import logging
+
+    from lightning_compress.cli import _compare_with_reference
+
+    bench = tmp_path / "composed.json"
+    bench.write_text(json.dumps({"runs": [{"lenet300/dense@0.001": {"acc": 0.89}}]}))
+    reference = {
+        "file": str(bench),
+        "net": "lenet300",
+        "datamodule": "FashionMNISTDataModule",
+        "model": "lenet_300_100",
+    }
+    metrics = {"test/acc_artifact": 0.97}
+    cfg = OmegaConf.create({"reference": reference, "data": {"_target_": data}, "model": {"name": model}})
+    with caplog.at_level(logging.INFO, logger="lightning_compress.cli"):
+        _compare_with_reference(cfg, metrics)
+    assert "reference/dense_acc" not in metrics
+    assert "Dense reference: none for this run" in caplog.text
+    assert "drop of" not in caplog.text
 
 
 def _run_sweep(

@@ -34,7 +34,7 @@ class ArtifactWriter(Callback):
             values at the end of fit). The default keeps the validation metrics and leaves out per-step training
             figures, which say little about the artifact and cost bytes in a file of a few kilobytes.
 
-    Example:
+    Examples:
         >>> ArtifactWriter("model.lcz").path
         PosixPath('model.lcz')
     """

@@ -45,7 +45,7 @@ def resolve_forward_inputs(forward_inputs: ForwardInputs | None, pl_module: nn.M
 
     ``forward_inputs``, else the LightningModule's ``lc_forward_inputs(batch)``, else the batch's first element.
 
-    Example:
+    Examples:
         >>> resolve_forward_inputs(None, torch.nn.Linear(2, 2))((torch.ones(1, 2), 0)).shape
         torch.Size([1, 2])
     """

@@ -39,7 +39,7 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
     Its wall time is added to ``callback.event_seconds[name]`` and it shows in ``torch.profiler`` traces as
     ``lc/<Callback>/<name>``, so a fit's overhead splits into per-step work and events (``bench.overhead``).
 
-    Example:
+    Examples:
         >>> from lightning_compress.callbacks.base import CompressionCallback
         >>> class Demo(CompressionCallback):
         ...     @compression_event("stage")

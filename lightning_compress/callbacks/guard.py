@@ -47,7 +47,7 @@ MIN_WORDS = ("loss", "err", "ppl", "perplexity", "mse", "mae", "nll")
 def find_monitor(metrics: Mapping[str, Any]) -> str | None:
     """The validation metric a guard watches when none is named: accuracy-like names first, then loss-like ones.
 
-    Example:
+    Examples:
         >>> find_monitor({"val_loss": 0.3, "val/acc": 0.9, "train_loss": 0.2})
         'val/acc'
     """
@@ -76,7 +76,7 @@ class MetricGuard:
         default: the callback's default guard (a loss then gets a relative budget).
         best: the best value seen, signed so that larger is better.
 
-    Example:
+    Examples:
         >>> guard = MetricGuard("Demo", budget=0.01)
         >>> guard.resolve({"val_acc": 0.90})
         True

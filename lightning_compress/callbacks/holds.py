@@ -24,7 +24,7 @@ class Holds:
         support: tensor name -> mask (True keeps, False prunes), re-applied after every optimizer step.
         frozen: tensor name -> value held fixed (gradients zeroed, value put back after every step).
 
-    Example:
+    Examples:
         >>> layer = torch.nn.Linear(3, 2)
         >>> holds = Holds()
         >>> holds.hold_support(layer, {"weight": torch.tensor([[1, 0, 1], [0, 1, 1]])})

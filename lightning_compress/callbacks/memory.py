@@ -36,7 +36,7 @@ def _malloc_trim() -> Any:
 def release_freed_memory() -> bool:
     """Return freed heap memory to the operating system; ``True`` when something was released.
 
-    Example:
+    Examples:
         >>> release_freed_memory() in (True, False)
         True
     """

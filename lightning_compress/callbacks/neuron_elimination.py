@@ -139,7 +139,7 @@ class NeuronElimination(CompressionCallback):
     Raises:
         ValueError: for an invalid argument (the message names it).
 
-    Example:
+    Examples:
         >>> cb = NeuronElimination(rounds=5)
         >>> [f"{t:.0e}" for t in cb.tolerances]
         ['1e-06', '1e-05', '2e-04', '3e-03', '5e-02']

@@ -78,7 +78,7 @@ def default_windows(
     Returns:
         ``id(callback)`` -> ``(start, end)``.
 
-    Example:
+    Examples:
         >>> from lightning_compress import NeuronElimination, SuccessivePruning, WeightSharing
         >>> cbs = [WeightSharing(), SuccessivePruning(), NeuronElimination()]
         >>> sorted(default_windows(cbs).values())
@@ -142,7 +142,7 @@ class FitPlan:
         total_steps: the fit's optimizer steps (0 until the fit starts, unless known from ``max_steps``).
         max_epochs: the fit's epochs (``None``: not known), for the windows in epochs.
 
-    Example:
+    Examples:
         >>> from lightning_compress import SuccessivePruning, WeightSharing
         >>> surp, ws = SuccessivePruning(), WeightSharing()
         >>> fit = FitPlan.of([ws, surp], total_steps=100)
@@ -270,7 +270,7 @@ def plan(trainer: pl.Trainer, total_steps: int | None = None) -> FitPlan:
         total_steps: the fit's optimizer steps, for windows in steps; default: ``max_steps`` when set, else the
             steps are known only once the fit starts (each fit logs its plan then).
 
-    Example:
+    Examples:
         >>> import lightning.pytorch as pl, lightning_compress as lc
         >>> trainer = pl.Trainer(max_steps=200, callbacks=[lc.NeuronElimination(), lc.SuccessivePruning()],
         ...                      logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -85,7 +85,7 @@ class RateAware(CompressionCallback):
         start: window start, a fraction of the fit's optimizer steps.
         end: window end.
 
-    Example:
+    Examples:
         >>> from lightning_compress import RateAware, WeightSharing
         >>> callbacks = [RateAware(target_bytes=4000), WeightSharing()]
         >>> callbacks[0].target_bytes, callbacks[0].guard is None

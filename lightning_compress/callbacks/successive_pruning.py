@@ -105,7 +105,7 @@ class SuccessivePruning(CompressionCallback):
     Raises:
         ValueError: for an invalid argument (the message names it).
 
-    Example:
+    Examples:
         >>> [round(s, 4) for s in SuccessivePruning(target_sparsity=0.9).stages[-3:]]
         [0.8658, 0.8926, 0.9]
     """

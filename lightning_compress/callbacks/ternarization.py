@@ -103,7 +103,7 @@ class Ternarization(CompressionCallback):
     Raises:
         ValueError: for an invalid argument (the message names it).
 
-    Example:
+    Examples:
         >>> Ternarization(mode="ntk").sparsity
         0.95
     """

@@ -119,7 +119,7 @@ class WeightSharing(CompressionCallback):
     Raises:
         ValueError: for an invalid argument (the message names it).
 
-    Example:
+    Examples:
         >>> cb = WeightSharing(k_bounds=(2, 64), pop_size=8, n_gen=4)
         >>> cb.state_key
         "WeightSharing{'parameters': 'all', 'at_epoch': None}"

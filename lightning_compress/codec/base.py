@@ -35,7 +35,7 @@ __all__ = [
 class CodecSpec:
     """Which codec writes a tensor, with its options (e.g. ``CodecSpec("dense", {"precision": "float16"})``).
 
-    Example:
+    Examples:
         >>> import tempfile, torch, lightning_compress as lc
         >>> net = torch.nn.Linear(64, 8)
         >>> with tempfile.TemporaryDirectory() as d:
@@ -187,7 +187,7 @@ def fp32_nbytes(numel: int, dtype: torch.dtype) -> int:
 
     The reference every compression ratio is taken against.
 
-    Example:
+    Examples:
         >>> fp32_nbytes(10, torch.float16), fp32_nbytes(10, torch.int64)
         (40, 80)
     """

@@ -28,7 +28,7 @@ _SAMPLE = 4096
 def value_candidates(tensor: torch.Tensor) -> list[CodecSpec]:
     """The codecs worth trying on ``tensor`` by what its values look like (cheap tests first).
 
-    Example:
+    Examples:
         >>> t = torch.zeros(20, 10)
         >>> t[::4] = torch.tensor([0.5, -0.5] * 5)
         >>> [spec.codec for spec in value_candidates(t)]
@@ -73,7 +73,7 @@ def smallest_exact(tensor: torch.Tensor, baseline: EncodedTensor) -> tuple[Encod
     Returns:
         The encoding, and whether it is a candidate (``False``: the baseline stays).
 
-    Example:
+    Examples:
         >>> t = torch.zeros(1000)
         >>> t[::100] = 1.5
         >>> dense = get_codec("dense").encode(t)

@@ -116,7 +116,7 @@ def _index_bits(k: int) -> int:
 class CodebookCodec(Codec):
     """Weights from a shared codebook; options ``codebook`` (sorted floats) and optional ``counts`` (histogram).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress.codec import get_codec
         >>> codec = get_codec("codebook")

@@ -26,7 +26,7 @@ PRECISIONS = ("float32", "float16")
 class DenseCodec(Codec):
     """Stores every value: floats at ``precision`` (``"float32"`` exact, ``"float16"`` lossy), other dtypes as is.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress.codec import get_codec
         >>> codec = get_codec("dense")

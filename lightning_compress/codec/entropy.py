@@ -20,7 +20,7 @@ def _model(counts: np.ndarray) -> object:
 def ans_encode(symbols: np.ndarray, counts: np.ndarray) -> bytes:
     """ANS-code ``symbols`` (ints in ``[0, len(counts))``) with the i.i.d. categorical model ``counts``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> sym = np.array([0, 1, 1, 2, 1, 1], dtype=np.int32)
         >>> counts = np.bincount(sym, minlength=3)
@@ -61,7 +61,7 @@ class AnsStackWriter:
     One stream pays the coder's final state and word padding once instead of once per sequence (~6 bytes each).
     Sequences are read back in the order they were added (:class:`AnsStackReader`).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> writer = AnsStackWriter()
         >>> writer.add(np.array([0, 1, 1]), np.array([1, 2]))
@@ -139,7 +139,7 @@ def unpack_fixed(data: bytes, bits: int, n: int) -> np.ndarray:
 def leb128(values: np.ndarray | list[int]) -> bytes:
     """Unsigned LEB128 varints (7 bits per byte, high bit = more follows).
 
-    Example:
+    Examples:
         >>> leb128([1, 300]).hex()
         '01ac02'
     """

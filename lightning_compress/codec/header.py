@@ -39,7 +39,7 @@ def default_max_elements() -> int:
     genuine model of that size would not load anyway. Falls back to :data:`MAX_ELEMENTS` where the memory size is
     not known.
 
-    Example:
+    Examples:
         >>> default_max_elements() >= 2**20
         True
     """

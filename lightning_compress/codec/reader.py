@@ -23,7 +23,7 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int | None = No
         max_elements: the most values the tensors may decode to; ``None`` (default): what this machine's memory
             holds (:func:`~lightning_compress.codec.header.default_max_elements`).
 
-    Example:
+    Examples:
         >>> import tempfile, torch, lightning_compress as lc
         >>> with tempfile.TemporaryDirectory() as d:
         ...     artifact = lc.read_artifact(lc.save(torch.nn.Linear(3, 2), f"{d}/net.lcz"))

@@ -24,7 +24,7 @@ SOURCES = (SOURCE_REPRESENTATION, SOURCE_VALUES, SOURCE_STALE, SOURCE_ASKED, SOU
 class ArtifactError(ValueError):
     """A file is not a readable lightning_compress artifact (wrong magic, version, checksum or truncated).
 
-    Example:
+    Examples:
         >>> import tempfile, lightning_compress as lc
         >>> with tempfile.NamedTemporaryFile(suffix=".lcz") as f:
         ...     _ = f.write(b"not an artifact, but long enough to be read as one: " * 4)

@@ -39,7 +39,7 @@ def register_module_type(name: str) -> Callable[[_M], _M]:
     The class must offer ``lc_module_kwargs() -> dict`` (JSON-able constructor arguments); its tensors are in the
     state dict as usual.
 
-    Example:
+    Examples:
         >>> from lightning_compress.layers import StepActivation
         >>> module_type(StepActivation.lc_module_type) is StepActivation
         True

@@ -61,7 +61,7 @@ def read_support(payload: bytes, n: int, codec: str) -> tuple[_Reader, AnsStackR
 class SparseCodec(Codec):
     """Positions of the non-zeros (entropy-coded gaps) and their values; option ``precision``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress.codec import get_codec
         >>> codec = get_codec("sparse")

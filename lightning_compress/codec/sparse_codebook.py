@@ -35,7 +35,7 @@ class SparseCodebookCodec(Codec):
     ``codebook``: the shared non-zero values (sorted, without 0); ``counts``: optional network-wide histogram of the
     non-zeros' indices.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress.codec import get_codec
         >>> codec = get_codec("sparse_codebook")

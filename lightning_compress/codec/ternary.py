@@ -47,7 +47,7 @@ def split_ternary(tensor: torch.Tensor, per_channel: bool) -> tuple[np.ndarray, 
 class TernaryCodec(Codec):
     """Ternary tensors; option ``per_channel`` (default True: one scale per output channel).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_compress.codec import get_codec
         >>> t = torch.tensor([[0.5, 0.0, -0.5], [0.0, 0.0, 2.0]])

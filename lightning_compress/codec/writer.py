@@ -139,7 +139,7 @@ def _encode(
 def tied_aliases(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """Names that hold the same tensor as an earlier name (tied weights): alias -> the first name.
 
-    Example:
+    Examples:
         >>> emb = torch.nn.Embedding(5, 3)
         >>> lm = torch.nn.ModuleDict({"emb": emb, "out": torch.nn.Linear(3, 5, bias=False)})
         >>> lm["out"].weight = emb.weight

@@ -67,7 +67,7 @@ class _IDXDataModule(VisionDataModule):
 class MNISTDataModule(_IDXDataModule):
     """MNIST (LeCun et al.), 60k/10k 28x28 digits; files in ``data_dir/MNIST/raw`` (torchvision layout).
 
-    Example:
+    Examples:
         >>> from lightning_compress.data import MNISTDataModule
         >>> MNISTDataModule(batch_size=64).dims
         (1, 28, 28)

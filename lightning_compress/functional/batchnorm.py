@@ -34,7 +34,7 @@ def recalibrate_batch_norms_(module: nn.Module, inputs: Iterable[Any]) -> int:
     Returns:
         The number of batches read (0: no BatchNorm, nothing read).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
         >>> recalibrate_batch_norms_(net, [torch.randn(16, 3) + 5.0 for _ in range(4)])
         4

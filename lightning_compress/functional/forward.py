@@ -27,7 +27,7 @@ def default_forward_inputs(batch: Any) -> Any:
     Raises:
         TypeError: for any other batch (a dict, say): pass a forward-inputs function instead.
 
-    Example:
+    Examples:
         >>> x, y = torch.zeros(2, 3), torch.zeros(2)
         >>> default_forward_inputs((x, y)) is x
         True
@@ -56,7 +56,7 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 def leading(inputs: Any, n: int) -> Any:
     """The first ``n`` samples of every tensor in ``inputs`` (for a cheap trace of the network).
 
-    Example:
+    Examples:
         >>> leading({"ids": torch.arange(10).reshape(5, 2)}, 2)["ids"].shape
         torch.Size([2, 2])
     """
@@ -72,7 +72,7 @@ def leading(inputs: Any, n: int) -> Any:
 def call_forward(module: nn.Module, inputs: Any) -> Any:
     """``module(inputs)``, ``module(*inputs)`` or ``module(**inputs)`` for a tensor, a tuple or a dict.
 
-    Example:
+    Examples:
         >>> call_forward(nn.Bilinear(2, 3, 1), (torch.zeros(4, 2), torch.zeros(4, 3))).shape
         torch.Size([4, 1])
     """

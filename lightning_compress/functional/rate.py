@@ -36,7 +36,7 @@ _EPS = 1e-9
 def binary_entropy_bits(p: torch.Tensor) -> torch.Tensor:
     """``H(p)`` in bits, clamped away from 0 and 1 (differentiable).
 
-    Example:
+    Examples:
         >>> float(binary_entropy_bits(torch.tensor(0.5)))
         1.0
     """
@@ -47,7 +47,7 @@ def binary_entropy_bits(p: torch.Tensor) -> torch.Tensor:
 def soft_nonzeros(values: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
     """A smooth count of the non-zeros: ``sum(1 - exp(-(values / tau)^2))`` (exact zeros count 0, large values 1).
 
-    Example:
+    Examples:
         >>> round(float(soft_nonzeros(torch.tensor([0.0, 0.01, 5.0]), 0.5)), 3)
         1.0
     """
@@ -79,7 +79,7 @@ def relaxed_bits(tensors: Sequence[torch.Tensor], value_bits: float | Sequence[f
         value_bits: bits per non-zero value (one number, or one per tensor).
         scale: ``tau`` of each tensor, as a fraction of the mean magnitude of its non-zeros.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.0, 0.0, 0.02, 1.0, -1.0], requires_grad=True)
         >>> bits = relaxed_bits([w], value_bits=3.0, scale=0.5)
         >>> bits.backward()
@@ -108,7 +108,7 @@ def add_rate_gradients(
     Returns:
         The estimate in bits (what :func:`relaxed_bits` returns), a 0-d tensor.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.0, 0.3, 3.0, -3.5])
         >>> w.grad = torch.zeros(4)
         >>> ref = w.clone().requires_grad_(True)
@@ -137,7 +137,7 @@ def add_rate_gradients(
 def hard_bits(nonzeros: Sequence[int], numels: Sequence[int], value_bits: float | Sequence[float]) -> float:
     """The count :func:`relaxed_bits` relaxes: ``sum(n * H(k / n) + k * value_bits)``.
 
-    Example:
+    Examples:
         >>> round(hard_bits([10], [1000], 3.0))
         111
     """
@@ -164,7 +164,7 @@ def threshold_for_bits(
     Returns:
         The threshold (``-1`` when everything fits: nothing to prune).
 
-    Example:
+    Examples:
         >>> mags = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.05, 0.5])]
         >>> threshold_for_bits(mags, [4, 2], value_bits=0.0, bits=1e9)
         -1.0

@@ -12,7 +12,7 @@ __all__ = ["frozen_parameters", "select_parameters", "tied_parameters"]
 def tied_parameters(module: nn.Module) -> list[str]:
     """Every name of every parameter that stands under more than one name (tied weights).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
         >>> net[1].weight = net[0].weight
         >>> tied_parameters(net)
@@ -27,7 +27,7 @@ def tied_parameters(module: nn.Module) -> list[str]:
 def frozen_parameters(module: nn.Module) -> list[str]:
     """Names of the parameters that do not train (``requires_grad=False``): every method leaves them alone.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
         >>> _ = net[0].requires_grad_(False)
         >>> frozen_parameters(net)
@@ -50,7 +50,7 @@ def select_parameters(module: nn.Module, which: str | Sequence[str] = "all") -> 
     Raises:
         ValueError: for another ``which`` or when nothing is selected.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         >>> [n for n, _ in select_parameters(net, ["0", "2.bias"])]
         ['0.weight', '0.bias', '2.bias']

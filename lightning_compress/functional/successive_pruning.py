@@ -237,7 +237,7 @@ def refine(
     Raises:
         ValueError: for invalid arguments.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> u = np.abs(np.random.default_rng(0).laplace(size=1000))
         >>> res = refine(u, target_sparsity=0.9)
@@ -284,7 +284,7 @@ def refine(
 def magnitude(tensor: torch.Tensor, norm: float) -> torch.Tensor:
     """``|tensor| / norm`` in float64, flat: the same operations as :func:`magnitudes`, so the same bits.
 
-    Example:
+    Examples:
         >>> magnitude(torch.tensor([3.0, -4.0]), 5.0).tolist()
         [0.6, 0.8]
     """
@@ -445,7 +445,7 @@ def _found(positions: torch.Tensor | None) -> torch.Tensor:
 def round_quanta(result: SurpResult) -> list[float]:
     """Decoder: the threshold every round added to its positions, replayed from what the stream carries.
 
-    Example:
+    Examples:
         >>> res = refine(np.array([3.0, 1.0, 0.5]), target_sparsity=0.3)
         >>> [r.tolist() for r in res.rounds], [round(q, 4) for q in round_quanta(res)]
         ([[0], [1], [2]], [2.7795, 0.9848, 0.4786])
@@ -515,7 +515,7 @@ def refine_reference(
 def sparsity_schedule(target: float, decay: float = 0.8) -> list[float]:
     """Stage sparsities ``1 - decay**k`` below the target, then the target itself (the paper's list).
 
-    Example:
+    Examples:
         >>> [round(s, 3) for s in sparsity_schedule(0.6)]
         [0.2, 0.36, 0.488, 0.59, 0.6]
     """
@@ -534,7 +534,7 @@ def magnitudes(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[floa
 
     The norms are device-independent (:func:`stable_sum`); the vector is filled slice by slice (no second copy).
 
-    Example:
+    Examples:
         >>> u, norms = magnitudes([torch.tensor([3.0, -4.0]), torch.zeros(2)])
         >>> u.tolist(), norms
         ([0.6, 0.8, 0.0, 0.0], [5.0, 0.0])

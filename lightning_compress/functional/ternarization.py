@@ -66,7 +66,7 @@ def ternarize(
     Raises:
         ValueError: for an unknown rule or a missing/invalid sparsity.
 
-    Example:
+    Examples:
         >>> import torch
         >>> t = ternarize(torch.tensor([[0.9, -0.05, -1.1], [0.2, 0.0, -0.3]]))
         >>> t.symbols.tolist(), [round(s, 2) for s in t.scales.tolist()]
@@ -99,7 +99,7 @@ def ternary_values(
     when ``a == b``) instead of a boolean, and no int8 symbols are built: boolean masks, ``where`` and the int8
     round trip made QAT's forward pass several times slower on a CPU (a microbenchmark, not a bench script).
 
-    Example:
+    Examples:
         >>> w = torch.tensor([[0.9, -0.05, -1.1], [0.2, 0.0, -0.3]])
         >>> torch.equal(ternary_values(w), ternarize(w).values())
         True
@@ -168,7 +168,7 @@ class GaussianMoments:
 def relu_moments(tau: float) -> GaussianMoments:
     """Closed-form :class:`GaussianMoments` of ReLU at scale ``tau``.
 
-    Example:
+    Examples:
         >>> m = relu_moments(1.0)
         >>> round(m.d0, 6), m.a1, round(m.alpha3, 6)
         (0.398942, 0.5, 0.68169)
@@ -188,7 +188,7 @@ def quadrature_moments(fn: Callable[[np.ndarray], np.ndarray], tau: float, order
     Accurate for smooth activations; ReLU converges slowly (kink) and steps badly, which is why those have closed
     forms (:func:`relu_moments`, :func:`step_moments`).
 
-    Example:
+    Examples:
         >>> m = quadrature_moments(np.tanh, 1.0)
         >>> abs(m.d0) < 1e-12, abs(m.a2) < 1e-12, round(m.a1, 4)
         (True, True, 0.6057)
@@ -231,7 +231,7 @@ def step_moments(step: StepFunction, tau: float) -> GaussianMoments:
     On an interval ``(l, u)`` of ``xi``: ``E[1] = Phi(u) - Phi(l)``, ``E[xi 1] = phi(l) - phi(u)`` and
     ``E[(xi^2 - 1) 1] = l phi(l) - u phi(u)``.
 
-    Example:
+    Examples:
         >>> m = step_moments(StepFunction((0.0,), (0.0, 1.0)), 1.0)  # Heaviside
         >>> round(m.d0, 6), round(m.a1, 6), round(m.a2, 6)
         (0.5, 0.398942, 0.0)
@@ -299,7 +299,7 @@ def match_step_activation(
     Raises:
         ValueError: for ``restarts < 1``, ``tau <= 0`` or ``last=True`` without ``target_tau``.
 
-    Example:
+    Examples:
         >>> step = match_step_activation(relu_moments(1.0), 1.0, restarts=5)
         >>> step.residual < 1e-9
         True
@@ -362,7 +362,7 @@ def sparse_ternary(shape: Sequence[int], sparsity: float, seed: int) -> torch.Te
     Raises:
         ValueError: for a sparsity outside [0, 1).
 
-    Example:
+    Examples:
         >>> w = sparse_ternary((4, 5), 0.5, seed=0)
         >>> int((w > 0).sum()), int((w < 0).sum()), round(float(w.abs().max()), 4)
         (5, 5, 1.4142)

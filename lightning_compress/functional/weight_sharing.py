@@ -141,7 +141,7 @@ def uniform_binning(values: torch.Tensor, k: int) -> Binning:
     O(N log k) with ``torch.bucketize``, in chunks: besides the int32 indices it returns, it needs memory for a
     chunk, not for the model.
 
-    Example:
+    Examples:
         >>> import torch
         >>> b = uniform_binning(torch.tensor([0.0, 0.5, 1.0, 1.5, 4.0]), k=3)  # edges 0, 2, 4
         >>> b.codebook.tolist(), b.indices.tolist()
@@ -167,7 +167,7 @@ def write_binning(params: Sequence[torch.Tensor], binning: Binning, keep_zeros: 
     its ``keep_zeros`` is set (those zeros stay exactly zero). The same values as
     :meth:`WeightSharingProblem.write`.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0])
         >>> write_binning([w], uniform_binning(torch.tensor([1.0, 2.0, 4.0]), 2), keep_zeros=[True])
         >>> w.tolist()
@@ -212,7 +212,7 @@ def replay_merges_(binning: Binning, steps: Sequence[int]) -> Binning:
     The same binning as the merges one by one (the same sums and counts, so the same codebook), without a new index
     per weight at every step: the steps are composed in a table over the unmerged bins, applied chunk by chunk.
 
-    Example:
+    Examples:
         >>> b = uniform_binning(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]), k=5)  # one value per bin
         >>> replay_merges_(b, [1, 1]).indices.tolist()  # bins 1, 2, 3 merged
         [0, 1, 1, 1, 2]
@@ -281,7 +281,7 @@ def pareto_front(points: Iterable[SearchPoint]) -> list[SearchPoint]:
 
     Of several points with equal objectives the one with the smallest ``k`` is kept.
 
-    Example:
+    Examples:
         >>> pts = [SearchPoint(2, 2, 0.5), SearchPoint(8, 7, 0.1), SearchPoint(9, 7, 0.2), SearchPoint(20, 15, 0.1)]
         >>> [p.k for p in pareto_front(pts)]
         [2, 8]
@@ -309,7 +309,7 @@ class WeightSharingProblem:
             candidates with (:meth:`evaluate_k`, :meth:`merge_until_no_improvement`); :meth:`confirm` then scores
             the few that matter with ``error_fn``. ``None``: every score uses ``error_fn``.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0])
         >>> problem = WeightSharingProblem([w], lambda: 0.0, keep_zeros=[True])
         >>> problem.write(uniform_binning(problem.values, 2))  # bins [1, 4) and {4}: zeros are not binned
@@ -427,7 +427,7 @@ class WeightSharingProblem:
     def uniform_codebook(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Codebook and counts of :func:`uniform_binning` with ``k`` edges (no indices kept).
 
-        Example:
+        Examples:
             >>> problem = WeightSharingProblem([torch.tensor([0.0, 0.5, 1.0, 1.5, 4.0])], lambda: 0.0)
             >>> [t.tolist() for t in problem.uniform_codebook(3)]
             [[0.75, 4.0], [4, 1]]
@@ -645,7 +645,7 @@ def choose_codebook(
 
     The parameters are restored before returning.
 
-    Example:
+    Examples:
         >>> w = torch.linspace(-1, 1, 101)
         >>> problem = WeightSharingProblem([w], lambda: float(w.abs().max() < 0.99))  # needs the extremes kept
         >>> choice = choose_codebook(problem, lambda evaluate, k_max: [evaluate(k) for k in range(2, 12)], 0.0)

@@ -75,7 +75,7 @@ class RandomFeatureMLP(nn.Module):
         activation: one of ``relu`` (default), ``tanh``, ``sigmoid``, ``gelu``, ``silu``.
         trunk: optional frozen feature extractor applied first (kept in eval mode), e.g. a VGG conv part.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = RandomFeatureMLP(16, [32, 32], 3)
         >>> net.calibrate(torch.randn(64, 16))

@@ -54,7 +54,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: naming the unknown model and listing the zoo.
 
-    Example:
+    Examples:
         >>> from lightning_compress.models import build_model
         >>> net = build_model("lenet_300_100", num_classes=10, in_shape=(1, 28, 28))
         >>> sum(p.numel() for p in net.parameters()), net.lc_spec["name"]

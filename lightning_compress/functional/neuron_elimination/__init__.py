@@ -17,7 +17,7 @@ being re-inverted (it is recomputed only after a near-exact elimination, where t
 A consumer that zero-pads its input (a padded convolution) or has no bias cannot take an intercept exactly: those
 pairs are fitted without one (uncentered second moments).
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS

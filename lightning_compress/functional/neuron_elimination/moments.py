@@ -24,7 +24,7 @@ def consumer_rows(inputs: torch.Tensor, channels: int, linear: bool = False) -> 
     flattened ``[N, C*S]`` gives ``N*S`` rows; a convolution input ``[N, C, H, W]`` gives ``N*H*W`` rows (every
     spatial position is an observation).
 
-    Example:
+    Examples:
         >>> consumer_rows(torch.arange(8.0).reshape(1, 2, 2, 2), 2).tolist()
         [[0.0, 4.0], [1.0, 5.0], [2.0, 6.0], [3.0, 7.0]]
         >>> consumer_rows(torch.arange(8.0).reshape(1, 4, 2), 2, linear=True).shape
@@ -43,7 +43,7 @@ def consumer_rows(inputs: torch.Tensor, channels: int, linear: bool = False) -> 
 class ActivationMoments:
     """Running row count, sum and sum of outer products of a layer's activations (float64).
 
-    Example:
+    Examples:
         >>> m = ActivationMoments(2)
         >>> m.update(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
         >>> m.mean().tolist(), m.covariance().tolist()
@@ -146,7 +146,7 @@ def rows_shortfall(layer: str, rows: int, neurons: int, min_rows_per_neuron: int
 
     With too few rows every neuron looks dependent on the others (the rank artefact).
 
-    Example:
+    Examples:
         >>> rows_shortfall("fc1", 3000, 300, 10) is None
         True
     """

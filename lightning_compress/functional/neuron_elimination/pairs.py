@@ -247,7 +247,7 @@ def trainable_pairs(
 def skipped_summary(skipped: Mapping[str, str]) -> str:
     """Why layers were left alone, grouped by reason, at most four reasons (for a refusal's message).
 
-    Example:
+    Examples:
         >>> skipped_summary({"fc1": "residual", "fc2": "residual"})
         '2 layer(s) residual (e.g. fc1)'
     """

@@ -30,7 +30,7 @@ __all__ = ["compact_record", "current_pairs", "decide_round", "layer_floor", "pa
 def layer_floor(pair: LayerPair, min_neurons: int, min_layer_fraction: float) -> int:
     """Neurons a layer keeps at least: ``min_neurons``, and ``min_layer_fraction`` of its original width.
 
-    Example:
+    Examples:
         >>> layer_floor(LayerPair("fc1", "fc2", (), 300, 1, True), 1, 0.1)
         30
     """
@@ -44,7 +44,7 @@ def params_goal(
 
     From the second round on the goals follow a geometric schedule to ``target``; the first round is lossless.
 
-    Example:
+    Examples:
         >>> params_goal(1000, 0.5, 0, 3), params_goal(1000, 0.5, 1, 3), params_goal(1000, 0.5, 2, 3)
         ((None, 500), (707, 500), (500, 500))
     """
@@ -166,7 +166,7 @@ def compact_record(record: RoundRecord | Mapping[str, Any]) -> dict[str, Any]:
 
     Also reads the full records (survivors and coefficients) that checkpoints of earlier versions hold.
 
-    Example:
+    Examples:
         >>> compact_record({"pair": 0, "eliminations": [{"neuron": 3, "score": 0.5}]})["neurons"].tolist()
         [3]
     """

@@ -136,7 +136,7 @@ class DependenceSolver:
             fraction of the consumer's pre-activation variance ``tr(W Sigma W^T)`` that eliminating the neuron
             loses, ``r_j ||W_j||^2 / tr(W Sigma W^T)``; survivors' columns are updated as they are redistributed.
 
-    Example:
+    Examples:
         >>> a = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
         >>> a = torch.cat([a, a[:, :1] + 2 * a[:, 1:2] + 3], dim=1)  # neuron 3 = a0 + 2 a1 + 3
         >>> from lightning_compress.functional.neuron_elimination.moments import ActivationMoments
@@ -328,7 +328,7 @@ def greedy_round(
 def anneal_tolerance(start: float, end: float, rounds: int, schedule: str = "geometric") -> list[float]:
     """Tolerance of each round, relaxed from ``start`` to ``end``.
 
-    Example:
+    Examples:
         >>> [f"{t:.0e}" for t in anneal_tolerance(1e-6, 1e-2, 5)]
         ['1e-06', '1e-05', '1e-04', '1e-03', '1e-02']
         >>> [round(t, 3) for t in anneal_tolerance(0.0, 1.0, 3, "cosine")]

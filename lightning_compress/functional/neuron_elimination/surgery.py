@@ -102,7 +102,7 @@ def param_count(
 ) -> int:
     """Exact parameter count once only ``alive_counts[i]`` neurons of ``pairs[i]`` remain (see :func:`param_table`).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
         >>> pair = LayerPair("0", "2", (), 6, 1, True)
         >>> table = param_table(net, [pair])
@@ -153,7 +153,7 @@ def kept_indices(
 
     An optimizer's per-parameter state (momentum, Adam's moments) is sliced with it, so it carries over the shrink.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> pair = LayerPair("0", "2", (), channels=4, spatial=1, intercept=True)
         >>> {n: [(d, i.tolist()) for d, i in v] for n, v in kept_indices(net, [pair], [[1]]).items()}
