@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lightning_compress as lc
-from lightning_compress.codec import surp as surp_codec
+from lightning_compress.codec import surp_codec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional import successive_pruning
 from lightning_compress.functional.successive_pruning import (

@@ -12,7 +12,7 @@ from lightning_compress.codec.reader import read_artifact
 from lightning_compress.codec.records import Artifact, ArtifactError, TensorRecord
 from lightning_compress.codec.sparse import SparseCodec
 from lightning_compress.codec.sparse_codebook import SparseCodebookCodec
-from lightning_compress.codec.surp import SurpCodec
+from lightning_compress.codec.surp_codec import SurpCodec
 from lightning_compress.codec.ternary import TernaryCodec
 
 __all__ = [

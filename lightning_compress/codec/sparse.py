@@ -23,35 +23,35 @@ from lightning_compress.codec.base import (
     tensor_from_bytes,
     tensor_to_bytes,
 )
+from lightning_compress.codec.bits import BitReader, BitWriter, read_exp_golomb, write_exp_golomb
 from lightning_compress.codec.dense import PRECISIONS
 from lightning_compress.codec.entropy import AnsStackReader, leb128
-from lightning_compress.codec.surp import _read_exp_golomb, _Reader, _write_exp_golomb, _Writer
 
 __all__ = ["SparseCodec", "read_support", "write_support"]
 
 
-def write_support(w: _Writer, support: np.ndarray) -> None:
+def write_support(w: BitWriter, support: np.ndarray) -> None:
     """The positions of the non-zeros: their count, then their gaps Exp-Golomb split (buckets ANS-coded)."""
     w.varint(int(support.size))
     if support.size:
-        _write_exp_golomb(w, np.diff(support, prepend=-1))
+        write_exp_golomb(w, np.diff(support, prepend=-1))
 
 
-def read_support(payload: bytes, n: int, codec: str) -> tuple[_Reader, AnsStackReader, np.ndarray]:
+def read_support(payload: bytes, n: int, codec: str) -> tuple[BitReader, AnsStackReader, np.ndarray]:
     """Open a stream that :func:`write_support` began.
 
     Returns:
         The reader, its ANS stream (not yet finished: the caller reads on, then finishes it) and the positions,
         checked to lie inside a tensor of ``n`` values (``codec`` names the codec in errors).
     """
-    head = _Reader(payload, 0)
+    head = BitReader(payload, 0)
     ans = AnsStackReader(head.block())
-    r = _Reader(payload, head.pos)
+    r = BitReader(payload, head.pos)
     r.ans = ans
     count = r.varint()
     if count > n:
         raise ValueError(f"{codec} codec: {count} non-zeros in a tensor of {n} values (corrupt data).")
-    support = np.cumsum(_read_exp_golomb(r, count)) - 1 if count else np.zeros(0, dtype=np.int64)
+    support = np.cumsum(read_exp_golomb(r, count)) - 1 if count else np.zeros(0, dtype=np.int64)
     if count and support[-1] >= n:
         raise ValueError(f"{codec} codec: a position lies outside the tensor (corrupt data).")
     return r, ans, support
@@ -84,7 +84,7 @@ class SparseCodec(Codec):
             raise ValueError(f"sparse codec stores floating-point tensors, got {tensor.dtype}.")
         flat = tensor.detach().reshape(-1).to("cpu")
         support = torch.nonzero(flat).reshape(-1).numpy()
-        w = _Writer()
+        w = BitWriter()
         write_support(w, support)
         ans = w.ans.finish()
         values = flat[torch.from_numpy(support)].to(dtype_from_name(precision))

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, register_codec
+from lightning_compress.codec.bits import BitWriter
 from lightning_compress.codec.codebook import SharedCodebook, codebook_indices
 from lightning_compress.codec.entropy import leb128
 from lightning_compress.codec.sparse import read_support, write_support
-from lightning_compress.codec.surp import _Writer
 
 __all__ = ["SparseCodebookCodec"]
 
@@ -62,7 +62,7 @@ class SparseCodebookCodec(Codec):
 
     @staticmethod
     def _stream(support: np.ndarray, symbols: np.ndarray, counts: np.ndarray, write_counts: bool) -> bytes:
-        w = _Writer()
+        w = BitWriter()
         write_support(w, support)
         if support.size:
             if write_counts:

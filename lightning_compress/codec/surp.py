@@ -1,4 +1,6 @@
-"""The ``surp`` codec: a SuRP successive-refinement bitstream, shared by all tensors refined together.
+"""The SuRP stream: a successive-refinement bitstream, shared by all tensors refined together.
+
+The ``surp`` codec stores each tensor as its slice (:mod:`~lightning_compress.codec.surp_codec`).
 
 The stream (one shared blob per artifact) carries what the decoder needs to replay the refinement exactly: the
 number of magnitudes and how they split into tensors (segments), the initial threshold, the refresh rule and its
@@ -29,22 +31,34 @@ In version 2 all ANS-coded sequences share one ANS stream (one final coder state
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
-import torch
 
-from lightning_compress.codec.base import Codec, EncodedTensor, dtype_from_name, dtype_name, register_codec
-from lightning_compress.codec.entropy import AnsStackReader, AnsStackWriter, ans_decode, leb128
+from lightning_compress.codec.bits import (
+    BitReader,
+    BitWriter,
+    exp_golomb_buckets,
+    histogram_bits,
+    read_exp_golomb,
+    read_histogram,
+    write_exp_golomb,
+    write_histogram,
+)
+from lightning_compress.codec.entropy import AnsStackReader, leb128
 from lightning_compress.functional.successive_pruning import SurpResult, reconstruct
 
-__all__ = ["OWN_CONTEXT_MIN", "SurpCodec", "decode_stream", "encode_stream", "stream_statistics"]
+__all__ = [
+    "OWN_CONTEXT_MIN",
+    "StreamStatistics",
+    "decode_stream",
+    "encode_stream",
+    "head_bytes",
+    "parse_stream",
+    "stream_statistics",
+]
 
 _VERSION = 2
 _READABLE = (1, 2)
@@ -52,139 +66,6 @@ _HEAD = struct.Struct("<BBdd")  # version, refresh (0 ladder, 1 mean), t0, ladde
 
 #: A tensor with at least this many non-zeros codes its support gaps with its own model (version 2).
 OWN_CONTEXT_MIN = 1000
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.ans = AnsStackWriter()  # every ANS-coded sequence of the stream, in write order
-
-    def varint(self, value: int) -> None:
-        self.parts.append(leb128([value]))
-
-    def block(self, data: bytes) -> None:
-        self.varint(len(data))
-        self.parts.append(data)
-
-
-class _Reader:
-    def __init__(self, data: bytes, offset: int, version: int = _VERSION) -> None:
-        self.data, self.pos, self.version = data, offset, version
-        self.ans: AnsStackReader | None = None  # version 2: one ANS stream for all sequences
-
-    def symbols(self, counts: np.ndarray, n: int) -> np.ndarray:
-        """The next ``n`` ANS-coded symbols: from the shared stream (version 2) or their own block (version 1)."""
-        if self.ans is None:
-            return ans_decode(self.block(), counts, n)
-        return self.ans.take(counts, n)
-
-    def varint(self) -> int:
-        value = shift = 0
-        while True:
-            if self.pos >= len(self.data):
-                raise ValueError("surp stream truncated (varint).")
-            byte = self.data[self.pos]
-            self.pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    def block(self) -> bytes:
-        size = self.varint()
-        if self.pos + size > len(self.data):
-            raise ValueError("surp stream truncated (block).")
-        out = self.data[self.pos : self.pos + size]
-        self.pos += size
-        return out
-
-
-def _quantized_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One byte per count: exact below 16, else the exponent and a 3-bit mantissa (at most 1/9 below the count).
-
-    The ANS model only needs the probabilities roughly: a byte per histogram entry instead of a two-byte varint
-    costs ~0.001 bits per symbol and saves ~1 byte per entry. Returns (codes,
-    the counts they stand for); every non-zero count stays non-zero.
-    """
-    counts = counts.astype(np.int64)
-    if counts.size and counts.max() >= 1 << 32:
-        raise ValueError("surp stream: a histogram count is too large to quantize.")
-    exponent = _exp_golomb_buckets(np.maximum(counts, 16))  # floor(log2), at least 4
-    mantissa = (counts >> (exponent - 3)) & 7
-    codes = np.where(counts < 16, counts, 16 + (exponent - 4) * 8 + mantissa)
-    return codes.astype(np.uint8), _dequantized_counts(codes)
-
-
-def _dequantized_counts(codes: np.ndarray) -> np.ndarray:
-    codes = codes.astype(np.int64)
-    exponent, mantissa = (codes - 16) // 8 + 4, (codes - 16) % 8
-    return np.where(codes < 16, codes, np.left_shift(8 + mantissa, np.maximum(exponent - 3, 0))).astype(np.uint32)
-
-
-def _histogram_block(w: _Writer, counts: np.ndarray) -> np.ndarray:
-    """Write an ANS model's histogram; returns the counts the decoder will see (quantized)."""
-    codes, model = _quantized_counts(counts)
-    w.block(codes.tobytes())
-    return model
-
-
-def _read_histogram(r: _Reader) -> np.ndarray:
-    if r.version == 1:  # exact counts as varints
-        return np.array([r.varint() for _ in range(r.varint())], dtype=np.uint32)
-    return _dequantized_counts(np.frombuffer(r.block(), dtype=np.uint8))
-
-
-def _pack_variable_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
-    total = int(widths.sum())
-    bits = np.zeros(total, dtype=np.uint8)
-    starts = np.cumsum(widths) - widths
-    for j in range(int(widths.max(initial=0))):
-        has = widths > j
-        bits[starts[has] + j] = (values[has] >> (widths[has] - 1 - j)) & 1
-    return np.packbits(bits).tobytes()
-
-
-def _unpack_variable_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
-    total = int(widths.sum())
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    if bits.size < total:
-        raise ValueError("surp stream truncated (raw bits).")
-    starts = np.cumsum(widths) - widths
-    values = np.zeros(widths.size, dtype=np.int64)
-    for j in range(int(widths.max(initial=0))):
-        has = widths > j
-        values[has] = (values[has] << 1) | bits[starts[has] + j]
-    return values
-
-
-def _exp_golomb_buckets(values: np.ndarray) -> np.ndarray:
-    """``floor(log2 v)`` for integers ``v >= 1``, exact at powers of two."""
-    if values.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    buckets = np.floor(np.log2(values)).astype(np.int64)
-    return buckets - (np.left_shift(1, buckets) > values).astype(np.int64)  # float rounding of log2
-
-
-def _histogram_bits(symbols: np.ndarray) -> float:
-    """Empirical entropy of ``symbols`` times their number: the ideal size of coding them by their histogram."""
-    counts = np.bincount(symbols).astype(np.float64)
-    counts = counts[counts > 0]
-    return float(-(counts * np.log2(counts / counts.sum())).sum())
-
-
-def _write_exp_golomb(w: _Writer, values: np.ndarray) -> None:
-    """Integers >= 1: bucket floor(log2 v) ANS-coded with its histogram, then the bucket's low bits raw."""
-    buckets = _exp_golomb_buckets(values)
-    w.ans.add(buckets, _histogram_block(w, np.bincount(buckets, minlength=1)))
-    w.block(_pack_variable_bits(values - np.left_shift(1, buckets), buckets))
-
-
-def _read_exp_golomb(r: _Reader, n: int) -> np.ndarray:
-    counts = _read_histogram(r)
-    buckets = r.symbols(counts, n).astype(np.int64)
-    if buckets.size and buckets.min() < 0:
-        raise ValueError("surp stream corrupt (negative bucket).")
-    return np.left_shift(1, buckets) + _unpack_variable_bits(r.block(), buckets)
 
 
 def _split_rounds(result: SurpResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -272,7 +153,7 @@ def _support_gaps(support: np.ndarray, segments: list[int]) -> tuple[np.ndarray,
     return segment_counts, [np.concatenate(g) if g else np.zeros(0, dtype=np.int64) for g in per_context]
 
 
-def _read_support(r: _Reader, segments: list[int], segment_counts: np.ndarray) -> np.ndarray:
+def _read_support(r: BitReader, segments: list[int], segment_counts: np.ndarray) -> np.ndarray:
     contexts = _segment_contexts(segment_counts)
     bounds = np.cumsum([0, *segments])
     parts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(segments)
@@ -281,7 +162,7 @@ def _read_support(r: _Reader, segments: list[int], segment_counts: np.ndarray) -
         total = int(segment_counts[members].sum())
         if total == 0:
             continue
-        gaps = _read_exp_golomb(r, total)
+        gaps = read_exp_golomb(r, total)
         for i, chunk in zip(members, np.split(gaps, np.cumsum(segment_counts[members])[:-1]), strict=True):
             local = np.cumsum(chunk) - 1
             if local.size and local[-1] >= segments[i]:
@@ -290,10 +171,10 @@ def _read_support(r: _Reader, segments: list[int], segment_counts: np.ndarray) -
     return np.concatenate(parts)
 
 
-def _write_refresh(w: _Writer, result: SurpResult) -> None:
+def _write_refresh(w: BitWriter, result: SurpResult) -> None:
     if result.refresh == "ladder":
         steps = np.array(result.refresh_steps, dtype=np.int64)
-        w.ans.add(steps, _histogram_block(w, np.bincount(steps, minlength=1)))
+        w.ans.add(steps, write_histogram(w, np.bincount(steps, minlength=1)))
     else:
         values = np.array(result.refresh_values, dtype=np.float64)
         flags = ~np.isnan(values)
@@ -301,7 +182,7 @@ def _write_refresh(w: _Writer, result: SurpResult) -> None:
         w.block(values[flags].astype("<f8").tobytes())
 
 
-def _read_refresh(r: _Reader, result: SurpResult, n_rounds: int) -> None:
+def _read_refresh(r: BitReader, result: SurpResult, n_rounds: int) -> None:
     if result.refresh == "mean":
         flags = np.unpackbits(np.frombuffer(r.block(), dtype=np.uint8))[:n_rounds].astype(bool)
         values = np.full(n_rounds, math.nan)
@@ -309,7 +190,7 @@ def _read_refresh(r: _Reader, result: SurpResult, n_rounds: int) -> None:
         result.refresh_values = values.tolist()
         result.refresh_steps = [0] * n_rounds
     else:
-        counts = _read_histogram(r)
+        counts = read_histogram(r)
         result.refresh_steps = r.symbols(counts, n_rounds).astype(int).tolist()
         result.refresh_values = [math.nan] * n_rounds
 
@@ -343,34 +224,34 @@ def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | N
     refine_counts, new_counts, refine_gaps, _, order = _split_rounds(result)
     support, labels = _first_picks(new_counts, order)
     segment_counts, context_gaps = _support_gaps(support, segments)
-    w = _Writer()
+    w = BitWriter()
     w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
     for value in (result.n, len(result.rounds), support.size, len(segments), *segments, *segment_counts.tolist()):
         w.varint(value)
     ans_at = len(w.parts)  # the shared ANS stream goes here, once every sequence is in
-    _write_exp_golomb(w, refine_counts + 1)
+    write_exp_golomb(w, refine_counts + 1)
     _write_refresh(w, result)
     for gaps in context_gaps:
         if gaps.size:
-            _write_exp_golomb(w, gaps)
+            write_exp_golomb(w, gaps)
     label_counts = np.bincount(labels, minlength=len(result.rounds)).astype(np.uint32)  # new positions per round
-    _write_exp_golomb(w, label_counts.astype(np.int64) + 1)
+    write_exp_golomb(w, label_counts.astype(np.int64) + 1)
     w.ans.add(labels, label_counts)
-    _write_exp_golomb(w, refine_gaps)
+    write_exp_golomb(w, refine_gaps)
     w.block(np.packbits((signs[support] < 0).astype(np.uint8)).tobytes())
     ans = w.ans.finish()
     w.parts.insert(ans_at, leb128([len(ans)]) + ans)
     return b"".join(w.parts)
 
 
-def _decode_v1(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
+def _decode_v1(r: BitReader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
     """Version 1 body: every round's new positions as gaps among the zeros; signs in first-pick order."""
     n_rounds, n_signs = r.varint(), r.varint()
-    refine_counts = _read_exp_golomb(r, n_rounds) - 1
-    new_counts = _read_exp_golomb(r, n_rounds) - 1
+    refine_counts = read_exp_golomb(r, n_rounds) - 1
+    new_counts = read_exp_golomb(r, n_rounds) - 1
     _read_refresh(r, result, n_rounds)
-    refine_gaps = _read_exp_golomb(r, int(refine_counts.sum()))
-    new_gaps = _read_exp_golomb(r, int(new_counts.sum()))
+    refine_gaps = read_exp_golomb(r, int(refine_counts.sum()))
+    new_gaps = read_exp_golomb(r, int(new_counts.sum()))
     if int(new_counts.sum()) != n_signs:
         raise ValueError("surp stream corrupt (sign count).")
     rounds = _merge_rounds(result.n, refine_counts, new_counts, refine_gaps, new_gaps)
@@ -378,7 +259,7 @@ def _decode_v1(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.nda
     return rounds, _split_rounds(result)[4], r.block()
 
 
-def _decode_v2(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
+def _decode_v2(r: BitReader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
     """Version 2 body: the support per tensor, every non-zero's first round, refinement picks; signs by position."""
     n_rounds, n_support, n_segments = r.varint(), r.varint(), r.varint()
     if n_segments > result.n:
@@ -388,26 +269,26 @@ def _decode_v2(r: _Reader, result: SurpResult) -> tuple[list[np.ndarray], np.nda
     if sum(segments) != result.n or int(segment_counts.sum()) != n_support:
         raise ValueError("surp stream corrupt (segment sizes).")
     r.ans = AnsStackReader(r.block())
-    refine_counts = _read_exp_golomb(r, n_rounds) - 1
+    refine_counts = read_exp_golomb(r, n_rounds) - 1
     _read_refresh(r, result, n_rounds)
     support = _read_support(r, segments, segment_counts)
-    label_counts = (_read_exp_golomb(r, n_rounds) - 1).astype(np.uint32)
+    label_counts = (read_exp_golomb(r, n_rounds) - 1).astype(np.uint32)
     if int(label_counts.sum()) != n_support:
         raise ValueError("surp stream corrupt (new positions per round).")
     labels = r.symbols(label_counts, n_support).astype(np.int64)
-    refine_gaps = _read_exp_golomb(r, int(refine_counts.sum()))
+    refine_gaps = read_exp_golomb(r, int(refine_counts.sum()))
     r.ans.finish()
     return _rounds_from_labels(support, labels, refine_counts, refine_gaps), support, r.block()
 
 
-def _parse(data: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
+def parse_stream(data: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
     """A stream's refinement (rounds, no reconstruction), its signed positions and their sign bits (1: negative)."""
     if len(data) < _HEAD.size:
         raise ValueError("surp stream truncated (header).")
     version, mean_flag, t0, ladder = _HEAD.unpack_from(data)
     if version not in _READABLE or mean_flag not in (0, 1):
         raise ValueError(f"not a surp stream of version {_READABLE} (version byte {version}).")
-    r = _Reader(data, _HEAD.size, version)
+    r = BitReader(data, _HEAD.size, version)
     result = SurpResult(n=r.varint(), t0=t0, refresh="mean" if mean_flag else "ladder", ladder=ladder)
     result.rounds, signed, sign_block = (_decode_v1 if version == 1 else _decode_v2)(r, result)
     sign_bits = np.unpackbits(np.frombuffer(sign_block, dtype=np.uint8))
@@ -426,7 +307,7 @@ def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
     Raises:
         ValueError: when the stream is truncated or corrupt.
     """
-    result, signed, negative = _parse(data)
+    result, signed, negative = parse_stream(data)
     result.recon = reconstruct(result)
     signs = np.zeros(result.n, dtype=np.int8)
     signs[signed] = np.where(negative, -1, 1)
@@ -436,7 +317,7 @@ def decode_stream(data: bytes) -> tuple[SurpResult, np.ndarray]:
 def _layout(stream: bytes) -> tuple[int, list[int]]:
     """A stream's version and segment sizes (version 1: one segment)."""
     version = stream[0]
-    r = _Reader(stream, _HEAD.size)
+    r = BitReader(stream, _HEAD.size)
     n = r.varint()
     if version == 1:
         return 1, [n]
@@ -444,9 +325,9 @@ def _layout(stream: bytes) -> tuple[int, list[int]]:
     return version, [r.varint() for _ in range(r.varint())]
 
 
-def _head_bytes(stream: bytes) -> int:
+def head_bytes(stream: bytes) -> int:
     """Bytes of a stream's head: version, thresholds and the size varints before the coded symbols."""
-    r = _Reader(stream, _HEAD.size)
+    r = BitReader(stream, _HEAD.size)
     r.varint()
     if stream[0] == 1:
         return r.pos
@@ -476,8 +357,8 @@ class StreamStatistics:
 def _exp_golomb_entropy(values: np.ndarray) -> float:
     if values.size == 0:
         return 0.0
-    buckets = _exp_golomb_buckets(values)
-    return _histogram_bits(buckets) + float(buckets.sum())
+    buckets = exp_golomb_buckets(values)
+    return histogram_bits(buckets) + float(buckets.sum())
 
 
 def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
@@ -496,9 +377,9 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
     else:
         support, labels = _first_picks(new_counts, order)
         entropy += sum(_exp_golomb_entropy(g) for g in _support_gaps(support, segments)[1])
-        entropy += _exp_golomb_entropy(new_counts + 1) + (_histogram_bits(labels) if labels.size else 0.0)
+        entropy += _exp_golomb_entropy(new_counts + 1) + (histogram_bits(labels) if labels.size else 0.0)
     if result.refresh == "ladder":
-        entropy += _histogram_bits(np.array(result.refresh_steps, dtype=np.int64))
+        entropy += histogram_bits(np.array(result.refresh_steps, dtype=np.int64))
     else:
         entropy += 64 * sum(not math.isnan(v) for v in result.refresh_values) + len(result.refresh_values)
     geometric = 0.0
@@ -507,94 +388,3 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
         g = np.diff(positions, prepend=-1)
         geometric += float(-np.log2(p_pick) * g.size - ((g - 1) * np.log2(max(1.0 - p_pick, 1e-300))).sum())
     return StreamStatistics(8 * len(stream), entropy, geometric, result.nonzeros, result.picks)
-
-
-@lru_cache(maxsize=1)
-def _parsed(blob: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
-    """The parsed stream that every tensor of it decodes its slice from.
-
-    Rounds and signs: memory of the picks, not of a float64 vector of all positions.
-    """
-    return _parse(blob)
-
-
-def _signed_slice(blob: bytes, start: int, count: int) -> np.ndarray:
-    """``sign * û`` (float64) of positions ``[start, start + count)``: the same bits as the whole vector's slice."""
-    result, signed, negative = _parsed(blob)
-    values = reconstruct(result, start, count)
-    lo, hi = np.searchsorted(signed, (start, start + count))
-    values[signed[lo:hi][negative[lo:hi]] - start] *= -1.0
-    return values
-
-
-@register_codec
-class SurpCodec(Codec):
-    """One tensor's slice of a shared SuRP stream.
-
-    Options (set by the SuccessivePruning callback): ``stream`` (the bytes), ``offset`` and ``numel`` (the slice of
-    the flattened vector), ``norm`` (the tensor's L2 norm). The stored values are ``sign * û * norm`` in float32;
-    the codec checks that the tensor equals them.
-    """
-
-    name = "surp"
-
-    def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
-        stream: bytes = options.pop("stream")
-        offset, numel, norm = int(options.pop("offset")), int(options.pop("numel")), float(options.pop("norm"))
-        if options:
-            raise TypeError(f"surp codec got unknown options {sorted(options)}.")
-        if numel != tensor.numel():
-            raise ValueError(f"surp codec: slice of {numel} values for a tensor of {tensor.numel()}.")
-        key = "surp-" + hashlib.sha256(stream).hexdigest()[:16]
-        encoded = EncodedTensor(
-            codec=self.name,
-            shape=tuple(tensor.shape),
-            dtype=dtype_name(tensor.dtype),
-            meta={"key": key, "offset": offset, "norm": norm},
-            payload=b"",
-            shared={key: stream},
-        )
-        if not torch.equal(self.decode(encoded), tensor.detach().cpu()):
-            raise ValueError(
-                "surp codec: the tensor differs from the SuRP reconstruction in the stream; compress it with "
-                "SuccessivePruning (or write it with another codec)."
-            )
-        return encoded
-
-    def attribute_shared(self, blob: bytes, tensors: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
-        """Each tensor's share of the stream: the coded bytes in proportion to its picks (our rule).
-
-        Every pick (a new position with its sign and first round, or a refinement) belongs to one tensor; the
-        stream's head (version, thresholds, sizes) stays the blob's own overhead. Picks are weighted equally, so a
-        tensor with denser, cheaper positions is charged a little more than its exact entropy.
-        """
-        result = _parsed(blob)[0]
-        picks = np.concatenate(result.rounds) if result.rounds else np.zeros(0, dtype=np.int64)
-        head = _head_bytes(blob)
-        shares: dict[str, int] = {}
-        total = max(int(picks.size), 1)
-        for name, meta in tensors.items():
-            start, numel = int(meta["offset"]), int(meta["numel"])
-            count = int(((picks >= start) & (picks < start + numel)).sum())
-            shares[name] = (len(blob) - head) * count // total
-        return shares
-
-    def forget(self) -> None:
-        _parsed.cache_clear()
-
-    def decode(self, encoded: EncodedTensor) -> torch.Tensor:
-        meta = encoded.meta
-        blob = encoded.shared[meta["key"]]
-        size = _parsed(blob)[0].n
-        n = math.prod(encoded.shape)
-        start, norm = meta["offset"], meta["norm"]
-        if not (
-            isinstance(start, int) and start >= 0 and isinstance(norm, float) and math.isfinite(norm) and norm >= 0
-        ):
-            raise ValueError(
-                f"surp codec: `offset`={start!r} / `norm`={norm!r} are not an int >= 0 / a finite float >= 0."
-            )
-        if start + n > size:
-            raise ValueError("surp codec: tensor slice outside the stream.")
-        values = (_signed_slice(blob, start, n) * norm).astype(np.float32)
-        return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))
