@@ -6,6 +6,9 @@ activations replace its ReLUs, initialised by NTK moment matching, with learnabl
 the paper's method on a :class:`~lightning_compress.models.random_features.RandomFeatureMLP`: moment-matched step
 activations and random sparse ternary hidden weights replace the Gaussian ones before training; only the head
 trains. Either way the artifact stores the ternary tensors with the ``ternary`` codec.
+
+Over 450 lines: the two modes share one callback (its window, holds, the swap of layers and activations, the bake
+and the artifact's figures); the matching is in ``functional.ternarization`` and ``models.random_features``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from lightning_compress.functional.ternarization import (
     match_step_activation,
     relu_moments,
     sparse_ternary,
-    step_moments,
 )
 from lightning_compress.layers import (
     StepActivation,
@@ -41,7 +43,7 @@ from lightning_compress.layers import (
     ternary_layer,
     ternary_tensors,
 )
-from lightning_compress.models.random_features import RandomFeatureMLP, activation_moments
+from lightning_compress.models.random_features import RandomFeatureMLP, match_step_activations
 from lightning_compress.module import LR_SCALE_ATTR, is_lr_scale
 from lightning_compress.saving import trial_bytes
 
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 _LAYER_CHOICES = ("auto", "ternary", "fp32")
 #: With ``first_layer``/``last_layer="auto"``, an end layer stays fp32 when it holds less than this share of weights.
 _AUTO_END_SHARE = 0.1
-#: Residual norm under which a matching system counts as solved.
-_EXACT_MATCH = 1e-6
 
 
 class Ternarization(CompressionCallback):
@@ -280,42 +280,7 @@ class Ternarization(CompressionCallback):
         return f"{name}." if name else ""
 
     def _match_ntk(self, net: RandomFeatureMLP) -> list[StepFunction]:
-        """Match each layer's step activation to the original activation, propagating the compressed scale.
-
-        The last hidden layer first tries the authors' three-level form, which also matches the variance. For ReLU
-        that 4-equation system often has no solution at the compressed net's scale, and its least-squares optimum
-        is degenerate (a level collapses, the features go constant). Then the two-level form is used instead: it
-        matches the three kernel moments exactly and leaves the variance (a scale on the head's input) unmatched.
-        """
-        tau_orig = tau_new = 1.0  # calibrate() normalised the inputs to unit mean squared norm
-        steps = []
-        for i, act in enumerate(net.activations):
-            target = activation_moments(act, tau_orig)
-            staircase = self.ntk_activations == "staircase"
-            step = match_step_activation(
-                target, tau_new, staircase=staircase, restarts=self.restarts, seed=self.seed + i
-            )
-            if i == len(net.activations) - 1 and not staircase:
-                three_level = match_step_activation(
-                    target,
-                    tau_new,
-                    last=True,
-                    target_tau=math.sqrt(target.variance),
-                    restarts=self.restarts,
-                    seed=self.seed + i,
-                )
-                if three_level.residual < _EXACT_MATCH:
-                    step = three_level
-                else:
-                    log.info(
-                        "Ternarization(ntk): the last layer's three-level system has no exact solution (residual "
-                        "%.3g); using the two-level form (kernel moments exact, variance unmatched).",
-                        three_level.residual,
-                    )
-            steps.append(step)
-            tau_orig = math.sqrt(target.variance)
-            tau_new = math.sqrt(step_moments(step, tau_new).variance)
-        return steps
+        return match_step_activations(net, self.ntk_activations == "staircase", self.restarts, self.seed)
 
     def _ntk_plan(self, storage: str) -> dict[str, CodecSpec]:
         return {

@@ -2,12 +2,14 @@
 
 One uniform-bin codebook for the whole network (Khosrowshahli, Rahnamayan, Ombuki-Berman 2025): NSGA-II over the
 number of bins, then merging of neighbouring bins, no retraining of the shared values.
+
+Over 450 lines, just: the class docstring (the method's user documentation, about 70 lines) and the search's
+bookkeeping; the search is in ``functional.weight_sharing``, the scoring in ``callbacks.validation``, the front's
+CSV and picture in ``report``.
 """
 
 from __future__ import annotations
 
-import csv
-import gc
 import logging
 import os
 import time
@@ -24,7 +26,7 @@ from typing_extensions import override
 from lightning_compress.arguments import check_bool, check_choice, check_number, check_parameters
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.functional.forward import call_forward, leading, to_device
+from lightning_compress.callbacks.validation import METRICS, ValidationScorer, validation_loader
 from lightning_compress.functional.weight_sharing import (
     Binning,
     SearchPoint,
@@ -33,29 +35,14 @@ from lightning_compress.functional.weight_sharing import (
     entropy_bits,
     huffman_average_length,
     nsga2_search,
-    pareto_front,
     select_parameters,
     write_binning,
 )
+from lightning_compress.report import write_sharing_front
 
 __all__ = ["WeightSharing"]
 
 log = logging.getLogger(__name__)
-
-_METRICS = ("accuracy", "f1_macro")
-
-#: ``max_val_samples="auto"``: the search caches as many validation samples as fit in this many bytes
-VAL_CACHE_BYTES = 1 << 30
-
-
-def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
 
 
 class WeightSharing(CompressionCallback):
@@ -162,7 +149,7 @@ class WeightSharing(CompressionCallback):
         check_number("pop_size", pop_size, low=2, integer=True)
         check_number("n_gen", n_gen, low=1, integer=True)
         check_number("merge_candidates", merge_candidates, low=0, integer=True)
-        check_choice("metric", metric, _METRICS)
+        check_choice("metric", metric, METRICS)
         check_number("accuracy_budget", accuracy_budget, low=0, high=1, high_open=True)
         check_parameters("parameters", parameters)
         check_bool("merge", merge)
@@ -197,8 +184,8 @@ class WeightSharing(CompressionCallback):
         self.screen_used = False
         self.points: list[SearchPoint] = []
         self._state: dict[str, Any] = {"done": False}
-        self._scored_samples = 0  # validation samples run through the model by the search
-        self._cache_complete = True  # whether the cached batches are the whole validation loader
+        #: the validation samples candidates are scored on, and how many the search ran through the model
+        self.scorer = ValidationScorer(self.owner, self.metric, self.max_val_samples)
 
     @property
     @override
@@ -236,12 +223,12 @@ class WeightSharing(CompressionCallback):
         if self.should_skip(trainer):
             return
         # fail before the first step, not after the whole fit: the search needs (inputs, targets) validation data
-        if self._validation_loader(trainer) is None:
+        if validation_loader(trainer) is None:
             raise ValueError(
                 "WeightSharing needs validation data for its fitness: pass `val_dataloaders` (or a datamodule with "
                 "val_dataloader) to `trainer.fit`, held out from the training set."
             )
-        self._validation_batches(trainer, pl_module, pl_module.device, probe=True)
+        self.scorer.batches(trainer, pl_module, self.forward_inputs_fn(pl_module), pl_module.device, probe=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -354,122 +341,6 @@ class WeightSharing(CompressionCallback):
         self.representation(pl_module).decide(self.owner, "values", decided)
         self.holds.hold_values(self.target_module(pl_module), names)
 
-    @staticmethod
-    def _validation_loader(trainer: pl.Trainer) -> Any:
-        """The first validation loader given to ``fit`` (also when Lightning skips its own validation loop)."""
-        if trainer.limit_val_batches == 0:
-            return None
-        loaders = trainer.val_dataloaders
-        if loaders is None:
-            source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
-            loaders = source.dataloader() if source is not None and source.is_defined() else None
-        if isinstance(loaders, Sequence) and not isinstance(loaders, torch.utils.data.DataLoader):
-            loaders = loaders[0] if loaders else None
-        return loaders
-
-    def _validation_batches(
-        self, trainer: pl.Trainer, pl_module: nn.Module, device: torch.device, probe: bool = False
-    ) -> list[tuple[Any, torch.Tensor]]:
-        """The cached validation batches; with ``probe``, only the first, run through the model as a check."""
-        loaders = self._validation_loader(trainer)
-        if loaders is None:
-            raise RuntimeError("WeightSharing: the validation data given to `fit` is gone.")
-        batches: list[tuple[Any, torch.Tensor]] = []
-        seen = 0
-        cap = self.max_val_samples if isinstance(self.max_val_samples, int) else None
-        self._cache_complete = True
-        to_inputs = self.forward_inputs_fn(pl_module)  # a sequence model's forward may take several arguments
-        for batch in loaders:
-            if cap is not None and seen >= cap:
-                self._cache_complete = False
-                break
-            if not (
-                isinstance(batch, Sequence) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch[:2])
-            ):
-                raise TypeError(
-                    "WeightSharing scores candidates by classification on validation batches of the form (inputs, "
-                    f"targets); got a {type(batch).__name__}. Give `fit` such validation data."
-                )
-            x, y = to_device(to_inputs(batch), device), batch[1].to(device)
-            if probe:
-                self._probe(pl_module, leading(x, 2), y[:2])
-                return []
-            if self.max_val_samples == "auto" and cap is None:  # the byte bound, from the first batch's size
-                cap = max(1, VAL_CACHE_BYTES * len(y) // max(_tensor_bytes((x, y)), 1))
-            if cap is not None and len(y) > cap - seen:
-                x, y = leading(x, cap - seen), y[: cap - seen]
-                self._cache_complete = False
-            batches.append((x, y))
-            seen += len(y)
-        return batches
-
-    @torch.no_grad()
-    def _error_on_all(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, int]:
-        """Error on the whole validation loader, streamed batch by batch (nothing cached); and its sample count."""
-        loaders = self._validation_loader(trainer)
-        to_inputs = self.forward_inputs_fn(pl_module)
-        was_training = pl_module.training
-        pl_module.eval()
-        preds, targets, num_classes = [], [], 0
-        try:
-            for batch in loaders:
-                logits = call_forward(pl_module, to_device(to_inputs(batch), pl_module.device))
-                num_classes = logits.shape[-1]
-                preds.append(logits.reshape(-1, num_classes).argmax(dim=1).cpu())
-                targets.append(batch[1].reshape(-1).cpu())
-        finally:
-            pl_module.train(was_training)
-        target = torch.cat(targets)
-        self._scored_samples += len(target)
-        return self._error(torch.cat(preds), target, num_classes), len(target)
-
-    def _error(self, preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
-        """``1 - metric`` of predicted classes against targets (the search's error, cached or streamed)."""
-        if self.metric == "accuracy":
-            return 1.0 - float((preds == targets.to(preds.device)).float().mean())
-        from torchmetrics.functional.classification import multiclass_f1_score
-
-        score = multiclass_f1_score(preds, targets.to(preds.device), num_classes=num_classes, average="macro")
-        return 1.0 - float(score)
-
-    @staticmethod
-    @torch.no_grad()
-    def _probe(model: nn.Module, x: Any, y: torch.Tensor) -> None:
-        was_training = model.training
-        model.eval()
-        try:
-            logits = call_forward(model, x)
-        except Exception as err:
-            raise TypeError(
-                f"WeightSharing calls the model on validation batches (inputs, targets), and it failed "
-                f"({type(err).__name__}: {err}). By default it calls `model(batch[0])`; pass `forward_inputs=` or "
-                "define `lc_forward_inputs(self, batch)` on your LightningModule for several inputs."
-            ) from err
-        finally:
-            model.train(was_training)
-        if not (isinstance(logits, torch.Tensor) and logits.dim() >= 2 and logits.shape[:-1].numel() == y.numel()):
-            raise TypeError(
-                "WeightSharing scores candidates by classification: the model must return logits of shape "
-                f"(batch, classes), or (..., classes) with one target per row; got "
-                f"{getattr(logits, 'shape', type(logits).__name__)} for targets of shape {tuple(y.shape)}."
-            )
-
-    def _error_fn(self, model: nn.Module, batches: list[tuple[Any, torch.Tensor]]) -> Any:
-        targets = torch.cat([y.reshape(-1) for _, y in batches])
-        samples = sum(len(y) for _, y in batches)
-
-        @torch.no_grad()
-        def error() -> float:
-            self._scored_samples += samples
-            was_training = model.training
-            model.eval()
-            outputs = [call_forward(model, x) for x, _ in batches]
-            logits = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
-            model.train(was_training)
-            return self._error(logits.argmax(dim=1), targets, logits.shape[1])
-
-        return error
-
     def _search(
         self,
         trainer: pl.Trainer,
@@ -479,14 +350,14 @@ class WeightSharing(CompressionCallback):
         out_dir: Path,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        self._scored_samples = 0
-        batches = self._validation_batches(trainer, pl_module, pl_module.device)
-        screen = self._screen_batches(batches)
+        self.scorer.reset()
+        batches = self.scorer.batches(trainer, pl_module, self.forward_inputs_fn(pl_module), pl_module.device)
+        screen = self.scorer.leading_samples(batches, self.screen_samples)
         problem = WeightSharingProblem(
             params,
-            self._error_fn(pl_module, batches),
+            self.scorer.error_fn(pl_module, batches),
             keep_zeros,
-            screen_fn=self._error_fn(pl_module, screen) if screen else None,
+            screen_fn=self.scorer.error_fn(pl_module, screen) if screen else None,
         )
         with self._progress_bar(self.n_gen) as advance:
             k_min, k_max = self.k_bounds
@@ -516,12 +387,12 @@ class WeightSharing(CompressionCallback):
             binning = Binning(nudged, binning.indices, binning.sums, binning.counts)
         cached = sum(len(y) for _, y in batches)
         total, on_all = cached, None
-        if not self._cache_complete:
+        if not self.scorer.cache_complete:
             # the candidates were judged on a bounded part of the validation data: check the choice on all of it
             problem.restore()
-            baseline_all, total = self._error_on_all(trainer, pl_module)
+            baseline_all, total = self.scorer.error_on_all(trainer, pl_module, self.forward_inputs_fn(pl_module))
             problem.write(binning)
-            chosen_all, _ = self._error_on_all(trainer, pl_module)
+            chosen_all, _ = self.scorer.error_on_all(trainer, pl_module, self.forward_inputs_fn(pl_module))
             problem.restore()
             on_all = {"baseline_metric_all": 1.0 - baseline_all, "metric_all": 1.0 - chosen_all}
             if chosen_all - baseline_all > self.accuracy_budget:
@@ -550,23 +421,9 @@ class WeightSharing(CompressionCallback):
             "val_samples_total": total,
             "screen_samples": sum(len(y) for _, y in screen),
             # the search's cost in passes over the whole validation data
-            "validation_set_equivalents": self._scored_samples / max(total, 1),
+            "validation_set_equivalents": self.scorer.scored_samples / max(total, 1),
             **(on_all or {}),
         }
-
-    def _screen_batches(self, batches: list[tuple[Any, torch.Tensor]]) -> list[tuple[Any, torch.Tensor]]:
-        """The first ``screen_samples`` validation samples; none when screening is off or would not be smaller."""
-        total = sum(len(y) for _, y in batches)
-        if self.screen_samples is None or total <= self.screen_samples:
-            return []
-        screen, seen = [], 0
-        for x, y in batches:
-            take = min(len(y), self.screen_samples - seen)
-            screen.append((leading(x, take), y[:take]))
-            seen += take
-            if seen >= self.screen_samples:
-                break
-        return screen
 
     def _progress_bar(self, total: int) -> Any:
         from contextlib import contextmanager
@@ -585,32 +442,9 @@ class WeightSharing(CompressionCallback):
         return bar()
 
     def _write_outputs(self, trainer: pl.Trainer, out: Path, baseline_error: float, chosen: SearchPoint) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        label = "screen" if self.screen_used else "validation"
-        front = set(pareto_front(self.screened))
-        scored = [(p, label) for p in self.screened]
-        scored += [(p, "validation") for p in self.points if self.screen_used or p.merged]
-        rows = [
-            {
-                "k": p.k,
-                "num_shared": p.num_shared,
-                "val_error": round(p.error, 6),
-                f"val_{self.metric}": round(1.0 - p.error, 6),
-                "scored_on": on,
-                "merged": p.merged,
-                "on_front": (on == label and p in front) or p.merged,
-                "chosen": p == chosen and on == "validation",
-            }
-            for p, on in sorted(scored, key=lambda t: (t[1], t[0].merged, t[0].num_shared, t[0].k))
-        ]
-        csv_path = out / "weight_sharing_pareto.csv"
-        tmp = csv_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(csv_path)
-        self._plot(out / "weight_sharing_pareto.png", front, baseline_error, chosen)
+        rows = write_sharing_front(
+            out, self.screened, self.points, self.screen_used, self.metric, baseline_error, chosen
+        )
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 import wandb
@@ -625,43 +459,3 @@ class WeightSharing(CompressionCallback):
                         ),
                     }
                 )
-
-    def _plot(self, path: Path, front: set[SearchPoint], baseline_error: float, chosen: SearchPoint) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        label = "screened" if self.screen_used else "evaluated"
-        searched = self.screened
-        ax.scatter([p.num_shared for p in searched], [1 - p.error for p in searched], s=8, c="0.7", label=label)
-        line = sorted(front, key=lambda p: p.num_shared)
-        ax.plot([p.num_shared for p in line], [1 - p.error for p in line], "o-", ms=4, label=f"Pareto front ({label})")
-        if self.screen_used:
-            confirmed = [p for p in self.points if not p.merged]
-            ax.scatter(
-                [p.num_shared for p in confirmed],
-                [1 - p.error for p in confirmed],
-                marker="x",
-                c="tab:blue",
-                label="confirmed on all validation data",
-            )
-        merged = [p for p in self.points if p.merged]
-        if merged:
-            ax.scatter([p.num_shared for p in merged], [1 - p.error for p in merged], c="tab:red", s=30, label="merged")
-        ax.scatter([chosen.num_shared], [1 - chosen.error], marker="*", s=200, c="gold", edgecolors="k", label="chosen")
-        ax.axhline(1 - baseline_error, color="k", ls="--", lw=1, label="unshared")
-        ax.set_xscale("log")
-        ax.set_xlabel("shared values")
-        ax.set_ylabel(f"validation {self.metric}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        tmp.replace(path)
-        # matplotlib's drawing leaves frames of its own in reference cycles, and each keeps its callers' frames alive
-        # through `f_back`: the search's and `share`'s, with the problem's values and the chosen binning's indices
-        # (on ViT-B/16 1.4 GB, held for the rest of the fit unless the cyclic collector happens to run)
-        gc.collect()

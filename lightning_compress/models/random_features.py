@@ -11,6 +11,7 @@ statistics from data and the centres from the activations' moments.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import nn
 
 from lightning_compress.functional.ternarization import (
     GaussianMoments,
+    StepFunction,
+    match_step_activation,
     quadrature_moments,
     relu_moments,
     step_moments,
@@ -29,7 +32,9 @@ from lightning_compress.layers import StepActivation
 from lightning_compress.models.cifar import vgg16_bn
 from lightning_compress.models.registry import register_model
 
-__all__ = ["RandomFeatureMLP", "activation_moments", "rf_mlp", "rf_vgg_cifar"]
+__all__ = ["RandomFeatureMLP", "activation_moments", "match_step_activations", "rf_mlp", "rf_vgg_cifar"]
+
+log = logging.getLogger(__name__)
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -223,3 +228,39 @@ def rf_vgg_cifar(
     with torch.no_grad():
         width = trunk.eval()(torch.zeros(1, *in_shape)).shape[1]
     return RandomFeatureMLP(width, widths, num_classes, activation, trunk=trunk)
+
+
+#: A residual below this counts as an exact match of the moment equations.
+_EXACT_MATCH = 1e-6
+
+
+def match_step_activations(net: RandomFeatureMLP, staircase: bool, restarts: int, seed: int) -> list[StepFunction]:
+    """Match each layer's step activation to the original activation, propagating the compressed scale.
+
+    The last hidden layer first tries the authors' three-level form, which also matches the variance. For ReLU
+    that 4-equation system often has no solution at the compressed net's scale, and its least-squares optimum
+    is degenerate (a level collapses, the features go constant). Then the two-level form is used instead: it
+    matches the three kernel moments exactly and leaves the variance (a scale on the head's input) unmatched.
+    ``staircase``: multi-level steps instead (no three-level last layer).
+    """
+    tau_orig = tau_new = 1.0  # calibrate() normalised the inputs to unit mean squared norm
+    steps = []
+    for i, act in enumerate(net.activations):
+        target = activation_moments(act, tau_orig)
+        step = match_step_activation(target, tau_new, staircase=staircase, restarts=restarts, seed=seed + i)
+        if i == len(net.activations) - 1 and not staircase:
+            three_level = match_step_activation(
+                target, tau_new, last=True, target_tau=math.sqrt(target.variance), restarts=restarts, seed=seed + i
+            )
+            if three_level.residual < _EXACT_MATCH:
+                step = three_level
+            else:
+                log.info(
+                    "Ternarization(ntk): the last layer's three-level system has no exact solution (residual "
+                    "%.3g); using the two-level form (kernel moments exact, variance unmatched).",
+                    three_level.residual,
+                )
+        steps.append(step)
+        tau_orig = math.sqrt(target.variance)
+        tau_new = math.sqrt(step_moments(step, tau_new).variance)
+    return steps

@@ -56,6 +56,7 @@ from lightning_compress.functional.neuron_elimination.round import (
     decide_round,
     layer_floor,
     params_goal,
+    redistribute_round_,
     remap,
 )
 from lightning_compress.functional.neuron_elimination.solver import (
@@ -99,6 +100,7 @@ __all__ = [
     "param_table",
     "params_goal",
     "redistribute_",
+    "redistribute_round_",
     "remap",
     "replay_",
     "rows_shortfall",

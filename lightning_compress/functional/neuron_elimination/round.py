@@ -22,9 +22,17 @@ from lightning_compress.functional.neuron_elimination.solver import (
     RoundRecord,
     greedy_round,
 )
-from lightning_compress.functional.neuron_elimination.surgery import consumer_columns, param_count
+from lightning_compress.functional.neuron_elimination.surgery import consumer_columns, param_count, redistribute_
 
-__all__ = ["compact_record", "current_pairs", "decide_round", "layer_floor", "params_goal", "remap"]
+__all__ = [
+    "compact_record",
+    "current_pairs",
+    "decide_round",
+    "layer_floor",
+    "params_goal",
+    "redistribute_round_",
+    "remap",
+]
 
 
 def layer_floor(pair: LayerPair, min_neurons: int, min_layer_fraction: float) -> int:
@@ -154,6 +162,33 @@ def decide_round(
             eliminations = [remap(e, original) for e in eliminations]
         decided.append(RoundRecord(i, eliminations))
     return decided
+
+
+@torch.no_grad()
+def redistribute_round_(
+    module: nn.Module,
+    pairs: Sequence[LayerPair],
+    records: Sequence[RoundRecord],
+    alive_before: Sequence[Sequence[int]],
+    shrunk: bool,
+) -> None:
+    """Move each eliminated neuron's contribution onto the survivors' consumer columns (and the consumer's bias).
+
+    ``records`` hold original indices; with ``shrunk`` layers they are mapped to the current positions first.
+    """
+    for record in records:
+        pair = pairs[record.pair]
+        consumer = module.get_submodule(pair.consumer)
+        if not shrunk:
+            for elimination in record.eliminations:
+                redistribute_(consumer, pair, elimination)
+            continue
+        current = current_pairs(pairs, alive_before, shrunk)[record.pair]
+        original = alive_before[record.pair]
+        position = torch.full((max(original, default=-1) + 1,), -1, dtype=torch.long)
+        position[torch.tensor(original, dtype=torch.long)] = torch.arange(len(original))
+        for elimination in record.eliminations:
+            redistribute_(consumer, current, remap(elimination, position))
 
 
 def remap(elimination: Elimination, lookup: torch.Tensor) -> Elimination:
