@@ -161,8 +161,8 @@ class CompressionCallback(Callback):
         span = max(round((last - first) * (1.0 - final_fraction)), min(count, last - first))
         return [min(last, first + max(1, round(span * (i + 1) / count))) for i in range(count)]
 
-    def planned_events(self, first: int | None, last: int | None) -> str:
-        """What this callback will do inside its window, in a few words (the fit plan's table)."""
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        """What it will do inside ``window`` (``steps`` when known), in a few words (the fit plan's table)."""
         return ""
 
     def guard_summary(self) -> str:

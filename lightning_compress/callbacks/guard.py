@@ -122,6 +122,11 @@ class MetricGuard:
         kind = f"{DEFAULT_LOSS_BUDGET:g} of its best, relative" if self.relative else f"{self.budget:g}"
         return f"{self.owner} guards {self.monitor!r} ({self.mode}) with a budget of {kind}"
 
+    def summary(self) -> str:
+        """In a few words, for the fit plan: what is watched, with which budget."""
+        budget = f"{DEFAULT_LOSS_BUDGET:g} of best (loss)" if self.relative else f"{self.budget:g}"
+        return f"{self.monitor or 'val metric (found by name)'}, drop <= {budget}"
+
     def allowed_drop(self) -> float:
         """The largest drop from the best allowed now (relative budgets scale with the best seen)."""
         if self.relative and self.best is not None:

@@ -270,6 +270,18 @@ class NeuronElimination(CompressionCallback):
     def state_key(self) -> str:
         return self._generate_state_key(tolerance=self.tolerance, target_params=self.target_params)
 
+    @override
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        size = f", to {self.target_params:g} of the params" if self.target_params is not None else ""
+        shrink = "shrink at the end of the fit"
+        if window[1] < 1.0:
+            shrink = f"shrink at step {steps[1]}" if steps is not None else f"shrink at {window[1]:g} of the fit"
+        return f"{self.rounds} rounds, tolerance {self.start_tolerance:.0e} to {self.tolerance:g}{size}; {shrink}"
+
+    @override
+    def guard_summary(self) -> str:
+        return "none (a target was given)" if self.accuracy_budget is None else self.guard.summary()
+
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def removed(self) -> list[list[int]]:
         """Original indices of the removed neurons of every pair, in elimination order."""

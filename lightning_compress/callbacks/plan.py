@@ -46,8 +46,8 @@ class Planned(Protocol):
     def explicit_window(self, trainer: pl.Trainer | None) -> tuple[float, float] | None:
         """The window its arguments ask for (``None``: the defaults decide)."""
 
-    def planned_events(self, first: int | None, last: int | None) -> str:
-        """What it will do inside its window (steps ``first``..``last`` when the fit's length is known)."""
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        """What it will do inside ``window`` (fractions; ``steps`` when the fit's length is known)."""
 
     def guard_summary(self) -> str:
         """What guards its accuracy, in a few words."""
@@ -231,7 +231,7 @@ class FitPlan:
                     "window": f"{start:g}-{end:g}",
                     "steps": f"{steps[0]}-{steps[1]}" if steps is not None else "?",
                     "epochs": epochs,
-                    "events": e.callback.planned_events(*(steps or (None, None))),
+                    "events": e.callback.planned_events(e.window, steps),
                     "guard": e.callback.guard_summary(),
                 }
             )

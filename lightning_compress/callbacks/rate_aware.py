@@ -161,6 +161,15 @@ class RateAware(CompressionCallback):
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @override
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        target = f"to {self.target_bytes:,} bytes" if self.target_bytes is not None else "as far as the guard allows"
+        return f"rate term in the loss; {self.events} support cuts {target}"
+
+    @override
+    def guard_summary(self) -> str:
+        return "none (target_bytes given)" if self.guard is None else self.guard.summary()
+
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":

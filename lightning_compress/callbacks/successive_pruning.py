@@ -195,6 +195,15 @@ class SuccessivePruning(CompressionCallback):
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @override
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        budget = f", stream within {self.bit_budget:g} bits/param" if self.bit_budget is not None else ""
+        return f"{len(self.stages)} stages to sparsity {self.target_sparsity:g}{budget}; final stream at the end"
+
+    @override
+    def guard_summary(self) -> str:
+        return "none (a target was given)" if self.guard is None else self.guard.summary()
+
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":

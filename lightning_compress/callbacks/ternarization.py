@@ -185,6 +185,12 @@ class Ternarization(CompressionCallback):
 
     # -- set-up: structural changes happen before optimizers exist ---------------------------------------------
     @override
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        where = f"at step {steps[0]}" if steps is not None else f"at {window[0]:g} of the fit"
+        where = "at the start" if window[0] == 0 else where
+        return f"{self.mode}: layers swapped {where}, ternary values baked at the window's end"
+
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "fit":

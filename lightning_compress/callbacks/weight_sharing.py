@@ -199,6 +199,18 @@ class WeightSharing(CompressionCallback):
 
     # -- hooks -------------------------------------------------------------------------------------------------
     @override
+    def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
+        when = f"at step {steps[1]}" if steps is not None else f"at {window[1]:g} of the fit"
+        when = "at the end of the fit" if window[1] == 1.0 else when
+        if self.at_epoch is not None:
+            when = f"at epoch {self.at_epoch}"
+        return f"NSGA-II search ({self.pop_size}x{self.n_gen}) {when}"
+
+    @override
+    def guard_summary(self) -> str:
+        return f"searched within {self.accuracy_budget:g} of the unshared {self.metric}"
+
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
