@@ -121,14 +121,16 @@ def accuracy(net: nn.Module, data: TensorDataset) -> float:
     return correct / len(y)
 
 
-def run(arch: str, name: str, seed: int, data: dict[str, TensorDataset], out: Path) -> dict[str, Any]:
+def run(
+    arch: str, name: str, seed: int, data: dict[str, TensorDataset], out: Path, epochs: int | None = None
+) -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
     build = mlp if arch == "mlp" else cnn
     model = UserClassifier(build())
     dense_params = sum(p.numel() for p in model.parameters())
     factory = CALLBACKS[name]
     callbacks = [] if factory is None else [factory()]
-    trainer = quiet_trainer(EPOCHS[arch], callbacks, default_root_dir=out)
+    trainer = quiet_trainer(epochs or EPOCHS[arch], callbacks, default_root_dir=out)
     train = DataLoader(data["train"], batch_size=128, shuffle=True)
     val = DataLoader(data["val"], batch_size=1000)
     started = time.perf_counter()
@@ -164,9 +166,12 @@ def main() -> None:
         "--reference", help="take the dense runs from this results file (same seeds and code) instead of training them"
     )
     parser.add_argument("--name", default="defaults_fmnist")
+    parser.add_argument("--epochs", type=int, help="epochs of every fit (default: MLP 6, CNN 3)")
+    parser.add_argument("--train-images", type=int, default=55000, help="the first N of the 55,000 training images")
     args = parser.parse_args()
     torch.set_num_threads(2)
     data = fmnist_tensors()
+    data["train"] = TensorDataset(*(t[: args.train_images] for t in data["train"].tensors))
     runs: list[dict[str, Any]] = []
     if args.reference:
         stored = json.loads((RESULTS / f"{args.reference}.json").read_text())["runs"]
@@ -177,7 +182,7 @@ def main() -> None:
                 for name in args.callbacks:
                     if name == "dense" and args.reference:
                         continue
-                    row = run(arch, name, seed, data, Path(tmp))
+                    row = run(arch, name, seed, data, Path(tmp), args.epochs)
                     runs.append(row)
                     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     table = []
@@ -202,9 +207,10 @@ def main() -> None:
                     "fit (s)": f"{mean_std([r['fit_s'] for r in rows])[0]:.0f}",
                 }
             )
+    epochs = f"{args.epochs} epochs" if args.epochs else f"MLP {EPOCHS['mlp']} epochs, CNN {EPOCHS['cnn']} epochs"
     notes = (
         f"Seeds {args.seeds}. A plain LightningModule (metric `val_acc`, Adam 1e-3, batch 128), one callback with no "
-        f"arguments; MLP {EPOCHS['mlp']} epochs, CNN {EPOCHS['cnn']} epochs. Test accuracy of the reloaded artifact; "
+        f"arguments; {args.train_images:,} training images, {epochs}. Test accuracy of the reloaded artifact; "
         "drop against the dense run of the same seed; ratio against fp32 of the original model."
     )
     print(write_results(args.name, {"seeds": args.seeds, "runs": runs}, table, notes).read_text())

@@ -13,21 +13,28 @@ callback (SuccessivePruning, RateAware, NeuronElimination) judges with :class:`M
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from lightning_compress.callbacks.calibration import has_validation
 from lightning_compress.callbacks.holds import Holds
 from lightning_compress.callbacks.plan import should_skip
+from lightning_compress.callbacks.validation import ValidationScorer, validation_loader
+from lightning_compress.functional.forward import ForwardInputs, call_forward, to_device
 
 __all__ = [
     "DEFAULT_ACCURACY_BUDGET",
     "DEFAULT_LOSS_BUDGET",
+    "EVENT_SAMPLES",
+    "EventCost",
+    "EventGuard",
     "Guarded",
     "MetricGuard",
     "find_monitor",
@@ -247,3 +254,163 @@ def guard_validation(
     if snapshot is None or int(snapshot["position"]) != position:
         callback.guard_snapshot = {"position": position, **callback.holds.take_snapshot(module, names)}
     return None
+
+
+#: Validation samples the event guard caches: the paired comparison's standard error is about
+#: ``sqrt(flips) / samples``, a few tenths of a point at 2,048 (see :class:`EventGuard`).
+EVENT_SAMPLES = 2048
+
+
+@dataclass(frozen=True)
+class EventCost:
+    """What one compression event cost on the guard's samples.
+
+    Attributes:
+        drop: the share of samples right before the event and wrong after it, less the reverse (a paired difference
+            of the measure, in [-1, 1]).
+        se: its standard error (the paired differences' standard deviation over the square root of their count).
+        within: whether ``drop + z * se`` is within the budget.
+    """
+
+    drop: float
+    se: float
+    within: bool
+
+    def __str__(self) -> str:
+        return f"{100 * self.drop:.2f} ± {100 * self.se:.2f} pt"
+
+
+class EventGuard:
+    """Judges a compression event itself: the model right before it against the model right after it.
+
+    Both are scored on the same cached validation samples (read from the validation data given to ``fit``, whatever
+    the fit's validation schedule), so the comparison is paired: the fit's drift and the noise of two different
+    validations do not enter it, and what noise is left (samples that flip) is its standard error. An event is
+    within budget when its drop plus ``z`` standard errors is at most what is left of ``budget`` (the budget less
+    the accepted events' costs: all events together may cost what one may alone; the training between them can only
+    give some back).
+
+    The measure is top-1 accuracy when the validation batches are ``(inputs, targets)`` and the model returns one row
+    of class scores per target; otherwise it is label-free: agreement of the top-1 class with the model's own before
+    the first event.
+
+    Args:
+        owner: the callback's name (in messages).
+        budget: the largest drop an event may cost (1 point: 0.01).
+        samples: validation samples cached (at most).
+        z: standard errors added to the drop before it is compared with the budget.
+
+    Examples:
+        >>> guard = EventGuard("Demo", budget=0.01)
+        >>> before = torch.tensor([True] * 95 + [False] * 5)
+        >>> after = before.clone(); after[:3] = False
+        >>> cost = guard.judge(before, after)
+        >>> round(cost.drop, 3), cost.within
+        (0.03, False)
+    """
+
+    def __init__(
+        self, owner: str, budget: float = DEFAULT_ACCURACY_BUDGET, samples: int = EVENT_SAMPLES, z: float = 1.0
+    ):
+        self.owner, self.budget, self.z = owner, float(budget), float(z)
+        self.scorer = ValidationScorer(owner, "accuracy", samples)
+        self.measure: str | None = None
+        #: what the accepted events of this fit cost together (their estimates summed)
+        self.spent = 0.0
+        self._batches: list[tuple[Any, torch.Tensor]] = []
+        self._reference: list[torch.Tensor] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the samples are cached."""
+        return self.measure is not None
+
+    def prepare(self, trainer: pl.Trainer, model: nn.Module, to_inputs: ForwardInputs) -> None:
+        """Cache the validation samples (once per fit) and choose the measure; label-free needs ``model`` as it is.
+
+        Raises:
+            RuntimeError: the fit has no validation data to cache.
+        """
+        if self.ready:
+            return
+        device = next(model.parameters()).device
+        try:
+            self._batches = self.scorer.batches(trainer, model, to_inputs, device)
+            if self._batches:
+                self.scorer.probe(model, *self._batches[0])
+            self.measure = "accuracy"
+        except TypeError:  # no (inputs, targets) of a classifier: judge agreement with the model's own predictions
+            self._batches = self._inputs_only(trainer, model, to_inputs, device)
+            self._reference = [o.argmax(dim=1) for o in self.scorer.outputs(model, self._batches)]
+            self.measure = "agreement"
+        if not self._batches:
+            raise RuntimeError(f"{self.owner}: the validation data given to `fit` holds no samples to judge with.")
+        rank_zero_info(f"{self.owner}: {self.describe()}.")
+
+    @torch.no_grad()
+    def _inputs_only(
+        self, trainer: pl.Trainer, model: nn.Module, to_inputs: ForwardInputs, device: torch.device
+    ) -> list[tuple[Any, torch.Tensor]]:
+        """Validation inputs without labels, up to the sample cap (the targets are placeholders: one per row)."""
+        cap = self.scorer.max_samples if isinstance(self.scorer.max_samples, int) else None
+        batches: list[tuple[Any, torch.Tensor]] = []
+        seen = 0
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in validation_loader(trainer) or []:
+                x = to_device(to_inputs(batch), device)
+                rows = call_forward(model, x)
+                rows = rows.reshape(-1, rows.shape[-1]) if rows.dim() >= 2 else rows.reshape(-1, 1)
+                batches.append((x, torch.zeros(len(rows))))
+                seen += len(rows)
+                if cap is not None and seen >= cap:
+                    break
+        finally:
+            model.train(was_training)
+        return batches
+
+    def describe(self) -> str:
+        """One line: what the guard measures, on how many samples, with which budget."""
+        what = (
+            "top-1 accuracy"
+            if self.measure == "accuracy"
+            else "top-1 agreement with the model before its first event (no labels to score with)"
+        )
+        samples = sum(len(y) for _, y in self._batches)
+        return (
+            f"each compression event is judged by its own cost in {what} on {samples:,} cached validation samples, "
+            f"the model right before it against right after it: all events together within {100 * self.budget:g} pt, "
+            "each with one standard error included"
+        )
+
+    def outcomes(self, model: nn.Module) -> torch.Tensor:
+        """Per cached sample: whether ``model`` as it is now gets it right (or agrees with the reference)."""
+        outputs = self.scorer.outputs(model, self._batches)
+        if self.measure == "accuracy":
+            truth = [y.reshape(-1) for _, y in self._batches]
+        else:
+            assert self._reference is not None  # noqa: S101 - set with the label-free measure
+            truth = self._reference
+        return torch.cat([(o.argmax(dim=1) == t.to(o.device)).cpu() for o, t in zip(outputs, truth, strict=True)])
+
+    @property
+    def allowance(self) -> float:
+        """What the next event may cost: the budget less what the accepted events cost together."""
+        return self.budget - self.spent
+
+    def judge(self, before: torch.Tensor, after: torch.Tensor) -> EventCost:
+        """The cost of an event from the outcomes before and after it (paired), against :attr:`allowance`."""
+        diff = before.to(torch.float64) - after.to(torch.float64)
+        n = diff.numel()
+        drop = float(diff.mean()) if n else 0.0
+        se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
+        return EventCost(drop, se, drop + self.z * se <= self.allowance)
+
+    def accept(self, cost: EventCost) -> None:
+        """Count an event's cost against the budget (the estimate itself: a negative one gives some back)."""
+        self.spent += cost.drop
+
+    def release(self) -> None:
+        """Drop the cached samples (end of fit)."""
+        self._batches, self._reference, self.measure = [], None, None

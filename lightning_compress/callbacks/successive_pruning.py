@@ -15,19 +15,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import (
-    DEFAULT_ACCURACY_BUDGET,
-    MetricGuard,
-    guard_validation,
-    require_validation,
-)
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, EventCost, EventGuard
+from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
 from lightning_compress.functional.selection import select_parameters
@@ -73,12 +69,15 @@ class SuccessivePruning(CompressionCallback):
     coded on rank 0 and broadcast (a few bytes per survivor), so every rank holds the same weights.
 
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
-    towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
-    is found by name like NeuronElimination's): the first stage waits for a validation (the baseline), and a
-    validation that falls further than the budget undoes every stage since the previous validation (weights and
-    masks restored) and holds the sparsity there; the final stream keeps that support. One line at the end says
-    where it stopped and why. A fit without a validation loop is refused before the first step (pass validation
-    data, or a ``target_sparsity`` to prune that far unguarded).
+    towards 95% and judges every stage by its own cost (:class:`~lightning_compress.callbacks.guard.EventGuard`):
+    the model right before the stage against right after it, on the same cached validation samples (top-1
+    accuracy, or agreement with the model's own predictions when there are no labels), whatever the fit's
+    validation schedule. A stage that costs more than 1 point (one standard error included) is bisected between
+    the sparsity before it and its target, from the same weights (the training since the last stage is kept), and
+    the largest step within budget is taken; later stages take steps no larger than that, and the stages stop only
+    when no step fits. The final stream keeps the support reached. One line at the end says where it stopped and
+    why. A fit without validation data is refused before the first step (pass it, or a ``target_sparsity`` to prune
+    that far unguarded).
 
     Args:
         target_sparsity: final fraction of zeros among the selected tensors, in (0, 1); ``None`` (default): 0.95,
@@ -98,10 +97,9 @@ class SuccessivePruning(CompressionCallback):
             parameter/module names.
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
         final_fraction: fraction of the window after the last stage (fine-tuning at the target).
-        accuracy_budget: largest drop of ``monitor`` from its best before the stages since the last validation are
-            undone; ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
-        monitor: validation metric of the guard; ``None``: found by name at the first validation.
-        mode: ``"max"`` or ``"min"`` for ``monitor``; ``None``: from its name.
+        accuracy_budget: the most a stage may cost on the guard's samples (one standard error included);
+            ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
+        backoff_steps: bisection steps of a stage over budget (each one more pass over the guard's samples).
         start: where the window starts, as a fraction of the fit's optimizer steps (default 0, or after
             NeuronElimination's window when both are used).
         end: where it ends (default 1).
@@ -131,8 +129,7 @@ class SuccessivePruning(CompressionCallback):
         stages: Sequence[float] | None = None,
         final_fraction: float = 0.2,
         accuracy_budget: float | str | None = "auto",
-        monitor: str | None = None,
-        mode: str | None = None,
+        backoff_steps: int = 4,
         start: float | None = None,
         end: float | None = None,
     ) -> None:
@@ -142,9 +139,7 @@ class SuccessivePruning(CompressionCallback):
         check_number("target_sparsity", target_sparsity, low=0, high=1, low_open=True, high_open=True)
         if accuracy_budget != "auto":
             check_number("accuracy_budget", accuracy_budget, low=0, allow_none=True)
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
-        check_choice("mode", mode, ("max", "min"), allow_none=True)
+        check_number("backoff_steps", backoff_steps, low=0, integer=True)
         check_number("bit_budget", bit_budget, low=64, integer=True, allow_none=True)
         check_number("alpha", alpha, low=0, low_open=True)
         check_choice("refresh", refresh, ("ladder", "mean"))
@@ -172,13 +167,12 @@ class SuccessivePruning(CompressionCallback):
         self.support_tolerance = float(support_tolerance)
         self.parameters = parameters if isinstance(parameters, str) else list(parameters)
         self.final_fraction = float(final_fraction)
+        self.backoff_steps = int(backoff_steps)
         budget = (None if explicit else DEFAULT_ACCURACY_BUDGET) if accuracy_budget == "auto" else accuracy_budget
-        #: the accuracy guard (None: prune as far as asked)
-        self.guard = (
-            None
-            if budget is None
-            else MetricGuard(self.owner, float(budget), monitor, mode, default=accuracy_budget == "auto")
-        )
+        #: the guard that judges each stage by its own cost (None: prune as far as asked)
+        self.guard = None if budget is None else EventGuard(self.owner, float(budget))
+        #: after a back-off, the largest step in sparsity a stage may take (the step that last fit)
+        self._step_cap: float | None = None
         self._stopped = False
         self._stop_reason = ""
         self._stage = 0
@@ -201,7 +195,7 @@ class SuccessivePruning(CompressionCallback):
 
     @override
     def guard_summary(self) -> str:
-        return "none (a target was given)" if self.guard is None else self.guard.summary()
+        return "none (a target was given)" if self.guard is None else f"each stage within {self.guard.budget:g}"
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -218,8 +212,12 @@ class SuccessivePruning(CompressionCallback):
         self.claim(
             pl_module, "values", [n for n in self._names if rep.owner(n, "values") in (None, self.owner)], "surp"
         )
-        instead = "`target_sparsity=` (or `bit_budget=`) to prune that far"
-        require_validation(self.owner, trainer, pl_module, self.guard, "its sparsity", instead)
+        if self.guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
+            raise ValueError(
+                "SuccessivePruning judges each stage on validation samples (the default guard, with no target given), "
+                "and this fit has no validation data (none given to `fit`, or `limit_val_batches=0`). Pass validation "
+                "data to `fit`, or give `target_sparsity=` (or `bit_budget=`) to prune that far unguarded."
+            )
         if not self._stage_steps:
             self._stage_steps = self.steps_in_window(len(self.stages), self.final_fraction)
         if self._saved_masks:  # resumed: masks from the checkpoint
@@ -243,11 +241,11 @@ class SuccessivePruning(CompressionCallback):
             return
         if self.guard is not None:
             due = [i for i in range(self._stage, len(self.stages)) if trainer.global_step >= self._stage_steps[i]]
-            if not due or self.guard.best is None:  # the first stage waits for the baseline validation
+            if not due:
                 return
-            # stages that waited are merged into the latest one due (each stage refines from scratch anyway)
+            # stages due at one step are merged into the latest (each stage refines from scratch anyway)
             self._stage = due[-1]
-            self._run_stage(trainer, self.stages[self._stage])
+            self._guarded_stage(trainer, self.stages[self._stage])
             self._stage += 1
             return
         while self._stage < len(self.stages) and trainer.global_step >= self._stage_steps[self._stage]:
@@ -255,24 +253,99 @@ class SuccessivePruning(CompressionCallback):
             self._stage += 1
 
     # -- the accuracy guard ----------------------------------------------------------------------------------------
-    @override
-    @compression_event("validation_check")
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.guard is None or self._stopped or self._final is not None:
-            return
-        stop = guard_validation(self, trainer, self.guard, self._stage, self._names, "stage", "`target_sparsity=`")
-        if stop is not None:
-            self._stop_reason, self._stage, warn = stop
-            self._stopped = True
-            if warn:
-                rank_zero_warn(f"SuccessivePruning holds its sparsity: {self._stop_reason}.")
-            else:
-                rank_zero_info(f"SuccessivePruning: {self._stop_reason}; the sparsity is held there.")
+    def _sparsity(self, pl_module: nn.Module) -> float:
+        params = self._params(pl_module, self._names)
+        return 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
 
-    @property
-    @override
-    def guarding(self) -> bool:
-        return self.guard is not None and not self._stopped and self._final is None
+    def _outcomes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The guard's per-sample outcomes of the model as it is (BatchNorm statistics re-estimated first)."""
+        self.recalibrate_norms(trainer, pl_module, self.owner, quiet=True)
+        assert self.guard is not None  # noqa: S101 - only under the guard
+        return self.guard.outcomes(pl_module)
+
+    @compression_event("stage")
+    def _guarded_stage(self, trainer: pl.Trainer, scheduled: float) -> None:
+        """Prune towards ``scheduled`` as far as the guard allows: the step, or the largest part of it within budget.
+
+        The stage is judged on the guard's cached samples, the model right before it against right after it. Over
+        budget, the step is bisected between the sparsity before it and its target (from the same weights: the
+        training since the last stage is kept); later stages take steps no larger than the one that fit. With no
+        step that fits, the sparsity is held where it is and the stages stop.
+        """
+        assert self.guard is not None  # noqa: S101 - only under the guard
+        pl_module = trainer.lightning_module
+        module = self.target_module(pl_module)
+        current = self._sparsity(pl_module)
+        target = scheduled if self._step_cap is None else min(scheduled, current + self._step_cap)
+        if target <= current + 1e-6:
+            return
+        params = self._params(pl_module, self._names)
+        saved = [p.detach().clone() for p in params]
+        saved_masks = {n: m.clone() for n, m in self.holds.support.items()}
+        saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+
+        @torch.no_grad()
+        def restore() -> None:
+            for param, value in zip(params, saved, strict=True):
+                param.copy_(value)
+            buffers = dict(module.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
+            self.holds.hold_support(module, saved_masks) if saved_masks else self.holds.release()
+
+        chosen: tuple[float, EventCost] | None = None
+        if trainer.is_global_zero:
+            self.guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
+            before = self._outcomes(trainer, pl_module)
+
+            def attempt(sparsity: float) -> EventCost:
+                restore()
+                self._prune_to(pl_module, self._names, sparsity)
+                return self.guard.judge(before, self._outcomes(trainer, pl_module))  # type: ignore[union-attr]
+
+            full = attempt(target)
+            if full.within:
+                chosen = (target, full)
+            else:
+                lo, hi, tried = current, target, [(target, full)]
+                for _ in range(self.backoff_steps):
+                    mid = (lo + hi) / 2
+                    mid_cost = attempt(mid)
+                    tried.append((mid, mid_cost))
+                    if mid_cost.within:
+                        lo, chosen = mid, (mid, mid_cost)
+                    else:
+                        hi = mid
+                if chosen is None:
+                    chosen = (current, tried[-1][1])  # nothing fits: hold, with the smallest step's cost
+            restore()
+        chosen = self.broadcast(trainer, chosen)
+        assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+        sparsity, cost = chosen
+        if sparsity <= current + 1e-6:
+            restore()  # the other ranks hold the same weights
+            self._stopped = True
+            self._stop_reason = (
+                f"stage {self._stage + 1}'s smallest step (towards {target:.4f}) cost {cost} on the guard's samples, "
+                f"more than the {100 * self.guard.allowance:.2f} pt left of its {100 * self.guard.budget:g}-pt budget"
+            )
+            rank_zero_info(f"SuccessivePruning holds sparsity {current:.4f}: {self._stop_reason}.")
+            return
+        if sparsity < target:
+            self._step_cap = sparsity - current
+        self.guard.accept(cost)
+        self._prune_to(pl_module, self._names, sparsity)
+        self.changed_weights = True
+        figures: dict[str, float] = {"stage": float(self._stage + 1), "sparsity": self._sparsity(pl_module)}
+        if cost is not None:
+            figures.update(stage_cost=cost.drop, stage_cost_se=cost.se)
+        self.history.append(figures)
+        self.log_figures(trainer, figures)
+        backed = f" (backed off from {target:.4f})" if sparsity < target else ""
+        rank_zero_info(
+            f"SuccessivePruning stage {self._stage + 1}/{len(self.stages)}: sparsity {figures['sparsity']:.4f}"
+            f"{backed}, cost {cost} on the guard's samples."
+        )
 
     # -- stages --------------------------------------------------------------------------------------------------
     def _refine(
@@ -367,6 +440,16 @@ class SuccessivePruning(CompressionCallback):
             offset += n
         self.holds.hold_support(self.target_module(pl_module), masks)
 
+    def _prune_to(self, pl_module: nn.Module, names: list[str], sparsity: float | None) -> SurpResult:
+        """One pruning stage's refinement written into the weights, its zeros held.
+
+        A pruning stage writes no stream: every rank refines the same weights (DDP keeps them identical) with
+        device-independent decisions, so no bytes are coded, decoded or sent.
+        """
+        result, norms = self._refine(self._params(pl_module, names), sparsity, stream=False)
+        self._write(pl_module, names, result, norms)
+        return result
+
     @compression_event("stage")
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
         pl_module = trainer.lightning_module
@@ -375,10 +458,7 @@ class SuccessivePruning(CompressionCallback):
             params = self._params(pl_module, names)
             sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
         if not final:
-            # A pruning stage writes no stream: every rank refines the same weights (DDP keeps them identical) with
-            # device-independent decisions, so no bytes are coded, decoded or sent.
-            result, norms = self._refine(self._params(pl_module, names), sparsity, stream=False)
-            self._write(pl_module, names, result, norms)
+            result = self._prune_to(pl_module, names, sparsity)
             self.changed_weights = True
             figures: dict[str, float] = {"stage": float(self._stage + 1), "sparsity": result.sparsity}
             self.history.append(figures)
@@ -456,11 +536,10 @@ class SuccessivePruning(CompressionCallback):
 
     def _finish_guarded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Under the guard the final stream keeps the validated support: no unvalidated jump to the target."""
-        if self._stage == 0:  # nothing was pruned: nothing to encode, the tensors stay as they are
-            self._stop_reason = self._stop_reason or (
-                "no validation came before its stages were due to give the guard a baseline (validate more often, "
-                "e.g. `val_check_interval`, or give `target_sparsity=`)"
-            )
+        if (
+            self._stage == 0 or not self.holds.support
+        ):  # nothing pruned: nothing to encode, the tensors stay as they are
+            self._stop_reason = self._stop_reason or "no stage was due in this fit (give `target_sparsity=`)"
             rank_zero_info(f"SuccessivePruning pruned nothing: {self._stop_reason}.")
             self.holds.release()
             return
@@ -470,8 +549,9 @@ class SuccessivePruning(CompressionCallback):
                 if self._stage >= len(self.stages)
                 else f"its last validated stage was {self._stage} of {len(self.stages)} when the fit ended"
             )
-        params = self._params(pl_module, self._names)
-        held = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
+        held = self._sparsity(pl_module)
+        if self.guard is not None:
+            self.guard.release()
         if self._value_names(pl_module):
             self._run_stage(trainer, held, final=True)
         self._stage = max(self._stage, 1)
@@ -490,7 +570,8 @@ class SuccessivePruning(CompressionCallback):
             "final_norms": None if self._final is None else list(self._final["norms"]),
             "final_names": None if self._final is None else list(self._final["names"]),
             "history": list(self.history),
-            "guard": None if self.guard is None else self.guard.state_dict(),
+            "step_cap": self._step_cap,
+            "spent": None if self.guard is None else self.guard.spent,
             "stopped": self._stopped,
             "stop_reason": self._stop_reason,
         }
@@ -511,7 +592,8 @@ class SuccessivePruning(CompressionCallback):
             }
         )
         self.history = list(state_dict.get("history", []))
-        if self.guard is not None and state_dict.get("guard") is not None:
-            self.guard.load_state_dict(state_dict["guard"])
+        self._step_cap = state_dict.get("step_cap")
+        if self.guard is not None:
+            self.guard.spent = float(state_dict.get("spent") or 0.0)
         self._stopped = bool(state_dict.get("stopped", False))
         self._stop_reason = str(state_dict.get("stop_reason", ""))

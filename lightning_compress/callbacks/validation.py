@@ -202,3 +202,15 @@ class ValidationScorer:
             if seen >= samples:
                 break
         return taken
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, batches: Batches) -> list[torch.Tensor]:
+        """The model's class scores on ``batches``, one ``[rows, classes]`` tensor per batch (eval mode)."""
+        self.scored_samples += sum(len(y) for _, y in batches)
+        was_training = model.training
+        model.eval()
+        try:
+            found = [call_forward(model, x) for x, _ in batches]
+        finally:
+            model.train(was_training)
+        return [o.reshape(-1, o.shape[-1]) for o in found]
