@@ -32,7 +32,7 @@ FLOORS = {
     "callbacks.calibration": 6,
     "callbacks.plan": 6,
     "callbacks.events": 7,
-    "callbacks.guard": 7,
+    "callbacks.guard": 8,
     "callbacks.validation": 7,
     "callbacks.base": 8,
     "callbacks.neuron_elimination": 9,
