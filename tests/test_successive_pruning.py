@@ -445,9 +445,14 @@ def test_default_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) ->
 
 def test_guard_judges_each_stage_in_a_fit_with_a_single_validation(tmp_path: Path) -> None:
     """One validation at the end of a 2-epoch fit: the stages do not wait for validations, and some are taken."""
+    from torch.utils.data import DataLoader
+
+    from tests.helpers.models import blobs
+
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
-    train, val = loaders()
+    train = DataLoader(blobs(1024), batch_size=32, shuffle=True)
+    val = DataLoader(blobs(2048, sample_seed=100), batch_size=256)  # enough samples to tell a cost from noise
     callback = lc.SuccessivePruning()
     kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=5, num_sanity_val_steps=0)
     pl.Trainer(callbacks=[callback], **kwargs).fit(model, train, val)

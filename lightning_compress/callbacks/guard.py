@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_ACCURACY_BUDGET",
     "DEFAULT_LOSS_BUDGET",
     "EVENT_SAMPLES",
+    "RECOVERY_CREDIT",
     "EventCost",
     "EventGuard",
     "Guarded",
@@ -256,6 +257,8 @@ def guard_validation(
     return None
 
 
+#: The share of what the model wins back between two events credited against their cost (see ``EventGuard.begin``).
+RECOVERY_CREDIT = 0.5
 #: Validation samples the event guard caches: the paired comparison's standard error is about
 #: ``sqrt(flips) / samples``, a few tenths of a point at 2,048 (see :class:`EventGuard`).
 EVENT_SAMPLES = 2048
@@ -299,6 +302,8 @@ class EventGuard:
         budget: the largest drop an event may cost (1 point: 0.01).
         samples: validation samples cached (at most).
         z: standard errors added to the drop before it is compared with the budget.
+        credit: the share of what the model wins back between two events that is credited against what they
+            spent (0: every event's cost counts for good).
 
     Examples:
         >>> guard = EventGuard("Demo", budget=0.01)
@@ -310,13 +315,21 @@ class EventGuard:
     """
 
     def __init__(
-        self, owner: str, budget: float = DEFAULT_ACCURACY_BUDGET, samples: int = EVENT_SAMPLES, z: float = 1.0
-    ):
+        self,
+        owner: str,
+        budget: float = DEFAULT_ACCURACY_BUDGET,
+        samples: int = EVENT_SAMPLES,
+        z: float = 1.0,
+        credit: float = RECOVERY_CREDIT,
+    ) -> None:
         self.owner, self.budget, self.z = owner, float(budget), float(z)
         self.scorer = ValidationScorer(owner, "accuracy", samples)
         self.measure: str | None = None
-        #: what the accepted events of this fit cost together (their estimates summed)
+        #: what the accepted events of this fit cost together, less the credited recovery between them
         self.spent = 0.0
+        self.credit = float(credit)
+        self._before_measure = 0.0
+        self._after_measure: float | None = None
         self._batches: list[tuple[Any, torch.Tensor]] = []
         self._reference: list[torch.Tensor] | None = None
 
@@ -407,9 +420,23 @@ class EventGuard:
         se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
         return EventCost(drop, se, drop + self.z * se <= self.allowance)
 
+    def begin(self, before: torch.Tensor) -> None:
+        """Start judging an event from the model's outcomes right before it.
+
+        What the model won back since the last event (its measure now against right after that event, on the same
+        samples) is credited against what the events spent, at :attr:`credit` of its size: the training between
+        two events repairs part of the damage, and part of what it wins is progress the uncompressed model would
+        have made as well (our design; see ``docs/defaults.md``).
+        """
+        self._before_measure = float(before.to(torch.float64).mean())
+        if self._after_measure is not None:
+            recovered = max(self._before_measure - self._after_measure, 0.0)
+            self.spent = max(self.spent - self.credit * recovered, 0.0)
+
     def accept(self, cost: EventCost) -> None:
-        """Count an event's cost against the budget (the estimate itself: a negative one gives some back)."""
+        """Count an accepted event's cost against the budget (the estimate itself: a negative one gives some back)."""
         self.spent += cost.drop
+        self._after_measure = self._before_measure - cost.drop
 
     def release(self) -> None:
         """Drop the cached samples (end of fit)."""

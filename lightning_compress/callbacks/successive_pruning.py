@@ -297,6 +297,7 @@ class SuccessivePruning(CompressionCallback):
         if trainer.is_global_zero:
             self.guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
             before = self._outcomes(trainer, pl_module)
+            self.guard.begin(before)
 
             def attempt(sparsity: float) -> EventCost:
                 restore()
@@ -316,8 +317,9 @@ class SuccessivePruning(CompressionCallback):
                         lo, chosen = mid, (mid, mid_cost)
                     else:
                         hi = mid
-                if chosen is None:
-                    chosen = (current, tried[-1][1])  # nothing fits: hold, with the smallest step's cost
+                if chosen is None:  # nothing fits: hold, and say what the smallest step tried cost
+                    smallest = min(tried, key=lambda trial: trial[0])
+                    target, chosen = smallest[0], (current, smallest[1])
             restore()
         chosen = self.broadcast(trainer, chosen)
         assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
@@ -326,13 +328,16 @@ class SuccessivePruning(CompressionCallback):
             restore()  # the other ranks hold the same weights
             self._stopped = True
             self._stop_reason = (
-                f"stage {self._stage + 1}'s smallest step (towards {target:.4f}) cost {cost} on the guard's samples, "
-                f"more than the {100 * self.guard.allowance:.2f} pt left of its {100 * self.guard.budget:g}-pt budget"
+                f"stage {self._stage + 1}'s smallest step tried (to {target:.4f}) cost {cost} on the guard's samples: "
+                f"with one standard error more than the {100 * self.guard.allowance:.2f} pt left of its "
+                f"{100 * self.guard.budget:g}-pt budget"
             )
             rank_zero_info(f"SuccessivePruning holds sparsity {current:.4f}: {self._stop_reason}.")
             return
-        if sparsity < target:
+        if sparsity < target:  # backed off: later steps no larger than the one that fit
             self._step_cap = sparsity - current
+        elif self._step_cap is not None:  # a whole step fit: the next may be twice as large
+            self._step_cap *= 2
         self.guard.accept(cost)
         self._prune_to(pl_module, self._names, sparsity)
         self.changed_weights = True
@@ -544,10 +549,12 @@ class SuccessivePruning(CompressionCallback):
             self.holds.release()
             return
         if not self._stop_reason:
+            reached = self._sparsity(pl_module) >= self.target_sparsity - 1e-3
             self._stop_reason = (
                 f"it reached its target ({self.target_sparsity:g})"
-                if self._stage >= len(self.stages)
-                else f"its last validated stage was {self._stage} of {len(self.stages)} when the fit ended"
+                if reached
+                else f"its window ended before its target ({self.target_sparsity:g}): after a back-off its steps were "
+                "limited to what fit"
             )
         held = self._sparsity(pl_module)
         if self.guard is not None:
