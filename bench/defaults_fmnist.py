@@ -33,6 +33,8 @@ CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
     "dense": None,
     "NeuronElimination()": lambda: lc.NeuronElimination(verbose=False),
     "SuccessivePruning()": lambda: lc.SuccessivePruning(),
+    # the guard that judges each stage by its own cost on cached validation samples (opt-in while it is measured)
+    "SuccessivePruning(guard='event')": lambda: lc.SuccessivePruning(guard="event"),
     "Ternarization()": lambda: lc.Ternarization(),
     "WeightSharing()": lambda: lc.WeightSharing(progress=False),
     # measured as "RateAware()" when its default was this guard; it now refuses without a target (2.57 pt on LeNet-5)

@@ -38,6 +38,8 @@ CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
     "dense, BatchNorm re-estimated": None,
     "NeuronElimination()": lambda: lc.NeuronElimination(verbose=False),
     "SuccessivePruning()": lambda: lc.SuccessivePruning(),
+    # the guard that judges each stage by its own cost on cached validation samples (opt-in while it is measured)
+    "SuccessivePruning(guard='event')": lambda: lc.SuccessivePruning(guard="event"),
     "Ternarization()": lambda: lc.Ternarization(),
     "WeightSharing()": lambda: lc.WeightSharing(progress=False),
 }

@@ -427,20 +427,46 @@ def _guarded_fit(tmp_path: Path, callback: lc.SuccessivePruning, epochs: int = 6
     return model
 
 
+def test_default_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning()
+    assert callback.guard is not None
+    model = _guarded_fit(tmp_path, callback)
+    assert callback.guard.best is not None
+    assert callback.guard.best > 0.8  # the watched metric is well above chance (0.25)
+    assert not callback._stopped
+    zeros = sum(int((p == 0).sum()) for p in model.backbone.parameters()) / sum(
+        p.numel() for p in model.backbone.parameters()
+    )
+    assert zeros >= 0.9
+
+
+def test_guard_undoes_the_stages_since_the_last_validation_and_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning(stages=[0.3, 0.99], accuracy_budget=0.0, monitor="val/acc")
+    model = _guarded_fit(tmp_path, callback)
+    assert callback._stopped
+    assert "undone" in callback._stop_reason
+    zeros = sum(int((p == 0).sum()) for p in model.backbone.parameters()) / sum(
+        p.numel() for p in model.backbone.parameters()
+    )
+    assert zeros < 0.9  # held below the stage that cost accuracy
+    path = lc.save(model, tmp_path / "held.lcz")
+    assert lc.load(path, model=lc.ImageClassifier(mlp(hidden=256), num_classes=4)) is not None
+
+
 def _zeros(model: lc.ImageClassifier) -> float:
     params = list(model.backbone.parameters())
     return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
 
 
-def test_default_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
-    callback = lc.SuccessivePruning()
-    assert callback.guard is not None
+def test_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning(guard="event")
+    assert callback.event_guard is not None
     model = _guarded_fit(tmp_path, callback)
     assert not callback._stopped
     assert _zeros(model) >= 0.9
     costs = [h["stage_cost"] for h in callback.history if "stage_cost" in h]
     assert len(costs) >= 10  # every stage was judged by its own cost
-    assert sum(costs) <= callback.guard.budget  # and together they stay within the budget
+    assert sum(costs) <= callback.event_guard.budget  # and together they stay within the budget
 
 
 def test_guard_judges_each_stage_in_a_fit_with_a_single_validation(tmp_path: Path) -> None:
@@ -453,7 +479,7 @@ def test_guard_judges_each_stage_in_a_fit_with_a_single_validation(tmp_path: Pat
     model = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
     train = DataLoader(blobs(1024), batch_size=32, shuffle=True)
     val = DataLoader(blobs(2048, sample_seed=100), batch_size=256)  # enough samples to tell a cost from noise
-    callback = lc.SuccessivePruning()
+    callback = lc.SuccessivePruning(guard="event")
     kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=5, num_sanity_val_steps=0)
     pl.Trainer(callbacks=[callback], **kwargs).fit(model, train, val)
     assert _zeros(model) > 0.3  # it compressed: "pruned nothing" is a miss
@@ -464,7 +490,7 @@ def test_guard_backs_off_to_the_largest_step_within_budget_and_keeps_the_trainin
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
     train, val = loaders()
-    callback = lc.SuccessivePruning(stages=[0.5, 0.999], accuracy_budget=0.02, backoff_steps=6)
+    callback = lc.SuccessivePruning(stages=[0.5, 0.999], accuracy_budget=0.02, guard="event", backoff_steps=6)
     steps: list[int] = []
 
     class Count(pl.Callback):
@@ -521,3 +547,16 @@ def test_batchnorm_statistics_describe_the_final_weights(tmp_path: Path) -> None
     pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
     assert int(net[1].num_batches_tracked) == len(train)  # reset, then one cumulative pass over 8 batches
     assert callback.event_counts.get("norm_calibration", 0) >= 1
+
+
+def test_event_guard_without_validation_data_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    model = lc.ImageClassifier(mlp(), num_classes=4)
+    train, _ = loaders()
+    with pytest.raises(ValueError, match="no validation data"):
+        pl.Trainer(callbacks=[lc.SuccessivePruning(guard="event")], **trainer_kwargs(tmp_path)).fit(model, train)
+    assert all(bool((p != 0).all()) for p in model.backbone.parameters() if p.dim() > 1)
+
+
+def test_guard_is_a_known_choice() -> None:
+    with pytest.raises(ValueError, match="`guard`"):
+        lc.SuccessivePruning(guard="metric")

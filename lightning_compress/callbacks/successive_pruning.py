@@ -15,14 +15,21 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, EventCost, EventGuard
+from lightning_compress.callbacks.guard import (
+    DEFAULT_ACCURACY_BUDGET,
+    EventCost,
+    EventGuard,
+    MetricGuard,
+    guard_validation,
+    require_validation,
+)
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
@@ -69,15 +76,20 @@ class SuccessivePruning(CompressionCallback):
     coded on rank 0 and broadcast (a few bytes per survivor), so every rank holds the same weights.
 
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
-    towards 95% and judges every stage by its own cost (:class:`~lightning_compress.callbacks.guard.EventGuard`):
-    the model right before the stage against right after it, on the same cached validation samples (top-1
-    accuracy, or agreement with the model's own predictions when there are no labels), whatever the fit's
-    validation schedule. A stage that costs more than 1 point (one standard error included) is bisected between
-    the sparsity before it and its target, from the same weights (the training since the last stage is kept), and
-    the largest step within budget is taken; later stages take steps no larger than that, and the stages stop only
-    when no step fits. The final stream keeps the support reached. One line at the end says where it stopped and
-    why. A fit without validation data is refused before the first step (pass it, or a ``target_sparsity`` to prune
-    that far unguarded).
+    towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
+    is found by name like NeuronElimination's): the first stage waits for a validation (the baseline), and a
+    validation that falls further than the budget undoes every stage since the previous validation (weights and
+    masks restored) and holds the sparsity there; the final stream keeps that support. One line at the end says
+    where it stopped and why. A fit without a validation loop is refused before the first step (pass validation
+    data, or a ``target_sparsity`` to prune that far unguarded).
+
+    ``guard="event"`` (being measured; see ``docs/defaults.md``) judges every stage by its own cost instead
+    (:class:`~lightning_compress.callbacks.guard.EventGuard`): the model right before the stage against right after
+    it, on the same cached validation samples, whatever the fit's validation schedule; a stage over budget is
+    bisected between the sparsity before it and its target from the same weights (the training since the last
+    stage is kept), later stages take steps no larger, and the stages stop only when no step fits. In short fits it
+    prunes where the validation guard prunes nothing; in longer ones it stops earlier (the immediate cost of a
+    stage is judged, not what the retraining after it wins back).
 
     Args:
         target_sparsity: final fraction of zeros among the selected tensors, in (0, 1); ``None`` (default): 0.95,
@@ -97,9 +109,15 @@ class SuccessivePruning(CompressionCallback):
             parameter/module names.
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
         final_fraction: fraction of the window after the last stage (fine-tuning at the target).
-        accuracy_budget: the most a stage may cost on the guard's samples (one standard error included);
+        accuracy_budget: largest drop of ``monitor`` from its best before the stages since the last validation are
+            undone (with ``guard="event"``: what the stages may cost together on the guard's samples);
             ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
-        backoff_steps: bisection steps of a stage over budget (each one more pass over the guard's samples).
+        monitor: validation metric of the guard; ``None``: found by name at the first validation.
+        mode: ``"max"`` or ``"min"`` for ``monitor``; ``None``: from its name.
+        guard: ``"validation"`` (default: a validation metric against its best) or ``"event"`` (each stage judged
+            by its own cost on cached validation samples).
+        backoff_steps: with ``guard="event"``, bisection steps of a stage over budget (each one more pass over the
+            guard's samples).
         start: where the window starts, as a fraction of the fit's optimizer steps (default 0, or after
             NeuronElimination's window when both are used).
         end: where it ends (default 1).
@@ -129,6 +147,9 @@ class SuccessivePruning(CompressionCallback):
         stages: Sequence[float] | None = None,
         final_fraction: float = 0.2,
         accuracy_budget: float | str | None = "auto",
+        monitor: str | None = None,
+        mode: str | None = None,
+        guard: str = "validation",
         backoff_steps: int = 4,
         start: float | None = None,
         end: float | None = None,
@@ -139,6 +160,10 @@ class SuccessivePruning(CompressionCallback):
         check_number("target_sparsity", target_sparsity, low=0, high=1, low_open=True, high_open=True)
         if accuracy_budget != "auto":
             check_number("accuracy_budget", accuracy_budget, low=0, allow_none=True)
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
+        check_choice("mode", mode, ("max", "min"), allow_none=True)
+        check_choice("guard", guard, ("validation", "event"))
         check_number("backoff_steps", backoff_steps, low=0, integer=True)
         check_number("bit_budget", bit_budget, low=64, integer=True, allow_none=True)
         check_number("alpha", alpha, low=0, low_open=True)
@@ -169,8 +194,14 @@ class SuccessivePruning(CompressionCallback):
         self.final_fraction = float(final_fraction)
         self.backoff_steps = int(backoff_steps)
         budget = (None if explicit else DEFAULT_ACCURACY_BUDGET) if accuracy_budget == "auto" else accuracy_budget
-        #: the guard that judges each stage by its own cost (None: prune as far as asked)
-        self.guard = None if budget is None else EventGuard(self.owner, float(budget))
+        #: the validation-metric guard (None: prune as far as asked, or the event guard judges instead)
+        self.guard = (
+            None
+            if budget is None or guard != "validation"
+            else MetricGuard(self.owner, float(budget), monitor, mode, default=accuracy_budget == "auto")
+        )
+        #: the guard that judges each stage by its own cost (``guard="event"``)
+        self.event_guard = None if budget is None or guard != "event" else EventGuard(self.owner, float(budget))
         #: after a back-off, the largest step in sparsity a stage may take (the step that last fit)
         self._step_cap: float | None = None
         self._stopped = False
@@ -195,7 +226,9 @@ class SuccessivePruning(CompressionCallback):
 
     @override
     def guard_summary(self) -> str:
-        return "none (a target was given)" if self.guard is None else f"each stage within {self.guard.budget:g}"
+        if self.event_guard is not None:
+            return f"each stage's own cost, all within {self.event_guard.budget:g}"
+        return "none (a target was given)" if self.guard is None else self.guard.summary()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -212,7 +245,9 @@ class SuccessivePruning(CompressionCallback):
         self.claim(
             pl_module, "values", [n for n in self._names if rep.owner(n, "values") in (None, self.owner)], "surp"
         )
-        if self.guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
+        instead = "`target_sparsity=` (or `bit_budget=`) to prune that far"
+        require_validation(self.owner, trainer, pl_module, self.guard, "its sparsity", instead)
+        if self.event_guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
             raise ValueError(
                 "SuccessivePruning judges each stage on validation samples (the default guard, with no target given), "
                 "and this fit has no validation data (none given to `fit`, or `limit_val_batches=0`). Pass validation "
@@ -239,20 +274,42 @@ class SuccessivePruning(CompressionCallback):
     def act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._stopped:
             return
-        if self.guard is not None:
+        if self.guard is not None or self.event_guard is not None:
             due = [i for i in range(self._stage, len(self.stages)) if trainer.global_step >= self._stage_steps[i]]
-            if not due:
+            if not due or (self.guard is not None and self.guard.best is None):  # waits for the baseline validation
                 return
             # stages due at one step are merged into the latest (each stage refines from scratch anyway)
             self._stage = due[-1]
-            self._guarded_stage(trainer, self.stages[self._stage])
+            if self.event_guard is not None:
+                self._guarded_stage(trainer, self.stages[self._stage])
+            else:
+                self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
             return
         while self._stage < len(self.stages) and trainer.global_step >= self._stage_steps[self._stage]:
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
 
-    # -- the accuracy guard ----------------------------------------------------------------------------------------
+    # -- the accuracy guards ---------------------------------------------------------------------------------------
+    @override
+    @compression_event("validation_check")
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.guard is None or self._stopped or self._final is not None:
+            return
+        stop = guard_validation(self, trainer, self.guard, self._stage, self._names, "stage", "`target_sparsity=`")
+        if stop is not None:
+            self._stop_reason, self._stage, warn = stop
+            self._stopped = True
+            if warn:
+                rank_zero_warn(f"SuccessivePruning holds its sparsity: {self._stop_reason}.")
+            else:
+                rank_zero_info(f"SuccessivePruning: {self._stop_reason}; the sparsity is held there.")
+
+    @property
+    @override
+    def guarding(self) -> bool:
+        return self.guard is not None and not self._stopped and self._final is None
+
     def _sparsity(self, pl_module: nn.Module) -> float:
         params = self._params(pl_module, self._names)
         return 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
@@ -260,8 +317,8 @@ class SuccessivePruning(CompressionCallback):
     def _outcomes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """The guard's per-sample outcomes of the model as it is (BatchNorm statistics re-estimated first)."""
         self.recalibrate_norms(trainer, pl_module, self.owner, quiet=True)
-        assert self.guard is not None  # noqa: S101 - only under the guard
-        return self.guard.outcomes(pl_module)
+        assert self.event_guard is not None  # noqa: S101 - only under the event guard
+        return self.event_guard.outcomes(pl_module)
 
     @compression_event("stage")
     def _guarded_stage(self, trainer: pl.Trainer, scheduled: float) -> None:
@@ -272,7 +329,7 @@ class SuccessivePruning(CompressionCallback):
         training since the last stage is kept); later stages take steps no larger than the one that fit. With no
         step that fits, the sparsity is held where it is and the stages stop.
         """
-        assert self.guard is not None  # noqa: S101 - only under the guard
+        assert self.event_guard is not None  # noqa: S101 - only under the event guard
         pl_module = trainer.lightning_module
         module = self.target_module(pl_module)
         current = self._sparsity(pl_module)
@@ -295,14 +352,14 @@ class SuccessivePruning(CompressionCallback):
 
         chosen: tuple[float, EventCost] | None = None
         if trainer.is_global_zero:
-            self.guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
+            self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
             before = self._outcomes(trainer, pl_module)
-            self.guard.begin(before)
+            self.event_guard.begin(before)
 
             def attempt(sparsity: float) -> EventCost:
                 restore()
                 self._prune_to(pl_module, self._names, sparsity)
-                return self.guard.judge(before, self._outcomes(trainer, pl_module))  # type: ignore[union-attr]
+                return self.event_guard.judge(before, self._outcomes(trainer, pl_module))  # type: ignore[union-attr]
 
             full = attempt(target)
             if full.within:
@@ -329,8 +386,8 @@ class SuccessivePruning(CompressionCallback):
             self._stopped = True
             self._stop_reason = (
                 f"stage {self._stage + 1}'s smallest step tried (to {target:.4f}) cost {cost} on the guard's samples: "
-                f"with one standard error more than the {100 * self.guard.allowance:.2f} pt left of its "
-                f"{100 * self.guard.budget:g}-pt budget"
+                f"with one standard error more than the {100 * self.event_guard.allowance:.2f} pt left of its "
+                f"{100 * self.event_guard.budget:g}-pt budget"
             )
             rank_zero_info(f"SuccessivePruning holds sparsity {current:.4f}: {self._stop_reason}.")
             return
@@ -338,7 +395,7 @@ class SuccessivePruning(CompressionCallback):
             self._step_cap = sparsity - current
         elif self._step_cap is not None:  # a whole step fit: the next may be twice as large
             self._step_cap *= 2
-        self.guard.accept(cost)
+        self.event_guard.accept(cost)
         self._prune_to(pl_module, self._names, sparsity)
         self.changed_weights = True
         figures: dict[str, float] = {"stage": float(self._stage + 1), "sparsity": self._sparsity(pl_module)}
@@ -523,7 +580,7 @@ class SuccessivePruning(CompressionCallback):
 
     @override
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.guard is not None:
+        if self.guard is not None or self.event_guard is not None:
             self._finish_guarded(trainer, pl_module)
             return
         while self._stage < len(self.stages) - 1:  # fits too short for the schedule still reach the target
@@ -541,10 +598,13 @@ class SuccessivePruning(CompressionCallback):
 
     def _finish_guarded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Under the guard the final stream keeps the validated support: no unvalidated jump to the target."""
-        if (
-            self._stage == 0 or not self.holds.support
-        ):  # nothing pruned: nothing to encode, the tensors stay as they are
-            self._stop_reason = self._stop_reason or "no stage was due in this fit (give `target_sparsity=`)"
+        if self._stage == 0 or not self.holds.support:  # nothing pruned: nothing to encode, tensors stay as they are
+            self._stop_reason = self._stop_reason or (
+                "no validation came before its stages were due to give the guard a baseline (validate more often, "
+                "e.g. `val_check_interval`, or give `target_sparsity=`)"
+                if self.guard is not None
+                else "no stage was due in this fit (give `target_sparsity=`)"
+            )
             rank_zero_info(f"SuccessivePruning pruned nothing: {self._stop_reason}.")
             self.holds.release()
             return
@@ -557,8 +617,8 @@ class SuccessivePruning(CompressionCallback):
                 "limited to what fit"
             )
         held = self._sparsity(pl_module)
-        if self.guard is not None:
-            self.guard.release()
+        if self.event_guard is not None:
+            self.event_guard.release()
         if self._value_names(pl_module):
             self._run_stage(trainer, held, final=True)
         self._stage = max(self._stage, 1)
@@ -577,8 +637,9 @@ class SuccessivePruning(CompressionCallback):
             "final_norms": None if self._final is None else list(self._final["norms"]),
             "final_names": None if self._final is None else list(self._final["names"]),
             "history": list(self.history),
+            "guard": None if self.guard is None else self.guard.state_dict(),
             "step_cap": self._step_cap,
-            "spent": None if self.guard is None else self.guard.spent,
+            "spent": None if self.event_guard is None else self.event_guard.spent,
             "stopped": self._stopped,
             "stop_reason": self._stop_reason,
         }
@@ -599,8 +660,10 @@ class SuccessivePruning(CompressionCallback):
             }
         )
         self.history = list(state_dict.get("history", []))
+        if self.guard is not None and state_dict.get("guard") is not None:
+            self.guard.load_state_dict(state_dict["guard"])
         self._step_cap = state_dict.get("step_cap")
-        if self.guard is not None:
-            self.guard.spent = float(state_dict.get("spent") or 0.0)
+        if self.event_guard is not None:
+            self.event_guard.spent = float(state_dict.get("spent") or 0.0)
         self._stopped = bool(state_dict.get("stopped", False))
         self._stop_reason = str(state_dict.get("stop_reason", ""))
