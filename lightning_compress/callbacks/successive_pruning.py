@@ -4,7 +4,8 @@ SuRP (Isik, No, Weissman 2021/22): pruning by successive refinement in stages of
 retraining between them, and a real entropy-coded bitstream (codec ``surp``) for the artifact.
 
 Over 450 lines: the class docstring (the method's user documentation) and the stage schedule, the bit-budget search
-over the final stream, the guarded stages and resuming; the refinement is in ``functional.successive_pruning``, the
+over the final stream, two guards (the validation guard and the opt-in event guard, until one replaces the other)
+and resuming; the refinement is in ``functional.successive_pruning``, the
 stream in ``codec.surp``.
 """
 
