@@ -487,3 +487,12 @@ def test_unknown_layer_name_fails_at_fit_start(tmp_path: Path) -> None:
 def test_layer_pair_round_trips_as_plain_data() -> None:
     pair = LayerPair("a", "b", ("bn",), 4, 2, False)
     assert LayerPair.from_dict(pair.to_dict()) == pair
+
+
+def test_the_resize_hook_is_removed_from_the_users_module_after_the_fit(tmp_path: Path) -> None:
+    """After fit, loading a state dict of other shapes into the user's module must fail, not silently reshape."""
+    callback = lc.NeuronElimination(rounds=2, target_params=0.5, min_layer_fraction=0.0, verbose=False)
+    model = _fit(tmp_path, callback, epochs=2, hidden=24)
+    other = {k: torch.zeros(3, *v.shape[1:]) if v.dim() else v for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        model.load_state_dict(other)

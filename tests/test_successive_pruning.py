@@ -560,3 +560,49 @@ def test_event_guard_without_validation_data_is_refused_before_the_first_step(tm
 def test_guard_is_a_known_choice() -> None:
     with pytest.raises(ValueError, match="`guard`"):
         lc.SuccessivePruning(guard="metric")
+
+
+def test_a_low_validation_with_no_stage_since_the_snapshot_rewinds_nothing(tmp_path: Path) -> None:
+    """The guard undoes stages; a validation that falls with no stage since the last one must not rewind training."""
+
+    scripted = iter([0.9, 0.9, 0.9, 0.5])  # sanity check, epoch 0 (baseline), epoch 1 (stage judged), epoch 2: a dip
+
+    class Scripted(lc.ImageClassifier):
+        def on_validation_epoch_end(self) -> None:
+            self.log("val_acc", next(scripted, 0.5))
+
+    torch.manual_seed(0)
+    model = Scripted(mlp(), num_classes=4)
+    train, val = loaders()
+    callback = lc.SuccessivePruning(stages=[0.3], accuracy_budget=0.01, monitor="val_acc", final_fraction=0.6)
+    seen: dict[str, torch.Tensor] = {}
+
+    def weights() -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).clone() for p in model.backbone.parameters()])
+
+    class Probe(pl.Callback):  # after the callback's own hooks: sees what its guard did at each validation
+        def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen["before"] = weights()
+
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen["after"] = weights()
+
+    kwargs = trainer_kwargs(tmp_path, max_epochs=3, limit_val_batches=1)
+    pl.Trainer(callbacks=[callback, Probe()], **kwargs).fit(model, train, val)
+    assert torch.equal(seen["after"], seen["before"])  # the last validation (the dip) rewound nothing
+    assert callback.history[0]["sparsity"] == pytest.approx(0.3, abs=0.01)
+
+
+def test_batchnorm_is_not_re_estimated_when_nothing_was_compressed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    )
+    model = lc.ImageClassifier(net, num_classes=4)
+    train, val = loaders()
+    callback = lc.SuccessivePruning()  # guarded: no validation before its stages are due, so it prunes nothing
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=10, num_sanity_val_steps=0)
+    pl.Trainer(callbacks=[callback], **kwargs).fit(model, train, val)
+    assert not callback.history
+    assert callback.event_counts.get("norm_calibration", 0) == 0
+    assert int(net[1].num_batches_tracked) == 2 * len(train)  # the training's own statistics, untouched

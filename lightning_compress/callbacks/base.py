@@ -292,8 +292,10 @@ class CompressionCallback(Callback):
                 cb.apply_holds(pl_module)
                 cb.finish(trainer, pl_module)
             # the file's BatchNorm statistics describe the final weights (a stage or a codebook at the very end has no
-            # training step after it to update them)
-            self.recalibrate_norms(trainer, pl_module, " and ".join(cb.owner for cb in callbacks))
+            # training step after it to update them); a fit in which nothing was compressed keeps its own statistics
+            compressed = [cb.owner for cb in callbacks if cb.compressed]
+            if compressed:
+                self.recalibrate_norms(trainer, pl_module, " and ".join(compressed))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -318,6 +320,11 @@ class CompressionCallback(Callback):
             cb.changed_weights = False
         if changed:
             self.recalibrate_norms(trainer, pl_module, " and ".join(changed), quiet=True)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether this callback changed the model in this fit (the end of fit re-estimates BatchNorm only then)."""
+        return True
 
     @property
     def guarding(self) -> bool:

@@ -243,7 +243,10 @@ def guard_validation(
     over, drop = guard.judge(trainer.callback_metrics)
     module = callback.target_module(trainer.lightning_module)
     snapshot = callback.guard_snapshot
-    if bool(trainer.strategy.broadcast(over, src=0)) and snapshot is not None:
+    # with no step since the snapshot there is nothing to undo: a low validation then is the fit's, not a step's
+    undoable = snapshot is not None and int(snapshot["position"]) != position
+    if bool(trainer.strategy.broadcast(over, src=0)) and undoable:
+        assert snapshot is not None  # noqa: S101 - undoable implies a snapshot
         restored = int(snapshot["position"])
         callback.holds.restore_snapshot(module, snapshot)
         callback.log_figures(trainer, {f"undone_{unit}s": float(position - restored)})

@@ -494,6 +494,11 @@ class NeuronElimination(CompressionCallback):
 
     @property
     @override
+    def compressed(self) -> bool:
+        return any(self.removed())
+
+    @property
+    @override
     def guarding(self) -> bool:
         return self.accuracy_budget is not None and not self._finished and not self._stopped
 
@@ -712,6 +717,14 @@ class NeuronElimination(CompressionCallback):
         )
         if self.verbose and trainer.is_global_zero:
             Console().print(self.summary_table(module))
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if stage == "fit" and self._resize_hook is not None:
+            # the resize serves a resumed fit's checkpoint only: afterwards a load of other shapes must fail loudly
+            self._resize_hook.remove()
+            self._resize_hook = None
 
     def summary_table(self, module: nn.Module) -> Any:
         """A rich table: neurons per layer before and after, and the parameter count (``elimination_table``)."""

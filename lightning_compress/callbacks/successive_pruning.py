@@ -308,6 +308,11 @@ class SuccessivePruning(CompressionCallback):
 
     @property
     @override
+    def compressed(self) -> bool:
+        return bool(self.history)
+
+    @property
+    @override
     def guarding(self) -> bool:
         return self.guard is not None and not self._stopped and self._final is None
 
