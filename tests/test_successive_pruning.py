@@ -535,13 +535,17 @@ def test_default_guard_without_validation_is_refused_before_the_first_step(tmp_p
     assert all(bool((p != 0).all()) for p in model.backbone.parameters() if p.dim() > 1)
 
 
-def test_batchnorm_statistics_describe_the_final_weights(tmp_path: Path) -> None:
-    """The final refinement replaces every weight after the last step: the running statistics are estimated again."""
+def _batchnorm_model() -> tuple[torch.nn.Sequential, lc.ImageClassifier]:
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
     )
-    model = lc.ImageClassifier(net, num_classes=4)
+    return net, lc.ImageClassifier(net, num_classes=4)
+
+
+def test_batchnorm_statistics_describe_the_final_weights(tmp_path: Path) -> None:
+    """The final refinement replaces every weight after the last step: the running statistics are estimated again."""
+    net, model = _batchnorm_model()
     train, val = loaders()
     callback = lc.SuccessivePruning(target_sparsity=0.8)
     pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
@@ -594,11 +598,7 @@ def test_a_low_validation_with_no_stage_since_the_snapshot_rewinds_nothing(tmp_p
 
 
 def test_batchnorm_is_not_re_estimated_when_nothing_was_compressed(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
-    )
-    model = lc.ImageClassifier(net, num_classes=4)
+    net, model = _batchnorm_model()
     train, val = loaders()
     callback = lc.SuccessivePruning()  # guarded: no validation before its stages are due, so it prunes nothing
     kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=10, num_sanity_val_steps=0)
