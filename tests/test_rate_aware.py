@@ -146,6 +146,22 @@ def test_guard_undoes_cuts_that_cost_more_than_the_budget(tmp_path: Path) -> Non
     assert rate._event < 8
 
 
+def test_under_a_guard_the_rate_term_waits_for_the_baseline(tmp_path: Path) -> None:
+    """The rate term changes the weights: before the guard's first validation nothing would judge what it costs."""
+    train, val = loaders()
+    rate = lc.RateAware(accuracy_budget=0.01, events=4, start=0.0)
+    active: list[tuple[int, bool, bool]] = []
+
+    class Probe(pl.Callback):
+        def on_before_optimizer_step(self, trainer: pl.Trainer, *args: object) -> None:
+            active.append((trainer.current_epoch, rate._rate_active(trainer), rate.guard.best is not None))
+
+    kwargs = trainer_kwargs(tmp_path, max_epochs=3, num_sanity_val_steps=0)
+    pl.Trainer(callbacks=[rate, _ws(), Probe()], **kwargs).fit(_model(), train, val)
+    assert any(on for _, on, _ in active)  # the term ran once the baseline was there
+    assert not any(on for _, on, baseline in active if not baseline)  # and never before it
+
+
 def _fit_rate(root: Path, ckpt_path: str | None = None, crash_at: int | None = None) -> tuple[lc.RateAware, Path]:
     rate = lc.RateAware(target_bytes=900, events=4, final_fraction=0.3)
     model = _model()

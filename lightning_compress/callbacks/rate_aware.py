@@ -296,6 +296,8 @@ class RateAware(CompressionCallback):
             and self._event < self.events
             and first <= trainer.global_step < self._event_steps[-1]
             and self._start_bits is not None
+            # under a guard the rate term waits for its baseline like the cuts: what it costs must be judged too
+            and (self.guard is None or self.guard.best is not None)
         )
 
     # -- per step ----------------------------------------------------------------------------------------------
