@@ -606,3 +606,28 @@ def test_batchnorm_is_not_re_estimated_when_nothing_was_compressed(tmp_path: Pat
     assert not callback.history
     assert callback.event_counts.get("norm_calibration", 0) == 0
     assert int(net[1].num_batches_tracked) == 2 * len(train)  # the training's own statistics, untouched
+
+
+def test_an_undo_rewinds_every_parameter_not_only_the_pruned_ones(tmp_path: Path) -> None:
+    """With parameters="weights" the biases trained on after the snapshot too: an undo puts them back as well."""
+    scripted = iter([0.9, 0.9, 0.5])  # sanity check, epoch 0 (the baseline and the snapshot), epoch 1: over budget
+
+    class Scripted(lc.ImageClassifier):
+        def on_validation_epoch_end(self) -> None:
+            self.log("val_acc", next(scripted, 0.5))
+
+    torch.manual_seed(0)
+    model = Scripted(mlp(), num_classes=4)
+    train, val = loaders()
+    callback = lc.SuccessivePruning(stages=[0.5], parameters="weights", accuracy_budget=0.01, monitor="val_acc")
+    biases: list[torch.Tensor] = []
+
+    class Probe(pl.Callback):
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            biases.append(torch.cat([model.backbone[i].bias.detach().clone() for i in (0, 2, 4)]))
+
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, limit_val_batches=1)
+    pl.Trainer(callbacks=[callback, Probe()], **kwargs).fit(model, train, val)
+    assert callback._stopped
+    assert "undone" in callback._stop_reason
+    assert torch.equal(biases[-1], biases[-2])  # back to the epoch-0 validation's biases

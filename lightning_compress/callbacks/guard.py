@@ -223,7 +223,8 @@ def guard_validation(
     """One validation under an accuracy guard, for a callback that acts in counted steps (stages, cuts).
 
     Finds the monitored metric at the first validation; then judges the drop from the best. Over budget, the
-    snapshot of the last validation within budget is restored (weights of ``names``, masks, statistics).
+    snapshot of the last validation within budget is restored (every parameter of the compressed module, masks,
+    statistics; ``names`` are the tensors the callback compresses).
     Otherwise a snapshot is taken when ``position`` (steps done) moved since the last one.
 
     Returns:
@@ -256,7 +257,9 @@ def guard_validation(
         )
         return reason, restored, False
     if snapshot is None or int(snapshot["position"]) != position:
-        callback.guard_snapshot = {"position": position, **callback.holds.take_snapshot(module, names)}
+        # every parameter, not only the compressed ones: an undo must not leave the others on the discarded path
+        everything = [name for name, _ in module.named_parameters()]
+        callback.guard_snapshot = {"position": position, **callback.holds.take_snapshot(module, everything)}
     return None
 
 
