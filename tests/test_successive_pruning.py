@@ -453,6 +453,13 @@ def test_guard_undoes_the_stages_since_the_last_validation_and_holds(tmp_path: P
     assert lc.load(path, model=lc.ImageClassifier(mlp(hidden=256), num_classes=4)) is not None
 
 
+def _val_accuracy(model: lc.ImageClassifier, val: torch.utils.data.DataLoader) -> float:
+    model.eval()
+    with torch.no_grad():
+        hits = [(model(x).argmax(1) == y).float() for x, y in val]
+    return float(torch.cat(hits).mean())
+
+
 def _zeros(model: lc.ImageClassifier) -> float:
     params = list(model.backbone.parameters())
     return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
@@ -462,6 +469,7 @@ def test_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> N
     callback = lc.SuccessivePruning(guard="event")
     assert callback.event_guard is not None
     model = _guarded_fit(tmp_path, callback)
+    assert _val_accuracy(model, loaders()[1]) > 0.8  # the judged measure is well above chance (0.25)
     assert not callback._stopped
     assert _zeros(model) >= 0.9
     costs = [h["stage_cost"] for h in callback.history if "stage_cost" in h]
@@ -482,7 +490,8 @@ def test_guard_judges_each_stage_in_a_fit_with_a_single_validation(tmp_path: Pat
     callback = lc.SuccessivePruning(guard="event")
     kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=5, num_sanity_val_steps=0)
     pl.Trainer(callbacks=[callback], **kwargs).fit(model, train, val)
-    assert _zeros(model) > 0.3  # it compressed: "pruned nothing" is a miss
+    assert _val_accuracy(model, val) > 0.8  # it learned (chance: 0.25)
+    assert _zeros(model) > 0.3  # and it compressed: "pruned nothing" is a miss
 
 
 def test_guard_backs_off_to_the_largest_step_within_budget_and_keeps_the_training(tmp_path: Path) -> None:
@@ -498,6 +507,7 @@ def test_guard_backs_off_to_the_largest_step_within_budget_and_keeps_the_trainin
             steps.append(trainer.global_step)
 
     pl.Trainer(callbacks=[callback, Count()], **trainer_kwargs(tmp_path, max_epochs=6)).fit(model, train, val)
+    assert _val_accuracy(model, val) > 0.8  # a budget judged on a model well above chance (0.25)
     sparsities = [h["sparsity"] for h in callback.history if "stage_cost" in h]
     assert 0.5 <= max(sparsities) < 0.999  # the last stage's step was backed off, not dropped
     assert steps == sorted(steps)  # global steps only ever advance: nothing was rewound
@@ -564,19 +574,27 @@ def test_event_guard_without_validation_data_is_refused_before_the_first_step(tm
 def test_guard_is_a_known_choice() -> None:
     with pytest.raises(ValueError, match="`guard`"):
         lc.SuccessivePruning(guard="metric")
+    with pytest.raises(ValueError, match="`backoff_steps`"):
+        lc.SuccessivePruning(guard="event", backoff_steps=-1)
 
 
-def test_a_low_validation_with_no_stage_since_the_snapshot_rewinds_nothing(tmp_path: Path) -> None:
-    """The guard undoes stages; a validation that falls with no stage since the last one must not rewind training."""
-
-    scripted = iter([0.9, 0.9, 0.9, 0.5])  # sanity check, epoch 0 (baseline), epoch 1 (stage judged), epoch 2: a dip
+def _scripted_validation(values: list[float]) -> lc.ImageClassifier:
+    """A classifier whose validations log ``val_acc`` from ``values`` in turn, then 0.5: the guard's input, scripted."""
+    scripted = iter(values)
 
     class Scripted(lc.ImageClassifier):
         def on_validation_epoch_end(self) -> None:
             self.log("val_acc", next(scripted, 0.5))
 
     torch.manual_seed(0)
-    model = Scripted(mlp(), num_classes=4)
+    return Scripted(mlp(), num_classes=4)
+
+
+def test_a_low_validation_with_no_stage_since_the_snapshot_rewinds_nothing(tmp_path: Path) -> None:
+    """The guard undoes stages; a validation that falls with no stage since the last one must not rewind training."""
+
+    # sanity check, epoch 0 (baseline), epoch 1 (stage judged), epoch 2: a dip
+    model = _scripted_validation([0.9, 0.9, 0.9, 0.5])
     train, val = loaders()
     callback = lc.SuccessivePruning(stages=[0.3], accuracy_budget=0.01, monitor="val_acc", final_fraction=0.6)
     seen: dict[str, torch.Tensor] = {}
@@ -610,14 +628,8 @@ def test_batchnorm_is_not_re_estimated_when_nothing_was_compressed(tmp_path: Pat
 
 def test_an_undo_rewinds_every_parameter_not_only_the_pruned_ones(tmp_path: Path) -> None:
     """With parameters="weights" the biases trained on after the snapshot too: an undo puts them back as well."""
-    scripted = iter([0.9, 0.9, 0.5])  # sanity check, epoch 0 (the baseline and the snapshot), epoch 1: over budget
-
-    class Scripted(lc.ImageClassifier):
-        def on_validation_epoch_end(self) -> None:
-            self.log("val_acc", next(scripted, 0.5))
-
-    torch.manual_seed(0)
-    model = Scripted(mlp(), num_classes=4)
+    # sanity check, epoch 0 (the baseline and the snapshot), epoch 1: over budget
+    model = _scripted_validation([0.9, 0.9, 0.5])
     train, val = loaders()
     callback = lc.SuccessivePruning(stages=[0.5], parameters="weights", accuracy_budget=0.01, monitor="val_acc")
     biases: list[torch.Tensor] = []

@@ -8,13 +8,18 @@ accuracy; 2% of the best value of a loss, for the default guard) tells the callb
 last validation and stop. :class:`MetricGuard` holds that logic and its state (plain data); :func:`guard_validation`
 runs it for a callback that acts in counted steps (stages, cuts), with the snapshot it goes back to, and
 :func:`require_validation` refuses a guard in a fit without validation, before the first step. Every guarded
-callback (SuccessivePruning, RateAware, NeuronElimination) judges with :class:`MetricGuard`.
+callback (SuccessivePruning, RateAware, NeuronElimination) judges with :class:`MetricGuard` by default.
+
+:class:`EventGuard` judges a compression event itself instead: the model right before it against right after it,
+on the same cached validation samples (``SuccessivePruning(guard="event")``, opt-in while it is measured).
+
+Over 450 lines, just: the two guards share this room until the event guard replaces the validation guard.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -216,7 +221,6 @@ def guard_validation(
     trainer: pl.Trainer,
     guard: MetricGuard,
     position: int,
-    names: Iterable[str],
     unit: str,
     hint: str,
 ) -> tuple[str, int, bool] | None:
@@ -224,7 +228,7 @@ def guard_validation(
 
     Finds the monitored metric at the first validation; then judges the drop from the best. Over budget, the
     snapshot of the last validation within budget is restored (every parameter of the compressed module, masks,
-    statistics; ``names`` are the tensors the callback compresses).
+    statistics).
     Otherwise a snapshot is taken when ``position`` (steps done) moved since the last one.
 
     Returns:
@@ -359,8 +363,7 @@ class EventGuard:
                 self.scorer.probe(model, *self._batches[0])
             self.measure = "accuracy"
         except TypeError:  # no (inputs, targets) of a classifier: judge agreement with the model's own predictions
-            self._batches = self._inputs_only(trainer, model, to_inputs, device)
-            self._reference = [o.argmax(dim=1) for o in self.scorer.outputs(model, self._batches)]
+            self._batches, self._reference = self._inputs_only(trainer, model, to_inputs, device)
             self.measure = "agreement"
         if not self._batches:
             raise RuntimeError(f"{self.owner}: the validation data given to `fit` holds no samples to judge with.")
@@ -369,10 +372,14 @@ class EventGuard:
     @torch.no_grad()
     def _inputs_only(
         self, trainer: pl.Trainer, model: nn.Module, to_inputs: ForwardInputs, device: torch.device
-    ) -> list[tuple[Any, torch.Tensor]]:
-        """Validation inputs without labels, up to the sample cap (the targets are placeholders: one per row)."""
+    ) -> tuple[list[tuple[Any, torch.Tensor]], list[torch.Tensor]]:
+        """Validation inputs without labels, up to the sample cap, and the model's top-1 class on each row.
+
+        The batches' targets are placeholders (one per row), for the scorer's batch format.
+        """
         cap = self.scorer.max_samples if isinstance(self.scorer.max_samples, int) else None
         batches: list[tuple[Any, torch.Tensor]] = []
+        reference: list[torch.Tensor] = []
         seen = 0
         was_training = model.training
         model.eval()
@@ -382,12 +389,13 @@ class EventGuard:
                 rows = call_forward(model, x)
                 rows = rows.reshape(-1, rows.shape[-1]) if rows.dim() >= 2 else rows.reshape(-1, 1)
                 batches.append((x, torch.zeros(len(rows))))
+                reference.append(rows.argmax(dim=1))
                 seen += len(rows)
                 if cap is not None and seen >= cap:
                     break
         finally:
             model.train(was_training)
-        return batches
+        return batches, reference
 
     def describe(self) -> str:
         """One line: what the guard measures, on how many samples, with which budget."""

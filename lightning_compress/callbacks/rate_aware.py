@@ -365,7 +365,7 @@ class RateAware(CompressionCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.guard is None or self._stopped:
             return
-        stop = guard_validation(self, trainer, self.guard, self._event, self._names, "cut", "`target_bytes=`")
+        stop = guard_validation(self, trainer, self.guard, self._event, "cut", "`target_bytes=`")
         if stop is not None:
             reason, self._event, warn = stop
             self._stop(reason, warn=warn)

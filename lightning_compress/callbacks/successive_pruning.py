@@ -250,7 +250,7 @@ class SuccessivePruning(CompressionCallback):
         require_validation(self.owner, trainer, pl_module, self.guard, "its sparsity", instead)
         if self.event_guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
             raise ValueError(
-                "SuccessivePruning judges each stage on validation samples (the default guard, with no target given), "
+                "SuccessivePruning(guard='event') judges each stage on validation samples, "
                 "and this fit has no validation data (none given to `fit`, or `limit_val_batches=0`). Pass validation "
                 "data to `fit`, or give `target_sparsity=` (or `bit_budget=`) to prune that far unguarded."
             )
@@ -297,7 +297,7 @@ class SuccessivePruning(CompressionCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.guard is None or self._stopped or self._final is not None:
             return
-        stop = guard_validation(self, trainer, self.guard, self._stage, self._names, "stage", "`target_sparsity=`")
+        stop = guard_validation(self, trainer, self.guard, self._stage, "stage", "`target_sparsity=`")
         if stop is not None:
             self._stop_reason, self._stage, warn = stop
             self._stopped = True
@@ -316,8 +316,8 @@ class SuccessivePruning(CompressionCallback):
     def guarding(self) -> bool:
         return self.guard is not None and not self._stopped and self._final is None
 
-    def _sparsity(self, pl_module: nn.Module) -> float:
-        params = self._params(pl_module, self._names)
+    def _sparsity(self, pl_module: nn.Module, names: Sequence[str] | None = None) -> float:
+        params = self._params(pl_module, self._names if names is None else names)
         return 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
 
     def _outcomes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
@@ -404,9 +404,12 @@ class SuccessivePruning(CompressionCallback):
         self.event_guard.accept(cost)
         self._prune_to(pl_module, self._names, sparsity)
         self.changed_weights = True
-        figures: dict[str, float] = {"stage": float(self._stage + 1), "sparsity": self._sparsity(pl_module)}
-        if cost is not None:
-            figures.update(stage_cost=cost.drop, stage_cost_se=cost.se)
+        figures = {
+            "stage": float(self._stage + 1),
+            "sparsity": self._sparsity(pl_module),
+            "stage_cost": cost.drop,
+            "stage_cost_se": cost.se,
+        }
         self.history.append(figures)
         self.log_figures(trainer, figures)
         backed = f" (backed off from {target:.4f})" if sparsity < target else ""
@@ -523,8 +526,7 @@ class SuccessivePruning(CompressionCallback):
         pl_module = trainer.lightning_module
         names = self._value_names(pl_module) if final else self._names
         if final and names != self._names:  # some values went to a value method: keep the support they have now
-            params = self._params(pl_module, names)
-            sparsity = 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
+            sparsity = self._sparsity(pl_module, names)
         if not final:
             result = self._prune_to(pl_module, names, sparsity)
             self.changed_weights = True
@@ -614,15 +616,19 @@ class SuccessivePruning(CompressionCallback):
             rank_zero_info(f"SuccessivePruning pruned nothing: {self._stop_reason}.")
             self.holds.release()
             return
-        if not self._stop_reason:
-            reached = self._sparsity(pl_module) >= self.target_sparsity - 1e-3
-            self._stop_reason = (
-                f"it reached its target ({self.target_sparsity:g})"
-                if reached
-                else f"its window ended before its target ({self.target_sparsity:g}): after a back-off its steps were "
-                "limited to what fit"
-            )
         held = self._sparsity(pl_module)
+        if not self._stop_reason:
+            # the validation guard runs whole stages: the last one ran or not; the event guard's steps may end short
+            if self.event_guard is None:
+                reached = self._stage >= len(self.stages)
+                short = f"its last validated stage was {self._stage} of {len(self.stages)} when the fit ended"
+            else:
+                reached = held >= self.target_sparsity - 1e-3
+                short = (
+                    f"its window ended before its target ({self.target_sparsity:g}): after a back-off its steps were "
+                    "limited to what fit"
+                )
+            self._stop_reason = f"it reached its target ({self.target_sparsity:g})" if reached else short
         if self.event_guard is not None:
             self.event_guard.release()
         if self._value_names(pl_module):

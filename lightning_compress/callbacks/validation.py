@@ -174,16 +174,9 @@ class ValidationScorer:
     def error_fn(self, model: nn.Module, batches: Batches) -> Callable[[], float]:
         """A function that scores ``model`` as it is when called, on ``batches`` (counted each call)."""
         targets = torch.cat([y.reshape(-1) for _, y in batches])
-        samples = sum(len(y) for _, y in batches)
 
-        @torch.no_grad()
         def error() -> float:
-            self.scored_samples += samples
-            was_training = model.training
-            model.eval()
-            outputs = [call_forward(model, x) for x, _ in batches]
-            logits = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
-            model.train(was_training)
+            logits = torch.cat(self.outputs(model, batches))
             return self.error(logits.argmax(dim=1), targets, logits.shape[1])
 
         return error
