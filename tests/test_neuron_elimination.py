@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import lightning_compress as lc
 from lightning_compress.functional.neuron_elimination import (
     ActivationMoments,
     DependenceSolver,
+    Elimination,
     LayerPair,
     RoundRecord,
     anneal_tolerance,
@@ -393,7 +395,13 @@ def test_masks_keep_removed_neurons_zero_during_training(tmp_path: Path) -> None
 
 def test_accuracy_budget_undoes_a_round_and_stops(tmp_path: Path) -> None:
     callback = lc.NeuronElimination(
-        rounds=3, target_params=0.02, accuracy_budget=0.0, monitor="val/acc", min_layer_fraction=0.0, verbose=False
+        rounds=3,
+        target_params=0.02,
+        accuracy_budget=0.0,
+        monitor="val/acc",
+        guard="validation",
+        min_layer_fraction=0.0,
+        verbose=False,
     )
     model = _fit(tmp_path, callback, epochs=4, hidden=24)
     assert callback.guard.best is not None
@@ -401,6 +409,60 @@ def test_accuracy_budget_undoes_a_round_and_stops(tmp_path: Path) -> None:
     assert callback._stopped
     assert callback.summary().get("neuron_elimination/undone_rounds", 0) >= 1
     assert sum(p.numel() for p in model.backbone.parameters()) > 0.02 * callback._dense_params
+
+
+def _val_accuracy(model: lc.ImageClassifier) -> float:
+    model.eval()
+    with torch.no_grad():
+        hits = [(model(x).argmax(1) == y).float() for x, y in _big_loaders()[1]]
+    return float(torch.cat(hits).mean())
+
+
+def test_default_event_guard_judges_every_round_and_eliminates(tmp_path: Path) -> None:
+    callback = lc.NeuronElimination(rounds=4, verbose=False)
+    assert callback.event_guard is not None  # the default guard judges each round by its own cost
+    model = _fit(tmp_path, callback, hidden=48)
+    assert _val_accuracy(model) > 0.8  # the judged measure is well above chance (0.25)
+    costs = [entry["figures"]["round_cost"] for entry in callback.history]
+    assert costs
+    assert len(costs) == len(callback.history)  # every round was judged
+    assert sum(costs) <= callback.event_guard.budget
+    assert sum(p.numel() for p in model.backbone.parameters()) < 0.9 * callback._dense_params  # it compressed
+
+
+def test_event_guard_backs_off_a_round_and_never_rewinds_training(tmp_path: Path) -> None:
+    """A round over budget keeps its largest leading share within budget; global steps only ever advance."""
+    steps: list[int] = []
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            steps.append(trainer.global_step)
+
+    callback = lc.NeuronElimination(
+        rounds=3, tolerance=0.5, accuracy_budget=0.02, min_layer_fraction=0.0, backoff_steps=6, verbose=False
+    )
+    assert callback.event_guard is not None  # a budget given with a tolerance: guarded by its own cost
+    model = _fit(tmp_path, callback, epochs=4, hidden=48, callbacks=[Count()])
+    assert _val_accuracy(model) > 0.8
+    assert steps == sorted(steps)
+    assert sum(entry["figures"]["round_cost"] for entry in callback.history) <= 0.02
+    assert callback.removed() != [[] for _ in callback.pairs]  # something was eliminated
+    assert callback._elimination_cap is not None or callback._stopped  # a round was backed off or refused
+    path = lc.save(model, tmp_path / "held.lcz")
+    assert lc.load(path, mlp(hidden=48)) is not None
+
+
+def test_leading_share_keeps_each_pairs_first_eliminations() -> None:
+    def record(pair: int, n: int) -> RoundRecord:
+        e = Elimination(0, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), 0.0, 0.0)
+        return RoundRecord(pair, [replace(e, neuron=i) for i in range(n)])
+
+    records = [record(0, 8), record(1, 2)]
+    half = lc.NeuronElimination._leading(records, 0.5)
+    assert [[e.neuron for e in r.eliminations] for r in half] == [[0, 1, 2, 3], [0]]
+    tiny = lc.NeuronElimination._leading(records, 0.01)
+    assert [len(r.eliminations) for r in tiny] == [1, 0]  # a share above 0 keeps at least one
+    assert [len(r.eliminations) for r in lc.NeuronElimination._leading(records, 0.0)] == [0, 0]
 
 
 def test_immediate_removal_rebuilds_optimizer(tmp_path: Path) -> None:

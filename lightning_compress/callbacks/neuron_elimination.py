@@ -28,7 +28,8 @@ from lightning_compress.arguments import check_bool, check_choice, check_names, 
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.calibration import has_validation
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, EventCost, EventGuard, MetricGuard
+from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
@@ -80,12 +81,18 @@ class NeuronElimination(CompressionCallback):
     geometric size schedule from the second round on, eliminating the most dependent neurons beyond the tolerance
     when needed, and stop at the target.
 
-    **Accuracy guard.** The monitored validation metric is compared with its best after every validation that follows
-    a round; if it dropped by more than ``accuracy_budget``, the rounds since the previous validation are undone
-    (weights restored) and annealing stops. It is on by default (1 point, on the first validation metric found,
-    whatever its name) unless ``tolerance`` or ``target_params`` is given; with a guard each lossy round waits for a
-    validation of the previous one, so every round is judged alone.
-    Without any validation metric the default guard gives way to a loss-free rule: tolerances are capped at
+    **Accuracy guard.** On by default (1 point) unless ``tolerance`` or ``target_params`` is given. The default
+    ``guard="event"`` judges every round by its own cost
+    (:class:`~lightning_compress.callbacks.guard.EventGuard`): the model right before the round against right after
+    it, on the same cached validation samples (BatchNorm statistics re-estimated for both), whatever the fit's
+    validation schedule. A round over budget keeps only the same leading share of every layer's eliminations (in
+    the order they were chosen), bisected to the largest share within budget, from the current weights: training is
+    never thrown away. Later rounds eliminate at most what fit (twice that after a whole round fits), and annealing
+    stops when no share fits. ``guard="validation"`` (the former default) compares a validation metric with its best
+    after every validation that follows a round and undoes the rounds since the previous validation when it fell by
+    more than the budget (each lossy round waits for a validation of the previous one). With
+    ``removal="immediate"`` the validation guard judges. Without validation data (or, for ``guard="validation"``,
+    without a validation metric) the default guard gives way to a loss-free rule: tolerances are capped at
     ``unguarded_tolerance``. One log line at the end says what was removed and why annealing stopped.
 
     **Removal.** With ``removal="mask"`` (default) shapes stay fixed during ``fit``: the removed neurons' producer
@@ -111,12 +118,17 @@ class NeuronElimination(CompressionCallback):
             ``1 - R^2`` (scale-free, blind to how much the consumer uses the neuron). The tolerances apply to it.
         target_params: optional fraction of the model's parameters to keep, in (0, 1). Giving it turns the default
             guard off.
-        accuracy_budget: largest drop of ``monitor`` from its best before the rounds since the last validation are
-            undone; ``"auto"`` (default): 0.01 (2% of the best for a loss-like metric) unless ``tolerance`` or
-            ``target_params`` is given; ``None``: no guard.
-        monitor: validation metric of the guard; ``None``: the first logged metric with ``val`` in its name,
-            accuracy-like names first.
+        accuracy_budget: what the rounds may cost together on the event guard's samples (with
+            ``guard="validation"``: the largest drop of ``monitor`` from its best before the rounds since the last
+            validation are undone); ``"auto"`` (default): 0.01 (for ``guard="validation"``, 2% of the best of a
+            loss-like metric) unless ``tolerance`` or ``target_params`` is given; ``None``: no guard.
+        monitor: validation metric of ``guard="validation"``; ``None``: the first logged metric with ``val`` in its
+            name, accuracy-like names first.
         mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like) for ``monitor``; ``None``: from its name.
+        guard: ``"event"`` (default: each round judged by its own cost on cached validation samples) or
+            ``"validation"`` (a validation metric against its best).
+        backoff_steps: with ``guard="event"``, bisection steps of a round over budget (each one more pass over the
+            guard's samples).
         layers: restrict to these producer module names (relative to the compressed module).
         calibration_batches: training batches per round for the statistics; ``None`` (default) reads batches until
             every layer has ``4 * min_rows_per_neuron`` rows per neuron (at most one pass over the training data).
@@ -164,6 +176,8 @@ class NeuronElimination(CompressionCallback):
         accuracy_budget: float | str | None = "auto",
         monitor: str | None = None,
         mode: str | None = None,
+        guard: str = "event",
+        backoff_steps: int = 4,
         layers: Sequence[str] | None = None,
         calibration_batches: int | None = None,
         min_rows_per_neuron: int = 10,
@@ -195,6 +209,8 @@ class NeuronElimination(CompressionCallback):
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
         check_choice("mode", mode, ("max", "min"), allow_none=True)
+        check_choice("guard", guard, ("validation", "event"))
+        check_number("backoff_steps", backoff_steps, low=0, integer=True)
         check_number("unguarded_tolerance", unguarded_tolerance, low=0, low_open=True, high=1)
         check_names("layers", layers)
         check_number("calibration_batches", calibration_batches, low=1, integer=True, allow_none=True)
@@ -223,6 +239,16 @@ class NeuronElimination(CompressionCallback):
         self.guard = MetricGuard(
             "NeuronElimination", self.accuracy_budget or 0.0, monitor, mode, default=self.guard_is_default
         )
+        #: the guard that judges each round by its own cost (``guard="event"``; the validation guard judges the
+        #: layers shrunk after every round, ``removal="immediate"``)
+        self.event_guard = (
+            EventGuard("NeuronElimination", self.accuracy_budget)
+            if self.accuracy_budget is not None and guard == "event" and removal == "mask"
+            else None
+        )
+        self.backoff_steps = int(backoff_steps)
+        #: after a back-off: the most eliminations a round may make (doubled after a whole round fits)
+        self._elimination_cap: int | None = None
         self.unguarded_tolerance = float(unguarded_tolerance)
         self.layers = None if layers is None else list(layers)
         self.calibration_batches = calibration_batches
@@ -280,7 +306,11 @@ class NeuronElimination(CompressionCallback):
 
     @override
     def guard_summary(self) -> str:
-        return "none (a target was given)" if self.accuracy_budget is None else self.guard.summary()
+        if self.accuracy_budget is None:
+            return "none (a target was given)"
+        if self.event_guard is not None:
+            return f"each round's own cost, all within {self.event_guard.budget:g}"
+        return self.guard.summary()
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def removed(self) -> list[list[int]]:
@@ -363,6 +393,13 @@ class NeuronElimination(CompressionCallback):
                     "validation data to `fit`, or `accuracy_budget=None`."
                 )
             self._unguarded("the fit has no validation loop")
+        elif self.event_guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
+            if not self.guard_is_default:
+                raise ValueError(
+                    "NeuronElimination(guard='event') judges each round on validation samples, but this fit has no "
+                    "validation data; pass validation data to `fit`, or `accuracy_budget=None`."
+                )
+            self._unguarded("the fit has no validation data")
         if not self.pairs:
             example = self.check_forward(trainer, pl_module, "NeuronElimination")
             self.pairs, self.skipped = trainable_pairs(module, example, self.layers)
@@ -406,6 +443,7 @@ class NeuronElimination(CompressionCallback):
     def _unguarded(self, why: str) -> None:
         """No metric to guard with: the default guard gives way to a loss-free rule, a low tolerance."""
         self.accuracy_budget = None
+        self.event_guard = None
         self._capped = True
         self._cap_tolerances()
         rank_zero_info(
@@ -424,6 +462,14 @@ class NeuronElimination(CompressionCallback):
             return
         if self.window_ended_mid_fit(trainer):  # shrink now: the methods that follow work on the smaller layers
             self._finish_structure(trainer, pl_module, rebuild=True)
+            return
+        if self.event_guard is not None and self.accuracy_budget is not None:
+            due = [i for i in range(self._round, self.rounds) if trainer.global_step >= self._round_steps[i]]
+            if due and not self._stopped:
+                # rounds due at one step are merged into the latest (its tolerance and size goal)
+                self._round = due[-1]
+                self._guarded_round(trainer, pl_module)
+                self._round += 1
             return
         guarded = self.accuracy_budget is not None
         while not self._stopped and self._round < self.rounds and trainer.global_step >= self._round_steps[self._round]:
@@ -500,7 +546,9 @@ class NeuronElimination(CompressionCallback):
     @property
     @override
     def guarding(self) -> bool:
-        return self.accuracy_budget is not None and not self._finished and not self._stopped
+        # the event guard reads its own samples: validations need no special treatment for it
+        watching = self.accuracy_budget is not None and self.event_guard is None
+        return watching and not self._finished and not self._stopped
 
     def _written_layers(self) -> set[str]:
         """Every module a round rewrites: producers, their norms, consumers."""
@@ -539,10 +587,14 @@ class NeuronElimination(CompressionCallback):
             }
         alive_before = self.alive()
         records = self._decide(trainer, pl_module, module)
+        self._apply_round(trainer, pl_module, records, alive_before)
+
+    def _redistribute(
+        self, trainer: pl.Trainer, pl_module: nn.Module, records: list[RoundRecord], alive_before: list[list[int]]
+    ) -> None:
+        """Redistribute ``records`` into the consumers, add them to the history and hold the removed neurons."""
+        module = self.target_module(pl_module)
         redistribute_round_(module, self.pairs, records, alive_before, shrunk=self.removal == "immediate")
-        eliminated = sum(len(r.eliminations) for r in records)
-        self.changed_weights = self.changed_weights or eliminated > 0
-        scores = [e.score for r in records for e in r.eliminations]
         self.history.append(
             {
                 "round": self._round,
@@ -554,6 +606,20 @@ class NeuronElimination(CompressionCallback):
         if self.removal == "immediate":
             self._shrink_round(trainer, module, alive_before, records)
         self._refresh_masks(pl_module)
+
+    def _apply_round(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        records: list[RoundRecord],
+        alive_before: list[list[int]],
+        cost: EventCost | None = None,
+    ) -> None:
+        """Apply a round's (possibly backed-off) eliminations, log it and stop at the size target."""
+        self._redistribute(trainer, pl_module, records, alive_before)
+        eliminated = sum(len(r.eliminations) for r in records)
+        self.changed_weights = self.changed_weights or eliminated > 0
+        scores = [e.score for r in records for e in r.eliminations]
         counts = [len(a) for a in self.alive()]
         params = param_count(self._table, self.pairs, counts)
         figures: dict[str, float] = {
@@ -569,18 +635,121 @@ class NeuronElimination(CompressionCallback):
         metric = trainer.callback_metrics.get(self.monitor) if self.monitor is not None else None
         if metric is not None:
             figures["val_metric"] = float(metric)
+        judged = ""
+        if cost is not None:
+            figures.update(round_cost=cost.drop, round_cost_se=cost.se)
+            judged = f", cost {cost} on the guard's samples"
         self.history[-1]["figures"] = figures
         self.log_figures(trainer, figures)
         rank_zero_info(
             f"NeuronElimination round {self._round + 1}/{self.rounds} (tolerance {self.tolerances[self._round]:.2e}): "
             f"{eliminated} neurons eliminated, {params:,} parameters ({figures['params_fraction']:.2%}), widths "
-            f"{counts}."
+            f"{counts}{judged}."
         )
         _, target = self._params_goal()
         if target is not None and params <= target:
             self._stopped = True
             self._stop_reason = f"it reached target_params={self.target_params}"
             rank_zero_info("NeuronElimination reached `target_params`; annealing stops.")
+
+    @staticmethod
+    def _leading(records: list[RoundRecord], share: float) -> list[RoundRecord]:
+        """The same leading ``share`` of every pair's eliminations, in the order they were chosen.
+
+        A leading part of a greedy round is itself a valid round: each elimination's survivors are the neurons alive
+        when it was chosen, and the ones chosen after it only add to the redistributed columns. A share above 0
+        keeps at least one elimination (the largest record's first).
+        """
+        counts = [math.floor(share * len(r.eliminations) + 1e-9) for r in records]
+        if share > 0 and records and not any(counts):
+            counts[max(range(len(records)), key=lambda i: len(records[i].eliminations))] = 1
+        return [RoundRecord(r.pair, r.eliminations[:n]) for r, n in zip(records, counts, strict=True)]
+
+    def _outcomes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The event guard's per-sample outcomes of the model as it is (BatchNorm statistics re-estimated first)."""
+        self.recalibrate_norms(trainer, pl_module, "NeuronElimination", quiet=True)
+        assert self.event_guard is not None  # noqa: S101 - only under the event guard
+        return self.event_guard.outcomes(pl_module)
+
+    @compression_event("round")
+    def _guarded_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A round as large as the event guard allows: the whole round, or the largest leading share within budget.
+
+        The share is bisected from the weights as they are now (the training since the last round is kept); with no
+        share that fits, nothing is eliminated and annealing stops.
+        """
+        guard = self.event_guard
+        assert guard is not None  # noqa: S101 - only under the event guard
+        module = self.target_module(pl_module)
+        alive_before = self.alive()
+        records = self._decide(trainer, pl_module, module)
+        total = sum(len(r.eliminations) for r in records)
+        if total == 0:
+            self._apply_round(trainer, pl_module, records, alive_before)
+            return
+        written = self._written_layers()
+        saved = {k: v.detach().clone() for k, v in module.state_dict().items() if k.rpartition(".")[0] in written}
+        saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+
+        @torch.no_grad()
+        def restore() -> None:
+            module.load_state_dict(saved, strict=False)
+            buffers = dict(module.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
+            self._refresh_masks(pl_module)
+
+        largest = 1.0 if self._elimination_cap is None else min(1.0, self._elimination_cap / total)
+        chosen: tuple[float, EventCost] | None = None
+        if trainer.is_global_zero:
+            guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
+            before = self._outcomes(trainer, pl_module)
+            guard.begin(before)
+
+            def attempt(share: float) -> EventCost:
+                restore()
+                self._redistribute(trainer, pl_module, self._leading(records, share), alive_before)
+                try:
+                    return guard.judge(before, self._outcomes(trainer, pl_module))
+                finally:
+                    self.history.pop()
+
+            first = attempt(largest)
+            if first.within:
+                chosen = (largest, first)
+            else:
+                lo, hi, smallest = 0.0, largest, first
+                for _ in range(self.backoff_steps):
+                    mid = (lo + hi) / 2
+                    if sum(len(r.eliminations) for r in self._leading(records, mid)) == 0:
+                        break
+                    cost = attempt(mid)
+                    if cost.within:
+                        lo, chosen = mid, (mid, cost)
+                    else:
+                        hi, smallest = mid, cost
+                if chosen is None:
+                    chosen = (0.0, smallest)
+            restore()
+        chosen = self.broadcast(trainer, chosen)
+        assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+        share, cost = chosen
+        kept = self._leading(records, share)
+        count = sum(len(r.eliminations) for r in kept)
+        if count == 0:
+            self._stopped = True
+            self._stop_reason = (
+                f"round {self._round + 1}'s smallest share tried cost {cost} on the guard's samples: with one standard "
+                f"error more than the {100 * guard.allowance:.2f} pt left of its {100 * guard.budget:g}-pt budget"
+            )
+            rank_zero_info(f"NeuronElimination holds its neurons: {self._stop_reason}.")
+            return
+        if count < total:  # backed off: later rounds eliminate no more than what fit
+            self._elimination_cap = count
+        elif self._elimination_cap is not None:
+            self._elimination_cap *= 2
+        guard.accept(cost)
+        self._apply_round(trainer, pl_module, kept, alive_before, cost)
 
     def _shrink_round(
         self, trainer: pl.Trainer, module: nn.Module, alive_before: list[list[int]], records: list[RoundRecord]
@@ -602,7 +771,7 @@ class NeuronElimination(CompressionCallback):
     @override
     @compression_event("validation_check")
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.accuracy_budget is None or self._finished:
+        if self.accuracy_budget is None or self._finished or self.event_guard is not None:
             return
         # The sanity check's validation runs before the first step: the metric is found (or refused) there already.
         first = not self._monitor_resolved and (trainer.sanity_checking or not self.should_skip(trainer))
@@ -667,7 +836,10 @@ class NeuronElimination(CompressionCallback):
         if self.guard_snapshot is not None:
             self._stop_reason = self._stop_reason or "its window ended (the last round was kept without a validation)"
             self.guard_snapshot = None
-        if not self._stop_reason and self.accuracy_budget is not None and self.guard.best is None:
+        if self.event_guard is not None:
+            self.event_guard.release()
+        guard_waited = self.event_guard is None and self.guard.best is None
+        if not self._stop_reason and self.accuracy_budget is not None and guard_waited:
             self._stop_reason = (
                 "no validation ran during the fit to give its accuracy guard a baseline (validate more often, e.g. "
                 "`check_val_every_n_epoch=1`, or pass `accuracy_budget=None`)"
@@ -749,6 +921,8 @@ class NeuronElimination(CompressionCallback):
             "monitor": self.guard.monitor,
             "mode": self.guard.mode,
             "stop_reason": self._stop_reason,
+            "spent": None if self.event_guard is None else self.event_guard.spent,
+            "elimination_cap": self._elimination_cap,
             "dense_params": self._dense_params,
             "dense_fp32_bytes": self._dense_fp32_bytes,
             "original_shapes": dict(self._original_shapes),
@@ -775,6 +949,9 @@ class NeuronElimination(CompressionCallback):
             self._cap_tolerances()
         self.guard.load_state_dict({k: state_dict[k] for k in ("monitor", "mode", "best") if k in state_dict})
         self._stop_reason = str(state_dict.get("stop_reason", ""))
+        if self.event_guard is not None:
+            self.event_guard.spent = float(state_dict.get("spent") or 0.0)
+        self._elimination_cap = state_dict.get("elimination_cap")
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
         self._original_shapes = {n: list(v) for n, v in state_dict.get("original_shapes", {}).items()}
