@@ -427,8 +427,8 @@ def _guarded_fit(tmp_path: Path, callback: lc.SuccessivePruning, epochs: int = 6
     return model
 
 
-def test_default_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
-    callback = lc.SuccessivePruning()
+def test_validation_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning(guard="validation")
     assert callback.guard is not None
     model = _guarded_fit(tmp_path, callback)
     assert callback.guard.best is not None
@@ -441,7 +441,7 @@ def test_default_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) ->
 
 
 def test_guard_undoes_the_stages_since_the_last_validation_and_holds(tmp_path: Path) -> None:
-    callback = lc.SuccessivePruning(stages=[0.3, 0.99], accuracy_budget=0.0, monitor="val/acc")
+    callback = lc.SuccessivePruning(stages=[0.3, 0.99], accuracy_budget=0.0, monitor="val/acc", guard="validation")
     model = _guarded_fit(tmp_path, callback)
     assert callback._stopped
     assert "undone" in callback._stop_reason
@@ -465,8 +465,8 @@ def _zeros(model: lc.ImageClassifier) -> float:
     return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
 
 
-def test_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
-    callback = lc.SuccessivePruning(guard="event")
+def test_default_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
+    callback = lc.SuccessivePruning()
     assert callback.event_guard is not None
     model = _guarded_fit(tmp_path, callback)
     assert _val_accuracy(model, loaders()[1]) > 0.8  # the judged measure is well above chance (0.25)
@@ -596,7 +596,9 @@ def test_a_low_validation_with_no_stage_since_the_snapshot_rewinds_nothing(tmp_p
     # sanity check, epoch 0 (baseline), epoch 1 (stage judged), epoch 2: a dip
     model = _scripted_validation([0.9, 0.9, 0.9, 0.5])
     train, val = loaders()
-    callback = lc.SuccessivePruning(stages=[0.3], accuracy_budget=0.01, monitor="val_acc", final_fraction=0.6)
+    callback = lc.SuccessivePruning(
+        stages=[0.3], accuracy_budget=0.01, monitor="val_acc", final_fraction=0.6, guard="validation"
+    )
     seen: dict[str, torch.Tensor] = {}
 
     def weights() -> torch.Tensor:
@@ -618,7 +620,8 @@ def test_a_low_validation_with_no_stage_since_the_snapshot_rewinds_nothing(tmp_p
 def test_batchnorm_is_not_re_estimated_when_nothing_was_compressed(tmp_path: Path) -> None:
     net, model = _batchnorm_model()
     train, val = loaders()
-    callback = lc.SuccessivePruning()  # guarded: no validation before its stages are due, so it prunes nothing
+    # the validation guard: no validation before its stages are due, so it prunes nothing
+    callback = lc.SuccessivePruning(guard="validation")
     kwargs = trainer_kwargs(tmp_path, max_epochs=2, check_val_every_n_epoch=10, num_sanity_val_steps=0)
     pl.Trainer(callbacks=[callback], **kwargs).fit(model, train, val)
     assert not callback.history
@@ -631,7 +634,9 @@ def test_an_undo_rewinds_every_parameter_not_only_the_pruned_ones(tmp_path: Path
     # sanity check, epoch 0 (the baseline and the snapshot), epoch 1: over budget
     model = _scripted_validation([0.9, 0.9, 0.5])
     train, val = loaders()
-    callback = lc.SuccessivePruning(stages=[0.5], parameters="weights", accuracy_budget=0.01, monitor="val_acc")
+    callback = lc.SuccessivePruning(
+        stages=[0.5], parameters="weights", accuracy_budget=0.01, monitor="val_acc", guard="validation"
+    )
     biases: list[torch.Tensor] = []
 
     class Probe(pl.Callback):

@@ -4,7 +4,7 @@ SuRP (Isik, No, Weissman 2021/22): pruning by successive refinement in stages of
 retraining between them, and a real entropy-coded bitstream (codec ``surp``) for the artifact.
 
 Over 450 lines: the class docstring (the method's user documentation) and the stage schedule, the bit-budget search
-over the final stream, two guards (the validation guard and the opt-in event guard, until one replaces the other)
+over the final stream, two guards (the default event guard and the former validation guard, kept as an option)
 and resuming; the refinement is in ``functional.successive_pruning``, the
 stream in ``codec.surp``.
 """
@@ -77,20 +77,21 @@ class SuccessivePruning(CompressionCallback):
     coded on rank 0 and broadcast (a few bytes per survivor), so every rank holds the same weights.
 
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
-    towards 95% while a validation metric stays within 1 point of its best (2% of the best for a loss; the metric
-    is found by name like NeuronElimination's): the first stage waits for a validation (the baseline), and a
-    validation that falls further than the budget undoes every stage since the previous validation (weights and
-    masks restored) and holds the sparsity there; the final stream keeps that support. One line at the end says
-    where it stopped and why. A fit without a validation loop is refused before the first step (pass validation
-    data, or a ``target_sparsity`` to prune that far unguarded).
+    towards 95% while every stage's own cost fits a 1-point budget
+    (:class:`~lightning_compress.callbacks.guard.EventGuard`, ``guard="event"``): the model right before the stage
+    against right after it, on the same cached validation samples, whatever the fit's validation schedule. A stage
+    over budget is bisected between the sparsity before it and its target from the same weights (the training
+    since the last stage is kept), later stages take steps no larger (twice as large after a whole step fits),
+    and the stages stop only when no step fits; the final stream keeps the support reached. One line at the end
+    says where it stopped and why. A fit without validation data is refused before the first step (pass
+    validation data, or a ``target_sparsity`` to prune that far unguarded). Measured against the former default
+    in ``docs/defaults.md``: in short fits it prunes where that one pruned nothing; in longer ones it stops
+    earlier (the immediate cost of a stage is judged, not what the retraining after it wins back).
 
-    ``guard="event"`` (being measured; see ``docs/defaults.md``) judges every stage by its own cost instead
-    (:class:`~lightning_compress.callbacks.guard.EventGuard`): the model right before the stage against right after
-    it, on the same cached validation samples, whatever the fit's validation schedule; a stage over budget is
-    bisected between the sparsity before it and its target from the same weights (the training since the last
-    stage is kept), later stages take steps no larger, and the stages stop only when no step fits. In short fits it
-    prunes where the validation guard prunes nothing; in longer ones it stops earlier (the immediate cost of a
-    stage is judged, not what the retraining after it wins back).
+    ``guard="validation"`` (the former default) compares a validation metric with its best instead (within 1 point;
+    2% of the best for a loss; the metric found by name like NeuronElimination's): the first stage waits for a
+    validation (the baseline), and a validation that falls further undoes every stage since the previous
+    validation (weights and masks restored) and holds the sparsity there.
 
     Args:
         target_sparsity: final fraction of zeros among the selected tensors, in (0, 1); ``None`` (default): 0.95,
@@ -110,13 +111,13 @@ class SuccessivePruning(CompressionCallback):
             parameter/module names.
         stages: explicit stage sparsities (increasing, the last one is the target); default the paper's list.
         final_fraction: fraction of the window after the last stage (fine-tuning at the target).
-        accuracy_budget: largest drop of ``monitor`` from its best before the stages since the last validation are
-            undone (with ``guard="event"``: what the stages may cost together on the guard's samples);
-            ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
-        monitor: validation metric of the guard; ``None``: found by name at the first validation.
+        accuracy_budget: what the stages may cost together on the event guard's samples (with
+            ``guard="validation"``: the largest drop of ``monitor`` from its best before the stages since the last
+            validation are undone); ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
+        monitor: validation metric of ``guard="validation"``; ``None``: found by name at the first validation.
         mode: ``"max"`` or ``"min"`` for ``monitor``; ``None``: from its name.
-        guard: ``"validation"`` (default: a validation metric against its best) or ``"event"`` (each stage judged
-            by its own cost on cached validation samples).
+        guard: ``"event"`` (default: each stage judged by its own cost on cached validation samples) or
+            ``"validation"`` (a validation metric against its best).
         backoff_steps: with ``guard="event"``, bisection steps of a stage over budget (each one more pass over the
             guard's samples).
         start: where the window starts, as a fraction of the fit's optimizer steps (default 0, or after
@@ -150,7 +151,7 @@ class SuccessivePruning(CompressionCallback):
         accuracy_budget: float | str | None = "auto",
         monitor: str | None = None,
         mode: str | None = None,
-        guard: str = "validation",
+        guard: str = "event",
         backoff_steps: int = 4,
         start: float | None = None,
         end: float | None = None,
@@ -250,7 +251,7 @@ class SuccessivePruning(CompressionCallback):
         require_validation(self.owner, trainer, pl_module, self.guard, "its sparsity", instead)
         if self.event_guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
             raise ValueError(
-                "SuccessivePruning(guard='event') judges each stage on validation samples, "
+                "SuccessivePruning's accuracy guard judges each stage on validation samples, "
                 "and this fit has no validation data (none given to `fit`, or `limit_val_batches=0`). Pass validation "
                 "data to `fit`, or give `target_sparsity=` (or `bit_budget=`) to prune that far unguarded."
             )
@@ -334,6 +335,13 @@ class SuccessivePruning(CompressionCallback):
         budget, the step is bisected between the sparsity before it and its target (from the same weights: the
         training since the last stage is kept); later stages take steps no larger than the one that fit. With no
         step that fits, the sparsity is held where it is and the stages stop.
+
+        A guarded stage writes the refinement's support only: the surviving weights keep their trained values, and
+        the stream's values are written once, at the end (our design). Rewriting every survivor to its
+        reconstruction, as an unguarded stage does, costs accuracy that the retraining after it wins back, and the
+        guard would count it against the stage. In 2-epoch Fashion-MNIST fits (12,000 images) the support-only
+        stages compressed more at no greater cost: the MLP 9.6x at 0.42 pt against 6.3x at 0.81 pt (7 and 6 seeds),
+        LeNet-5 6.6x at 0.96 pt against 4.5x at 1.34 pt (3 seeds).
         """
         assert self.event_guard is not None  # noqa: S101 - only under the event guard
         pl_module = trainer.lightning_module
@@ -364,7 +372,7 @@ class SuccessivePruning(CompressionCallback):
 
             def attempt(sparsity: float) -> EventCost:
                 restore()
-                self._prune_to(pl_module, self._names, sparsity)
+                self._prune_to(pl_module, self._names, sparsity, values=False)
                 return self.event_guard.judge(before, self._outcomes(trainer, pl_module))  # type: ignore[union-attr]
 
             full = attempt(target)
@@ -402,7 +410,7 @@ class SuccessivePruning(CompressionCallback):
         elif self._step_cap is not None:  # a whole step fit: the next may be twice as large
             self._step_cap *= 2
         self.event_guard.accept(cost)
-        self._prune_to(pl_module, self._names, sparsity)
+        self._prune_to(pl_module, self._names, sparsity, values=False)
         self.changed_weights = True
         figures = {
             "stage": float(self._stage + 1),
@@ -486,7 +494,9 @@ class SuccessivePruning(CompressionCallback):
         return payload[0], payload[1], result
 
     @torch.no_grad()
-    def _write(self, pl_module: nn.Module, names: list[str], result: SurpResult, norms: list[float]) -> None:
+    def _write(
+        self, pl_module: nn.Module, names: list[str], result: SurpResult, norms: list[float], values: bool = True
+    ) -> None:
         """Put ``sign * recon * norm`` into the named tensors (as the ``surp`` codec decodes it); hold their zeros.
 
         ``recon`` is float64; the product is taken in float64 and rounded to the tensor's dtype once, so the
@@ -504,21 +514,25 @@ class SuccessivePruning(CompressionCallback):
             else:
                 assert result.residual is not None  # noqa: S101 - recon or residual, one of the two
                 piece = magnitude(param, norm).sub_(result.residual[offset : offset + n].to(param.device))
-            piece = piece.reshape(param.shape)
-            values = param.detach().sign().to(torch.float64).mul_(piece).mul_(norm)
-            param.copy_(values)
-            masks[name] = piece != 0
+            kept = piece.reshape(param.shape) != 0
+            if values:  # the reconstruction; otherwise (a guarded stage) the support only
+                param.copy_(param.detach().sign().to(torch.float64).mul_(piece.reshape(param.shape)).mul_(norm))
+            else:
+                param.mul_(kept)
+            masks[name] = kept
             offset += n
         self.holds.hold_support(self.target_module(pl_module), masks)
 
-    def _prune_to(self, pl_module: nn.Module, names: list[str], sparsity: float | None) -> SurpResult:
+    def _prune_to(
+        self, pl_module: nn.Module, names: list[str], sparsity: float | None, values: bool = True
+    ) -> SurpResult:
         """One pruning stage's refinement written into the weights, its zeros held.
 
         A pruning stage writes no stream: every rank refines the same weights (DDP keeps them identical) with
         device-independent decisions, so no bytes are coded, decoded or sent.
         """
         result, norms = self._refine(self._params(pl_module, names), sparsity, stream=False)
-        self._write(pl_module, names, result, norms)
+        self._write(pl_module, names, result, norms, values)
         return result
 
     @compression_event("stage")
