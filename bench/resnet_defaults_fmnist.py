@@ -38,8 +38,9 @@ CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
     "dense, BatchNorm re-estimated": None,
     "NeuronElimination()": lambda: lc.NeuronElimination(verbose=False),
     "SuccessivePruning()": lambda: lc.SuccessivePruning(),
-    # the guard that judges each stage by its own cost on cached validation samples (opt-in while it is measured)
-    "SuccessivePruning(guard='event')": lambda: lc.SuccessivePruning(guard="event"),
+    # the former default guards: a validation metric against its best (the defaults now judge each event's own cost)
+    "SuccessivePruning(guard='validation')": lambda: lc.SuccessivePruning(guard="validation"),
+    "NeuronElimination(guard='validation')": lambda: lc.NeuronElimination(guard="validation", verbose=False),
     "Ternarization()": lambda: lc.Ternarization(),
     "WeightSharing()": lambda: lc.WeightSharing(progress=False),
 }
