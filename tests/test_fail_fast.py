@@ -142,7 +142,7 @@ def test_explicit_monitor_that_is_never_logged_is_named(tmp_path: Path) -> None:
     assert not callback.history  # refused at the sanity check's validation, before the first step
 
 
-def test_default_guard_finds_the_metric_whatever_its_name(tmp_path: Path) -> None:
+def test_validation_guard_finds_the_metric_whatever_its_name(tmp_path: Path) -> None:
     class Renamed(lc.ImageClassifier):
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
@@ -150,7 +150,7 @@ def test_default_guard_finds_the_metric_whatever_its_name(tmp_path: Path) -> Non
 
     model = Renamed(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
     train, val = loaders()
-    callback = lc.NeuronElimination(verbose=False)
+    callback = lc.NeuronElimination(guard="validation", verbose=False)
     pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
     assert callback.monitor == "my_val_accuracy"
     assert callback.mode == "max"

@@ -79,7 +79,7 @@ def test_the_plan_is_visible_before_training(tmp_path: Path) -> None:
     assert [r["steps"] for r in rows] == ["0-20", "20-40"]
     assert "shrink at step 20" in rows[0]["events"]
     assert rows[0]["guard"].startswith("none")
-    assert "drop <= 0.01" in rows[1]["guard"]
+    assert "own cost, all within 0.01" in rows[1]["guard"]
     assert plan.leader is surp  # the first compression callback given leads
     assert "NeuronElimination" in str(plan)
     assert plan.table().row_count == 2

@@ -125,8 +125,9 @@ class NeuronElimination(CompressionCallback):
         monitor: validation metric of ``guard="validation"``; ``None``: the first logged metric with ``val`` in its
             name, accuracy-like names first.
         mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like) for ``monitor``; ``None``: from its name.
-        guard: ``"event"`` (default: each round judged by its own cost on cached validation samples) or
-            ``"validation"`` (a validation metric against its best).
+        guard: ``"event"`` (each round judged by its own cost on cached validation samples) or ``"validation"``
+            (a validation metric against its best); ``None`` (default): ``"validation"`` when ``monitor`` is given,
+            else ``"event"``.
         backoff_steps: with ``guard="event"``, bisection steps of a round over budget (each one more pass over the
             guard's samples).
         layers: restrict to these producer module names (relative to the compressed module).
@@ -176,7 +177,7 @@ class NeuronElimination(CompressionCallback):
         accuracy_budget: float | str | None = "auto",
         monitor: str | None = None,
         mode: str | None = None,
-        guard: str = "event",
+        guard: str | None = None,
         backoff_steps: int = 4,
         layers: Sequence[str] | None = None,
         calibration_batches: int | None = None,
@@ -209,7 +210,9 @@ class NeuronElimination(CompressionCallback):
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
         check_choice("mode", mode, ("max", "min"), allow_none=True)
-        check_choice("guard", guard, ("validation", "event"))
+        check_choice("guard", guard, ("validation", "event"), allow_none=True)
+        # naming the metric to watch asks for the guard that watches one
+        guard = guard or ("validation" if monitor is not None else "event")
         check_number("backoff_steps", backoff_steps, low=0, integer=True)
         check_number("unguarded_tolerance", unguarded_tolerance, low=0, low_open=True, high=1)
         check_names("layers", layers)

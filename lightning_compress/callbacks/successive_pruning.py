@@ -116,8 +116,9 @@ class SuccessivePruning(CompressionCallback):
             validation are undone); ``"auto"`` (default): 0.01 unless a target is given; ``None``: no guard.
         monitor: validation metric of ``guard="validation"``; ``None``: found by name at the first validation.
         mode: ``"max"`` or ``"min"`` for ``monitor``; ``None``: from its name.
-        guard: ``"event"`` (default: each stage judged by its own cost on cached validation samples) or
-            ``"validation"`` (a validation metric against its best).
+        guard: ``"event"`` (each stage judged by its own cost on cached validation samples) or ``"validation"``
+            (a validation metric against its best); ``None`` (default): ``"validation"`` when ``monitor`` is given,
+            else ``"event"``.
         backoff_steps: with ``guard="event"``, bisection steps of a stage over budget (each one more pass over the
             guard's samples).
         start: where the window starts, as a fraction of the fit's optimizer steps (default 0, or after
@@ -151,7 +152,7 @@ class SuccessivePruning(CompressionCallback):
         accuracy_budget: float | str | None = "auto",
         monitor: str | None = None,
         mode: str | None = None,
-        guard: str = "event",
+        guard: str | None = None,
         backoff_steps: int = 4,
         start: float | None = None,
         end: float | None = None,
@@ -165,7 +166,9 @@ class SuccessivePruning(CompressionCallback):
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ValueError(f"`monitor` must be None (found automatically) or a metric name, got {monitor!r}.")
         check_choice("mode", mode, ("max", "min"), allow_none=True)
-        check_choice("guard", guard, ("validation", "event"))
+        check_choice("guard", guard, ("validation", "event"), allow_none=True)
+        # naming the metric to watch asks for the guard that watches one
+        guard = guard or ("validation" if monitor is not None else "event")
         check_number("backoff_steps", backoff_steps, low=0, integer=True)
         check_number("bit_budget", bit_budget, low=64, integer=True, allow_none=True)
         check_number("alpha", alpha, low=0, low_open=True)
