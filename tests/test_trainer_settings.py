@@ -63,3 +63,64 @@ def test_callback_under_trainer_setting(tmp_path: Path, method: str, setting: st
         assert {r.codec for r in lc.read_artifact(path).tensors} == {"dense"}
     else:
         assert _compressed(method, model.backbone, path)
+
+
+class _Indexed(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Blobs as (inputs, targets, index): the fit records which samples each epoch saw."""
+
+    def __init__(self) -> None:
+        self.x, self.y = blobs(256).tensors
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.x[i], self.y[i], i
+
+
+def test_calibration_reads_its_own_batches_not_the_fits_live_iterator(tmp_path: Path) -> None:
+    """With persistent workers, an ``iter()`` of the fit's own loader mid-epoch would restart the fit's epoch."""
+    seen: list[list[int]] = []
+
+    class Recording(lc.ImageClassifier):
+        def on_train_epoch_start(self) -> None:
+            seen.append([])
+
+        def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+            x, y, index = batch  # type: ignore[misc]
+            seen[-1].extend(index.tolist())
+            return super().training_step((x, y), batch_idx)
+
+    torch.manual_seed(0)
+    model = Recording(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    train = torch.utils.data.DataLoader(_Indexed(), batch_size=32, shuffle=True, num_workers=1, persistent_workers=True)
+    # rounds and BatchNorm-free calibration passes land mid-epoch: every epoch must still see each sample once
+    callback = lc.NeuronElimination(target_params=0.5, rounds=6, min_rows_per_neuron=2, verbose=False)
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train)
+    assert callback.compressed
+    assert [sorted(epoch) for epoch in seen] == [list(range(256))] * 2
+
+
+def test_calibration_and_the_guard_see_batches_through_the_transfer_hooks(tmp_path: Path) -> None:
+    """A model that needs its LightningModule's ``on_after_batch_transfer`` (here: flat inputs from 4x4 ones)."""
+
+    class Reshaping(lc.ImageClassifier):
+        def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+            x, y = batch  # type: ignore[misc]
+            return x.reshape(len(x), -1), y
+
+    def square(data: torch.utils.data.TensorDataset) -> torch.utils.data.TensorDataset:
+        x, y = data.tensors
+        return torch.utils.data.TensorDataset(x.reshape(-1, 4, 4), y)
+
+    torch.manual_seed(0)
+    model = Reshaping(mlp(hidden=64), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    train = torch.utils.data.DataLoader(square(blobs(512)), batch_size=32, shuffle=True)
+    val = torch.utils.data.DataLoader(square(blobs(512, sample_seed=100)), batch_size=128)
+    # NeuronElimination calibrates on training batches; SuccessivePruning's default guard scores validation ones
+    callbacks = [
+        lc.NeuronElimination(target_params=0.5, rounds=3, min_rows_per_neuron=2, verbose=False),
+        lc.SuccessivePruning(),
+    ]
+    pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
+    assert all(cb.compressed for cb in callbacks)

@@ -3,7 +3,10 @@
 The statistics are re-estimated after a method replaced weights.
 
 How a batch becomes the forward's arguments: the callback's ``forward_inputs``, else the LightningModule's
-``lc_forward_inputs(batch)``, else the batch's first element.
+``lc_forward_inputs(batch)``, else the batch's first element. Every batch a callback reads (training or validation)
+comes from an iterator of its own over the fit's data (:func:`own_loader`) and goes through what the fit's steps
+apply to it: the precision plugin's input conversion and the LightningModule's batch transfer hooks
+(:func:`as_the_fit_sees`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_compress.functional.batchnorm import batch_norms, recalibrate_batch_norms_
 from lightning_compress.functional.forward import (
@@ -27,8 +31,10 @@ from lightning_compress.functional.forward import (
 __all__ = [
     "FORWARD_INPUTS_ATTR",
     "NORM_CALIBRATION_BATCHES",
+    "as_the_fit_sees",
     "check_forward",
     "has_validation",
+    "own_loader",
     "recalibrate_norms",
     "resolve_forward_inputs",
     "training_inputs",
@@ -55,6 +61,52 @@ def resolve_forward_inputs(forward_inputs: ForwardInputs | None, pl_module: nn.M
     return hook if callable(hook) else default_forward_inputs
 
 
+def own_loader(loader: Any) -> Any:
+    """The same data as ``loader``, read through an iterator of its own (never the one the fit is reading).
+
+    ``iter()`` on a DataLoader with ``persistent_workers=True`` resets the workers' iterator, the one the fit loop
+    is reading mid-epoch. A DataLoader over the same dataset, batch sampler, collate function and workers (not
+    persistent: nothing is left running) reads the same batches and leaves the fit's alone; it draws its seeds as
+    the loader itself would, so the batches are those an ``iter()`` of it would give. Other iterables are returned
+    as they are.
+
+    Examples:
+        >>> loader = DataLoader(list(range(6)), batch_size=4)
+        >>> [b.tolist() for b in own_loader(loader)], own_loader(loader) is loader
+        ([[0, 1, 2, 3], [4, 5]], False)
+    """
+    if not isinstance(loader, DataLoader):
+        return loader
+    common: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+    }
+    if isinstance(loader.dataset, IterableDataset):
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **common)
+    if loader.batch_sampler is None:  # no automatic batching: the sampler gives whole batches
+        return DataLoader(loader.dataset, batch_size=None, sampler=loader.sampler, **common)
+    return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
+
+
+def as_the_fit_sees(trainer: pl.Trainer, batch: Any) -> Any:
+    """``batch`` as the fit's steps receive it: the precision plugin's conversion, then the transfer hooks.
+
+    The same calls, in the same order, as Lightning's training and evaluation loops (``convert_input``,
+    ``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``).
+    """
+    batch = trainer.precision_plugin.convert_input(batch)
+    module = trainer.lightning_module
+    if module is None:
+        return batch
+    batch = module._on_before_batch_transfer(batch, dataloader_idx=0)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+
 def training_inputs(
     trainer: pl.Trainer, to_inputs: ForwardInputs, batches: int, who: str, shard: bool = False
 ) -> Iterator[Any]:
@@ -71,11 +123,11 @@ def training_inputs(
     if loader is None:
         raise RuntimeError(f"{who} calibrates on training data: pass `train_dataloaders` or a datamodule to `fit`.")
     world, rank = (trainer.world_size, trainer.global_rank) if shard else (1, 0)
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(own_loader(loader)):
         if i >= batches:
             return
         if i % world == rank:
-            yield to_inputs(batch)
+            yield to_inputs(as_the_fit_sees(trainer, batch))
 
 
 def check_forward(trainer: pl.Trainer, module: nn.Module, to_inputs: ForwardInputs, who: str) -> Any:

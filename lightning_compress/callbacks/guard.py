@@ -7,13 +7,14 @@ After each validation the metric is compared with its best so far; a drop larger
 accuracy; 2% of the best value of a loss, for the default guard) tells the callback to undo what it did since the
 last validation and stop. :class:`MetricGuard` holds that logic and its state (plain data); :func:`guard_validation`
 runs it for a callback that acts in counted steps (stages, cuts), with the snapshot it goes back to, and
-:func:`require_validation` refuses a guard in a fit without validation, before the first step. Every guarded
-callback (SuccessivePruning, RateAware, NeuronElimination) judges with :class:`MetricGuard` by default.
+:func:`require_validation` refuses a guard in a fit without validation, before the first step. RateAware judges
+with :class:`MetricGuard`; SuccessivePruning and NeuronElimination with it when asked (``guard="validation"``).
 
-:class:`EventGuard` judges a compression event itself instead: the model right before it against right after it,
-on the same cached validation samples (``SuccessivePruning(guard="event")``, opt-in while it is measured).
+:class:`EventGuard` judges a compression event itself: the model right before it against right after it, on the
+same cached validation samples. It is the default guard of SuccessivePruning (stages) and NeuronElimination
+(rounds).
 
-Over 450 lines, just: the two guards share this room until the event guard replaces the validation guard.
+Over 450 lines, just: the two guards share this room until RateAware's cuts move to the event guard.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
@@ -28,7 +30,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from lightning_compress.callbacks.calibration import has_validation
+from lightning_compress.callbacks.calibration import as_the_fit_sees, has_validation, own_loader
 from lightning_compress.callbacks.holds import Holds
 from lightning_compress.callbacks.plan import should_skip
 from lightning_compress.callbacks.validation import ValidationScorer, validation_loader
@@ -384,7 +386,7 @@ class EventGuard:
         was_training = model.training
         model.eval()
         try:
-            for batch in validation_loader(trainer) or []:
+            for batch in map(partial(as_the_fit_sees, trainer), own_loader(validation_loader(trainer) or [])):
                 x = to_device(to_inputs(batch), device)
                 rows = call_forward(model, x)
                 rows = rows.reshape(-1, rows.shape[-1]) if rows.dim() >= 2 else rows.reshape(-1, 1)

@@ -6,8 +6,8 @@ contribution redistributed onto the survivors (Shah, Olivier, Raj 2020). The alg
 
 Over 450 lines: the class docstring is the method's user documentation (about 95 lines) and its 20 arguments take
 about 100 lines of checks and state; the rest is the round schedule, the mid-fit shrink with optimizer rebuild, the
-undo of a round the guard refuses (to be replaced by the shared guard that judges the compression event itself),
-and resuming. The decisions and the surgery are in ``functional.neuron_elimination``, the table in ``report``.
+two guards (the event guard's back-off of a round, the validation guard's undo, kept as an option) and resuming.
+The decisions and the surgery are in ``functional.neuron_elimination``, the table in ``report``.
 """
 
 from __future__ import annotations
