@@ -648,3 +648,25 @@ def test_an_undo_rewinds_every_parameter_not_only_the_pruned_ones(tmp_path: Path
     assert callback._stopped
     assert "undone" in callback._stop_reason
     assert torch.equal(biases[-1], biases[-2])  # back to the epoch-0 validation's biases
+
+
+def test_an_undo_rewinds_the_optimizers_moments_with_the_weights(tmp_path: Path) -> None:
+    """Adam's moments of the discarded path would push the restored weights along it: they go back too."""
+    model = _scripted_validation([0.9, 0.9, 0.5])  # sanity check, epoch 0 (the snapshot), epoch 1: over budget
+    train, val = loaders()
+    callback = lc.SuccessivePruning(stages=[0.5], accuracy_budget=0.01, monitor="val_acc")
+    assert callback.guard is not None  # naming a metric asks for the validation guard
+    moments: list[torch.Tensor] = []
+
+    class Probe(pl.Callback):  # after the callback's own hooks: what the optimizer holds after each validation
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            state = trainer.optimizers[0].state
+            first = next(iter(model.backbone.parameters()))
+            if first in state:
+                moments.append(state[first]["exp_avg"].detach().clone())
+
+    kwargs = trainer_kwargs(tmp_path, max_epochs=2, limit_val_batches=1)
+    pl.Trainer(callbacks=[callback, Probe()], **kwargs).fit(model, train, val)
+    assert "undone" in callback._stop_reason
+    assert len(moments) == 2
+    assert torch.equal(moments[-1], moments[-2])  # back to the moments of the epoch-0 validation

@@ -230,7 +230,7 @@ def guard_validation(
 
     Finds the monitored metric at the first validation; then judges the drop from the best. Over budget, the
     snapshot of the last validation within budget is restored (every parameter of the compressed module, masks,
-    statistics).
+    statistics, and the optimizers' state of those parameters: the moments of the discarded path go too).
     Otherwise a snapshot is taken when ``position`` (steps done) moved since the last one.
 
     Returns:
@@ -256,6 +256,7 @@ def guard_validation(
         assert snapshot is not None  # noqa: S101 - undoable implies a snapshot
         restored = int(snapshot["position"])
         callback.holds.restore_snapshot(module, snapshot)
+        _restore_optimizer_state(trainer, module, snapshot["optimizer"])
         callback.log_figures(trainer, {f"undone_{unit}s": float(position - restored)})
         reason = (
             f"{guard.monitor} fell {drop:.4g} below its best (over its budget): the last {position - restored} "
@@ -265,8 +266,45 @@ def guard_validation(
     if snapshot is None or int(snapshot["position"]) != position:
         # every parameter, not only the compressed ones: an undo must not leave the others on the discarded path
         everything = [name for name, _ in module.named_parameters()]
-        callback.guard_snapshot = {"position": position, **callback.holds.take_snapshot(module, everything)}
+        callback.guard_snapshot = {
+            "position": position,
+            **callback.holds.take_snapshot(module, everything),
+            "optimizer": _optimizer_state(trainer, module),
+        }
     return None
+
+
+def _optimizer_state(trainer: pl.Trainer, module: nn.Module) -> list[dict[int, dict[str, Any]]]:
+    """Per optimizer: the state of each of ``module``'s parameters (by its index in the module), copied to the CPU."""
+    index = {id(p): i for i, p in enumerate(module.parameters())}
+    copies = []
+    for optimizer in trainer.optimizers:
+        copies.append(
+            {
+                index[id(p)]: {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in st.items()}
+                for p, st in optimizer.state.items()
+                if id(p) in index
+            }
+        )
+    return copies
+
+
+@torch.no_grad()
+def _restore_optimizer_state(trainer: pl.Trainer, module: nn.Module, copies: list[dict[int, dict[str, Any]]]) -> None:
+    """Put back :func:`_optimizer_state`'s copies; a parameter that had no state then has none again."""
+    params = list(module.parameters())
+    for optimizer, saved in zip(trainer.optimizers, copies, strict=False):
+        owned = {id(q) for group in optimizer.param_groups for q in group["params"]}
+        for param in params:
+            if id(param) in owned:
+                optimizer.state.pop(param, None)
+        for i, state in saved.items():
+            device = params[i].device
+            # Adam's "step" stays where the optimizer keeps it (the CPU unless capturable)
+            optimizer.state[params[i]] = {
+                k: (v.clone() if k == "step" else v.to(device, copy=True)) if torch.is_tensor(v) else v
+                for k, v in state.items()
+            }
 
 
 #: The share of what the model wins back between two events credited against their cost (see ``EventGuard.begin``).
