@@ -29,10 +29,12 @@ from lightning_compress.functional.forward import (
 )
 
 __all__ = [
+    "EVENT_NORM_BATCHES",
     "FORWARD_INPUTS_ATTR",
     "NORM_CALIBRATION_BATCHES",
     "as_the_fit_sees",
     "check_forward",
+    "event_norm_inputs",
     "has_validation",
     "own_loader",
     "recalibrate_norms",
@@ -44,6 +46,10 @@ __all__ = [
 FORWARD_INPUTS_ATTR = "lc_forward_inputs"
 #: Training batches the BatchNorm statistics are re-estimated on after a method replaced weights at the end of fit.
 NORM_CALIBRATION_BATCHES = 20
+#: Training batches a guarded event re-estimates the BatchNorm statistics on, for the model before it and for each of
+#: its trials: the same batches every time, so the paired comparison sees the weights' change and not two draws of
+#: batches, and few, because a back-off may try several candidates.
+EVENT_NORM_BATCHES = 8
 
 
 def resolve_forward_inputs(forward_inputs: ForwardInputs | None, pl_module: nn.Module) -> ForwardInputs:
@@ -99,8 +105,9 @@ def as_the_fit_sees(trainer: pl.Trainer, batch: Any) -> Any:
     The same calls, in the same order, as Lightning's training and evaluation loops (``convert_input``,
     ``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``).
     """
-    batch = trainer.precision_plugin.convert_input(batch)
-    module = trainer.lightning_module
+    plugin = getattr(trainer, "precision_plugin", None)  # a stand-in trainer (tests, tools) may have neither
+    batch = plugin.convert_input(batch) if plugin is not None else batch
+    module = getattr(trainer, "lightning_module", None)
     if module is None:
         return batch
     batch = module._on_before_batch_transfer(batch, dataloader_idx=0)
@@ -128,6 +135,17 @@ def training_inputs(
             return
         if i % world == rank:
             yield to_inputs(as_the_fit_sees(trainer, batch))
+
+
+def event_norm_inputs(trainer: pl.Trainer, module: nn.Module, to_inputs: ForwardInputs, who: str) -> list[Any]:
+    """The forward arguments one guarded event re-estimates BatchNorm statistics on (on the module's device).
+
+    Empty for a module without BatchNorm: nothing is read.
+    """
+    if not batch_norms(module):
+        return []
+    device = next(module.parameters()).device
+    return [to_device(x, device) for x in training_inputs(trainer, to_inputs, EVENT_NORM_BATCHES, who)]
 
 
 def check_forward(trainer: pl.Trainer, module: nn.Module, to_inputs: ForwardInputs, who: str) -> Any:

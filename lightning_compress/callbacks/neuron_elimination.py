@@ -26,11 +26,12 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.callbacks.calibration import has_validation
+from lightning_compress.callbacks.calibration import event_norm_inputs, has_validation
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, EventCost, EventGuard, MetricGuard
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import fp32_nbytes
+from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     LayerPair,
@@ -668,9 +669,14 @@ class NeuronElimination(CompressionCallback):
             counts[max(range(len(records)), key=lambda i: len(records[i].eliminations))] = 1
         return [RoundRecord(r.pair, r.eliminations[:n]) for r, n in zip(records, counts, strict=True)]
 
-    def _outcomes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
-        """The event guard's per-sample outcomes of the model as it is (BatchNorm statistics re-estimated first)."""
-        self.recalibrate_norms(trainer, pl_module, "NeuronElimination", quiet=True)
+    def _outcomes(self, pl_module: pl.LightningModule, norm_inputs: list[Any]) -> torch.Tensor:
+        """The event guard's per-sample outcomes of the model as it is.
+
+        Its BatchNorm statistics are re-estimated first, on ``norm_inputs`` (the same batches for every trial of an
+        event: :func:`~lightning_compress.callbacks.calibration.event_norm_inputs`).
+        """
+        if norm_inputs:
+            recalibrate_batch_norms_(self.target_module(pl_module), norm_inputs)
         assert self.event_guard is not None  # noqa: S101 - only under the event guard
         return self.event_guard.outcomes(pl_module)
 
@@ -706,14 +712,15 @@ class NeuronElimination(CompressionCallback):
         chosen: tuple[float, EventCost] | None = None
         if trainer.is_global_zero:
             guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
-            before = self._outcomes(trainer, pl_module)
+            norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
+            before = self._outcomes(pl_module, norm_inputs)
             guard.begin(before)
 
             def attempt(share: float) -> EventCost:
                 restore()
                 self._redistribute(trainer, pl_module, self._leading(records, share), alive_before)
                 try:
-                    return guard.judge(before, self._outcomes(trainer, pl_module))
+                    return guard.judge(before, self._outcomes(pl_module, norm_inputs))
                 finally:
                     self.history.pop()
 

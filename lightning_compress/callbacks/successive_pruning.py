@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.calibration import event_norm_inputs
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.guard import (
     DEFAULT_ACCURACY_BUDGET,
@@ -34,6 +35,7 @@ from lightning_compress.callbacks.guard import (
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
+from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.functional.successive_pruning import (
     SurpResult,
@@ -324,9 +326,14 @@ class SuccessivePruning(CompressionCallback):
         params = self._params(pl_module, self._names if names is None else names)
         return 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
 
-    def _outcomes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
-        """The guard's per-sample outcomes of the model as it is (BatchNorm statistics re-estimated first)."""
-        self.recalibrate_norms(trainer, pl_module, self.owner, quiet=True)
+    def _outcomes(self, pl_module: pl.LightningModule, norm_inputs: list[Any]) -> torch.Tensor:
+        """The event guard's per-sample outcomes of the model as it is.
+
+        Its BatchNorm statistics are re-estimated first, on ``norm_inputs`` (the same batches for every trial of an
+        event: :func:`~lightning_compress.callbacks.calibration.event_norm_inputs`).
+        """
+        if norm_inputs:
+            recalibrate_batch_norms_(self.target_module(pl_module), norm_inputs)
         assert self.event_guard is not None  # noqa: S101 - only under the event guard
         return self.event_guard.outcomes(pl_module)
 
@@ -370,13 +377,14 @@ class SuccessivePruning(CompressionCallback):
         chosen: tuple[float, EventCost] | None = None
         if trainer.is_global_zero:
             self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
-            before = self._outcomes(trainer, pl_module)
+            norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
+            before = self._outcomes(pl_module, norm_inputs)
             self.event_guard.begin(before)
 
             def attempt(sparsity: float) -> EventCost:
                 restore()
                 self._prune_to(pl_module, self._names, sparsity, values=False)
-                return self.event_guard.judge(before, self._outcomes(trainer, pl_module))  # type: ignore[union-attr]
+                return self.event_guard.judge(before, self._outcomes(pl_module, norm_inputs))  # type: ignore[union-attr]
 
             full = attempt(target)
             if full.within:
