@@ -13,7 +13,7 @@ import lightning_compress as lc
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, relaxed_bits, threshold_for_bits
 from lightning_compress.module import evaluate_accuracy
 from lightning_compress.representation import CompositionError
-from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, trainer_kwargs
+from tests.helpers.models import CrashAtEpoch, blobs, loaders, mlp, ordered_loaders, trainer_kwargs
 
 
 def _model() -> lc.ImageClassifier:
@@ -138,7 +138,7 @@ def test_target_smaller_than_the_rest_of_the_file_is_refused_before_the_first_st
 
 def test_guard_undoes_cuts_that_cost_more_than_the_budget(tmp_path: Path) -> None:
     train, val = loaders()
-    rate = lc.RateAware(accuracy_budget=0.0, events=8, final_fraction=0.2)
+    rate = lc.RateAware(accuracy_budget=0.0, events=8, final_fraction=0.2, guard="validation")
     model = _model()
     pl.Trainer(callbacks=[rate, _ws()], **trainer_kwargs(tmp_path, max_epochs=8)).fit(model, train, val)
     assert rate._stopped  # a zero budget: the first cut that costs anything is undone
@@ -149,7 +149,7 @@ def test_guard_undoes_cuts_that_cost_more_than_the_budget(tmp_path: Path) -> Non
 def test_under_a_guard_the_rate_term_waits_for_the_baseline(tmp_path: Path) -> None:
     """The rate term changes the weights: before the guard's first validation nothing would judge what it costs."""
     train, val = loaders()
-    rate = lc.RateAware(accuracy_budget=0.01, events=4, start=0.0)
+    rate = lc.RateAware(accuracy_budget=0.01, events=4, start=0.0, guard="validation")
     active: list[tuple[int, bool, bool]] = []
 
     class Probe(pl.Callback):
@@ -160,6 +160,35 @@ def test_under_a_guard_the_rate_term_waits_for_the_baseline(tmp_path: Path) -> N
     pl.Trainer(callbacks=[rate, _ws(), Probe()], **kwargs).fit(_model(), train, val)
     assert any(on for _, on, _ in active)  # the term ran once the baseline was there
     assert not any(on for _, on, baseline in active if not baseline)  # and never before it
+
+
+def test_event_guard_judges_every_cut_and_counts_what_is_lost_between_them(tmp_path: Path) -> None:
+    train, val = loaders()
+    val = torch.utils.data.DataLoader(blobs(2048, sample_seed=100), batch_size=256)  # a cost told from noise
+    rate = lc.RateAware(accuracy_budget=0.01, events=6, final_fraction=0.2)
+    assert rate.event_guard is not None  # the default guard with a budget: each cut's own cost
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
+    pl.Trainer(callbacks=[rate, _ws()], **trainer_kwargs(tmp_path, max_epochs=6)).fit(model, train, val)
+    model.eval()
+    with torch.no_grad():
+        accuracy = float(torch.cat([(model(x).argmax(1) == y).float() for x, y in val]).mean())
+    assert accuracy > 0.8  # judged on a model well above chance (0.25)
+    costs = [h["cut_cost"] for h in rate.history if "cut_cost" in h]
+    assert costs  # cuts were made, each judged
+    assert rate.event_guard.spent <= rate.event_guard.budget + 1e-9
+    flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
+    assert float((flat == 0).float().mean()) > 0.3  # and it compressed
+
+
+def test_event_guard_with_no_budget_left_holds_the_support(tmp_path: Path) -> None:
+    train, val = loaders()
+    rate = lc.RateAware(accuracy_budget=0.0, events=6, final_fraction=0.2, backoff_steps=2)
+    model = _model()
+    pl.Trainer(callbacks=[rate, _ws()], **trainer_kwargs(tmp_path, max_epochs=6)).fit(model, train, val)
+    assert rate._stopped
+    assert "smallest cut tried" in rate._stop_reason
+    assert all(h.get("cut_cost", 0.0) <= 0.0 for h in rate.history)
 
 
 def _fit_rate(root: Path, ckpt_path: str | None = None, crash_at: int | None = None) -> tuple[lc.RateAware, Path]:

@@ -354,6 +354,8 @@ class EventGuard:
         z: standard errors added to the drop before it is compared with the budget.
         credit: the share of what the model wins back between two events that is credited against what they
             spent (0: every event's cost counts for good).
+        charge_drift: count what the model loses between two events as spent, in full (for a method that changes
+            the weights between its events too: RateAware's rate term).
 
     Examples:
         >>> guard = EventGuard("Demo", budget=0.01)
@@ -371,6 +373,7 @@ class EventGuard:
         samples: int = EVENT_SAMPLES,
         z: float = 1.0,
         credit: float = RECOVERY_CREDIT,
+        charge_drift: bool = False,
     ) -> None:
         self.owner, self.budget, self.z = owner, float(budget), float(z)
         self.scorer = ValidationScorer(owner, "accuracy", samples)
@@ -378,6 +381,7 @@ class EventGuard:
         #: what the accepted events of this fit cost together, less the credited recovery between them
         self.spent = 0.0
         self.credit = float(credit)
+        self.charge_drift = bool(charge_drift)
         self._before_measure = 0.0
         self._after_measure: float | None = None
         self._batches: list[tuple[Any, torch.Tensor]] = []
@@ -484,8 +488,17 @@ class EventGuard:
         """
         self._before_measure = float(before.to(torch.float64).mean())
         if self._after_measure is not None:
-            recovered = max(self._before_measure - self._after_measure, 0.0)
-            self.spent = max(self.spent - self.credit * recovered, 0.0)
+            moved = self._before_measure - self._after_measure
+            if moved < 0 and self.charge_drift:  # lost between the events: the method's own doing, all of it
+                self.spent -= moved
+            self.spent = max(self.spent - self.credit * max(moved, 0.0), 0.0)
+
+    def baseline(self, outcomes: torch.Tensor) -> None:
+        """Take the model's outcomes before its method changes anything as the last event's.
+
+        With ``charge_drift`` what it loses from here on counts, before the first event too.
+        """
+        self._after_measure = float(outcomes.to(torch.float64).mean())
 
     def accept(self, cost: EventCost) -> None:
         """Count an accepted event's cost against the budget (the estimate itself: a negative one gives some back)."""

@@ -12,8 +12,12 @@ fit. ``weight`` is steered between cuts so that the soft estimate reaches the ne
 comes (a cut then removes weights that are already small).
 
 Without ``target_bytes`` the path goes towards the bytes of 5% non-zeros in every tensor (SuccessivePruning's
-default) under an accuracy guard (``accuracy_budget``, 1 point by default): cuts since a validation that fell
-further than the budget are undone, and the support is held where it was validated.
+default) under an accuracy guard (``accuracy_budget``): by default each cut is judged by its own cost on cached
+validation samples, and what the model loses between two cuts (the rate term's doing) is counted as well
+(:class:`~lightning_compress.callbacks.guard.EventGuard`); a cut over budget is bisected to the largest cut within
+budget (in bytes, between the support now and the path's point), from the current weights, and the cuts stop when
+none fits. ``guard="validation"`` (or ``monitor=``) is the former guard: cuts since a validation that fell further
+than the budget are undone, and the support is held where it was validated.
 
 RateAware owns the **support** of its tensors (it is refused next to SuccessivePruning on the same tensors). Their
 values are left to a value method: with WeightSharing after it the file stores positions and codebook indices in one
@@ -33,11 +37,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_compress.arguments import check_number, check_parameters, is_number
+from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.calibration import event_norm_inputs
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import MetricGuard, guard_validation, require_validation
+from lightning_compress.callbacks.guard import EventCost, EventGuard, MetricGuard, guard_validation, require_validation
+from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.reader import read_artifact
+from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.representation import CompositionError
@@ -80,8 +87,12 @@ class RateAware(CompressionCallback):
         events: support cuts in the window.
         final_fraction: fraction of the window after the last cut (fine-tuning at the final support, no rate term).
         parameters: ``"all"`` (every trainable parameter, as SuccessivePruning), ``"weights"`` or a list of names.
-        monitor: the guard's validation metric (``None``: found by name).
+        monitor: the validation metric of ``guard="validation"`` (``None``: found by name).
         mode: ``"max"``/``"min"`` for ``monitor`` (``None``: from its name).
+        guard: ``"event"`` (each cut judged by its own cost, the losses between cuts counted too) or
+            ``"validation"`` (a validation metric against its best); ``None`` (default): ``"validation"`` when
+            ``monitor`` is given, else ``"event"``.
+        backoff_steps: with ``guard="event"``, bisection steps of a cut over budget.
         start: window start, a fraction of the fit's optimizer steps.
         end: window end.
 
@@ -109,6 +120,8 @@ class RateAware(CompressionCallback):
         parameters: str | Sequence[str] = "all",
         monitor: str | None = None,
         mode: str | None = None,
+        guard: str | None = None,
+        backoff_steps: int = 4,
         start: float | None = None,
         end: float | None = None,
     ) -> None:
@@ -123,6 +136,9 @@ class RateAware(CompressionCallback):
         check_number("events", events, low=1, integer=True)
         check_number("final_fraction", final_fraction, low=0, high=1, high_open=True)
         check_parameters("parameters", parameters)
+        check_choice("guard", guard, ("validation", "event"), allow_none=True)
+        check_number("backoff_steps", backoff_steps, low=0, integer=True)
+        guard = guard or ("validation" if monitor is not None else "event")
         if target_bytes is None and accuracy_budget is None:
             raise ValueError(
                 "RateAware needs a target: `target_bytes=` (the file's size, e.g. target_bytes=4000), or "
@@ -138,7 +154,18 @@ class RateAware(CompressionCallback):
         self.final_fraction = float(final_fraction)
         self.parameters = parameters if isinstance(parameters, str) else list(parameters)
         #: the accuracy guard (None: cut as far as the target asks)
-        self.guard = None if accuracy_budget is None else MetricGuard(self.owner, float(accuracy_budget), monitor, mode)
+        self.guard = (
+            None
+            if accuracy_budget is None or guard != "validation"
+            else MetricGuard(self.owner, float(accuracy_budget), monitor, mode)
+        )
+        #: the guard that judges each cut by its own cost (``guard="event"``)
+        self.event_guard = (
+            None
+            if accuracy_budget is None or guard != "event"
+            else EventGuard(self.owner, float(accuracy_budget), charge_drift=True)
+        )
+        self.backoff_steps = int(backoff_steps)
         self._names: list[str] = []
         self._event_steps: list[int] = []
         self._event = 0
@@ -167,6 +194,8 @@ class RateAware(CompressionCallback):
 
     @override
     def guard_summary(self) -> str:
+        if self.event_guard is not None:
+            return f"each cut's own cost and the losses between cuts, all within {self.event_guard.budget:g}"
         return "none (target_bytes given)" if self.guard is None else self.guard.summary()
 
     @override
@@ -180,6 +209,12 @@ class RateAware(CompressionCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         require_validation(self.owner, trainer, pl_module, self.guard, "its cuts", "`target_bytes=` to cut that far")
+        if self.event_guard is not None and not self.should_skip(trainer) and validation_loader(trainer) is None:
+            raise ValueError(
+                "RateAware(accuracy_budget=...) judges each cut on validation samples, and this fit has no validation "
+                "data (none given to `fit`, or `limit_val_batches=0`). Pass validation data to `fit`, or give "
+                "`target_bytes=` to cut that far unguarded."
+            )
         rep = self.representation(pl_module)
         kinds = [claim.kind if (claim := rep.tensors[n].values) else None for n in self._names]
         if self.value_bits_arg == "auto":
@@ -234,6 +269,8 @@ class RateAware(CompressionCallback):
     # -- the path ----------------------------------------------------------------------------------------------
     def _begin(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
         """At the window's start (after any structural method): the path's two ends, in bits of the tensors."""
+        if self.event_guard is not None and trainer.is_global_zero:
+            self._guard_baseline(trainer, pl_module)
         params = self._params(pl_module)
         numels = [p.numel() for p in params]
         self._start_bits = hard_bits([int(p.count_nonzero()) for p in params], numels, self._value_bits)
@@ -247,6 +284,19 @@ class RateAware(CompressionCallback):
             f"RateAware: {self._start_bits / 8:,.0f} bytes estimated for its {len(params)} tensors now, "
             f"{self._end_bits / 8:,.0f} to reach ({others:,} bytes go to the rest of the file)."
         )
+
+    def _guard_baseline(self, trainer: pl.Trainer, pl_module: nn.Module) -> None:
+        """The event guard's measure before the rate term starts: what the model loses from here on is counted."""
+        assert self.event_guard is not None  # noqa: S101 - only under the event guard
+        module = self.target_module(pl_module)
+        saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+        self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
+        norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
+        self.event_guard.baseline(self._outcomes(pl_module, norm_inputs))
+        with torch.no_grad():  # the measure re-estimated the statistics: the fit's own go back
+            buffers = dict(module.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
 
     def _rest_of_file(self, pl_module: nn.Module) -> int:
         """Bytes of the file that ``target_bytes`` leaves no room for: refused when they already fill it.
@@ -331,16 +381,31 @@ class RateAware(CompressionCallback):
         if self.guard is not None and self.guard.best is None:
             return  # the first cut waits for the baseline validation
         self._event = due[-1] + 1  # cuts that waited are merged into the latest one due
-        self._cut(trainer, pl_module, self._path_bits(self._event))
+        if self.event_guard is not None:
+            self._guarded_cut(trainer, pl_module, self._path_bits(self._event))
+        else:
+            self._cut(trainer, pl_module, self._path_bits(self._event))
 
-    @compression_event("cut")
-    def _cut(self, trainer: pl.Trainer, pl_module: nn.Module, bits: float) -> None:
-        """Zero every entry below the global magnitude at which the hard count fits ``bits``; hold the support."""
+    def _support_at(self, pl_module: nn.Module, bits: float) -> dict[str, torch.Tensor]:
+        """The held support less every entry below the global magnitude at which the hard count fits ``bits``."""
         params = self._params(pl_module)
         masks = [self.holds.support.get(n, p.detach() != 0) for n, p in zip(self._names, params, strict=True)]
         magnitudes = [p.detach()[m].abs() for p, m in zip(params, masks, strict=True)]
         threshold = threshold_for_bits(magnitudes, [p.numel() for p in params], self._value_bits, bits)
-        new = {n: m & (p.detach().abs() > threshold) for n, p, m in zip(self._names, params, masks, strict=True)}
+        return {n: m & (p.detach().abs() > threshold) for n, p, m in zip(self._names, params, masks, strict=True)}
+
+    def _current_bits(self, pl_module: nn.Module) -> float:
+        params = self._params(pl_module)
+        return hard_bits([int(p.count_nonzero()) for p in params], [p.numel() for p in params], self._value_bits)
+
+    @compression_event("cut")
+    def _cut(self, trainer: pl.Trainer, pl_module: nn.Module, bits: float) -> None:
+        """Zero every entry below the global magnitude at which the hard count fits ``bits``; hold the support."""
+        self._apply_cut(trainer, pl_module, bits)
+
+    def _apply_cut(self, trainer: pl.Trainer, pl_module: nn.Module, bits: float, cost: EventCost | None = None) -> None:
+        params = self._params(pl_module)
+        new = self._support_at(pl_module, bits)
         self.holds.hold_support(self.target_module(pl_module), {**self.holds.support, **new})
         self.changed_weights = True
         nonzeros = [int(m.sum()) for m in new.values()]
@@ -352,12 +417,89 @@ class RateAware(CompressionCallback):
             "weight": self.current_weight,
             "soft_bytes": self._soft_bits / 8,
         }
+        judged = ""
+        if cost is not None:
+            figures.update(cut_cost=cost.drop, cut_cost_se=cost.se)
+            judged = f", cost {cost} on the guard's samples"
         self.history.append(figures)
         self.log_figures(trainer, figures)
         rank_zero_info(
             f"RateAware cut {self._event}/{self.events}: {sum(nonzeros):,} non-zeros, about {estimate:,.0f} bytes "
-            f"for its tensors (weight {self.current_weight:.3g}/KB)."
+            f"for its tensors (weight {self.current_weight:.3g}/KB){judged}."
         )
+
+    def _outcomes(self, pl_module: nn.Module, norm_inputs: list[Any]) -> torch.Tensor:
+        """The event guard's per-sample outcomes of the model as it is (BatchNorm re-estimated on ``norm_inputs``)."""
+        if norm_inputs:
+            recalibrate_batch_norms_(self.target_module(pl_module), norm_inputs)
+        assert self.event_guard is not None  # noqa: S101 - only under the event guard
+        return self.event_guard.outcomes(pl_module)
+
+    @compression_event("cut")
+    def _guarded_cut(self, trainer: pl.Trainer, pl_module: pl.LightningModule, bits: float) -> None:
+        """The cut to ``bits``, or the largest cut within the event guard's budget (bisected in log-bytes).
+
+        From the weights as they are now: the training since the last cut is kept. With no cut that fits, the
+        support is held where it is and the cuts (and the rate term) stop.
+        """
+        guard = self.event_guard
+        assert guard is not None  # noqa: S101 - only under the event guard
+        module = self.target_module(pl_module)
+        now = self._current_bits(pl_module)
+        if bits >= now:
+            return
+        saved_support = {n: m.clone() for n, m in self.holds.support.items()}
+        saved = {n: p.detach().clone() for n, p in zip(self._names, self._params(pl_module), strict=True)}
+        saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+
+        @torch.no_grad()
+        def restore() -> None:
+            for name, param in zip(self._names, self._params(pl_module), strict=True):
+                param.copy_(saved[name])
+            buffers = dict(module.named_buffers())
+            for name, value in saved_buffers.items():
+                buffers[name].copy_(value)
+            self.holds.hold_support(module, saved_support) if saved_support else self.holds.release()
+
+        chosen: tuple[float, EventCost] | None = None
+        if trainer.is_global_zero:
+            guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
+            norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
+            before = self._outcomes(pl_module, norm_inputs)
+            guard.begin(before)
+
+            def attempt(target: float) -> EventCost:
+                restore()
+                self.holds.hold_support(module, {**self.holds.support, **self._support_at(pl_module, target)})
+                return guard.judge(before, self._outcomes(pl_module, norm_inputs))
+
+            first = attempt(bits)
+            if first.within:
+                chosen = (bits, first)
+            else:
+                # in log-bytes between the support now (no cut) and the path's point
+                lo, hi, smallest = math.log(now), math.log(max(bits, 1.0)), first
+                for _ in range(self.backoff_steps):
+                    mid = (lo + hi) / 2
+                    cost = attempt(math.exp(mid))
+                    if cost.within:
+                        lo, chosen = mid, (math.exp(mid), cost)
+                    else:
+                        hi, smallest = mid, cost
+                if chosen is None:
+                    chosen = (now, smallest)
+            restore()
+        chosen = self.broadcast(trainer, chosen)
+        assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+        target, cost = chosen
+        if target >= now:
+            self._stop(
+                f"cut {self._event}'s smallest cut tried cost {cost} on the guard's samples: with one standard error "
+                f"more than the {100 * guard.allowance:.2f} pt left of its {100 * guard.budget:g}-pt budget"
+            )
+            return
+        guard.accept(cost)
+        self._apply_cut(trainer, pl_module, target, cost)
 
     # -- the accuracy guard ----------------------------------------------------------------------------------------
     @override
@@ -384,9 +526,12 @@ class RateAware(CompressionCallback):
     def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start_bits is None:  # the window never opened (a fit shorter than its start)
             self._begin(trainer, pl_module)
-        if self.guard is None and self._event < self.events:  # a fit too short for the schedule still gets there
+        unguarded = self.guard is None and self.event_guard is None
+        if unguarded and self._event < self.events:  # a fit too short for the schedule still gets there
             self._event = self.events
             self._cut(trainer, pl_module, self._path_bits(self.events))
+        if self.event_guard is not None:
+            self.event_guard.release()
         params = self._params(pl_module)
         held = sum(int(p.count_nonzero()) for p in params)
         total = sum(p.numel() for p in params)
@@ -408,6 +553,7 @@ class RateAware(CompressionCallback):
             **self.holds.state(),
             "history": list(self.history),
             "guard": None if self.guard is None else self.guard.state_dict(),
+            "spent": None if self.event_guard is None else self.event_guard.spent,
             "stopped": self._stopped,
             "stop_reason": self._stop_reason,
         }
@@ -423,5 +569,7 @@ class RateAware(CompressionCallback):
         self.history = list(state_dict.get("history", []))
         if self.guard is not None and state_dict.get("guard") is not None:
             self.guard.load_state_dict(state_dict["guard"])
+        if self.event_guard is not None:
+            self.event_guard.spent = float(state_dict.get("spent") or 0.0)
         self._stopped = bool(state_dict.get("stopped", False))
         self._stop_reason = str(state_dict.get("stop_reason", ""))
