@@ -20,7 +20,7 @@ Over 450 lines, just: the two guards share this room until RateAware's cuts move
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -41,10 +41,12 @@ __all__ = [
     "DEFAULT_LOSS_BUDGET",
     "EVENT_SAMPLES",
     "RECOVERY_CREDIT",
+    "BackOff",
     "EventCost",
     "EventGuard",
     "Guarded",
     "MetricGuard",
+    "back_off",
     "find_monitor",
     "guard_validation",
     "mode_of",
@@ -508,3 +510,50 @@ class EventGuard:
     def release(self) -> None:
         """Drop the cached samples (end of fit)."""
         self._batches, self._reference, self.measure = [], None, None
+
+
+@dataclass(frozen=True)
+class BackOff:
+    """What :func:`back_off` found.
+
+    Attributes:
+        position: the step's end chosen: the full step, the largest part within budget, or the start (none fits).
+        cost: its cost (with none that fits: the cost of the smallest part tried).
+        smallest: the smallest part tried (the full step when it fit).
+    """
+
+    position: float
+    cost: EventCost
+    smallest: float
+
+    @property
+    def held(self) -> bool:
+        """Whether no part of the step fits (``position`` is the start)."""
+        return not self.cost.within
+
+
+def back_off(attempt: Callable[[float], EventCost], start: float, full: float, steps: int) -> BackOff:
+    """The largest step from ``start`` towards ``full`` whose cost is within budget, bisected ``steps`` times.
+
+    ``attempt(position)`` puts the model at ``position`` (from the same weights each time) and returns the cost;
+    positions are any monotone scale of the step (sparsity, a share of a round, log-bytes).
+
+    Examples:
+        >>> def cost(position: float) -> EventCost:
+        ...     return EventCost(position / 100, 0.0, position / 100 <= 0.01)
+        >>> found = back_off(cost, 0.0, 4.0, steps=4)
+        >>> found.position, found.held
+        (1.0, False)
+    """
+    first = attempt(full)
+    if first.within:
+        return BackOff(full, first, full)
+    lo, hi, chosen, smallest = start, full, None, first
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        cost = attempt(mid)
+        if cost.within:
+            lo, chosen = mid, BackOff(mid, cost, mid)
+        else:
+            hi, smallest = mid, cost
+    return chosen if chosen is not None else BackOff(start, smallest, hi)

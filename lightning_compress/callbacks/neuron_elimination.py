@@ -28,7 +28,14 @@ from lightning_compress.arguments import check_bool, check_choice, check_names, 
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.calibration import event_norm_inputs, has_validation
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, EventCost, EventGuard, MetricGuard
+from lightning_compress.callbacks.guard import (
+    DEFAULT_ACCURACY_BUDGET,
+    BackOff,
+    EventCost,
+    EventGuard,
+    MetricGuard,
+    back_off,
+)
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
@@ -709,7 +716,7 @@ class NeuronElimination(CompressionCallback):
             self._refresh_masks(pl_module)
 
         largest = 1.0 if self._elimination_cap is None else min(1.0, self._elimination_cap / total)
-        chosen: tuple[float, EventCost] | None = None
+        chosen: BackOff | None = None
         if trainer.is_global_zero:
             guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
             norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
@@ -724,26 +731,11 @@ class NeuronElimination(CompressionCallback):
                 finally:
                     self.history.pop()
 
-            first = attempt(largest)
-            if first.within:
-                chosen = (largest, first)
-            else:
-                lo, hi, smallest = 0.0, largest, first
-                for _ in range(self.backoff_steps):
-                    mid = (lo + hi) / 2
-                    if sum(len(r.eliminations) for r in self._leading(records, mid)) == 0:
-                        break
-                    cost = attempt(mid)
-                    if cost.within:
-                        lo, chosen = mid, (mid, cost)
-                    else:
-                        hi, smallest = mid, cost
-                if chosen is None:
-                    chosen = (0.0, smallest)
+            chosen = back_off(attempt, 0.0, largest, self.backoff_steps)
             restore()
         chosen = self.broadcast(trainer, chosen)
         assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
-        share, cost = chosen
+        share, cost = chosen.position, chosen.cost
         kept = self._leading(records, share)
         count = sum(len(r.eliminations) for r in kept)
         if count == 0:

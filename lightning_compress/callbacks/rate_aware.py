@@ -41,7 +41,15 @@ from lightning_compress.arguments import check_choice, check_number, check_param
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.calibration import event_norm_inputs
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import EventCost, EventGuard, MetricGuard, guard_validation, require_validation
+from lightning_compress.callbacks.guard import (
+    BackOff,
+    EventCost,
+    EventGuard,
+    MetricGuard,
+    back_off,
+    guard_validation,
+    require_validation,
+)
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.reader import read_artifact
 from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
@@ -461,7 +469,7 @@ class RateAware(CompressionCallback):
                 buffers[name].copy_(value)
             self.holds.hold_support(module, saved_support) if saved_support else self.holds.release()
 
-        chosen: tuple[float, EventCost] | None = None
+        chosen: BackOff | None = None
         if trainer.is_global_zero:
             guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
             norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
@@ -473,26 +481,15 @@ class RateAware(CompressionCallback):
                 self.holds.hold_support(module, {**self.holds.support, **self._support_at(pl_module, target)})
                 return guard.judge(before, self._outcomes(pl_module, norm_inputs))
 
-            first = attempt(bits)
-            if first.within:
-                chosen = (bits, first)
-            else:
-                # in log-bytes between the support now (no cut) and the path's point
-                lo, hi, smallest = math.log(now), math.log(max(bits, 1.0)), first
-                for _ in range(self.backoff_steps):
-                    mid = (lo + hi) / 2
-                    cost = attempt(math.exp(mid))
-                    if cost.within:
-                        lo, chosen = mid, (math.exp(mid), cost)
-                    else:
-                        hi, smallest = mid, cost
-                if chosen is None:
-                    chosen = (now, smallest)
+            # in log-bytes between the support now (no cut) and the path's point
+            chosen = back_off(
+                lambda at: attempt(math.exp(at)), math.log(now), math.log(max(bits, 1.0)), self.backoff_steps
+            )
             restore()
         chosen = self.broadcast(trainer, chosen)
         assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
-        target, cost = chosen
-        if target >= now:
+        target, cost = math.exp(chosen.position), chosen.cost
+        if chosen.held:
             self._stop(
                 f"cut {self._event}'s smallest cut tried cost {cost} on the guard's samples: with one standard error "
                 f"more than the {100 * guard.allowance:.2f} pt left of its {100 * guard.budget:g}-pt budget"

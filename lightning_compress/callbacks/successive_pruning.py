@@ -26,9 +26,11 @@ from lightning_compress.callbacks.calibration import event_norm_inputs
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.guard import (
     DEFAULT_ACCURACY_BUDGET,
+    BackOff,
     EventCost,
     EventGuard,
     MetricGuard,
+    back_off,
     guard_validation,
     require_validation,
 )
@@ -374,7 +376,7 @@ class SuccessivePruning(CompressionCallback):
                 buffers[name].copy_(value)
             self.holds.hold_support(module, saved_masks) if saved_masks else self.holds.release()
 
-        chosen: tuple[float, EventCost] | None = None
+        chosen: BackOff | None = None
         if trainer.is_global_zero:
             self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
             norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
@@ -386,31 +388,17 @@ class SuccessivePruning(CompressionCallback):
                 self._prune_to(pl_module, self._names, sparsity, values=False)
                 return self.event_guard.judge(before, self._outcomes(pl_module, norm_inputs))  # type: ignore[union-attr]
 
-            full = attempt(target)
-            if full.within:
-                chosen = (target, full)
-            else:
-                lo, hi, tried = current, target, [(target, full)]
-                for _ in range(self.backoff_steps):
-                    mid = (lo + hi) / 2
-                    mid_cost = attempt(mid)
-                    tried.append((mid, mid_cost))
-                    if mid_cost.within:
-                        lo, chosen = mid, (mid, mid_cost)
-                    else:
-                        hi = mid
-                if chosen is None:  # nothing fits: hold, and say what the smallest step tried cost
-                    smallest = min(tried, key=lambda trial: trial[0])
-                    target, chosen = smallest[0], (current, smallest[1])
+            chosen = back_off(attempt, current, target, self.backoff_steps)
             restore()
         chosen = self.broadcast(trainer, chosen)
         assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
-        sparsity, cost = chosen
-        if sparsity <= current + 1e-6:
+        sparsity, cost = chosen.position, chosen.cost
+        if chosen.held:
             restore()  # the other ranks hold the same weights
             self._stopped = True
             self._stop_reason = (
-                f"stage {self._stage + 1}'s smallest step tried (to {target:.4f}) cost {cost} on the guard's samples: "
+                f"stage {self._stage + 1}'s smallest step tried (to {chosen.smallest:.4f}) cost {cost} on the guard's "
+                "samples: "
                 f"with one standard error more than the {100 * self.event_guard.allowance:.2f} pt left of its "
                 f"{100 * self.event_guard.budget:g}-pt budget"
             )
