@@ -40,6 +40,7 @@ CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
     "WeightSharing()": lambda: lc.WeightSharing(progress=False),
     # measured as "RateAware()" when its default was this guard; it now refuses without a target (2.57 pt on LeNet-5)
     "RateAware()": lambda: lc.RateAware(accuracy_budget=0.01),
+    "RateAware(guard='validation')": lambda: lc.RateAware(accuracy_budget=0.01, guard="validation"),
     # the same default, in a fit without validation data: the guard gives way to the loss-free rule
     "NeuronElimination(), no validation": lambda: lc.NeuronElimination(verbose=False),
 }
