@@ -366,9 +366,13 @@ def test_bit_budget(tmp_path: Path) -> None:
 
 
 def _fit_surp(
-    root: Path, ckpt_path: str | None = None, crash_at: int | None = None
+    root: Path, ckpt_path: str | None = None, crash_at: int | None = None, guarded: bool = False
 ) -> tuple[lc.SuccessivePruning, Path]:
-    cb = lc.SuccessivePruning(target_sparsity=0.9, stages=[0.5, 0.7, 0.9], final_fraction=0.3)
+    cb = (
+        lc.SuccessivePruning()  # the event guard: its spending and last measure resume with it
+        if guarded
+        else lc.SuccessivePruning(target_sparsity=0.9, stages=[0.5, 0.7, 0.9], final_fraction=0.3)
+    )
     model = _model()
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
     extra = [CrashAtEpoch(crash_at)] if crash_at is not None else []
@@ -378,14 +382,15 @@ def _fit_surp(
     return cb, lc.save(model, root / "final.lcz")
 
 
-def test_resume_between_stages_gives_identical_artifact(tmp_path: Path) -> None:
-    full_cb, full = _fit_surp(tmp_path / "full")
+@pytest.mark.parametrize("guarded", [False, True])
+def test_resume_between_stages_gives_identical_artifact(tmp_path: Path, guarded: bool) -> None:
+    full_cb, full = _fit_surp(tmp_path / "full", guarded=guarded)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit_surp(tmp_path / "part", crash_at=2)
+        _fit_surp(tmp_path / "part", crash_at=2, guarded=guarded)
     ckpt = sorted((tmp_path / "part" / "ckpt").glob("*.ckpt"))[-1]
     state = next(iter(torch.load(ckpt, weights_only=True)["callbacks"].values()))
-    assert 0 < state["stage"] < 3  # between stages
-    resumed_cb, resumed = _fit_surp(tmp_path / "resumed", ckpt_path=str(ckpt))
+    assert 0 < state["stage"] < len(full_cb.stages)  # between stages
+    resumed_cb, resumed = _fit_surp(tmp_path / "resumed", ckpt_path=str(ckpt), guarded=guarded)
     assert resumed.read_bytes() == full.read_bytes()
     assert [h["sparsity"] for h in resumed_cb.history] == [h["sparsity"] for h in full_cb.history]
 
@@ -670,3 +675,19 @@ def test_an_undo_rewinds_the_optimizers_moments_with_the_weights(tmp_path: Path)
     assert "undone" in callback._stop_reason
     assert len(moments) == 2
     assert torch.equal(moments[-1], moments[-2])  # back to the moments of the epoch-0 validation
+
+
+def test_event_guard_state_round_trips_what_the_next_event_is_judged_with() -> None:
+    from lightning_compress.callbacks.guard import EventGuard
+
+    guard = EventGuard("Demo", budget=0.01)
+    guard.begin(torch.tensor([True] * 90 + [False] * 10))
+    guard.accept(guard.judge(torch.tensor([True] * 90 + [False] * 10), torch.tensor([True] * 89 + [False] * 11)))
+    resumed = EventGuard("Demo", budget=0.01)
+    resumed.load_state_dict(guard.state_dict())
+    after_training = torch.tensor([True] * 91 + [False] * 9)  # won back 2 samples since the event
+    guard.begin(after_training)
+    resumed.begin(after_training)
+    assert resumed.spent == guard.spent < 0.01  # the recovery credit needs the measure after the last event
+    resumed.load_state_dict(0.004)  # checkpoints that stored the bare amount still load
+    assert resumed.spent == 0.004

@@ -507,6 +507,19 @@ class EventGuard:
         self.spent += cost.drop
         self._after_measure = self._before_measure - cost.drop
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed fit needs to judge as this one would: what was spent, the measure after the last event."""
+        return {"spent": self.spent, "after": self._after_measure}
+
+    def load_state_dict(self, state: Mapping[str, Any] | float | None) -> None:
+        """Resume from :meth:`state_dict` (a bare number: ``spent`` alone, as checkpoints stored it before)."""
+        if state is None or isinstance(state, (int, float)):
+            self.spent = float(state or 0.0)
+            return
+        self.spent = float(state.get("spent") or 0.0)
+        after = state.get("after")
+        self._after_measure = None if after is None else float(after)
+
     def release(self) -> None:
         """Drop the cached samples (end of fit)."""
         self._batches, self._reference, self.measure = [], None, None

@@ -923,7 +923,7 @@ class NeuronElimination(CompressionCallback):
             "monitor": self.guard.monitor,
             "mode": self.guard.mode,
             "stop_reason": self._stop_reason,
-            "spent": None if self.event_guard is None else self.event_guard.spent,
+            "spent": None if self.event_guard is None else self.event_guard.state_dict(),
             "elimination_cap": self._elimination_cap,
             "dense_params": self._dense_params,
             "dense_fp32_bytes": self._dense_fp32_bytes,
@@ -952,7 +952,7 @@ class NeuronElimination(CompressionCallback):
         self.guard.load_state_dict({k: state_dict[k] for k in ("monitor", "mode", "best") if k in state_dict})
         self._stop_reason = str(state_dict.get("stop_reason", ""))
         if self.event_guard is not None:
-            self.event_guard.spent = float(state_dict.get("spent") or 0.0)
+            self.event_guard.load_state_dict(state_dict.get("spent"))
         self._elimination_cap = state_dict.get("elimination_cap")
         self._dense_params = int(state_dict.get("dense_params", 0))
         self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))

@@ -550,7 +550,7 @@ class RateAware(CompressionCallback):
             **self.holds.state(),
             "history": list(self.history),
             "guard": None if self.guard is None else self.guard.state_dict(),
-            "spent": None if self.event_guard is None else self.event_guard.spent,
+            "spent": None if self.event_guard is None else self.event_guard.state_dict(),
             "stopped": self._stopped,
             "stop_reason": self._stop_reason,
         }
@@ -567,6 +567,6 @@ class RateAware(CompressionCallback):
         if self.guard is not None and state_dict.get("guard") is not None:
             self.guard.load_state_dict(state_dict["guard"])
         if self.event_guard is not None:
-            self.event_guard.spent = float(state_dict.get("spent") or 0.0)
+            self.event_guard.load_state_dict(state_dict.get("spent"))
         self._stopped = bool(state_dict.get("stopped", False))
         self._stop_reason = str(state_dict.get("stop_reason", ""))

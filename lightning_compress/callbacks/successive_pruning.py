@@ -664,7 +664,7 @@ class SuccessivePruning(CompressionCallback):
             "history": list(self.history),
             "guard": None if self.guard is None else self.guard.state_dict(),
             "step_cap": self._step_cap,
-            "spent": None if self.event_guard is None else self.event_guard.spent,
+            "spent": None if self.event_guard is None else self.event_guard.state_dict(),
             "stopped": self._stopped,
             "stop_reason": self._stop_reason,
         }
@@ -689,6 +689,6 @@ class SuccessivePruning(CompressionCallback):
             self.guard.load_state_dict(state_dict["guard"])
         self._step_cap = state_dict.get("step_cap")
         if self.event_guard is not None:
-            self.event_guard.spent = float(state_dict.get("spent") or 0.0)
+            self.event_guard.load_state_dict(state_dict.get("spent"))
         self._stopped = bool(state_dict.get("stopped", False))
         self._stop_reason = str(state_dict.get("stop_reason", ""))
