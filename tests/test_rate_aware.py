@@ -165,8 +165,8 @@ def test_under_a_guard_the_rate_term_waits_for_the_baseline(tmp_path: Path) -> N
 def test_event_guard_judges_every_cut_and_counts_what_is_lost_between_them(tmp_path: Path) -> None:
     train, val = loaders()
     val = torch.utils.data.DataLoader(blobs(2048, sample_seed=100), batch_size=256)  # a cost told from noise
-    rate = lc.RateAware(accuracy_budget=0.01, events=6, final_fraction=0.2)
-    assert rate.event_guard is not None  # the default guard with a budget: each cut's own cost
+    rate = lc.RateAware(accuracy_budget=0.01, events=6, final_fraction=0.2, guard="event")
+    assert rate.event_guard is not None
     torch.manual_seed(0)
     model = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
     pl.Trainer(callbacks=[rate, _ws()], **trainer_kwargs(tmp_path, max_epochs=6)).fit(model, train, val)
@@ -183,7 +183,7 @@ def test_event_guard_judges_every_cut_and_counts_what_is_lost_between_them(tmp_p
 
 def test_event_guard_with_no_budget_left_holds_the_support(tmp_path: Path) -> None:
     train, val = loaders()
-    rate = lc.RateAware(accuracy_budget=0.0, events=6, final_fraction=0.2, backoff_steps=2)
+    rate = lc.RateAware(accuracy_budget=0.0, events=6, final_fraction=0.2, backoff_steps=2, guard="event")
     model = _model()
     pl.Trainer(callbacks=[rate, _ws()], **trainer_kwargs(tmp_path, max_epochs=6)).fit(model, train, val)
     assert rate._stopped
