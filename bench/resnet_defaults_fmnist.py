@@ -13,6 +13,7 @@ test images; the drop is against the dense run of the same seed. Fit wall time i
 from __future__ import annotations
 
 import argparse
+import ast
 import tempfile
 import time
 from collections.abc import Callable
@@ -97,6 +98,9 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--name", default="resnet_defaults_fmnist")
+    parser.add_argument(
+        "--rows", help="tabulate the rows an interrupted run of the same arguments printed (its log) instead of fitting"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     tensors = fmnist_tensors()
@@ -106,8 +110,12 @@ def main() -> None:
         "test": as_rgb32(tensors["test"], 2000),
     }
     runs: list[dict[str, Any]] = []
+    if args.rows:  # each printed row is a dict literal on its own line
+        lines = Path(args.rows).read_text().splitlines()
+        runs = [ast.literal_eval(line) for line in lines if line.startswith("{'net'")]
+        args.nets = [n for n in args.nets if any(r["net"] == n for r in runs)]
     with tempfile.TemporaryDirectory() as tmp:
-        for net in args.nets:
+        for net in [] if args.rows else args.nets:
             for seed in args.seeds:
                 for name in args.callbacks:
                     row = run(net, name, seed, data, args.epochs, Path(tmp))
@@ -121,6 +129,8 @@ def main() -> None:
         dense_fit = min((r["fit_s"] for r in runs if r["net"] == net and r["callback"].startswith("dense")), default=0)
         for name in args.callbacks:
             rows = [r for r in runs if r["net"] == net and r["callback"] == name]
+            if not rows:  # an interrupted run (``--rows``) may not have reached it
+                continue
             acc = mean_std([100 * r["test_acc"] for r in rows])
             drops = [100 * (dense[r["seed"]] - r["test_acc"]) for r in rows if r["seed"] in dense]
             drops_bn = [100 * (dense_bn[r["seed"]] - r["test_acc"]) for r in rows if r["seed"] in dense_bn]
@@ -131,6 +141,7 @@ def main() -> None:
                     "test acc (%)": f"{acc[0]:.2f} ± {acc[1]:.2f}",
                     "drop (pt)": f"{mean_std(drops)[0]:.2f}" if drops else "",
                     "drop vs dense with BN re-estimated (pt)": f"{mean_std(drops_bn)[0]:.2f}" if drops_bn else "",
+                    "worst vs BN re-estimated (pt)": f"{max(drops_bn):.2f}" if drops_bn else "",
                     "params kept": f"{mean_std([r['params_fraction'] for r in rows])[0]:.1%}",
                     "non-zeros": f"{mean_std([r['nonzeros_fraction'] for r in rows])[0]:.1%}",
                     "file (B)": f"{mean_std([r['file_bytes'] for r in rows])[0]:,.0f}",
@@ -140,7 +151,8 @@ def main() -> None:
                 }
             )
     notes = (
-        f"Seeds {args.seeds}; {args.epochs} epochs of {args.train_images} Fashion-MNIST training images as 3x32x32, "
+        f"Seeds {sorted({r['seed'] for r in runs})}; {args.epochs} epochs of {args.train_images} Fashion-MNIST "
+        "training images as 3x32x32, "
         "a plain LightningModule (Adam 1e-3, batch 128, metric `val_acc`), one callback with no arguments. Test "
         "accuracy (2,000 images) of the backbone reloaded from its artifact; drop against the dense run of the same "
         "seed; ratio against fp32 of the original network."
