@@ -25,6 +25,10 @@ RateAware owns the **support** of its tensors (it is refused next to SuccessiveP
 values are left to a value method: with WeightSharing after it the file stores positions and codebook indices in one
 entropy-coded stream per tensor (``sparse_codebook``); alone, the surviving values are stored exactly (``sparse``,
 float32), and ``value_bits="auto"`` prices them so.
+
+Over 450 lines: the rate term, the byte path and its cuts, and two guards (the validation guard it keeps by default
+and the event guard's judged, bisected cuts with their baseline), with resuming; the estimates and the gradient are
+in ``functional.rate``.
 """
 
 from __future__ import annotations
