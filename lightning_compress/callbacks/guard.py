@@ -12,9 +12,10 @@ with :class:`MetricGuard`; SuccessivePruning and NeuronElimination with it when 
 
 :class:`EventGuard` judges a compression event itself: the model right before it against right after it, on the
 same cached validation samples. It is the default guard of SuccessivePruning (stages) and NeuronElimination
-(rounds).
+(rounds), and RateAware's cuts with ``guard="event"``; :func:`back_off` is the bisection they share.
 
-Over 450 lines, just: the two guards share this room until RateAware's cuts move to the event guard.
+Over 450 lines: the two guards share this room, with the back-off the event guard's callbacks share, while RateAware
+keeps the validation guard (its rate term's cost is not an event's) and the others offer it as an option.
 """
 
 from __future__ import annotations
