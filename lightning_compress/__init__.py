@@ -54,6 +54,8 @@ _PUBLIC = {
     "SizeReport": "lightning_compress.report",
     "size_report": "lightning_compress.report",
 }
+#: Public names that read artifacts.
+_READERS = frozenset({"load", "read_artifact", "size_report", "SizeReport"})
 #: Subpackages reachable as attributes (``lc.module.evaluate_accuracy``), imported on first use too.
 _SUBMODULES = (
     "arguments",
@@ -97,7 +99,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        if name == "load":  # rebuilding a zoo model by name needs the zoo registered
+        if name in _READERS:  # a zoo model's file names its tensors by the architecture: the zoo must be registered
             importlib.import_module("lightning_compress.models")
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value

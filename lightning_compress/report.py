@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +29,7 @@ from lightning_compress.codec import Artifact, read_artifact
 from lightning_compress.codec.base import dtype_from_name, fp32_nbytes, get_codec
 from lightning_compress.functional.neuron_elimination.pairs import LayerPair
 from lightning_compress.functional.weight_sharing import SearchPoint, pareto_front
-from lightning_compress.saving import save
+from lightning_compress.saving import metadata_path, save
 
 __all__ = ["LayerSize", "SizeReport", "size_report"]
 
@@ -325,7 +326,16 @@ def size_report(model_or_path: nn.Module | str | os.PathLike[str], **save_kwargs
             report = report_from_artifact(read_artifact(path))
             report.path = "(in-memory model)"
             return report
-    return report_from_artifact(read_artifact(model_or_path))
+    report = report_from_artifact(read_artifact(model_or_path))
+    sidecar = metadata_path(model_or_path)
+    if not report.metadata and sidecar.is_file():  # ArtifactWriter's metadata, written beside the file
+        try:
+            beside = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            beside = None
+        if isinstance(beside, dict):
+            report.metadata = beside
+    return report
 
 
 def elimination_table(

@@ -29,12 +29,22 @@ from lightning_compress.codec.writer import resolve_spec, tied_aliases, write_ar
 from lightning_compress.representation import find_representation
 from lightning_compress.surgery import resize_to_state
 
-__all__ = ["REFERENCE_ATTR", "artifact_module", "load", "save", "trial_artifact", "trial_bytes"]
+__all__ = ["REFERENCE_ATTR", "artifact_module", "load", "metadata_path", "save", "trial_artifact", "trial_bytes"]
 
 #: Module attribute set by structural compression: fp32 bytes of the model before it was made smaller.
 REFERENCE_ATTR = "_lc_reference_fp32_bytes"
 #: Modules a method inserts (step activations) hold a handful of values each.
 _MAX_INSERTED_ELEMENTS = 2**20
+
+
+def metadata_path(path: str | os.PathLike[str]) -> Path:
+    """Where :class:`~lightning_compress.ArtifactWriter` puts an artifact's metadata by default: beside it, ``.json``.
+
+    Examples:
+        >>> metadata_path("runs/model.lcz")
+        PosixPath('runs/model.json')
+    """
+    return Path(path).with_suffix(".json")
 
 
 def artifact_module(model: nn.Module) -> nn.Module:
@@ -63,7 +73,7 @@ def save(
         path: destination file (suffix ``.lcz`` suggested); parent directories are created.
         codecs: per-tensor overrides, tensor name -> codec name or :class:`CodecSpec`.
         precision: ``"float32"`` (exact) or ``"float16"`` for tensors stored with the ``dense`` codec by default.
-        metadata: JSON-able values stored in the header (accuracy, recipe name, ...).
+        metadata: JSON-able values stored in the header (accuracy, recipe name, ...); they cost their JSON's bytes.
         codecs_decided: the ``codecs`` are a compression method's decisions not yet in its representation (a
             callback measuring the file it is about to write): recorded as such, so the trial's header is the
             final file's, byte for byte.

@@ -2,7 +2,8 @@
 
 The cases are drawn with a fixed seed from one small zoo artifact that uses every codec (dense fp32 and fp16,
 codebook with shared counts, sparse_codebook, ternary, surp). Header mutations recompute the checksum, as an attacker
-would.
+would. The header-field mutations are written as format 2 (a JSON header, still read), whose fields can hold values
+of any type; format 3's own bytes are mutated in ``test_format_3_header_bytes_...``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import random
 import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from lightning_compress.codec import ArtifactError, CodecSpec, frame
 from lightning_compress.codec.surp import encode_stream
 from lightning_compress.functional.successive_pruning import normalise, refine
 from lightning_compress.models import build_model
+from tests.helpers import old_formats
 
 ARCH = {"num_classes": 3, "in_shape": [1, 4, 4], "hidden": [12, 8]}
 CASES = {"truncate": 150, "bitflip": 150, "version": 20, "header": 900}
@@ -75,16 +78,20 @@ def _fixture_bytes(tmp_path: Path) -> bytes:
 
 
 def _split(data: bytes) -> tuple[int, dict[str, Any], bytes]:
-    _, version, header_len = frame.PREFIX.unpack_from(data)
-    start = frame.PREFIX.size
-    header = json.loads(frame.inflate_header(data[start : start + header_len], version))
-    return version, header, data[start + header_len : -frame.DIGEST_BYTES]
+    """The logical header and payload of the (format 3) fixture, to be written back as format 2."""
+    _, header, payload = old_formats.logical(data)
+    return 2, {**header, "format_version": 2}, payload
 
 
-def _join(header: Any, payload: bytes, version: int = frame.FORMAT_VERSION) -> bytes:
+def _join(header: Any, payload: bytes, version: int = 2) -> bytes:
+    """Format 2's bytes of any JSON value as the header (fields as mutated, ``format_version`` included)."""
     text = frame.deflate_header(json.dumps(header).encode())
     body = frame.PREFIX.pack(frame.MAGIC, version, len(text)) + text + payload
     return body + hashlib.sha256(body).digest()
+
+
+def _with_crc(body: bytes | bytearray) -> bytes:
+    return bytes(body) + struct.pack("<I", zlib.crc32(body))
 
 
 def _bad_values(rng: random.Random, current: Any) -> Any:
@@ -219,10 +226,9 @@ def _cases(data: bytes) -> list[tuple[str, bytes]]:
         flipped[position] ^= 1 << rng.randrange(8)
         cases.append(("bitflip", bytes(flipped)))
     for _ in range(CASES["version"]):  # the prefix's version, checksum recomputed
-        wrong = rng.choice([0, 1, 3, 4, 255, 65535])
-        body = bytearray(data[: -frame.DIGEST_BYTES])
-        struct.pack_into("<H", body, 4, wrong)
-        cases.append(("version", bytes(body) + hashlib.sha256(bytes(body)).digest()))
+        body = bytearray(data[: -frame.CHECKSUM.size])
+        body[4] = rng.choice([0, 1, 2, 4, 255])
+        cases.append(("version", _with_crc(body)))
     for _ in range(CASES["header"]):
         cases.append(("header", _join(_mutate_header(rng, header), payload, version)))
     return cases
@@ -311,3 +317,62 @@ def test_max_elements_bounds_reading(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_elements"):
         lc.read_artifact(path, max_elements=0)
     assert np.isclose(lc.read_artifact(path).metadata["val/acc"], 0.5)
+
+
+def test_every_bit_flip_and_truncation_is_caught_by_the_checksum(tmp_path: Path) -> None:
+    # format 3's CRC-32 (4 bytes, where formats 1-2 had a 32-byte SHA-256): every single-bit error and every
+    # truncation of the fixture is refused, exhaustively, before any header field is read
+    data = _fixture_bytes(tmp_path)
+    where = tmp_path / "damaged.lcz"
+    for position in range(len(data)):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[position] ^= 1 << bit
+            with pytest.raises(ArtifactError, match=r"checksum|magic|version"):
+                frame.unframe(bytes(flipped), where)
+    for length in range(len(data)):
+        with pytest.raises(ArtifactError, match=r"checksum|short"):
+            frame.unframe(data[:length], where)
+
+
+def test_format_3_header_bytes_mutated_raise_artifact_error_or_load(tmp_path: Path) -> None:
+    # the binary header changed byte by byte, the checksum recomputed (a hostile writer): the reader refuses with
+    # ArtifactError naming the file, or reads a file that is valid after all; never another exception
+    data = _fixture_bytes(tmp_path)
+    _, _, payload = old_formats.logical(data)
+    header_end = len(data) - frame.CHECKSUM.size - len(payload)
+    rng = random.Random(20261207)
+    path = tmp_path / "case.lcz"
+    refused = 0
+    for i in range(400):
+        body = bytearray(data[: -frame.CHECKSUM.size])
+        position = rng.randrange(5, header_end)
+        action = rng.randrange(3)
+        if action == 0:
+            body[position] = rng.randrange(256)
+        elif action == 1:
+            del body[position]
+        else:
+            body.insert(position, rng.randrange(256))
+        path.write_bytes(_with_crc(body))
+        try:
+            lc.load(path)
+        except ArtifactError as err:
+            named = str(path) in str(err)
+            refused += 1
+            if not named:
+                pytest.fail(f"case {i}: the error does not name the file: {err}")
+        except Exception as err:
+            pytest.fail(f"case {i} raised {type(err).__name__}, not ArtifactError: {err}")
+    assert refused > 300
+
+
+def test_format_3_names_the_architecture_it_needs(tmp_path: Path) -> None:
+    data = _fixture_bytes(tmp_path)
+    body = bytearray(data[: -frame.CHECKSUM.size])
+    at = body.index(b"lenet_300_100")
+    body[at : at + 13] = b"lenet_300_999"
+    path = tmp_path / "unknown.lcz"
+    path.write_bytes(_with_crc(body))
+    with pytest.raises(ArtifactError, match=r"'architecture.name'.*lenet_300_999"):
+        lc.read_artifact(path)

@@ -109,6 +109,7 @@ CASES: list[tuple[Callable[..., Any], dict[str, Any], str, str]] = [
     (lc.ArtifactWriter, {"metadata": [1]}, "metadata", "dict"),
     (lc.ArtifactWriter, {"metadata": {"a": object()}}, "metadata", "JSON-able"),
     (lc.ArtifactWriter, {"metric_prefixes": "val"}, "metric_prefixes", "list of names"),
+    (lc.ArtifactWriter, {"metadata_in_file": "yes"}, "metadata_in_file", "True or False"),
 ]
 
 

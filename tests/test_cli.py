@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,8 +87,10 @@ def test_train_end_to_end_writes_artifact_and_report(train_cfg: DictConfig, tmp_
     # the reloaded artifact gives exactly the accuracy of the trained model
     assert metrics["test/acc_artifact"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert metric_value(metrics, "val/acc") == metrics["val/acc"]
-    # the header keeps the validation metrics and the run's names, not per-step training figures
-    stored = read_artifact(path).metadata
+    # beside the artifact (not in it): the validation metrics and the run's names, not per-step training figures
+    assert read_artifact(path).metadata == {}
+    stored = json.loads(path.with_suffix(".json").read_text())
+    assert lc.size_report(path).metadata == stored
     assert stored["val/acc"] == pytest.approx(metrics["val/acc"])
     assert not [k for k in stored if k.startswith("train/")]
     csv = next(tmp_path.glob("csv/version_*/metrics.csv")).read_text()

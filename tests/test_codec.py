@@ -1,10 +1,6 @@
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import struct
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import lightning_compress as lc
 from lightning_compress.codec import ArtifactError, CodecSpec, frame, get_codec, read_artifact, records
 from lightning_compress.codec.entropy import AnsStackReader, AnsStackWriter, ans_encode
 from lightning_compress.models import available_models, build_model
+from tests.helpers import old_formats
 
 
 def small_cnn() -> nn.Sequential:
@@ -142,28 +139,40 @@ def test_corrupted_artifacts_raise_naming_the_file(tmp_path: Path, damage: str) 
         lc.load(path, model=nn.Linear(8, 4))
 
 
-def test_format_1_artifacts_are_still_read(tmp_path: Path) -> None:
-    # format 1 compressed the header with plain zlib; format 2 adds a preset dictionary
-    model = small_cnn().eval()
-    data = lc.save(model, tmp_path / "v2.lcz").read_bytes()
-    magic, version, header_len = struct.unpack_from("<4sHI", data)
-    assert version == 2
-    text = frame.inflate_header(data[10 : 10 + header_len], version)
-    header_v1 = zlib.compress(text.replace(b'"format_version":2', b'"format_version":1'), 9)
-    body = struct.pack("<4sHI", magic, 1, len(header_v1)) + header_v1 + data[10 + header_len : -32]
-    (tmp_path / "v1.lcz").write_bytes(body + hashlib.sha256(body).digest())
-    loaded = lc.load(tmp_path / "v1.lcz", model=small_cnn())
+@pytest.mark.parametrize("version", [1, 2])
+def test_format_1_and_2_artifacts_are_still_read(tmp_path: Path, version: int) -> None:
+    # format 1: a JSON header, plain zlib; format 2: with a preset dictionary; both with a u16 version and SHA-256
+    model = trained_like(small_cnn()).eval()
+    _, header, payload = old_formats.logical(lc.save(model, tmp_path / "v3.lcz").read_bytes())
+    path = tmp_path / f"v{version}.lcz"
+    path.write_bytes(old_formats.json_file(header, payload, version))
+    assert read_artifact(path).format_version == version
+    loaded = lc.load(path, model=small_cnn())
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(model(x), loaded(x))
 
 
-def test_header_dictionary_makes_small_headers_smaller(tmp_path: Path) -> None:
-    path = lc.save(build_model("lenet_300_100"), tmp_path / "m.lcz", metadata={"val/acc": 0.875})
-    data = path.read_bytes()
-    _, version, header_len = struct.unpack_from("<4sHI", data)
-    text = frame.inflate_header(data[10 : 10 + header_len], version)
-    assert json.loads(text)["metadata"] == {"val/acc": 0.875}
-    assert header_len < 0.8 * len(zlib.compress(text, 9))
+def test_zoo_artifact_names_its_tensors_by_the_architecture(tmp_path: Path) -> None:
+    # a zoo model's header gives its registry key (arguments at their defaults left out), not its tensors
+    net = build_model("lenet_300_100", num_classes=10, in_shape=[1, 28, 28])
+    path = lc.save(net, tmp_path / "m.lcz")
+    report = lc.size_report(path)
+    assert report.overhead_bytes <= 48  # 6 dense records: codec byte + payload length each, and the frame
+    artifact = read_artifact(path)
+    assert artifact.architecture == {"name": "lenet_300_100", "kwargs": {}}
+    assert [r.name for r in artifact.tensors] == list(net.state_dict())
+    assert artifact.format_version == frame.FORMAT_VERSION == 3
+    # a user's model: names, shapes and dtypes written (front-coded names), still small
+    user = lc.size_report(small_cnn())
+    assert user.overhead_bytes < 200  # format 2: 230
+
+
+def test_metadata_costs_its_bytes_only_when_asked(tmp_path: Path) -> None:
+    net = build_model("lenet_300_100")
+    plain = lc.save(net, tmp_path / "plain.lcz").stat().st_size
+    path = lc.save(net, tmp_path / "meta.lcz", metadata={"val/acc": 0.875})
+    assert read_artifact(path).metadata == {"val/acc": 0.875}
+    assert path.stat().st_size == plain + len(b'{"val/acc":0.875}') + 1  # the JSON and its length
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -1,14 +1,14 @@
 """An independent reader of `dense`, `sparse_codebook` and `sparse` tensors, written from docs/format.md alone.
 
+It reads format 3 files of models outside the zoo (names and shapes written).
+
 Standard library, NumPy and constriction only (nothing from lightning_compress is imported to read); checked against
 ``lc.load`` on a pruned and shared network.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import struct
 import zlib
 from pathlib import Path
@@ -20,12 +20,6 @@ import torch
 import lightning_compress as lc
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
-
-
-def _zdict() -> bytes:  # the preset dictionary, as the spec prints it
-    block = re.search(r"ZDICT_V2 = \(\n(.*?)\n\)", SPEC.read_text(), re.DOTALL)
-    assert block is not None
-    return b"".join(eval(line.strip()) for line in block.group(1).splitlines())  # noqa: S307 - bytes literals
 
 
 class Cursor:
@@ -47,6 +41,10 @@ class Cursor:
         self.pos += size
         return self.data[self.pos - size : self.pos]
 
+    def byte(self) -> int:
+        self.pos += 1
+        return self.data[self.pos - 1]
+
 
 def _model(counts: np.ndarray) -> object:
     p = np.asarray(counts, dtype=np.float64)
@@ -59,15 +57,72 @@ def _dequantized(codes: bytes) -> np.ndarray:
     return np.where(c < 16, c, (8 + (c - 16) % 8) << np.maximum((c - 16) // 8 + 1, 0))
 
 
+DTYPES = ["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+CODECS = ["dense", "sparse", "codebook", "sparse_codebook", "ternary", "surp"]
+
+
 def read_container(path: Path) -> tuple[dict, bytes]:
+    """Format 3's frame and header, for a file that writes its names and shapes (a model outside the zoo)."""
     data = path.read_bytes()
-    magic, version, header_len = struct.unpack_from("<4sHI", data)
-    assert magic == b"LCZ\x89"
-    assert version == 2
-    assert hashlib.sha256(data[:-32]).digest() == data[-32:]
-    inflate = zlib.decompressobj(zdict=_zdict())
-    header = json.loads(inflate.decompress(data[10 : 10 + header_len]) + inflate.flush())
-    return header, data[10 + header_len : -32]
+    assert data[:4] == b"LCZ\x89"
+    assert data[4] == 3
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    cur = Cursor(data[:-4])
+    cur.pos = 5
+    flags = cur.varint()
+    assert flags & 2  # names written: this reader does not build zoo architectures
+    if flags & 1:
+        cur.block(), cur.block()
+    if (flags >> 2) & 3 == 2:
+        cur.varint()
+    for bit in (16, 32, 64):  # modules, metadata, aliases
+        if flags & bit:
+            cur.block()
+    sizes = [cur.varint() for _ in range(cur.varint())]
+    keys = [f"shared-{i}" for i in range(len(sizes))]
+    tensors, name, offset = [], "", 0
+    surp_next: dict[int, int] = {}
+    for _ in range(cur.varint()):
+        common = cur.varint()
+        name = name[:common] + cur.block().decode()
+        head = cur.byte()
+        code, c = head & 15, head >> 6
+        assert head & 48 == 48  # shape and detail written
+        dtype = DTYPES[cur.byte() & 31]
+        assert cur.varint() == 0  # the shape in full
+        shape = [cur.varint() for _ in range(cur.varint())]
+        blob = lambda: cur.varint() if len(keys) != 1 else 0  # noqa: E731
+        if code == 15:
+            codec, meta = cur.block().decode(), json.loads(cur.block())
+        else:
+            codec = CODECS[code]
+            if codec in ("dense", "sparse"):
+                meta = {"stored_dtype": dtype if c == 0 else "float16" if c == 1 else DTYPES[cur.byte()]}
+            elif codec == "sparse_codebook":
+                i = blob()
+                meta = {"key": keys[i], "k": sizes[i] // (8 if c & 2 else 4), "coding": ["own", "shared"][c & 1]}
+            elif codec == "surp":
+                i = blob()
+                start = surp_next.get(i, 0) if c == 1 else cur.varint()
+                meta = {
+                    "key": keys[i],
+                    "offset": start,
+                    "norm": struct.unpack("<d", cur.data[cur.pos : cur.pos + 8])[0],
+                }
+                cur.pos += 8
+                surp_next[i] = start + int(np.prod(shape))
+            else:
+                raise NotImplementedError(codec)
+        nbytes = cur.varint()
+        tensors.append({"name": name, "shape": shape, "codec": codec, "meta": meta, "offset": offset, "nbytes": nbytes})
+        offset += nbytes
+    shared = {}
+    for key, size in zip(keys, sizes, strict=True):
+        shared[key] = [offset, size]
+        offset += size
+    payload = data[cur.pos : -4]
+    assert len(payload) == offset
+    return {"tensors": tensors, "shared": shared}, payload
 
 
 def read(path: Path) -> dict[str, np.ndarray]:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -70,3 +72,23 @@ def test_a_shared_surp_stream_is_split_over_its_layers(tmp_path: Path) -> None:
     (shared,) = [r for r in report.rows if r.layer.startswith("(shared")]
     assert 0 < shared.bytes < 0.1 * len(stream)  # only the stream's head and rounding stay on the blob's row
     assert sum(r.bytes for r in report.rows) + report.overhead_bytes == report.artifact_bytes
+
+
+@pytest.mark.parametrize("in_file", [False, True])
+def test_artifact_writer_puts_metadata_beside_the_file_unless_asked(tmp_path: Path, in_file: bool) -> None:
+    import lightning.pytorch as pl
+
+    from tests.helpers.models import loaders, mlp, trainer_kwargs
+
+    writer = lc.ArtifactWriter("m.lcz", metadata={"task_name": "demo"}, metadata_in_file=in_file)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[writer]))  # type: ignore[arg-type]
+    trainer.fit(lc.ImageClassifier(mlp(), num_classes=4), *loaders())
+    assert writer.written == tmp_path / "m.lcz"
+    stored = lc.read_artifact(writer.written).metadata
+    beside = tmp_path / "m.json"
+    assert beside.is_file() is not in_file
+    metadata = stored if in_file else json.loads(beside.read_text())
+    assert metadata["task_name"] == "demo"
+    assert 0.0 <= metadata["val/acc"] <= 1.0
+    assert (stored == {}) is not in_file
+    assert lc.size_report(writer.written).metadata == metadata

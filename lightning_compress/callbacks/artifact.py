@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +13,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from lightning_compress.arguments import check_choice, check_metadata, check_names
-from lightning_compress.saving import save
+from lightning_compress.arguments import check_bool, check_choice, check_metadata, check_names
+from lightning_compress.codec.frame import atomic_write
+from lightning_compress.saving import metadata_path, save
 
 __all__ = ["ArtifactWriter"]
 
@@ -29,10 +31,12 @@ class ArtifactWriter(Callback):
         path: the artifact file (parent directories are created); relative paths are under the trainer's
             ``default_root_dir``.
         precision: ``"float32"`` or ``"float16"`` for tensors no compression method claims.
-        metadata: JSON-able values stored in the header.
-        metric_prefixes: logged metrics whose name starts with one of these are stored in the header too (their
-            values at the end of fit). The default keeps the validation metrics and leaves out per-step training
-            figures, which say little about the artifact and cost bytes in a file of a few kilobytes.
+        metadata: JSON-able values about the run (recipe name, tags), written with the metrics below.
+        metric_prefixes: logged metrics whose name starts with one of these are written too (their values at the
+            end of fit). The default keeps the validation metrics and leaves out per-step training figures.
+        metadata_in_file: write the metadata into the artifact's header. By default it goes beside the artifact,
+            in ``<path>.json`` (``model.lcz`` -> ``model.json``): in a file of a few kilobytes the run's names and
+            metrics would be a tenth of its bytes, and the size reported is the model's.
 
     Examples:
         >>> ArtifactWriter("model.lcz").path
@@ -45,16 +49,19 @@ class ArtifactWriter(Callback):
         precision: str = "float32",
         metadata: dict[str, Any] | None = None,
         metric_prefixes: Sequence[str] = ("val",),
+        metadata_in_file: bool = False,
     ) -> None:
         check_choice("precision", precision, ("float32", "float16"))
         if not isinstance(path, str | os.PathLike) or not str(path):
             raise ValueError(f"`path` must be a file path (str or os.PathLike), got {path!r}.")
         check_metadata("metadata", metadata, kind=dict)
         check_names("metric_prefixes", metric_prefixes, allow_none=False)
+        check_bool("metadata_in_file", metadata_in_file)
         self.path = Path(path)
         self.precision = precision
         self.metadata = dict(metadata or {})
         self.metric_prefixes = tuple(metric_prefixes)
+        self.metadata_in_file = metadata_in_file
         self.written: Path | None = None
 
     def resolved_path(self, trainer: pl.Trainer) -> Path:
@@ -69,8 +76,14 @@ class ArtifactWriter(Callback):
                 for k, v in trainer.callback_metrics.items()
                 if v.numel() == 1 and k.startswith(self.metric_prefixes)
             }
+            metadata = {**self.metadata, **metrics}
+            path = self.resolved_path(trainer)
             self.written = save(
-                pl_module, self.resolved_path(trainer), precision=self.precision, metadata={**self.metadata, **metrics}
+                pl_module, path, precision=self.precision, metadata=metadata if self.metadata_in_file else None
             )
-            rank_zero_info(f"ArtifactWriter: wrote {self.written} ({self.written.stat().st_size:,} bytes).")
+            beside = ""
+            if not self.metadata_in_file:
+                sidecar = atomic_write(metadata_path(path), json.dumps(metadata, indent=1, sort_keys=True).encode())
+                beside = f"; its metadata in {sidecar.name}"
+            rank_zero_info(f"ArtifactWriter: wrote {self.written} ({self.written.stat().st_size:,} bytes{beside}).")
         trainer.strategy.barrier("artifact_writer")

@@ -1,11 +1,13 @@
-r"""The ``.lcz`` frame: magic, version, compressed header, payloads and checksum, and the atomic write.
+r"""The ``.lcz`` frame: magic, version, header, payloads and checksum, and the atomic write.
 
-Layout (all integers little-endian)::
+Format 3 (written)::
 
-    magic b"LCZ\\x89" | format version (u16) | header length (u32) | header | payloads | SHA-256 of all preceding bytes
+    magic b"LCZ\\x89" | format version (u8: 3) | header (format 3's bytes) | payloads | CRC-32 of all preceding bytes
 
-The header is JSON, zlib-compressed with a preset dictionary of its own keys (format 2; format 1, plain zlib, is
-still read). What the header says is checked in :mod:`~lightning_compress.codec.header`.
+The header is :mod:`~lightning_compress.codec.compact`'s: a zoo model's file names its architecture instead of its
+tensors, and the container is a few dozen bytes. Formats 1 and 2 (read) had a u16 version, a u32 header length, the
+header as JSON (zlib; format 2 with a preset dictionary of its keys) and a SHA-256. What the header says is checked in
+:mod:`~lightning_compress.codec.header`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_compress.codec.compact import TemplateTooLarge, decode_header, encode_header
 from lightning_compress.codec.records import ArtifactError
 
-__all__ = ["DIGEST_BYTES", "FORMAT_VERSION", "MAGIC", "PREFIX", "atomic_write", "frame", "unframe"]
+__all__ = [
+    "CHECKSUM",
+    "DIGEST_BYTES",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "PREFIX",
+    "atomic_write",
+    "file_version",
+    "frame",
+    "unframe",
+]
 
 MAGIC = b"LCZ\x89"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Format 3's checksum: CRC-32 (zlib's) of every byte before it. It catches every burst of up to 32 bits and all but
+#: 2**-32 of other damage (tests/test_artifact_fuzz.py flips every bit of a LeNet file); like the SHA-256 of formats
+#: 1-2, it guards against damage, not against someone who rewrites the file (the header checks do that).
+CHECKSUM = struct.Struct("<I")
+#: Formats 1-2: magic, u16 version, u32 header length; their checksum is a SHA-256 of DIGEST_BYTES.
 PREFIX = struct.Struct("<4sHI")
 #: zlib preset dictionary of format 2: the strings every header repeats. A header is a few hundred bytes, and
 #: without a dictionary deflate cannot refer back to them (tests/test_codec.py checks the saving on LeNet-300-100).
@@ -45,7 +63,7 @@ DIGEST_BYTES = 32
 
 
 def deflate_header(text: bytes) -> bytes:
-    """The header text compressed as format :data:`FORMAT_VERSION` writes it."""
+    """The header text compressed as format 2 wrote it."""
     compressor = zlib.compressobj(9, zdict=HEADER_ZDICT_V2)
     return compressor.compress(text) + compressor.flush()
 
@@ -57,30 +75,68 @@ def inflate_header(data: bytes | memoryview, version: int) -> bytes:
 
 
 def frame(header: dict[str, Any], blobs: Sequence[bytes]) -> bytes:
-    """The whole file: prefix, the header (sorted compact JSON, deflated), the payloads, the SHA-256 of all that."""
-    header_bytes = deflate_header(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
-    body = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + b"".join(blobs)
-    return body + hashlib.sha256(body).digest()
+    """The whole file: magic, version, the header in format 3's bytes, the payloads, the CRC-32 of all that."""
+    body = MAGIC + bytes([FORMAT_VERSION]) + encode_header(header) + b"".join(blobs)
+    return body + CHECKSUM.pack(zlib.crc32(body))
 
 
-def unframe(data: bytes, path: Path) -> tuple[int, Any, memoryview]:
-    """(format version, the header's JSON value, the payload section) of a file's bytes, checksum verified.
+def file_version(data: bytes | memoryview) -> int:
+    """The format version a file's prefix gives (formats 1-2: a u16; format 3 on: a u8), without checking more."""
+    if len(data) < 6:
+        return -1
+    low, high = data[4], data[5]
+    return low if low >= 3 or high == 0 else low + 256 * high
+
+
+def unframe(data: bytes, path: Path, max_elements: int = 2**62) -> tuple[int, Any, memoryview]:
+    """(format version, the logical header, the payload section) of a file's bytes, checksum verified.
 
     The payload is a view into ``data``: the file's bytes are held once.
 
     Raises:
         ArtifactError: naming ``path``, for a file too short, of another magic or a newer version, a checksum that
-            does not match, or a header that does not inflate or parse.
+            does not match, or a header that does not read; for format 3, also an architecture not registered here
+            or one that builds more than ``max_elements`` values.
     """
+    if len(data) < len(MAGIC) + 1 + CHECKSUM.size:
+        raise ArtifactError(f"{path}: too short ({len(data)} bytes) to be a lightning_compress artifact.")
+    if data[: len(MAGIC)] != MAGIC:
+        raise ArtifactError(f"{path}: not a lightning_compress artifact (bad magic {bytes(data[:4])!r}).")
+    version = file_version(data)
+    if version > FORMAT_VERSION or version < 1:
+        raise ArtifactError(
+            f"{path}: format version {version} is "
+            + (f"newer than this library reads ({FORMAT_VERSION}); upgrade it." if version > 0 else "not a version.")
+        )
+    if version < 3:
+        return _unframe_json(data, path, version)
+    view = memoryview(data)
+    body, digest = view[: -CHECKSUM.size], view[-CHECKSUM.size :]
+    if CHECKSUM.pack(zlib.crc32(body)) != digest:
+        raise ArtifactError(f"{path}: checksum mismatch, the file is truncated or corrupted.")
+    try:
+        header, end = decode_header(body, len(MAGIC) + 1, len(body), max_elements=max_elements)
+    except TemplateTooLarge as err:
+        raise ArtifactError(
+            f"{path}: header field 'architecture.kwargs' describes a model of {err.elements:,} values, more than "
+            f"max_elements={max_elements:,}; pass a larger `max_elements` if the file is genuine."
+        ) from err
+    except LookupError as err:
+        raise ArtifactError(
+            f"{path}: header field 'architecture.name': {err.args[0] if err.args else err} The file names its "
+            "tensors by the architecture: read it with lightning_compress.read_artifact or import "
+            "lightning_compress.models (the model zoo registers itself)."
+        ) from err
+    except (ValueError, UnicodeDecodeError, RecursionError, TypeError, IndexError) as err:
+        raise ArtifactError(f"{path}: unreadable header ({err}).") from err
+    return version, header, body[end:]
+
+
+def _unframe_json(data: bytes, path: Path, version: int) -> tuple[int, Any, memoryview]:
+    """Formats 1-2: u16 version, u32 header length, deflated JSON header, payloads, SHA-256."""
     if len(data) < PREFIX.size + DIGEST_BYTES:
         raise ArtifactError(f"{path}: too short ({len(data)} bytes) to be a lightning_compress artifact.")
-    magic, version, header_len = PREFIX.unpack_from(data)
-    if magic != MAGIC:
-        raise ArtifactError(f"{path}: not a lightning_compress artifact (bad magic {magic!r}).")
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: format version {version} is newer than this library reads ({FORMAT_VERSION}); upgrade it."
-        )
+    _, _, header_len = PREFIX.unpack_from(data)
     view = memoryview(data)
     body, digest = view[:-DIGEST_BYTES], view[-DIGEST_BYTES:]
     if hashlib.sha256(body).digest() != digest:

@@ -43,5 +43,5 @@ def read_artifact(path: str | os.PathLike[str], *, max_elements: int | None = No
     if not path.is_file():
         raise FileNotFoundError(f"Artifact file {str(path)!r} does not exist.")
     data = path.read_bytes()
-    version, header, payload = unframe(data, path)
+    version, header, payload = unframe(data, path, max_elements)
     return parse_header(header, path, version, payload, len(data), max_elements)

@@ -109,5 +109,8 @@ class SurpCodec(Codec):
             )
         if start + n > size:
             raise ValueError("surp codec: tensor slice outside the stream.")
-        values = (_signed_slice(blob, start, n) * norm).astype(np.float32)
+        with np.errstate(over="ignore"):
+            values = (_signed_slice(blob, start, n) * norm).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError(f"surp codec: `norm`={norm!r} takes values past float32's range.")
         return torch.from_numpy(values).reshape(encoded.shape).to(dtype_from_name(encoded.dtype))

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from lightning_compress.codec.base import LIBRARY_VERSION, CodecSpec, EncodedTensor, forget_caches, get_codec
+from lightning_compress.codec.base import CodecSpec, EncodedTensor, forget_caches, get_codec
 from lightning_compress.codec.choice import smallest_exact
-from lightning_compress.codec.frame import FORMAT_VERSION, atomic_write, frame
+from lightning_compress.codec.frame import atomic_write, frame
 from lightning_compress.codec.records import (
     SOURCE_ASKED,
     SOURCE_DEFAULT,
@@ -107,8 +107,6 @@ def write_artifact(
         blobs.append(blob)
         offset += len(blob)
     full = {
-        "format_version": FORMAT_VERSION,
-        "library_version": LIBRARY_VERSION,
         **header,
         "tensors": records,
         "shared": shared_index,
