@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_compress.codec.compact import TemplateTooLarge, decode_header, encode_header
+from lightning_compress.codec.compact import decode_header, encode_header
 from lightning_compress.codec.records import ArtifactError
+from lightning_compress.codec.template import TemplateTooLarge
 
 __all__ = [
     "CHECKSUM",
