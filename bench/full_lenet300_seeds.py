@@ -6,6 +6,10 @@ NeuronElimination's mid-fit shrink, the file following from the weights) without
 ``bench/results/composed_fmnist.json`` (same recipe, same data split, same seeds).
 
     python -m bench.full_lenet300_seeds --seeds 0 1 2
+    python -m bench.full_lenet300_seeds --recipe rate_lenet300_fmnist --name rate_lenet300_seeds
+
+(``--recipe`` runs another LeNet-300-100 recipe the same way, ``--overrides`` adds Hydra overrides, e.g.
+``distill=true distillation.start=0.2``, and ``--name`` keeps its results file apart.)
 """
 
 from __future__ import annotations
@@ -35,12 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--recipe", default=RECIPE)
+    parser.add_argument("--name", default="full_lenet300_seeds")
+    parser.add_argument("--overrides", nargs="*", default=[])
     args = parser.parse_args()
     torch.set_num_threads(2)
     dense = dense_per_seed()
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
-        row = {"seed": seed, **run_recipe(RECIPE, quiet_run(seed, args.epochs))}
+        row = {"seed": seed, **run_recipe(args.recipe, [*quiet_run(seed, args.epochs), *args.overrides])}
         row["dense_acc"] = dense.get(seed)
         row["drop_pt"] = None if row["dense_acc"] is None else 100 * (row["dense_acc"] - row["acc"])
         runs.append(row)
@@ -60,12 +67,15 @@ def main() -> None:
     drops = [r["drop_pt"] for r in runs if r["drop_pt"] is not None]
     ratios = [r["ratio"] for r in runs]
     notes = (
-        f"`{RECIPE}` on real Fashion-MNIST, seeds {args.seeds}, {args.epochs} epochs; accuracy of the model reloaded "
-        "from its artifact; drop against the best dense run of the same seed in bench/results/composed_fmnist.json. "
+        f"`{args.recipe}` {' '.join(args.overrides)} on real Fashion-MNIST, seeds {args.seeds}, {args.epochs} "
+        "epochs; accuracy of the model "
+        "reloaded from its artifact; drop against the best dense run of the same seed in "
+        "bench/results/composed_fmnist.json. "
         f"Mean: {mean_std(ratios)[0]:.1f}x at {mean_std(drops)[0]:.2f} ± {mean_std(drops)[1]:.2f} pt; worst seed "
         f"{max(drops) if drops else float('nan'):.2f} pt."
     )
-    print(write_results("full_lenet300_seeds", {"seeds": args.seeds, "runs": runs}, table, notes).read_text())
+    payload = {"recipe": args.recipe, "overrides": args.overrides, "seeds": args.seeds, "runs": runs}
+    print(write_results(args.name, payload, table, notes).read_text())
 
 
 if __name__ == "__main__":

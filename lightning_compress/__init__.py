@@ -20,6 +20,7 @@ __version__ = "0.1.0"  # also codec.base.LIBRARY_VERSION (written into artifacts
 if TYPE_CHECKING:
     from lightning_compress.callbacks import (
         ArtifactWriter,
+        Distillation,
         NeuronElimination,
         RateAware,
         SuccessivePruning,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 #: Public name -> the module that defines it.
 _PUBLIC = {
     "ArtifactWriter": "lightning_compress.callbacks",
+    "Distillation": "lightning_compress.callbacks",
     "NeuronElimination": "lightning_compress.callbacks",
     "RateAware": "lightning_compress.callbacks",
     "SuccessivePruning": "lightning_compress.callbacks",
@@ -78,6 +80,7 @@ __all__ = [
     "ArtifactError",
     "ArtifactWriter",
     "CodecSpec",
+    "Distillation",
     "FitPlan",
     "ImageClassifier",
     "NeuronElimination",

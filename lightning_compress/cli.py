@@ -102,6 +102,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
     )
     callbacks = [
         *instantiate_children(cfg.get("callbacks")),
+        # before the compression callbacks: its teacher is taken before an event of the same step
+        *([instantiate(cfg.distillation)] if cfg.get("distill") else []),
         *instantiate_children(cfg.get("compress")),
         *extra_callbacks,
         SpawnedProcessGroupTeardown(),

@@ -1,7 +1,8 @@
-"""Lightning callbacks, one per compression method."""
+"""Lightning callbacks, one per compression method, the artifact writer and distillation."""
 
 from lightning_compress.callbacks.artifact import ArtifactWriter
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.callbacks.distillation import Distillation
 from lightning_compress.callbacks.neuron_elimination import NeuronElimination
 from lightning_compress.callbacks.rate_aware import RateAware
 from lightning_compress.callbacks.successive_pruning import SuccessivePruning
@@ -11,6 +12,7 @@ from lightning_compress.callbacks.weight_sharing import WeightSharing
 __all__ = [
     "ArtifactWriter",
     "CompressionCallback",
+    "Distillation",
     "NeuronElimination",
     "RateAware",
     "SuccessivePruning",
