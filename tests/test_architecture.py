@@ -41,6 +41,7 @@ FLOORS = {
     "callbacks.weight_sharing": 9,
     "callbacks.rate_aware": 9,
     "callbacks.artifact": 9,
+    "callbacks.distillation": 9,
     "callbacks": 10,
     "sweep": 10,
     "cli": 11,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -267,3 +269,21 @@ def test_one_version_everywhere() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert lc.__version__ == LIBRARY_VERSION == pyproject["project"]["version"]
+
+
+def _template_digest(name: str) -> str:
+    from lightning_compress.codec.template import architecture_template
+
+    template = architecture_template({"name": name, "kwargs": {}})
+    rows = [[k, list(v.shape), v.dtype, v.role] for k, v in template.items()]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def test_zoo_templates_are_those_format_3_was_written_with() -> None:
+    # format 3 names a zoo model's tensors by its architecture: a zoo model whose tensors change (names, order,
+    # shapes at its defaults) would make the files already written misread. Such a change needs a new format
+    # version (and then this file rewritten: tests/data/zoo_templates.json).
+    stored = json.loads((Path(__file__).parent / "data" / "zoo_templates.json").read_text())
+    assert set(stored) == set(available_models())
+    changed = [name for name in stored if _template_digest(name) != stored[name]]
+    assert not changed, f"zoo models whose tensors changed: {changed}"

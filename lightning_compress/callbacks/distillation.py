@@ -8,7 +8,10 @@ any LightningModule, automatic or manual optimization, without a change to its `
 from __future__ import annotations
 
 import copy
+import importlib
+import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,7 +26,7 @@ from typing_extensions import override
 from lightning_compress.arguments import check_number
 from lightning_compress.callbacks.plan import FitPlan, compression_callbacks, should_skip
 from lightning_compress.representation import REPRESENTATION_ATTR
-from lightning_compress.saving import artifact_module
+from lightning_compress.saving import artifact_module, load
 from lightning_compress.surgery import resize_to_state
 
 __all__ = ["Distillation"]
@@ -90,7 +93,8 @@ class Distillation(Callback):
         temperature: ``T``, which softens both distributions (the KL is scaled by ``T^2`` so that its gradients keep
             their size as ``T`` changes).
         weight: the KL term's weight against the module's own loss.
-        teacher: a trained model to distil from instead (frozen, used from the first step); it gets the same inputs.
+        teacher: a trained model to distil from instead (frozen, used from the first step), or the path of its
+            artifact (a zoo model's ``.lcz``, e.g. the dense run's); it gets the same inputs.
         start: the fraction of the fit at which the teacher is taken (default: the first compression window's start).
             A fit that trains from scratch and compresses from its first step needs it (the model before
             compression would be the untrained one): e.g. ``start=0.2`` takes the model after a fifth of the fit.
@@ -111,14 +115,20 @@ class Distillation(Callback):
         self,
         temperature: float = 4.0,
         weight: float = 1.0,
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | str | os.PathLike[str] | None = None,
         start: float | None = None,
     ) -> None:
         check_number("temperature", temperature, low=0, low_open=True)
         check_number("weight", weight, low=0, low_open=True)
         check_number("start", start, low=0, high=1, allow_none=True)
+        if isinstance(teacher, str | os.PathLike):
+            if not Path(teacher).is_file():
+                raise ValueError(f"`teacher`: no artifact file {str(teacher)!r} (pass a module or a .lcz path).")
+            importlib.import_module("lightning_compress.models")  # a zoo artifact names its architecture
+            teacher = load(teacher)
         if teacher is not None and not isinstance(teacher, nn.Module):
-            raise ValueError(f"`teacher` must be None or a torch.nn.Module, got {type(teacher).__name__}.")
+            kind = type(teacher).__name__
+            raise ValueError(f"`teacher` must be None, a torch.nn.Module or an artifact path, got {kind}.")
         self.temperature = float(temperature)
         self.weight = float(weight)
         self.start = start
