@@ -25,6 +25,7 @@ ROWS = (
     ("rate_lenet300_fmnist", "none", "rate_lenet300_seeds"),
     ("rate_lenet300_fmnist", "the model at 20% of the fit", "rate_lenet300_distill_seeds"),
     ("rate_lenet300_fmnist", "a dense net (same seed)", "rate_lenet300_distill_dense_seeds"),
+    ("rate_lenet300_fmnist", "a dense net (same seed), T = 2, weight 0.5", "rate_lenet300_distill_dense_t2_seeds"),
     ("full_lenet300_fmnist", "none", "full_lenet300_seeds"),
     ("full_lenet300_fmnist", "the model at 20% of the fit", "full_lenet300_distill_seeds"),
     ("full_lenet300_fmnist", "a dense net (same seed)", "full_lenet300_distill_dense_seeds"),

@@ -125,3 +125,19 @@ def test_resume_keeps_the_teacher(tmp_path: Path) -> None:
     resumed, resumed_weights = fit(tmp_path / "resumed", ckpt=str(ckpt))
     assert resumed.taken_at == full.taken_at
     assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+
+
+def test_teacher_from_an_artifact(tmp_path: Path) -> None:
+    from lightning_compress.models import build_model
+
+    dense = build_model("lenet_300_100", in_shape=[16], num_classes=4, hidden=[8, 8])
+    path = lc.save(dense, tmp_path / "dense.lcz")
+    distill = lc.Distillation(teacher=str(path))
+    assert distill.teacher is not None and not distill.teacher.training
+    x = torch.randn(3, 16)
+    assert torch.equal(distill.teacher(x), dense.eval()(x))
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[distill]))  # type: ignore[arg-type]
+    trainer.fit(_module(), *loaders())
+    assert trainer.callback_metrics["distill/kl"] > 0
+    with pytest.raises(ValueError, match=r"`teacher`: no artifact file"):
+        lc.Distillation(teacher=str(tmp_path / "missing.lcz"))
