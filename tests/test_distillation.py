@@ -133,7 +133,8 @@ def test_teacher_from_an_artifact(tmp_path: Path) -> None:
     dense = build_model("lenet_300_100", in_shape=[16], num_classes=4, hidden=[8, 8])
     path = lc.save(dense, tmp_path / "dense.lcz")
     distill = lc.Distillation(teacher=str(path))
-    assert distill.teacher is not None and not distill.teacher.training
+    assert distill.teacher is not None
+    assert not distill.teacher.training
     x = torch.randn(3, 16)
     assert torch.equal(distill.teacher(x), dense.eval()(x))
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[distill]))  # type: ignore[arg-type]
