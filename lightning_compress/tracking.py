@@ -55,12 +55,15 @@ def finish_wandb() -> None:
 
 
 def log_artifact_to_wandb(logger: Any, path: Path, metrics: Mapping[str, float], task_name: str) -> None:
-    """Log the ``.lcz`` file as a W&B artifact of type ``model``, its size and accuracy figures as metadata."""
+    """Log the ``.lcz`` file and the metadata beside it as a W&B ``model`` artifact, size and accuracy as metadata."""
     import wandb
 
     metadata = {k: float(metrics[k]) for k in ARTIFACT_METADATA_KEYS if k in metrics}
     artifact = wandb.Artifact(name=f"{task_name}-model", type="model", metadata=metadata)
     artifact.add_file(str(path), name=path.name)
+    beside = path.with_suffix(".json")  # ArtifactWriter's metadata, written beside the file
+    if beside.is_file():
+        artifact.add_file(str(beside), name=beside.name)
     logger.experiment.log_artifact(artifact, aliases=["latest"])
 
 

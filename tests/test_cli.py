@@ -453,6 +453,7 @@ def test_artifact_goes_to_wandb_as_a_model(tmp_path: Path, monkeypatch: pytest.M
         type(logger.experiment), "log_artifact", lambda self, a, *args, **kw: logged.append(a), raising=False
     )
     path = lc.save(torch.nn.Linear(3, 2), tmp_path / "m.lcz")
+    path.with_suffix(".json").write_text('{"task_name": "demo"}')
     metrics = {"size/artifact_bytes": float(path.stat().st_size), "size/ratio": 0.9, "test/acc": 0.5}
     log_artifact_to_wandb(logger, path, metrics, "demo")
     (artifact,) = logged
@@ -460,6 +461,7 @@ def test_artifact_goes_to_wandb_as_a_model(tmp_path: Path, monkeypatch: pytest.M
     assert artifact.name.startswith("demo-model")  # type: ignore[attr-defined]
     assert artifact.metadata["size/artifact_bytes"] == path.stat().st_size  # type: ignore[attr-defined]
     assert "m.lcz" in artifact.manifest.entries  # type: ignore[attr-defined]
+    assert "m.json" in artifact.manifest.entries  # type: ignore[attr-defined]
 
 
 def test_submitit_local_sweep_runs_and_is_summarised(tmp_path: Path, fake_fmnist_root: Path) -> None:
