@@ -175,8 +175,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> tuple
 def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     """Print this run next to the dense reference a committed benchmark measured (``reference.file``/``.net``).
 
-    The dense reference is read, not trained again: the mean over the benchmark's seeds of the best dense run of
-    each seed, the figure its drops are taken against.
+    The dense reference is read, not trained again: the best dense run of this run's seed when the benchmark has
+    that seed (its drops are taken against it), else the mean over the benchmark's seeds of each seed's best.
     """
     reference = cfg.get("reference") or {}
     file, net = reference.get("file"), reference.get("net")
@@ -196,7 +196,8 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
             data or "a data module outside the library",
         )
         return
-    found = dense_reference(file, str(net))
+    seed = cfg.get("seed")
+    found = dense_reference(file, str(net), seed if isinstance(seed, int) else None)
     if found is None:
         log.warning(
             "Dense reference: %s is missing or holds no %r dense run; `python -m bench.composed_fmnist` measures it.",
@@ -204,15 +205,19 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
             net,
         )
         return
-    dense, seeds = found
+    dense, seeds, same_seed = found
     metrics["reference/dense_acc"] = dense
     drop = 100 * (dense - metrics["test/acc_artifact"])
+    which = (
+        f"the best of its dense runs of seed {seed}, this run's"
+        if same_seed
+        else f"the best of its dense runs per seed, mean of {seeds} seeds"
+    )
     log.info(
-        "Dense reference (read from %s, not trained in this job: the best of its dense runs per seed, mean of %d "
-        "seeds): test/acc %.4f. This run, reloaded from its artifact: %.4f, %.1fx smaller than fp32, a drop of "
-        "%.2f pt.",
+        "Dense reference (read from %s, not trained in this job: %s): test/acc %.4f. This run, reloaded from its "
+        "artifact: %.4f, %.1fx smaller than fp32, a drop of %.2f pt.",
         file,
-        seeds,
+        which,
         dense,
         metrics["test/acc_artifact"],
         metrics.get("size/ratio", math.nan),

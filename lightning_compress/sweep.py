@@ -57,20 +57,26 @@ def sweep_group(task_name: str, sweep_dir: str | Path) -> str:
     return f"{task_name}-{Path(str(sweep_dir)).name}"
 
 
-def dense_reference(file: str | Path, net: str) -> tuple[float, int] | None:
-    """The dense test accuracy a committed benchmark measured for ``net``, and over how many seeds.
+def dense_reference(file: str | Path, net: str, seed: int | None = None) -> tuple[float, int, bool] | None:
+    """The dense test accuracy a benchmark measured for ``net``, over how many seeds, and whether it is ``seed``'s.
 
-    ``file`` is a benchmark result (``{"runs": [{"<net>/dense@<lr>": {"acc": ...}, ...}, ...]}``, one entry per
-    seed); the reference is the mean over seeds of each seed's best dense run. ``None`` when the file is missing or
-    holds no dense run of ``net``.
+    ``file`` is a benchmark result (``{"runs": [{"seed": ..., "<net>/dense@<lr>": {"acc": ...}, ...}, ...]}``, one
+    entry per seed); the reference is the best dense run of ``seed`` when the file holds that seed (over 1 seed),
+    else the mean over seeds of each seed's best dense run. ``None`` when the file is missing or holds no dense run
+    of ``net``.
     """
     path = Path(str(file))
     if not path.is_file():
         return None
     runs = json.loads(path.read_text())["runs"]
+    if seed is not None:
+        same = [run for run in runs if run.get("seed") == seed]
+        accs = [v["acc"] for run in same for k, v in run.items() if k.startswith(f"{net}/dense@")]
+        if accs:
+            return max(accs), 1, True
     per_seed = [[v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")] for run in runs]
     best = [max(accs) for accs in per_seed if accs]  # seeds that measured this net
-    return (sum(best) / len(best), len(best)) if best else None
+    return (sum(best) / len(best), len(best), False) if best else None
 
 
 def _row(job_dir: Path) -> dict[str, Any]:

@@ -304,6 +304,12 @@ def test_main_job_compares_with_the_committed_dense_reference(tmp_path: Path) ->
     cfg = {"reference": {"file": str(bench), "net": "lenet300", **declared}, "data": fmnist}
     _compare_with_reference(OmegaConf.create({**cfg, "model": {"name": "lenet_300_100"}}), metrics)
     assert metrics["reference/dense_acc"] == pytest.approx(0.89)  # mean of 0.90 and 0.88
+    # a run of a seed the benchmark measured is compared with that seed's own dense run
+    seeded = {"test/acc_artifact": 0.88}
+    runs[1]["seed"] = 7
+    bench.write_text(json.dumps({"runs": runs}))
+    _compare_with_reference(OmegaConf.create({**cfg, "seed": 7, "model": {"name": "lenet_300_100"}}), seeded)
+    assert seeded["reference/dense_acc"] == pytest.approx(0.88)
     missing = {"test/acc_artifact": 0.88}
     absent = {"file": str(tmp_path / "none.json"), "net": "x", **declared}
     _compare_with_reference(OmegaConf.create({**cfg, "reference": absent, "model": {"name": "lenet_300_100"}}), missing)
@@ -389,7 +395,7 @@ def test_sweep_summary_draws_the_dense_reference(tmp_path: Path) -> None:
     (tmp_path / "0" / JOB_METRICS).write_text(json.dumps({"status": "ok", "overrides": ["a=1"], "metrics": metrics}))
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"runs": [{"mlp/dense@0.1": {"acc": 0.9}}, {"mlp/dense@0.1": {"acc": 0.8}}]}))
-    assert dense_reference(bench, "mlp") == pytest.approx((0.85, 2))
+    assert dense_reference(bench, "mlp") == (pytest.approx(0.85), 2, False)
     assert dense_reference(bench, "cnn") is None
     assert dense_reference(tmp_path / "none.json", "mlp") is None
     config = OmegaConf.create(
