@@ -422,3 +422,48 @@ def test_bounded_cache_counts_validation_passes_and_checks_the_choice_on_all_dat
     assert state["metric_all"] >= state["baseline_metric_all"] - 0.05
     # every evaluation ran 64 samples (half a pass), plus the two streamed passes over all 128
     assert state["validation_set_equivalents"] == pytest.approx(state["evaluations"] * 0.5 + 2 + 0.5)
+
+
+@pytest.mark.parametrize("budget", [None, 6.0])
+def test_search_spends_at_most_its_budget_on_a_batchnorm_net_with_random_labels(
+    tmp_path: Path, budget: float | None
+) -> None:
+    """The forward passes of the search, counted on the model: at most ``search_budget`` passes over the cached
+    validation samples, whatever the net (BatchNorm) and its accuracy (random labels: nothing to learn, every
+    candidate as good as any); the same search unbounded spends more, so the bound is what stops it."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    )
+    train, val = blobs(256), blobs(128, sample_seed=5)
+    shuffled = [
+        torch.utils.data.TensorDataset(d.tensors[0], d.tensors[1][torch.randperm(len(d))]) for d in (train, val)
+    ]
+    samples = {"eval": 0, "on": False}
+
+    def count(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if samples["on"] and not module.training:
+            samples["eval"] += len(args[0])
+
+    class LastEpoch(pl.Callback):  # before WeightSharing: from its end-of-fit search on, every forward is the search's
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            samples["on"] = trainer.current_epoch == trainer.max_epochs - 1
+
+    net.register_forward_hook(count)
+    ws = lc.WeightSharing(
+        k_bounds=(2, 256), pop_size=16, n_gen=10, screen_samples=32, progress=False, search_budget=budget
+    )
+    model = lc.ImageClassifier(net, num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+    trainer = pl.Trainer(callbacks=[LastEpoch(), ws], **trainer_kwargs(tmp_path, max_epochs=2))
+    trainer.fit(
+        model,
+        torch.utils.data.DataLoader(shuffled[0], batch_size=32, shuffle=True),
+        torch.utils.data.DataLoader(shuffled[1], batch_size=64),
+    )
+    passes = samples["eval"] / 128  # the 128 validation samples are all cached
+    assert ws.summary()["weight_sharing/num_shared"] >= 1
+    if budget is None:
+        assert passes > 10  # unbounded, this search spends well over the budget below
+    else:
+        assert passes <= budget
+        assert passes > budget / 2  # it searched, until the budget ended it

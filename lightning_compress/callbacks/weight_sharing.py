@@ -29,6 +29,7 @@ from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.validation import METRICS, ValidationScorer, validation_loader
 from lightning_compress.functional.weight_sharing import (
     Binning,
+    SearchBudget,
     SearchPoint,
     WeightSharingProblem,
     choose_codebook,
@@ -97,6 +98,12 @@ class WeightSharing(CompressionCallback):
         k_focus: when ``k_focus`` bins are already within the budget, NSGA-II searches ``[k_min, k_focus]`` only
             (our design: the choice rule wants the fewest shared values, and most evaluations otherwise go to k in
             the hundreds); ``None``: always all of ``k_bounds``.
+        search_budget: the most the search may spend, in passes over the cached validation samples (a candidate
+            scored on all of them costs one pass, a screened one its share); the unshared model's scores are always
+            paid. The exploration leaves ``merge_candidates + 2`` passes (at most half the budget) for confirming and
+            merging. When the budget
+            ends, the best candidate found within ``accuracy_budget`` is kept and one line says where the search
+            stopped. ``None``: unbounded.
         seed: NSGA-II seed.
         output_dir: where the Pareto CSV/PNG go (default: the trainer's log dir).
         progress: show a progress bar over generations (rank 0).
@@ -130,6 +137,7 @@ class WeightSharing(CompressionCallback):
         max_val_samples: int | str | None = "auto",
         screen_samples: int | None = 1000,
         k_focus: int | None = 64,
+        search_budget: float | None = 20.0,
         seed: int = 1,
         output_dir: str | None = None,
         progress: bool = True,
@@ -160,6 +168,7 @@ class WeightSharing(CompressionCallback):
             check_number("max_val_samples", max_val_samples, low=1, integer=True, allow_none=True)
         check_number("screen_samples", screen_samples, low=1, integer=True, allow_none=True)
         check_number("k_focus", k_focus, low=3, integer=True, allow_none=True)
+        check_number("search_budget", search_budget, low=3, allow_none=True)
         check_number("seed", seed, low=0, integer=True)
         if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
             raise ValueError(f"`output_dir` must be None or a directory path, got {output_dir!r}.")
@@ -176,6 +185,7 @@ class WeightSharing(CompressionCallback):
         self.max_val_samples = max_val_samples
         self.screen_samples = screen_samples
         self.k_focus = k_focus
+        self.search_budget = None if search_budget is None else float(search_budget)
         self.seed = seed
         self.output_dir = output_dir
         self.progress = progress
@@ -365,11 +375,18 @@ class WeightSharing(CompressionCallback):
         self.scorer.reset()
         batches = self.scorer.batches(trainer, pl_module, self.forward_inputs_fn(pl_module), pl_module.device)
         screen = self.scorer.leading_samples(batches, self.screen_samples)
+        cached = sum(len(y) for _, y in batches)
+        budget = (
+            SearchBudget(self.search_budget, screen_cost=sum(len(y) for _, y in screen) / max(cached, 1))
+            if self.search_budget is not None
+            else None
+        )
         problem = WeightSharingProblem(
             params,
             self.scorer.error_fn(pl_module, batches),
             keep_zeros,
             screen_fn=self.scorer.error_fn(pl_module, screen) if screen else None,
+            budget=budget,
         )
         with self._progress_bar(self.n_gen) as advance:
             k_min, k_max = self.k_bounds
@@ -387,6 +404,13 @@ class WeightSharing(CompressionCallback):
             )
         self.screened, self.points, self.screen_used = result.screened, result.points, result.screen_used
         baseline_error, chosen, binning = result.baseline_error, result.chosen, result.binning
+        if result.search_ended is not None and budget is not None:
+            front = max((p.k for p in result.screened), default=0)
+            rank_zero_info(
+                f"WeightSharing: the search budget ({budget.total:g} passes over the {cached} cached validation "
+                f"samples) ended the search while {result.search_ended}, after {problem.evaluations} candidates "
+                f"(k up to {front} explored); it keeps the best found within accuracy_budget={self.accuracy_budget}."
+            )
         if not result.within_budget:
             rank_zero_warn(
                 f"WeightSharing: no solution within accuracy_budget={self.accuracy_budget}; using the most accurate "
@@ -397,7 +421,6 @@ class WeightSharing(CompressionCallback):
             nudged = binning.codebook.clone()
             nudged[nudged == 0] = float(torch.finfo(torch.float32).tiny)
             binning = Binning(nudged, binning.indices, binning.sums, binning.counts)
-        cached = sum(len(y) for _, y in batches)
         total, on_all = cached, None
         if not self.scorer.cache_complete:
             # the candidates were judged on a bounded part of the validation data: check the choice on all of it

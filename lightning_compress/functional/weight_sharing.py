@@ -13,7 +13,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from lightning_compress.functional.selection import select_parameters
 __all__ = [
     "Binning",
     "CodebookChoice",
+    "SearchBudget",
+    "SearchBudgetSpent",
     "SearchPoint",
     "WeightSharingProblem",
     "choose_codebook",
@@ -39,6 +41,44 @@ __all__ = [
 ]
 
 ErrorFn = Callable[[], float]
+
+
+class SearchBudgetSpent(Exception):
+    """The next score would take the search past its budget (caught by :func:`choose_codebook`)."""
+
+
+@dataclass
+class SearchBudget:
+    """What the search may spend, in passes over the validation samples ``error_fn`` scores.
+
+    A score on ``error_fn`` costs one pass, one on the screen ``screen_cost`` (its share of the samples).
+    :meth:`charge` refuses a score that would pass :attr:`limit` (a phase may lower it for a while, to keep a
+    reserve for the next); the unshared model's baseline scores are forced.
+
+    Examples:
+        >>> budget = SearchBudget(limit=2.0, screen_cost=0.25)
+        >>> budget.charge(full=True); budget.charge(full=False); budget.spent
+        1.25
+        >>> budget.charge(full=True)
+        Traceback (most recent call last):
+        ...
+        lightning_compress.functional.weight_sharing.SearchBudgetSpent: 2.25 passes > 2
+    """
+
+    limit: float
+    screen_cost: float = 1.0
+    spent: float = 0.0
+    total: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = self.limit
+
+    def charge(self, full: bool, force: bool = False) -> None:
+        """Count one score (``full``: on ``error_fn``), refusing it when it would pass the limit (unless ``force``)."""
+        cost = 1.0 if full else self.screen_cost
+        if not force and self.spent + cost > self.limit + 1e-9:
+            raise SearchBudgetSpent(f"{self.spent + cost:g} passes > {self.limit:g}")
+        self.spent += cost
 
 
 @dataclass(frozen=True)
@@ -308,6 +348,7 @@ class WeightSharingProblem:
         screen_fn: a cheaper estimate of ``error_fn`` (e.g. on a validation subsample) that the search screens
             candidates with (:meth:`evaluate_k`, :meth:`merge_until_no_improvement`); :meth:`confirm` then scores
             the few that matter with ``error_fn``. ``None``: every score uses ``error_fn``.
+        budget: what the scores may spend (:class:`SearchBudget`; ``None``: unbounded).
 
     Examples:
         >>> w = torch.tensor([0.0, 1.0, 0.0, 2.0, 4.0])
@@ -323,6 +364,7 @@ class WeightSharingProblem:
         error_fn: ErrorFn,
         keep_zeros: Sequence[bool] | None = None,
         screen_fn: ErrorFn | None = None,
+        budget: SearchBudget | None = None,
     ) -> None:
         self.params = list(params)
         self.error_fn = error_fn
@@ -360,6 +402,10 @@ class WeightSharingProblem:
         self.confirmed: dict[int, float] = {}
         self.evaluations = 0
         self.full_evaluations = 0
+        #: what the scores may spend (``None``: unbounded)
+        self.budget: SearchBudget | None = budget
+        #: the phase of :func:`choose_codebook` the budget ended (``None``: it did not)
+        self.budget_ended: str | None = None
         #: the last merge run: its unmerged ``k`` and the bin merged at each step taken (see :meth:`merged`)
         self.merge_k = 0
         self.merge_steps: list[int] = []
@@ -437,6 +483,8 @@ class WeightSharingProblem:
         return sums[nonempty] / counts[nonempty], counts[nonempty]
 
     def _score(self, full: bool) -> float:
+        if self.budget is not None:
+            self.budget.charge(full or self.screen_fn is None)
         self.evaluations += 1
         if full or self.screen_fn is None:
             self.full_evaluations += 1
@@ -502,7 +550,11 @@ class WeightSharingProblem:
         i = 1
         while i < sums.numel() - 1:
             left, right = merge(i - 1), merge(i)
-            e_left, e_right = error(left), error(right)
+            try:
+                e_left, e_right = error(left), error(right)
+            except SearchBudgetSpent:  # the merges so far stand: each one did not raise the error
+                self.budget_ended = self.budget_ended or "merging"
+                break
             if e_left <= best and e_left <= e_right:
                 (sums, counts, group), best = left, e_left
                 self.merge_steps.append(i - 1)
@@ -584,6 +636,8 @@ class CodebookChoice:
         points: the points scored on ``error_fn``: confirmed front solutions and merged ones.
         screen_used: whether the exploration ran on a screen.
         within_budget: whether the chosen point is within the budget (else it is the most accurate one).
+        search_ended: the phase in which the search budget ran out (``"exploring"``, ``"confirming"``,
+            ``"merging"``), ``None`` when the search finished within it.
     """
 
     chosen: SearchPoint
@@ -593,6 +647,7 @@ class CodebookChoice:
     points: list[SearchPoint]
     screen_used: bool
     within_budget: bool
+    search_ended: str | None = None
 
 
 def _last_merge_within(
@@ -653,37 +708,62 @@ def choose_codebook(
         (True, 0.0, True)
     """
     problem.restore()
-    baseline_error = float(problem.error_fn())
+    budget = problem.budget
     screen_used = problem.screen_fn is not None
+    if budget is not None:  # the unshared model's scores are always paid for
+        budget.charge(full=True, force=True)
+        if screen_used:
+            budget.charge(full=False, force=True)
+    baseline_error = float(problem.error_fn())
     baseline_screen = float(problem.screen_fn()) if problem.screen_fn is not None else baseline_error
     slack = slack if screen_used else 0.0
-    # our design: when ``focus_k`` bins are already within the budget, fewer bins are all the choice rule can want,
-    # so the exploration stops there instead of spending most evaluations on k in the hundreds
-    focused = focus_k is not None and problem.evaluate_k(focus_k).error <= baseline_screen + accuracy_budget + slack
-    explore(problem.evaluate_k, focus_k if focused else None)
+    wanted = max(1, merge_candidates)
+    if budget is not None:  # the exploration leaves enough for the confirmations and a merge run (or half of it)
+        budget.limit = max(budget.spent, budget.total - min(wanted + 2.0, budget.total / 2))
+    try:
+        # our design: when ``focus_k`` bins are already within the budget, fewer bins are all the choice rule can
+        # want, so the exploration stops there instead of spending most evaluations on k in the hundreds
+        focused = focus_k is not None and problem.evaluate_k(focus_k).error <= baseline_screen + accuracy_budget + slack
+        explore(problem.evaluate_k, focus_k if focused else None)
+    except SearchBudgetSpent:
+        problem.budget_ended = "exploring"
+    if budget is not None:
+        budget.limit = budget.total
     screened = list(problem.cache.values())
     budget_error = baseline_error + accuracy_budget
-    wanted = max(1, merge_candidates)
     confirmed: list[SearchPoint] = []
     # Without a screen the front is exact; with one, a point the screen shows dominated may be the better one on
     # all the data, so every screened point near the budget is a candidate, fewest shared values first.
     candidates = sorted(screened, key=lambda p: (p.num_shared, p.error)) if screen_used else pareto_front(screened)
-    for point in candidates:
-        if point.error > baseline_screen + accuracy_budget + slack:
-            continue
-        confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
-        if sum(c.error <= budget_error for c in confirmed) >= wanted:
-            break
-    if not any(c.error <= budget_error for c in confirmed):  # the fallback needs the most accurate one
-        best = min(screened, key=lambda p: (p.error, p.num_shared))
-        confirmed.append(SearchPoint(best.k, best.num_shared, problem.confirm(best.k)))
+    try:
+        for point in candidates:
+            if point.error > baseline_screen + accuracy_budget + slack:
+                continue
+            confirmed.append(SearchPoint(point.k, point.num_shared, problem.confirm(point.k)))
+            if sum(c.error <= budget_error for c in confirmed) >= wanted:
+                break
+        if not any(c.error <= budget_error for c in confirmed) and screened:  # the fallback: the most accurate
+            best = min(screened, key=lambda p: (p.error, p.num_shared))
+            confirmed.append(SearchPoint(best.k, best.num_shared, problem.confirm(best.k)))
+    except SearchBudgetSpent:
+        problem.budget_ended = problem.budget_ended or "confirming"
+    if not confirmed:  # nothing could be confirmed within the budget: the most accurate screened point, as screened
+        if not screened:
+            raise SearchBudgetSpent("the search budget ended before any candidate was scored")
+        confirmed.append(min(screened, key=lambda p: (p.error, p.num_shared)))
     points = list(dict.fromkeys(confirmed))
     merged: dict[int, Binning] = {}
     within_budget = sorted((c for c in points if c.error <= budget_error), key=lambda c: c.num_shared)
     for point in within_budget[:merge_candidates]:
+        if problem.budget_ended:
+            break
         binning, error = problem.merge_until_no_improvement(point.k)
         if screen_used:  # the merges were judged on the screen: score the result on all the data
-            binning, error = _last_merge_within(problem, binning, point.error, budget_error)
+            try:
+                binning, error = _last_merge_within(problem, binning, point.error, budget_error)
+            except SearchBudgetSpent:
+                problem.budget_ended = problem.budget_ended or "merging"
+                continue  # not confirmed on all the data: the unmerged point stands
         merged[point.k] = binning
         points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
     problem.restore()
@@ -693,4 +773,6 @@ def choose_codebook(
     else:
         chosen = min(points, key=lambda p: (p.error, p.num_shared))
     binning = merged[chosen.k] if chosen.merged else uniform_binning(problem.values, chosen.k)
-    return CodebookChoice(chosen, binning, baseline_error, screened, points, screen_used, bool(within))
+    return CodebookChoice(
+        chosen, binning, baseline_error, screened, points, screen_used, bool(within), problem.budget_ended
+    )
