@@ -100,10 +100,9 @@ class WeightSharing(CompressionCallback):
             the hundreds); ``None``: always all of ``k_bounds``.
         search_budget: the most the search may spend, in passes over the cached validation samples (a candidate
             scored on all of them costs one pass, a screened one its share); the unshared model's scores are always
-            paid. The exploration leaves ``merge_candidates + 2`` passes (at most half the budget) for confirming and
-            merging. When the budget
-            ends, the best candidate found within ``accuracy_budget`` is kept and one line says where the search
-            stopped. ``None``: unbounded.
+            paid. The exploration gets 40% of it; then one candidate (not ``merge_candidates``) is confirmed and
+            merged. When the budget ends, the best candidate found within ``accuracy_budget`` is kept and one line
+            says where the search stopped. ``None``: unbounded (the search before this bound).
         seed: NSGA-II seed.
         output_dir: where the Pareto CSV/PNG go (default: the trainer's log dir).
         progress: show a progress bar over generations (rank 0).

@@ -553,7 +553,7 @@ class WeightSharingProblem:
             try:
                 e_left, e_right = error(left), error(right)
             except SearchBudgetSpent:  # the merges so far stand: each one did not raise the error
-                self.budget_ended = self.budget_ended or "merging"
+                self.budget_ended = "merging"
                 break
             if e_left <= best and e_left <= e_right:
                 (sums, counts, group), best = left, e_left
@@ -636,7 +636,7 @@ class CodebookChoice:
         points: the points scored on ``error_fn``: confirmed front solutions and merged ones.
         screen_used: whether the exploration ran on a screen.
         within_budget: whether the chosen point is within the budget (else it is the most accurate one).
-        search_ended: the phase in which the search budget ran out (``"exploring"``, ``"confirming"``,
+        search_ended: the last phase in which the search budget ran out (``"exploring"``, ``"confirming"``,
             ``"merging"``), ``None`` when the search finished within it.
     """
 
@@ -662,17 +662,20 @@ def _last_merge_within(
     steps = len(problem.merge_steps)
     if steps == 0:  # no merge was taken
         return merged, unmerged_error
-    last = problem.error_of(merged, full=True)
-    if last <= budget:
-        return merged, last
     lo, hi, lo_error = 0, steps, unmerged_error  # after lo steps within the budget, after hi steps not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        error = problem.error_of(problem.merged(mid), full=True)
-        if error <= budget:
-            lo, lo_error = mid, error
-        else:
-            hi = mid
+    try:
+        last = problem.error_of(merged, full=True)
+        if last <= budget:
+            return merged, last
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            error = problem.error_of(problem.merged(mid), full=True)
+            if error <= budget:
+                lo, lo_error = mid, error
+            else:
+                hi = mid
+    except SearchBudgetSpent:  # the search budget ended the bisection: the longest prefix known to be within
+        problem.budget_ended = "merging"
     return problem.merged(lo), lo_error
 
 
@@ -717,9 +720,10 @@ def choose_codebook(
     baseline_error = float(problem.error_fn())
     baseline_screen = float(problem.screen_fn()) if problem.screen_fn is not None else baseline_error
     slack = slack if screen_used else 0.0
-    wanted = max(1, merge_candidates)
-    if budget is not None:  # the exploration leaves enough for the confirmations and a merge run (or half of it)
-        budget.limit = max(budget.spent, budget.total - min(wanted + 2.0, budget.total / 2))
+    # under a budget, one confirmed candidate and its merge run: merges save more shared values than a wider front
+    wanted = max(1, merge_candidates) if budget is None else 1
+    if budget is not None:  # the exploration gets 40%: the confirmation and the merge run the rest
+        budget.limit = max(budget.spent, 0.4 * budget.total)
     try:
         # our design: when ``focus_k`` bins are already within the budget, fewer bins are all the choice rule can
         # want, so the exploration stops there instead of spending most evaluations on k in the hundreds
@@ -746,7 +750,7 @@ def choose_codebook(
             best = min(screened, key=lambda p: (p.error, p.num_shared))
             confirmed.append(SearchPoint(best.k, best.num_shared, problem.confirm(best.k)))
     except SearchBudgetSpent:
-        problem.budget_ended = problem.budget_ended or "confirming"
+        problem.budget_ended = "confirming"
     if not confirmed:  # nothing could be confirmed within the budget: the most accurate screened point, as screened
         if not screened:
             raise SearchBudgetSpent("the search budget ended before any candidate was scored")
@@ -755,15 +759,15 @@ def choose_codebook(
     merged: dict[int, Binning] = {}
     within_budget = sorted((c for c in points if c.error <= budget_error), key=lambda c: c.num_shared)
     for point in within_budget[:merge_candidates]:
-        if problem.budget_ended:
+        if problem.budget_ended in ("confirming", "merging"):
             break
+        if budget is not None:  # a merge run leaves 3 passes to find its longest prefix within the budget on all data
+            budget.limit = max(budget.spent, budget.total - 3)
         binning, error = problem.merge_until_no_improvement(point.k)
+        if budget is not None:
+            budget.limit = budget.total
         if screen_used:  # the merges were judged on the screen: score the result on all the data
-            try:
-                binning, error = _last_merge_within(problem, binning, point.error, budget_error)
-            except SearchBudgetSpent:
-                problem.budget_ended = problem.budget_ended or "merging"
-                continue  # not confirmed on all the data: the unmerged point stands
+            binning, error = _last_merge_within(problem, binning, point.error, budget_error)
         merged[point.k] = binning
         points.append(SearchPoint(point.k, binning.num_shared, error, merged=True))
     problem.restore()
