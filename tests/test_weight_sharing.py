@@ -467,3 +467,19 @@ def test_search_spends_at_most_its_budget_on_a_batchnorm_net_with_random_labels(
     else:
         assert passes <= budget
         assert passes > budget / 2  # it searched, until the budget ended it
+
+
+def test_progress_bar_shows_the_budget_spent_and_the_cost_of_a_pass() -> None:
+    import time
+
+    from lightning_compress.functional.weight_sharing import SearchBudget
+
+    budget = SearchBudget(20.0, screen_cost=0.2)
+    status = lc.WeightSharing._spending(budget, time.perf_counter() - 2.0)
+    assert status() == ""  # nothing spent yet
+    budget.charge(full=True)
+    budget.charge(full=False)
+    text = status()
+    assert "1.2 of 20 passes" in text
+    assert float(text.split(", ")[1].split(" s")[0]) == pytest.approx(2.0 / 1.2, rel=0.05)
+    assert lc.WeightSharing._spending(None, 0.0)() == ""

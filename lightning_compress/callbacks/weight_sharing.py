@@ -387,7 +387,7 @@ class WeightSharing(CompressionCallback):
             screen_fn=self.scorer.error_fn(pl_module, screen) if screen else None,
             budget=budget,
         )
-        with self._progress_bar(self.n_gen) as advance:
+        with self._progress_bar(self.n_gen, self._spending(budget, started)) as advance:
             k_min, k_max = self.k_bounds
 
             def explore(evaluate: Callable[[int], SearchPoint], k_focus: int | None) -> None:
@@ -459,7 +459,7 @@ class WeightSharing(CompressionCallback):
             **(on_all or {}),
         }
 
-    def _progress_bar(self, total: int) -> Any:
+    def _progress_bar(self, total: int, status: Callable[[], str] = lambda: "") -> Any:
         from contextlib import contextmanager
 
         @contextmanager
@@ -471,9 +471,23 @@ class WeightSharing(CompressionCallback):
 
             with Progress(transient=True) as progress:
                 task = progress.add_task("WeightSharing NSGA-II generations", total=total)
-                yield lambda gen: progress.update(task, completed=gen)
+                yield lambda gen: progress.update(
+                    task, completed=gen, description=f"WeightSharing NSGA-II generations{status()}"
+                )
 
         return bar()
+
+    @staticmethod
+    def _spending(budget: SearchBudget | None, started: float) -> Callable[[], str]:
+        """What the search has spent, for the progress bar: passes of the budget and the seconds one pass takes."""
+
+        def status() -> str:
+            if budget is None or budget.spent <= 0:
+                return ""
+            per_pass = (time.perf_counter() - started) / budget.spent
+            return f" ({budget.spent:.1f} of {budget.total:g} passes, {per_pass:.2f} s a pass)"
+
+        return status
 
     def _write_outputs(self, trainer: pl.Trainer, out: Path, baseline_error: float, chosen: SearchPoint) -> None:
         rows = write_sharing_front(
