@@ -87,6 +87,10 @@ def run(net: str, name: str, seed: int, data: dict[str, TensorDataset], epochs: 
         "sources": sorted(set(report.sources.values())),
         "fit_s": fit_s,
         "event_s": sum(events.values()),
+        # WeightSharing's search, in passes over its cached validation samples
+        "search_passes": None
+        if callback is None
+        else getattr(callback, "_state", {}).get("validation_set_equivalents"),
     }
 
 
@@ -148,6 +152,9 @@ def main() -> None:
                     "ratio": f"{mean_std([r['ratio'] for r in rows])[0]:.1f}x",
                     "fit (s)": f"{mean_std([r['fit_s'] for r in rows])[0]:.0f}",
                     "fit / dense": f"{mean_std([r['fit_s'] for r in rows])[0] / dense_fit:.2f}x" if dense_fit else "",
+                    "search passes": ", ".join(
+                        f"{r['search_passes']:.1f}" for r in rows if r.get("search_passes") is not None
+                    ),
                 }
             )
     notes = (
