@@ -483,3 +483,19 @@ def test_progress_bar_shows_the_budget_spent_and_the_cost_of_a_pass() -> None:
     assert "1.2 of 20 passes" in text
     assert float(text.split(", ")[1].split(" s")[0]) == pytest.approx(2.0 / 1.2, rel=0.05)
     assert lc.WeightSharing._spending(None, 0.0)() == ""
+
+
+def test_smallest_budget_without_a_screen_still_scores_a_candidate() -> None:
+    # with every score a whole pass, 40% of the smallest budget (3) is less than the baseline and one candidate:
+    # the exploration still gets one, and the search ends with a choice and the original values restored
+    from lightning_compress.functional.weight_sharing import SearchBudget, choose_codebook
+
+    w = torch.linspace(-1, 1, 101)
+    original = w.clone()
+    budget = SearchBudget(3.0)
+    problem = WeightSharingProblem([w], lambda: float(w.abs().max() < 0.99), budget=budget)
+    choice = choose_codebook(problem, lambda evaluate, k_max: [evaluate(k) for k in range(2, 12)], 0.0)
+    assert budget.spent <= 3.0
+    assert len(choice.screened) >= 1
+    assert choice.search_ended is not None
+    assert torch.equal(w, original)

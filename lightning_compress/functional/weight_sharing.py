@@ -722,8 +722,9 @@ def choose_codebook(
     slack = slack if screen_used else 0.0
     # under a budget, one confirmed candidate and its merge run: merges save more shared values than a wider front
     wanted = max(1, merge_candidates) if budget is None else 1
-    if budget is not None:  # the exploration gets 40%: the confirmation and the merge run the rest
-        budget.limit = max(budget.spent, 0.4 * budget.total)
+    if budget is not None:  # the exploration gets 40% (one candidate at least): the confirmation and merges the rest
+        one_candidate = budget.screen_cost if screen_used else 1.0
+        budget.limit = max(budget.spent + one_candidate, 0.4 * budget.total)
     try:
         # our design: when ``focus_k`` bins are already within the budget, fewer bins are all the choice rule can
         # want, so the exploration stops there instead of spending most evaluations on k in the hundreds
@@ -753,6 +754,7 @@ def choose_codebook(
         problem.budget_ended = "confirming"
     if not confirmed:  # nothing could be confirmed within the budget: the most accurate screened point, as screened
         if not screened:
+            problem.restore()  # the refused candidate may be written into the parameters
             raise SearchBudgetSpent("the search budget ended before any candidate was scored")
         confirmed.append(min(screened, key=lambda p: (p.error, p.num_shared)))
     points = list(dict.fromkeys(confirmed))
