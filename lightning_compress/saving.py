@@ -25,6 +25,7 @@ from lightning_compress.codec.header import checked_max_elements, is_count
 from lightning_compress.codec.reader import read_artifact
 from lightning_compress.codec.records import Artifact, ArtifactError
 from lightning_compress.codec.registry import architecture_builder, known_architectures, module_type
+from lightning_compress.codec.template import buildable_kwargs
 from lightning_compress.codec.writer import resolve_spec, tied_aliases, write_artifact
 from lightning_compress.representation import find_representation
 from lightning_compress.surgery import resize_to_state
@@ -311,7 +312,7 @@ def _build_zoo_model(artifact: Artifact, device: torch.device) -> nn.Module:
             )
             + "."
         )
-    kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if not str(k).endswith("_path")}
+    kwargs = buildable_kwargs(arch.get("kwargs", {}))
     try:
         with device:
             model = builder(**kwargs)

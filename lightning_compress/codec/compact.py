@@ -23,6 +23,7 @@ from lightning_compress.codec.side_info import (
     Blobs,
     ByteReader,
     ByteWriter,
+    canonical_json,
     dtype_of,
 )
 from lightning_compress.codec.template import (
@@ -43,10 +44,6 @@ _ARCHITECTURE, _NAMES, _MODULES, _METADATA, _ALIASES = 1, 2, 16, 32, 64
 _REFERENCE_SHIFT = 2  # bits 2-3: 0 null, 1 the template's fp32 bytes, 2 a varint follows
 # record head byte
 _SHAPE, _DETAIL = 16, 32
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def _common_source(codec: str) -> str:
@@ -103,7 +100,7 @@ def encode_header(header: Mapping[str, Any]) -> bytes:
     w.varint(flags)
     if architecture is not None:
         w.block(architecture["name"].encode())
-        w.block(_canonical(architecture["kwargs"]).encode() if architecture["kwargs"] else b"")
+        w.block(canonical_json(architecture["kwargs"]).encode() if architecture["kwargs"] else b"")
     if reference is not None and reference_code == 2:
         w.varint(reference)
     for value in (modules, metadata, aliases):
@@ -207,7 +204,7 @@ def _check_round_trip(
     }
     got, end = decode_header(data, 0, len(data), max_elements=2**62)
     got.pop("format_version")
-    if end != len(data) or _canonical(got) != _canonical(expected):
+    if end != len(data) or canonical_json(got) != canonical_json(expected):
         raise ValueError("format 3 header does not read back as written (a bug: please report it)")
 
 

@@ -13,7 +13,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CODEC_CODES", "DTYPE_CODES", "LAYOUTS", "NAMED_CODEC", "Blobs", "ByteReader", "ByteWriter", "dtype_of"]
+from lightning_compress.codec.entropy import leb128
+
+__all__ = [
+    "CODEC_CODES",
+    "DTYPE_CODES",
+    "LAYOUTS",
+    "NAMED_CODEC",
+    "Blobs",
+    "ByteReader",
+    "ByteWriter",
+    "canonical_json",
+    "dtype_of",
+]
 
 #: Codecs with a packed layout, by their code (bits 0-3 of a record's head byte); code 15: named, JSON side info.
 CODEC_CODES = ("dense", "sparse", "codebook", "sparse_codebook", "ternary", "surp")
@@ -27,6 +39,11 @@ _MAX_VARINT_BYTES = 9  # values below 2**63
 _F64 = struct.Struct("<d")
 
 
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys: how format 3 writes JSON, and compares what it read back."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
 class ByteWriter:
     """Bytes appended: varints, blocks, JSON."""
 
@@ -36,18 +53,14 @@ class ByteWriter:
     def varint(self, value: int) -> None:
         if value < 0 or value >= 2**63:
             raise ValueError(f"format 3 varints hold 0 <= v < 2**63, got {value}.")
-        while True:
-            low, value = value & 0x7F, value >> 7
-            self.parts.append(low | (0x80 if value else 0))
-            if not value:
-                return
+        self.parts += leb128([value])
 
     def block(self, data: bytes) -> None:
         self.varint(len(data))
         self.parts += data
 
     def json(self, value: Any) -> None:
-        self.block(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
+        self.block(canonical_json(value).encode())
 
 
 class ByteReader:

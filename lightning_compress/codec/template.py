@@ -19,7 +19,14 @@ import torch
 from lightning_compress.codec.base import dtype_name, fp32_nbytes
 from lightning_compress.codec.registry import architecture_builder
 
-__all__ = ["TemplateTensor", "TemplateTooLarge", "architecture_template", "non_default_kwargs", "template_fp32_bytes"]
+__all__ = [
+    "TemplateTensor",
+    "TemplateTooLarge",
+    "architecture_template",
+    "buildable_kwargs",
+    "non_default_kwargs",
+    "template_fp32_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,19 @@ def architecture_template(architecture: Mapping[str, Any]) -> dict[str, Template
     builder = architecture_builder(name) if isinstance(name, str) else None
     if builder is None or not isinstance(kwargs, dict):
         raise LookupError(f"architecture {name!r} is not registered (import the module that registers it).")
-    usable = json.dumps({k: v for k, v in kwargs.items() if not str(k).endswith("_path")}, sort_keys=True)
-    return dict(_template(name, id(builder), usable))
+    return dict(_template(name, id(builder), json.dumps(buildable_kwargs(kwargs), sort_keys=True)))
+
+
+def buildable_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """An architecture's arguments without its path arguments (``weights_path``, ...).
+
+    A file never makes the reader open another file.
+
+    Examples:
+        >>> buildable_kwargs({"num_classes": 10, "weights_path": "/elsewhere.pt"})
+        {'num_classes': 10}
+    """
+    return {k: v for k, v in kwargs.items() if not str(k).endswith("_path")}
 
 
 @lru_cache(maxsize=32)  # every trial artifact of a fit asks for the same one
