@@ -355,6 +355,8 @@ def test_invalid_arguments() -> None:
         ({"parameters": "biases"}, "`parameters`"),
         ({"at_epoch": -1}, "`at_epoch`"),
         ({"max_val_samples": 0}, "`max_val_samples`"),
+        ({"search_budget": 2}, "`search_budget`"),
+        ({"search_budget": "20"}, "`search_budget`"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
