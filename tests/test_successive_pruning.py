@@ -328,6 +328,43 @@ def test_masked_retraining_keeps_exact_zeros(tmp_path: Path, optimizer: partial)
     assert cb.guard_snapshot is None
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "clip", "masked"),
+    [
+        (partial(torch.optim.Adam, lr=0.01), None, False),  # elementwise: the held values after the step suffice
+        (partial(torch.optim.Adam, lr=0.01), 1.0, True),  # clipping by norm would count the held entries
+        (partial(torch.optim.Adagrad, lr=0.01), None, False),
+    ],
+)
+def test_held_gradients_zeroed_only_where_they_reach_kept_entries(
+    tmp_path: Path, optimizer: partial, clip: float | None, masked: bool
+) -> None:
+    cb = lc.SuccessivePruning(target_sparsity=0.8, stages=[0.5, 0.8], final_fraction=0.5)
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(), num_classes=4, optimizer=optimizer)
+    seen: list[bool] = []
+
+    class HeldGradients(pl.Callback):
+        def on_before_optimizer_step(self, *args: object) -> None:  # after the compression callback's own hook
+            if cb.holds.support:
+                params = dict(model.backbone.named_parameters())
+                pruned = [params[n].grad[~m] for n, m in cb.holds.support.items() if params[n].grad is not None]
+                seen.append(bool(torch.all(torch.cat(pruned) == 0)))
+
+        def on_train_batch_end(self, *args: object) -> None:
+            flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
+            if cb.holds.support:
+                mask = torch.cat([m.reshape(-1) for m in cb.holds.support.values()])
+                assert torch.all(flat[~mask] == 0)
+
+    train, val = ordered_loaders()
+    kwargs = trainer_kwargs(tmp_path, max_epochs=3, gradient_clip_val=clip)
+    pl.Trainer(callbacks=[cb, HeldGradients()], **kwargs).fit(model, train, val)
+    assert len(seen) > 5
+    assert all(seen) if masked else not any(seen)
+    assert (torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()]) == 0).float().mean() > 0.79
+
+
 def test_artifact_round_trip_and_codec(tmp_path: Path) -> None:
     cb = lc.SuccessivePruning(target_sparsity=0.9)
     model = _model()

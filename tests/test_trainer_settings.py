@@ -124,3 +124,47 @@ def test_calibration_and_the_guard_see_batches_through_the_transfer_hooks(tmp_pa
     ]
     pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, val)
     assert all(cb.compressed for cb in callbacks)
+
+
+class _ManualClassifier(lc.ImageClassifier):
+    """Manual optimization: the user calls the optimizer's step (through Lightning's wrapper) in training_step."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp(), num_classes=4, optimizer=partial(torch.optim.Adam, lr=0.01))
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
+        assert isinstance(optimizer, pl.core.optimizer.LightningOptimizer)
+        optimizer.zero_grad()
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def test_holds_put_back_after_every_optimizer_step_and_the_hooks_removed(tmp_path: Path) -> None:
+    """Masks go back from a hook on the optimizer: a manual-optimization step keeps its zeros, nothing stays hooked."""
+    torch.manual_seed(0)
+    cb = lc.SuccessivePruning(target_sparsity=0.8, stages=[0.5, 0.8], final_fraction=0.5)
+    model = _ManualClassifier()
+    checked: list[int] = []
+
+    class CheckZeros(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+            if cb.holds.support:
+                params = dict(model.backbone.named_parameters())
+                assert all(torch.all(params[n][~m] == 0) for n, m in cb.holds.support.items())
+                checked.append(trainer.global_step)
+            # the hook is on the very optimizer the user steps
+            assert len(trainer.optimizers[0]._optimizer_step_post_hooks) == 1
+
+    train, val = loaders()
+    trainer = pl.Trainer(callbacks=[cb, CheckZeros()], **trainer_kwargs(tmp_path, max_epochs=4))
+    trainer.fit(model, train, val)
+    assert len(checked) > 5
+    assert cb.step_hook_calls == trainer.global_step  # once per optimizer step
+    assert not trainer.optimizers[0]._optimizer_step_post_hooks  # removed at the end of the fit
+    flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
+    assert (flat == 0).float().mean() == pytest.approx(0.8, abs=0.01)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -32,7 +34,7 @@ from typing_extensions import override
 from lightning_compress.arguments import check_number
 from lightning_compress.callbacks import calibration
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.holds import Holds
+from lightning_compress.callbacks.holds import Holds, held_gradients_matter
 from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
 from lightning_compress.callbacks.plan import FitPlan, compression_callbacks, should_skip
 from lightning_compress.functional.forward import ForwardInputs
@@ -46,6 +48,12 @@ __all__ = ["CompressionCallback"]
 _SHARDING_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 
 log = logging.getLogger(__name__)
+
+
+def _clips_gradients(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Whether this fit clips gradients (the Trainer's setting, or a module's own ``configure_gradient_clipping``)."""
+    overridden = type(pl_module).configure_gradient_clipping is not pl.LightningModule.configure_gradient_clipping
+    return overridden or bool(getattr(trainer, "gradient_clip_val", None))
 
 
 class CompressionCallback(Callback):
@@ -94,6 +102,11 @@ class CompressionCallback(Callback):
         self._summary: dict[str, float] = {}
         #: masks and frozen values, by tensor name
         self.holds = Holds()
+        #: the leader's hooks on the fit's optimizers, which put every callback's holds back right after each step
+        self._step_hooks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: wall seconds and calls of those hooks (the leader's; every callback's holds)
+        self.step_hook_seconds = 0.0
+        self.step_hook_calls = 0
         #: wall seconds and calls of each compression event (methods marked with :func:`compression_event`)
         self.event_seconds: dict[str, float] = {}
         self.event_counts: dict[str, int] = {}
@@ -107,6 +120,21 @@ class CompressionCallback(Callback):
     def owner(self) -> str:
         """The name this callback claims tensors under (its class name)."""
         return type(self).__name__
+
+    @override
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        # Lightning reads `state_key` around every hook call of every callback (its profiler's names), several times
+        # a step: the string is built once per set of arguments, not formatted again each time
+        try:
+            cache_key: Any = tuple(kwargs.items())
+            hash(cache_key)
+        except TypeError:
+            return super()._generate_state_key(**kwargs)
+        cached = self.__dict__.get("_state_key_cache")
+        if cached is None or cached[0] != cache_key:
+            cached = (cache_key, super()._generate_state_key(**kwargs))
+            self.__dict__["_state_key_cache"] = cached
+        return str(cached[1])
 
     # -- the plan --------------------------------------------------------------------------------------------------
     def _leads(self, trainer: pl.Trainer) -> bool:
@@ -253,13 +281,50 @@ class CompressionCallback(Callback):
             steps = self.fit_plan.total_steps
             rank_zero_info(f"lightning_compress fit plan ({steps:,} optimizer steps):\n{self.fit_plan}")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_step_hooks"] = None  # hooks on this process's optimizers; a copy registers its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._step_hooks = weakref.WeakKeyDictionary()
+
+    def _hook_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Put the holds back right after every optimizer step, from a hook on each of the fit's optimizers.
+
+        Right after ``step()`` the weights are still in the cache (on a fast CPU loop, half the time of doing it in
+        ``on_train_batch_end``); a step skipped (gradient accumulation, an AMP overflow) costs nothing. Optimizers
+        rebuilt mid-fit (a shrink) are new objects: each batch checks that every optimizer has its hook.
+        """
+        for optimizer in trainer.optimizers:
+            if optimizer not in self._step_hooks:
+                self._step_hooks[optimizer] = optimizer.register_step_post_hook(
+                    lambda *_: self._apply_all_holds(trainer, pl_module)
+                )
+
+    def _apply_all_holds(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        started = time.perf_counter()
+        for cb in self._in_order(trainer):
+            cb.apply_holds(pl_module)
+        # per-step work outside Lightning's callback hooks, so timed here (bench.overhead adds it to the hooks')
+        self.step_hook_seconds += time.perf_counter() - started
+        self.step_hook_calls += 1
+
+    def _unhook_optimizers(self) -> None:
+        for handle in list(self._step_hooks.values()):
+            handle.remove()
+        self._step_hooks = weakref.WeakKeyDictionary()
+
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._leads(trainer) and not self.should_skip(trainer):
-            for cb in self._in_order(trainer):
-                cb.before_step(trainer, pl_module)
+        if self._leads(trainer):
+            self._hook_optimizers(trainer, pl_module)
+            if not self.should_skip(trainer):
+                for cb in self._in_order(trainer):
+                    cb.before_step(trainer, pl_module)
 
     @override
     def on_before_optimizer_step(
@@ -269,7 +334,7 @@ class CompressionCallback(Callback):
             # the leader's hook runs before any other compression callback's: every added term is masked after
             for cb in self._in_order(trainer):
                 cb.add_gradients(trainer, pl_module)
-        if self.holds:
+        if self.holds and held_gradients_matter(optimizer, _clips_gradients(trainer, pl_module)):
             self.holds.mask_gradients(self.target_module(pl_module))
 
     @override
@@ -278,8 +343,9 @@ class CompressionCallback(Callback):
     ) -> None:
         if self._leads(trainer):
             callbacks = self._in_order(trainer)
-            for cb in callbacks:
-                cb.apply_holds(pl_module)
+            if not self._step_hooks:  # no optimizer hook (a step outside Lightning's loop): put the holds back here
+                for cb in callbacks:
+                    cb.apply_holds(pl_module)
             if not self.should_skip(trainer):
                 for cb in callbacks:
                     cb.act(trainer, pl_module)
@@ -300,6 +366,7 @@ class CompressionCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            self._unhook_optimizers()
             self.release_fit_state()
 
     def release_fit_state(self) -> None:
