@@ -149,10 +149,21 @@ def quiet_trainer(max_epochs: int, callbacks: Sequence[pl.Callback] = (), **over
 class PeakRss:
     """Largest resident set (bytes) of this process while running, from /proc every 20 ms (it shares the GIL)."""
 
-    def __init__(self) -> None:
+    def __init__(self, series: bool = False) -> None:
         self.peak = 0
+        #: with ``series``: (``time.perf_counter()``, bytes) of every sample, for peaks within a span of the fit
+        self.samples: list[tuple[float, int]] | None = [] if series else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The largest sample from ``start`` to ``end`` (``perf_counter`` seconds), the nearest one if none fell in."""
+        if not self.samples:
+            return self.peak
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        if inside:
+            return max(inside)
+        return min(self.samples, key=lambda s: min(abs(s[0] - start), abs(s[0] - end)))[1]
 
     @staticmethod
     def now() -> int:
@@ -161,7 +172,10 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.now())
+            rss = self.now()
+            self.peak = max(self.peak, rss)
+            if self.samples is not None:
+                self.samples.append((time.perf_counter(), rss))
             time.sleep(0.02)
 
     def __enter__(self) -> PeakRss:

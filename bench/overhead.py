@@ -19,7 +19,7 @@ For each configuration:
   hold after the fit (masks, frozen values, snapshots);
 * WeightSharing's search: wall time, evaluations, chosen number of shared values, validation accuracy.
 
-Run: ``python -m bench.overhead [--epochs 10] [--repeats 3] [--nets mlp cnn]``. The results go to
+Run: ``python -m bench.overhead [--epochs 10] [--repeats 3] [--nets mlp cnn] [--name overhead]``. The results go to
 ``bench/results/overhead.{json,md}``.
 """
 
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--net", default="mlp", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=NAME, help="results file name (bench/results/NAME.{json,md})")
     args = parser.parse_args()
     if args.child is not None:
         print("RESULT " + json.dumps(run_one(args.net, args.child, args.epochs, args.seed)), flush=True)
@@ -261,7 +262,7 @@ def main() -> None:
         "callbacks' per-step hooks, the median call of each, summed (steps holding an event left out), plus the "
         "mean time of the hook on the optimizer that puts masks and held values back after each step."
     )
-    print(write_results(NAME, {"args": vars(args), "runs": runs}, table, notes).read_text())
+    print(write_results(args.name, {"args": vars(args), "runs": runs}, table, notes).read_text())
 
 
 if __name__ == "__main__":

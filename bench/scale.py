@@ -52,23 +52,26 @@ from lightning_compress.callbacks.base import CompressionCallback
 NAME = "scale"
 
 
-def lenet300() -> nn.Module:
+def lenet300(num_classes: int = 10) -> nn.Module:
     """LeNet-300-100 on flattened 28x28 inputs."""
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, num_classes)
     )
 
 
 #: net -> (constructor, input shape of one example)
-NETS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+NETS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "lenet300": (lenet300, (1, 28, 28)),
-    "resnet18": (lambda: torchvision.models.resnet18(num_classes=1000), (3, 224, 224)),
-    "resnet50": (lambda: torchvision.models.resnet50(num_classes=1000), (3, 224, 224)),
-    "vit_b_16": (lambda: torchvision.models.vit_b_16(num_classes=1000), (3, 224, 224)),
+    "resnet18": (torchvision.models.resnet18, (3, 224, 224)),
+    "resnet50": (torchvision.models.resnet50, (3, 224, 224)),
+    "vit_b_16": (torchvision.models.vit_b_16, (3, 224, 224)),
 }
 
 CONFIGS: dict[str, Callable[[], list[pl.Callback]]] = {
     "dense": list,
+    # what a new user adds first: one callback, no arguments
+    "NeuronElimination()": lambda: [lc.NeuronElimination(verbose=False)],
+    "SuccessivePruning()": lambda: [lc.SuccessivePruning()],
     "NeuronElimination(target_params=0.5)": lambda: [lc.NeuronElimination(target_params=0.5, verbose=False)],
     "SuccessivePruning(0.95)": lambda: [lc.SuccessivePruning(0.95)],
     "Ternarization()": lambda: [lc.Ternarization()],
@@ -78,6 +81,15 @@ CONFIGS: dict[str, Callable[[], list[pl.Callback]]] = {
         lc.SuccessivePruning(0.95),
         lc.WeightSharing(progress=False),
     ],
+}
+
+
+#: The settings the events' bounds are checked in: ``b32`` (batch 32, 32 validation images, a 1000-class head, labels
+#: from 10 classes) and ``b16``, a new user's try (batch 16, 64 validation images, a 100-class head, random labels
+#: over its 100 classes): at batch 16 a step's activations no longer hide the events' buffers.
+SETTINGS: dict[str, dict[str, int]] = {
+    "b32": {"batch": 32, "val_images": 32, "classes": 1000, "label_classes": 10},
+    "b16": {"batch": 16, "val_images": 64, "classes": 100, "label_classes": 100},
 }
 
 
@@ -119,14 +131,44 @@ def _loader(data: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
 
 
-def run_one(net: str, config: str, steps: int, batch: int, val_images: int, device: str) -> dict[str, Any]:
+def _count_scored_samples(log: list[tuple[float, int]]) -> None:
+    """Record (time, samples) of every pass of a validation scorer (the event guard's, WeightSharing's search)."""
+    from lightning_compress.callbacks import validation
+
+    outputs, error_on_all = validation.ValidationScorer.outputs, validation.ValidationScorer.error_on_all
+
+    def counted_outputs(self: Any, model: nn.Module, batches: Any) -> Any:
+        log.append((time.perf_counter(), sum(len(y) for _, y in batches)))
+        return outputs(self, model, batches)
+
+    def counted_error_on_all(self: Any, *args: Any) -> Any:
+        error, samples = error_on_all(self, *args)
+        log.append((time.perf_counter(), samples))
+        return error, samples
+
+    validation.ValidationScorer.outputs = counted_outputs  # type: ignore[method-assign]
+    validation.ValidationScorer.error_on_all = counted_error_on_all  # type: ignore[method-assign]
+
+
+def run_one(
+    net: str,
+    config: str,
+    steps: int,
+    batch: int,
+    val_images: int,
+    device: str,
+    classes: int = 1000,
+    label_classes: int = 10,
+) -> dict[str, Any]:
     """One fit in this process; its figures."""
     pl.seed_everything(0, verbose=False)
     build, shape = NETS[net]
-    model = ScaleModule(build())
+    model = ScaleModule(build(num_classes=classes))
     params = sum(p.numel() for p in model.parameters())
-    train = TensorDataset(torch.randn(steps * batch, *shape), torch.randint(0, 10, (steps * batch,)))
-    val = TensorDataset(torch.randn(val_images, *shape), torch.randint(0, 10, (val_images,)))
+    train = TensorDataset(torch.randn(steps * batch, *shape), torch.randint(0, label_classes, (steps * batch,)))
+    val = TensorDataset(torch.randn(val_images, *shape), torch.randint(0, label_classes, (val_images,)))
+    scored: list[tuple[float, int]] = []
+    _count_scored_samples(scored)
     callbacks = CONFIGS[config]()
     times: list[float] = []
     marks: list[float] = []
@@ -160,7 +202,7 @@ def run_one(net: str, config: str, steps: int, batch: int, val_images: int, devi
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         before = PeakRss.now()
-        with PeakRss() as rss:
+        with PeakRss(series=True) as rss:
             started = time.perf_counter()
             trainer.fit(model, _loader(train, batch, True), _loader(val, min(batch, val_images), False))
             fit_s = time.perf_counter() - started
@@ -172,7 +214,13 @@ def run_one(net: str, config: str, steps: int, batch: int, val_images: int, devi
     events: dict[str, dict[str, float]] = {}
     for cb in compression:
         for event, seconds in cb.event_seconds.items():
-            events[f"{type(cb).__name__}.{event}"] = {"seconds": seconds, "count": cb.event_counts[event]}
+            spans = [(start, end) for name, start, end in cb.event_log if name == event]
+            events[f"{type(cb).__name__}.{event}"] = {
+                "seconds": seconds,
+                "count": cb.event_counts[event],
+                "peak_rss_mb": max((rss.peak_between(a, b) for a, b in spans), default=0) / 2**20,
+                "scored_samples": sum(n for t, n in scored if any(a <= t <= b for a, b in spans)),
+            }
     clean = [t for t, held in zip(times, held_steps, strict=False) if not held]
     return {
         "net": net,
@@ -185,6 +233,9 @@ def run_one(net: str, config: str, steps: int, batch: int, val_images: int, devi
         "step_s": statistics.median(clean) if clean else float("nan"),
         "events": events,
         "events_s": sum(e["seconds"] for e in events.values()),
+        "val_images": val_images,
+        "classes": classes,
+        "scored_samples": sum(n for _, n in scored),
         "peak_rss_mb": rss.peak / 2**20,
         "rss_rise_mb": (rss.peak - before) / 2**20,
         "cuda_peak_mb": cuda_peak / 2**20,
@@ -198,9 +249,12 @@ def run_one(net: str, config: str, steps: int, batch: int, val_images: int, devi
     }
 
 
-def _child(args: argparse.Namespace, net: str, config: str) -> dict[str, Any]:
+def _child(args: argparse.Namespace, net: str, config: str, setting: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.scale", "--child", config, "--net", net, "--steps", str(args.steps)]
-    cmd += ["--batch", str(_batch(args, net)), "--val-images", str(_per_net(args.val_for, net, args.val_images))]
+    chosen = SETTINGS[setting]
+    cmd += ["--batch", str(_batch(args, net, chosen["batch"]))]
+    cmd += ["--val-images", str(_per_net(args.val_for, net, chosen["val_images"]))]
+    cmd += ["--classes", str(chosen["classes"]), "--label-classes", str(chosen["label_classes"])]
     cmd += ["--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -218,33 +272,41 @@ def _per_net(items: list[str], net: str, default: int) -> int:
     return default
 
 
-def _batch(args: argparse.Namespace, net: str) -> int:
+def _batch(args: argparse.Namespace, net: str, batch: int) -> int:
     if any(item.partition("=")[0] == net for item in args.batch_for):
-        return _per_net(args.batch_for, net, args.batch)
+        return _per_net(args.batch_for, net, batch)
     # LeNet's calibration needs rows (NeuronElimination: 10 per neuron); its step is cheap at any batch
-    return max(int(args.batch), 256) if net == "lenet300" else int(args.batch)
+    return max(batch, 256) if net == "lenet300" else batch
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (net, configuration), figures against the same net's dense fit."""
+    """Per (setting, net, configuration): a row for all its events, then one per event; against the dense fit."""
     table = []
     for run in runs:
-        dense = next(r for r in runs if r["net"] == run["net"] and r["config"] == "dense")
+        setting = run.get("setting", "b32")
+        dense = next(
+            r for r in runs if r["net"] == run["net"] and r["config"] == "dense" and r.get("setting", "b32") == setting
+        )
         step = dense["step_s"]
         model_mb = run["model_mb"]
         held = sum(run["held_bytes"].values())
-        biggest = max(run["events"].items(), key=lambda kv: kv[1]["seconds"], default=("-", {"seconds": 0, "count": 0}))
+        passes = run.get("scored_samples", 0) / max(run.get("val_images", 1), 1)
+        common = {
+            "setting": setting,
+            "net": run["net"],
+            "params": f"{run['params'] / 1e6:.2f}M",
+            "configuration": run["config"],
+            "batch": run["batch"],
+        }
         table.append(
             {
-                "net": run["net"],
-                "params": f"{run['params'] / 1e6:.2f}M",
-                "configuration": run["config"],
-                "batch": run["batch"],
+                **common,
+                "event": "(all)",
                 # nan: every step of the fit overlapped a compression event (no clean step to time)
                 "step (s)": f"{run['step_s']:.3f}" if run["step_s"] == run["step_s"] else "- (all had events)",
-                "events (s)": f"{run['events_s']:.1f}",
-                "events in dense steps": f"{run['events_s'] / step:.1f}" if step > 0 else "-",
-                "largest event": f"{biggest[0]} {biggest[1]['seconds']:.1f}s/{biggest[1]['count']}",
+                "seconds": f"{run['events_s']:.1f}",
+                "dense steps": f"{run['events_s'] / step:.1f}" if step > 0 else "-",
+                "validation passes": f"{passes:.1f}",
                 "peak RSS vs dense (model sizes)": f"{(run['peak_rss_mb'] - dense['peak_rss_mb']) / model_mb:+.2f}",
                 "GPU peak vs dense (model sizes)": (
                     f"{(run['cuda_peak_mb'] - dense['cuda_peak_mb']) / model_mb:+.2f}" if run["cuda_peak_mb"] else "-"
@@ -253,6 +315,24 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "artifact (bytes)": f"{run['artifact_bytes']:,}",
             }
         )
+        for event, figures in sorted(run["events"].items(), key=lambda kv: -kv[1]["seconds"]):
+            peak = figures.get("peak_rss_mb")
+            table.append(
+                {
+                    **common,
+                    "event": f"{event} x{figures['count']}",
+                    "step (s)": "",
+                    "seconds": f"{figures['seconds']:.1f}",
+                    "dense steps": f"{figures['seconds'] / step:.1f}" if step > 0 else "-",
+                    "validation passes": f"{figures.get('scored_samples', 0) / max(run.get('val_images', 1), 1):.1f}",
+                    "peak RSS vs dense (model sizes)": (
+                        f"{(peak - dense['peak_rss_mb']) / model_mb:+.2f}" if peak is not None else "-"
+                    ),
+                    "GPU peak vs dense (model sizes)": "",
+                    "held after fit (callbacks alone)": "",
+                    "artifact (bytes)": "",
+                }
+            )
     return table
 
 
@@ -298,9 +378,12 @@ def main() -> None:
     )
     parser.add_argument("--configs", nargs="*", default=None, help="a subset of the configurations (dense always)")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)  # a child's; a setting's otherwise
     parser.add_argument("--batch-for", nargs="*", default=[], help="per-net batch, e.g. vit_b_16=8")
-    parser.add_argument("--val-images", type=int, default=32)
+    parser.add_argument("--val-images", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--classes", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--label-classes", type=int, default=10, help=argparse.SUPPRESS)
     parser.add_argument("--val-for", nargs="*", default=[], help="per-net validation images, e.g. vit_b_16=16")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--name", default=NAME)
@@ -308,26 +391,47 @@ def main() -> None:
     parser.add_argument("--net", default="lenet300", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        result = run_one(args.net, args.child, args.steps, args.batch, args.val_images, args.device)
+        result = run_one(
+            args.net, args.child, args.steps, args.batch, args.val_images, args.device, args.classes, args.label_classes
+        )
         print("RESULT " + json.dumps(result), flush=True)
         return
     runs: list[dict[str, Any]] = []
-    for net in args.nets:
-        for config in [c for c in CONFIGS if args.configs is None or c == "dense" or c in args.configs]:
-            row = _child(args, net, config)
-            runs.append(row)
-            print(f"{net:9s} {config:40s} fit {row['fit_s']:7.1f}s events {row['events_s']:7.1f}s", flush=True)
+    for setting in args.settings:
+        for net in args.nets:
+            for config in [c for c in CONFIGS if args.configs is None or c == "dense" or c in args.configs]:
+                row = _child(args, net, config, setting)
+                row["setting"] = setting
+                runs.append(row)
+                print(
+                    f"{setting} {net:9s} {config:40s} fit {row['fit_s']:7.1f}s events {row['events_s']:7.1f}s",
+                    flush=True,
+                )
+                # every fit's figures kept as they come: a long run stopped part-way loses none of them
+                (RESULTS / f"{args.name}.partial.json").write_text(json.dumps({"args": vars(args), "runs": runs}))
     table = summarise(runs)
-    fitted = slopes(runs)
-    plot(runs, args.name)
+    first = [r for r in runs if r["setting"] == args.settings[0]]  # one setting for the growth with size
+    fitted = slopes(first)
+    plot(first, args.name)
+    described = "; ".join(
+        f"{k}: batch {v['batch']}, {v['val_images']} validation images, {v['classes']}-class head, labels from "
+        f"{v['label_classes']} classes"
+        for k, v in SETTINGS.items()
+        if k in args.settings
+    )
     notes = (
         f"`python -m bench.scale {' '.join(sys.argv[1:])}`: synthetic data of each net's input size, SGD momentum "
-        f"0.9, {args.steps} steps, each fit in its own process. 'events in dense steps': the callbacks' compression "
-        "events (stages, rounds, search, BatchNorm re-estimation) over the dense fit's median step. Memory rows: "
-        "peak against the dense fit's, in fp32 model sizes. Log-log slope of event time vs parameters, ResNet-18 to "
-        "ViT-B/16: " + (", ".join(f"{k} {v:.2f}" for k, v in sorted(fitted.items())) or "-") + "."
+        f"0.9, {args.steps} steps, each fit in its own process. Settings: {described}. For each configuration a "
+        "row '(all)' and one per compression event (stages, rounds, search, BatchNorm re-estimation): its seconds, "
+        "those in dense steps (the dense fit's median step, same setting), the passes over the validation images "
+        "the callbacks' scorers ran (the event guard, WeightSharing's search) and the process's peak RSS during the "
+        "event (the fit's, on the '(all)' row) against the dense fit's peak, in fp32 model sizes. Log-log slope of "
+        "event time vs parameters, ResNet-18 to ViT-B/16: "
+        + (", ".join(f"{k} {v:.2f}" for k, v in sorted(fitted.items())) or "-")
+        + "."
     )
     print(write_results(args.name, {"args": vars(args), "runs": runs, "slopes": fitted}, table, notes).read_text())
+    (RESULTS / f"{args.name}.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ def test_every_event_releases_freed_memory_even_when_it_fails(monkeypatch: pytes
         events.stage(True)
     assert len(calls) == 4  # before and after each event
     assert events.event_counts["stage"] == 2
+    # each event's span is on the timeline (bench.scale reads each event's memory peak within it), failed ones too
+    assert [name for name, _, _ in events.event_log] == ["stage", "stage"]
+    assert all(start <= end for _, start, end in events.event_log)
+    assert events.event_log[0][2] <= events.event_log[1][1]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux-only")

@@ -519,6 +519,26 @@ def test_default_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Pa
     assert sum(costs) <= callback.event_guard.budget  # and together they stay within the budget
 
 
+def test_guarded_stages_stay_within_the_event_budget(tmp_path: Path) -> None:
+    """Where every stage would take the events past their budget, stages are merged into later ones (and said)."""
+    from lightning_compress.callbacks.events import EventBudget
+
+    callback = lc.SuccessivePruning()
+    # a budget of 3 training steps: each guarded stage costs several (passes over the guard's samples)
+    callback.event_budget = EventBudget(steps=3, fraction=0.0, min_seconds=0.0)
+    model = _guarded_fit(tmp_path, callback)
+    judged = [h for h in callback.history if "stage_cost" in h]
+    assert 1 <= len(judged) < len(callback.stages)  # some ran, far from all 14
+    limit = callback.event_budget.limit_seconds(callback.fit_plan.total_steps)  # type: ignore[union-attr]
+    assert limit is not None
+    each = callback.event_seconds["stage"] / callback.event_counts["stage"]
+    # the first stage runs before its cost is known, and one stage's cost can exceed its mean
+    assert callback.event_seconds["stage"] <= limit + 2 * each
+    assert _zeros(model) > 0.1  # it compressed all the same
+    if callback._stopped:
+        assert "budget" in callback._stop_reason
+
+
 def test_guard_judges_each_stage_in_a_fit_with_a_single_validation(tmp_path: Path) -> None:
     """One validation at the end of a 2-epoch fit: the stages do not wait for validations, and some are taken."""
     from torch.utils.data import DataLoader

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -33,7 +34,7 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_number
 from lightning_compress.callbacks import calibration
-from lightning_compress.callbacks.events import compression_event
+from lightning_compress.callbacks.events import EventBudget, compression_event
 from lightning_compress.callbacks.holds import Holds, held_gradients_matter
 from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
 from lightning_compress.callbacks.plan import FitPlan, compression_callbacks, should_skip
@@ -110,6 +111,10 @@ class CompressionCallback(Callback):
         #: wall seconds and calls of each compression event (methods marked with :func:`compression_event`)
         self.event_seconds: dict[str, float] = {}
         self.event_counts: dict[str, int] = {}
+        #: what this callback's optional events (guarded stages, rounds) may take of the fit, in its training steps
+        self.event_budget = EventBudget()
+        #: (event, start, end) in ``time.perf_counter`` seconds, the latest 1,000 events
+        self.event_log: deque[tuple[str, float, float]] = deque(maxlen=1000)
         #: the validated state an accuracy guard goes back to (see :func:`~.guard.guard_validation`)
         self.guard_snapshot: dict[str, Any] | None = None
         #: set when a per-step action changed weights (a stage, a round): BatchNorm statistics are re-estimated before
@@ -196,6 +201,29 @@ class CompressionCallback(Callback):
     def guard_summary(self) -> str:
         """What guards its accuracy, in a few words (the fit plan's table)."""
         return "none"
+
+    def event_decision(self, trainer: pl.Trainer, event: str, remaining: int) -> str:
+        """Whether the next optional ``event`` fits the event budget: ``"run"``, ``"skip"`` or ``"stop"``.
+
+        ``remaining``: such events left in the schedule, this one included (see :class:`~.events.EventBudget`).
+        """
+        count = self.event_counts.get(event, 0)
+        each = self.event_seconds[event] / count if count else None
+        total = self.fit_plan.total_steps if self.fit_plan is not None and self.fit_plan.total_steps else 0
+        total = total or int(trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0)
+        return self.event_budget.decide(sum(self.event_seconds.values()), each, remaining, total)
+
+    def budget_spent_reason(self, event: str) -> str:
+        """Why the events stopped when the budget ended, in words (the callback's closing line)."""
+        step = self.event_budget.step_seconds or 0.0
+        total = self.fit_plan.total_steps if self.fit_plan is not None else 0
+        steps = max(self.event_budget.steps, self.event_budget.fraction * total)
+        limit = self.event_budget.limit_seconds(total) or 0.0
+        return (
+            f"its events took {sum(self.event_seconds.values()):.1f} s of their {limit:.1f}-s budget ({steps:.0f} "
+            f"training steps at this fit's {step:.3f} s a step, at least {self.event_budget.min_seconds:g} s), and "
+            f"one more {event} would not fit"
+        )
 
     # -- claims ----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -320,6 +348,7 @@ class CompressionCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self.event_budget.step_started()
         if self._leads(trainer):
             self._hook_optimizers(trainer, pl_module)
             if not self.should_skip(trainer):
@@ -341,6 +370,7 @@ class CompressionCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.event_budget.step_ended()
         if self._leads(trainer):
             callbacks = self._in_order(trainer)
             if not self._step_hooks:  # no optimizer hook (a step outside Lightning's loop): put the holds back here

@@ -9,7 +9,9 @@ step's activations (:mod:`~lightning_compress.callbacks.memory`).
 from __future__ import annotations
 
 import functools
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -17,7 +19,17 @@ import torch
 
 from lightning_compress.callbacks.memory import release_freed_memory
 
-__all__ = ["TimedEvents", "compression_event"]
+__all__ = ["EventBudget", "TimedEvents", "compression_event", "events_run"]
+
+#: Compression events run in this process so far (every callback's): a training step during which the count moved
+#: held an event, and is not a training step's time.
+_EVENTS_RUN = [0]
+
+
+def events_run() -> int:
+    """How many compression events this process has run (every callback's)."""
+    return _EVENTS_RUN[0]
+
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -54,6 +66,7 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
         @functools.wraps(method)
         def timed(self: TimedEvents, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
+            _EVENTS_RUN[0] += 1
             with torch.profiler.record_function(f"lc/{self.owner}/{name}"):
                 # the last step's activations, freed but still resident, must not lie under the event's buffers
                 release_freed_memory()
@@ -61,9 +74,95 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
                     return method(self, *args, **kwargs)
                 finally:
                     release_freed_memory()  # the event's working buffers must not stay resident under the next step
-                    self.event_seconds[name] = self.event_seconds.get(name, 0.0) + time.perf_counter() - started
+                    ended = time.perf_counter()
+                    self.event_seconds[name] = self.event_seconds.get(name, 0.0) + ended - started
                     self.event_counts[name] = self.event_counts.get(name, 0) + 1
+                    log = getattr(self, "event_log", None)
+                    if log is not None:  # a timeline: bench.scale reads each event's memory peak within its span
+                        log.append((name, started, ended))
 
         return timed  # type: ignore[return-value]
 
     return wrap
+
+
+class EventBudget:
+    """How much of a fit one callback's optional events may take, in the fit's own training steps.
+
+    The budget is ``max(steps, fraction x the fit's steps)`` training steps, timed as this fit's steps are (the median
+    of the latest steps that held no event), and never less than ``min_seconds`` (a few seconds of events are no
+    burden, also where a short fit of a small model makes them many steps). Before an optional event (a guarded
+    stage or round: one the schedule can merge into a later one), :meth:`decide` compares what the callback's events
+    have spent, and what one more such event costs (the mean of the earlier ones), with what is left. Events that
+    must run (the final stream, a shrink, the end of the fit's BatchNorm re-estimation) are counted, never refused.
+
+    Args:
+        steps: the budget in training steps, whatever the fit's length.
+        fraction: the budget as a share of the fit's steps, where that is more.
+        min_seconds: the budget in seconds, where that is more.
+
+    Examples:
+        >>> budget = EventBudget(steps=100, min_seconds=0)
+        >>> for _ in range(3):
+        ...     budget.step_started()
+        ...     budget.step_ended(seconds=2.0)
+        >>> budget.decide(spent=150.0, each=30.0, remaining=4, total_steps=16)  # 200 s budget, 50 s left: 1 of 4
+        'skip'
+        >>> budget.decide(spent=150.0, each=30.0, remaining=1, total_steps=16)  # the last one fits
+        'run'
+        >>> budget.decide(spent=190.0, each=30.0, remaining=1, total_steps=16)
+        'stop'
+    """
+
+    def __init__(
+        self, steps: float = 100.0, fraction: float = 0.25, min_seconds: float = 10.0, window: int = 32
+    ) -> None:
+        self.steps, self.fraction, self.min_seconds = steps, fraction, min_seconds
+        self._times: deque[float] = deque(maxlen=window)
+        self._started: float | None = None
+        self._events_at_start = 0
+
+    def step_started(self) -> None:
+        """A training step begins (``on_train_batch_start``)."""
+        self._started = time.perf_counter()
+        self._events_at_start = events_run()
+
+    def step_ended(self, seconds: float | None = None) -> None:
+        """A training step ends (``on_train_batch_end``, before any event): timed unless an event ran in it."""
+        if self._started is None:
+            return
+        elapsed = time.perf_counter() - self._started if seconds is None else seconds
+        if events_run() == self._events_at_start:
+            self._times.append(elapsed)
+        self._started = None
+
+    @property
+    def step_seconds(self) -> float | None:
+        """The median training step of this fit so far (``None`` before one was timed)."""
+        return statistics.median(self._times) if self._times else None
+
+    def limit_seconds(self, total_steps: int) -> float | None:
+        """The budget in seconds (``None`` while no step has been timed)."""
+        step = self.step_seconds
+        return None if step is None else max(self.min_seconds, step * max(self.steps, self.fraction * total_steps))
+
+    def decide(self, spent: float, each: float | None, remaining: int, total_steps: int) -> str:
+        """``"run"`` the next optional event, ``"skip"`` it (a later one takes its place) or ``"stop"`` (none fits).
+
+        Args:
+            spent: seconds the callback's events have taken in this fit.
+            each: the mean seconds of one such event so far (``None``: none ran yet, it runs).
+            remaining: optional events left in the schedule, this one included.
+            total_steps: the fit's training steps.
+        """
+        limit = self.limit_seconds(total_steps)
+        if each is None or limit is None or remaining <= 0:
+            return "run"
+        affordable = int((limit - spent) // max(each, 1e-9))
+        if affordable >= remaining:
+            return "run"
+        if affordable <= 0:
+            return "stop"
+        # the affordable ones spread over what is left, counted back from the last of the schedule, which always runs
+        stride = -(-remaining // affordable)
+        return "run" if (remaining - 1) % stride == 0 else "skip"

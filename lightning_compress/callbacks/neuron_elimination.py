@@ -479,7 +479,15 @@ class NeuronElimination(CompressionCallback):
             if due and not self._stopped:
                 # rounds due at one step are merged into the latest (its tolerance and size goal)
                 self._round = due[-1]
-                self._guarded_round(trainer, pl_module)
+                # where one more guarded round would take the events past their budget, a later round takes this
+                # one's place (its tolerance and size goal are larger: skip), or the neurons are held (stop)
+                decision = self.broadcast(trainer, self.event_decision(trainer, "round", self.rounds - self._round))
+                if decision == "stop":
+                    self._stopped = True
+                    self._stop_reason = self.budget_spent_reason("round")
+                    rank_zero_info(f"NeuronElimination holds its neurons: {self._stop_reason}.")
+                elif decision == "run":
+                    self._guarded_round(trainer, pl_module)
                 self._round += 1
             return
         guarded = self.accuracy_budget is not None

@@ -290,9 +290,22 @@ class SuccessivePruning(CompressionCallback):
             # stages due at one step are merged into the latest (each stage refines from scratch anyway)
             self._stage = due[-1]
             if self.event_guard is not None:
-                self._guarded_stage(trainer, self.stages[self._stage])
-            else:
-                self._run_stage(trainer, self.stages[self._stage])
+                # a guarded stage costs passes over the guard's samples: where they would take the events past their
+                # budget, a later stage takes this one's sparsity (skip), or the sparsity is held (stop)
+                decision = self.broadcast(
+                    trainer, self.event_decision(trainer, "stage", len(self.stages) - self._stage)
+                )
+                if decision == "stop":
+                    self._stopped = True
+                    self._stop_reason = self.budget_spent_reason("stage")
+                    rank_zero_info(
+                        f"SuccessivePruning holds sparsity {self._sparsity(pl_module):.4f}: {self._stop_reason}."
+                    )
+                elif decision == "run":
+                    self._guarded_stage(trainer, self.stages[self._stage])
+                self._stage += 1
+                return
+            self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
             return
         while self._stage < len(self.stages) and trainer.global_step >= self._stage_steps[self._stage]:
