@@ -147,7 +147,7 @@ def _count_scored_samples(log: list[tuple[float, int]]) -> None:
         return error, samples
 
     validation.ValidationScorer.outputs = counted_outputs  # type: ignore[method-assign]
-    validation.ValidationScorer.error_on_all = counted_error_on_all  # type: ignore[method-assign]
+    validation.ValidationScorer.error_on_all = counted_error_on_all  # type: ignore[method-assign,assignment]
 
 
 def run_one(
