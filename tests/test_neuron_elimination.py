@@ -430,6 +430,18 @@ def test_default_event_guard_judges_every_round_and_eliminates(tmp_path: Path) -
     assert sum(p.numel() for p in model.backbone.parameters()) < 0.9 * callback._dense_params  # it compressed
 
 
+def test_guarded_rounds_stay_within_the_event_budget(tmp_path: Path) -> None:
+    """Rounds that would take the events past their budget are merged into later ones, or the neurons held."""
+    from lightning_compress.callbacks.events import EventBudget
+
+    callback = lc.NeuronElimination(rounds=8, verbose=False)
+    callback.event_budget = EventBudget(steps=2, fraction=0.0, min_seconds=0.0)  # a round costs more than 2 steps
+    _fit(tmp_path, callback, hidden=48)
+    assert 1 <= callback.event_counts["round"] < 8  # some rounds ran, not all
+    if callback._stopped and callback.event_counts["round"] < 8:
+        assert "budget" in callback._stop_reason or "target" in callback._stop_reason
+
+
 def test_event_guard_backs_off_a_round_and_never_rewinds_training(tmp_path: Path) -> None:
     """A round over budget keeps its largest leading share within budget; global steps only ever advance."""
     steps: list[int] = []

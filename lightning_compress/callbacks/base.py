@@ -207,8 +207,10 @@ class CompressionCallback(Callback):
 
         ``remaining``: such events left in the schedule, this one included (see :class:`~.events.EventBudget`).
         """
-        count = self.event_counts.get(event, 0)
-        each = self.event_seconds[event] / count if count else None
+        # the dearest one so far: later events are larger (they back off more, their size goal grows), and the
+        # mean of the early cheap ones would let one too many start
+        spans = [end - start for name, start, end in self.event_log if name == event]
+        each = max(spans) if spans else None
         total = self.fit_plan.total_steps if self.fit_plan is not None and self.fit_plan.total_steps else 0
         total = total or int(trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0)
         return self.event_budget.decide(sum(self.event_seconds.values()), each, remaining, total)
@@ -219,10 +221,10 @@ class CompressionCallback(Callback):
         total = self.fit_plan.total_steps if self.fit_plan is not None else 0
         steps = max(self.event_budget.steps, self.event_budget.fraction * total)
         limit = self.event_budget.limit_seconds(total) or 0.0
+        floor = f", at least {self.event_budget.min_seconds:g} s" if self.event_budget.min_seconds > 0 else ""
         return (
             f"its events took {sum(self.event_seconds.values()):.1f} s of their {limit:.1f}-s budget ({steps:.0f} "
-            f"training steps at this fit's {step:.3f} s a step, at least {self.event_budget.min_seconds:g} s), and "
-            f"one more {event} would not fit"
+            f"training steps at this fit's {step:.3f} s a step{floor}), and one more {event} would not fit"
         )
 
     # -- claims ----------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class EventBudget:
     of the latest steps that held no event), and never less than ``min_seconds`` (a few seconds of events are no
     burden, also where a short fit of a small model makes them many steps). Before an optional event (a guarded
     stage or round: one the schedule can merge into a later one), :meth:`decide` compares what the callback's events
-    have spent, and what one more such event costs (the mean of the earlier ones), with what is left. Events that
+    have spent, and what one more such event costs (the dearest of the earlier ones), with what is left. Events that
     must run (the final stream, a shrink, the end of the fit's BatchNorm re-estimation) are counted, never refused.
 
     Args:
@@ -151,7 +151,8 @@ class EventBudget:
 
         Args:
             spent: seconds the callback's events have taken in this fit.
-            each: the mean seconds of one such event so far (``None``: none ran yet, it runs).
+            each: the seconds one such event takes (the callbacks pass the dearest so far; ``None``: none ran yet,
+                it runs).
             remaining: optional events left in the schedule, this one included.
             total_steps: the fit's training steps.
         """
