@@ -218,6 +218,7 @@ def run_one(
             events[f"{type(cb).__name__}.{event}"] = {
                 "seconds": seconds,
                 "count": cb.event_counts[event],
+                "each_s": [round(end - start, 2) for start, end in spans],
                 "peak_rss_mb": max((rss.peak_between(a, b) for a, b in spans), default=0) / 2**20,
                 "scored_samples": sum(n for t, n in scored if any(a <= t <= b for a, b in spans)),
             }
