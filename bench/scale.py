@@ -20,7 +20,13 @@ Configurations: ``dense``, ``NeuronElimination(target_params=0.5)``, ``Successiv
 0.95 -> WeightSharing). A log-log plot of each callback's event time against the parameters is drawn, with the
 slope fitted from ResNet-18 to ViT-B/16.
 
-Run: ``python -m bench.scale [--nets lenet300 resnet18 resnet50 vit_b_16] [--steps 16] [--batch 32]
+Settings (``--settings``, default ``b32 b16``): ``b32`` (batch 32, 32 validation images, a 1000-class head),
+``b16`` (a new user's try: batch 16, 64 validation images, a 100-class head, random labels over its classes) and
+``b1`` (batch 1: the events' memory with almost no activations to hide it). Each configuration gets a row for all
+its events and one per event: seconds, dense steps, passes over the validation images (the event guard's, the
+search's) and the peak resident set during it, against the dense fit's.
+
+Run: ``python -m bench.scale [--nets lenet300 resnet18 resnet50 vit_b_16] [--steps 16] [--settings b32 b16]
 [--device cpu|cuda]``; results in ``bench/results/scale.{json,md,png}`` (``--name`` to change). On a GPU machine:
 ``python -m bench.scale --device cuda --name scale_gpu``.
 """
@@ -85,11 +91,13 @@ CONFIGS: dict[str, Callable[[], list[pl.Callback]]] = {
 
 
 #: The settings the events' bounds are checked in: ``b32`` (batch 32, 32 validation images, a 1000-class head, labels
-#: from 10 classes) and ``b16``, a new user's try (batch 16, 64 validation images, a 100-class head, random labels
-#: over its 100 classes): at batch 16 a step's activations no longer hide the events' buffers.
+#: from 10 classes), ``b16``, a new user's try (batch 16, 64 validation images, a 100-class head, random labels
+#: over its 100 classes), and ``b1``: the smaller the batch, the less a step's activations hide the events' buffers.
 SETTINGS: dict[str, dict[str, int]] = {
     "b32": {"batch": 32, "val_images": 32, "classes": 1000, "label_classes": 10},
     "b16": {"batch": 16, "val_images": 64, "classes": 100, "label_classes": 100},
+    # the events' own memory, with almost no activations to hide it
+    "b1": {"batch": 1, "val_images": 64, "classes": 100, "label_classes": 100},
 }
 
 
@@ -379,7 +387,7 @@ def main() -> None:
     )
     parser.add_argument("--configs", nargs="*", default=None, help="a subset of the configurations (dense always)")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["b32", "b16"], choices=list(SETTINGS))
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)  # a child's; a setting's otherwise
     parser.add_argument("--batch-for", nargs="*", default=[], help="per-net batch, e.g. vit_b_16=8")
     parser.add_argument("--val-images", type=int, default=32, help=argparse.SUPPRESS)

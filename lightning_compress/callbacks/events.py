@@ -3,7 +3,8 @@
 An event is a method marked with :func:`compression_event`: its wall time and calls are counted on the callback
 (``event_seconds``, ``event_counts``), it shows in ``torch.profiler`` traces as ``lc/<Callback>/<name>``, and the
 memory freed before and by it is handed back to the operating system, so its buffers never lie under the next
-step's activations (:mod:`~lightning_compress.callbacks.memory`).
+step's activations (:mod:`~lightning_compress.callbacks.memory`). :class:`EventBudget` keeps a callback's optional
+events (guarded stages and rounds) within a share of the fit's own training steps.
 """
 
 from __future__ import annotations
