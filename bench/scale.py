@@ -219,7 +219,7 @@ def run_one(
         artifact = lc.save(model, f"{tmp}/model.lcz")
         save_s = time.perf_counter() - save_started
         size = artifact.stat().st_size
-    events: dict[str, dict[str, float]] = {}
+    events: dict[str, dict[str, Any]] = {}
     for cb in compression:
         for event, seconds in cb.event_seconds.items():
             spans = [(start, end) for name, start, end in cb.event_log if name == event]
