@@ -155,8 +155,8 @@ def run_one(net: str, config: str, epochs: int, seed: int) -> dict[str, Any]:
         ),
         # the holds put back from a hook on the optimizer, right after each step (not a Lightning hook)
         "optimizer_hook_ms_per_step": 1e3
-        * sum(cb.step_hook_seconds for cb in compression)
-        / max(1, max((cb.step_hook_calls for cb in compression), default=0)),
+        * sum(cb.step_hooks.seconds for cb in compression)
+        / max(1, max((cb.step_hooks.calls for cb in compression), default=0)),
         "step_ms": 1e3 * statistics.median(profiler.recorded_durations.get("run_training_batch", [float("nan")])),
         "peak_rss_mb": (rss.peak - before) / 2**20,
         "peak_rss_total_mb": rss.peak / 2**20,

@@ -164,7 +164,7 @@ def test_holds_put_back_after_every_optimizer_step_and_the_hooks_removed(tmp_pat
     trainer = pl.Trainer(callbacks=[cb, CheckZeros()], **trainer_kwargs(tmp_path, max_epochs=4))
     trainer.fit(model, train, val)
     assert len(checked) > 5
-    assert cb.step_hook_calls == trainer.global_step  # once per optimizer step
+    assert cb.step_hooks.calls == trainer.global_step  # once per optimizer step
     assert not trainer.optimizers[0]._optimizer_step_post_hooks  # removed at the end of the fit
     flat = torch.cat([p.detach().reshape(-1) for p in model.backbone.parameters()])
     assert (flat == 0).float().mean() == pytest.approx(0.8, abs=0.01)

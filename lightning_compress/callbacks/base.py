@@ -16,10 +16,9 @@ of ``Trainer(callbacks=...)``: the plan's leader (the first compression callback
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -35,9 +34,9 @@ from typing_extensions import override
 from lightning_compress.arguments import check_number
 from lightning_compress.callbacks import calibration
 from lightning_compress.callbacks.events import EventBudget, compression_event
-from lightning_compress.callbacks.holds import Holds, held_gradients_matter
+from lightning_compress.callbacks.holds import Holds, StepHooks, clips_gradients, held_gradients_matter
 from lightning_compress.callbacks.optimizer_surgery import KeptIndices, reshape_parameters
-from lightning_compress.callbacks.plan import FitPlan, compression_callbacks, should_skip
+from lightning_compress.callbacks.plan import FitPlan, compression_callbacks, should_skip, spread_steps
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.selection import frozen_parameters
 from lightning_compress.representation import CompositionError, Representation, representation_of
@@ -51,10 +50,9 @@ _SHARDING_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel")
 log = logging.getLogger(__name__)
 
 
-def _clips_gradients(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-    """Whether this fit clips gradients (the Trainer's setting, or a module's own ``configure_gradient_clipping``)."""
-    overridden = type(pl_module).configure_gradient_clipping is not pl.LightningModule.configure_gradient_clipping
-    return overridden or bool(getattr(trainer, "gradient_clip_val", None))
+@functools.lru_cache(maxsize=256)
+def _state_key(name: str, arguments: tuple[tuple[str, Any], ...]) -> str:
+    return f"{name}{dict(arguments)!r}"  # Lightning's `Callback._generate_state_key`, character for character
 
 
 class CompressionCallback(Callback):
@@ -104,10 +102,7 @@ class CompressionCallback(Callback):
         #: masks and frozen values, by tensor name
         self.holds = Holds()
         #: the leader's hooks on the fit's optimizers, which put every callback's holds back right after each step
-        self._step_hooks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        #: wall seconds and calls of those hooks (the leader's; every callback's holds)
-        self.step_hook_seconds = 0.0
-        self.step_hook_calls = 0
+        self.step_hooks = StepHooks()
         #: wall seconds and calls of each compression event (methods marked with :func:`compression_event`)
         self.event_seconds: dict[str, float] = {}
         self.event_counts: dict[str, int] = {}
@@ -128,18 +123,11 @@ class CompressionCallback(Callback):
 
     @override
     def _generate_state_key(self, **kwargs: Any) -> str:
-        # Lightning reads `state_key` around every hook call of every callback (its profiler's names), several times
-        # a step: the string is built once per set of arguments, not formatted again each time
+        # Lightning reads `state_key` around every hook call (its profiler's names): formatted once per argument set
         try:
-            cache_key: Any = tuple(kwargs.items())
-            hash(cache_key)
-        except TypeError:
+            return _state_key(type(self).__qualname__, tuple(kwargs.items()))
+        except TypeError:  # an argument that cannot be hashed
             return super()._generate_state_key(**kwargs)
-        cached = self.__dict__.get("_state_key_cache")
-        if cached is None or cached[0] != cache_key:
-            cached = (cache_key, super()._generate_state_key(**kwargs))
-            self.__dict__["_state_key_cache"] = cached
-        return str(cached[1])
 
     # -- the plan --------------------------------------------------------------------------------------------------
     def _leads(self, trainer: pl.Trainer) -> bool:
@@ -186,13 +174,8 @@ class CompressionCallback(Callback):
         return self.window[1] < 1.0 and trainer.global_step >= self.window_steps()[1]
 
     def steps_in_window(self, count: int, final_fraction: float) -> list[int]:
-        """``count`` evenly spaced steps over the first ``1 - final_fraction`` of the window (the last at its end).
-
-        Never past the window's end: a window shorter than ``count`` steps acts several times at one step.
-        """
-        first, last = self.window_steps()
-        span = max(round((last - first) * (1.0 - final_fraction)), min(count, last - first))
-        return [min(last, first + max(1, round(span * (i + 1) / count))) for i in range(count)]
+        """``count`` steps spread over the window (:func:`~.plan.spread_steps`)."""
+        return spread_steps(*self.window_steps(), count, final_fraction)
 
     def planned_events(self, window: tuple[float, float], steps: tuple[int, int] | None) -> str:
         """What it will do inside ``window`` (``steps`` when known), in a few words (the fit plan's table)."""
@@ -202,30 +185,13 @@ class CompressionCallback(Callback):
         """What guards its accuracy, in a few words (the fit plan's table)."""
         return "none"
 
-    def event_decision(self, trainer: pl.Trainer, event: str, remaining: int) -> str:
-        """Whether the next optional ``event`` fits the event budget: ``"run"``, ``"skip"`` or ``"stop"``.
-
-        ``remaining``: such events left in the schedule, this one included (see :class:`~.events.EventBudget`).
-        """
-        # the dearest one so far: later events are larger (they back off more, their size goal grows), and the
-        # mean of the early cheap ones would let one too many start
-        spans = [end - start for name, start, end in self.event_log if name == event]
-        each = max(spans) if spans else None
-        total = self.fit_plan.total_steps if self.fit_plan is not None and self.fit_plan.total_steps else 0
-        total = total or int(trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0)
-        return self.event_budget.decide(sum(self.event_seconds.values()), each, remaining, total)
+    def event_decision(self, event: str, remaining: int) -> str:
+        """Whether the next optional ``event`` fits the event budget: ``"run"``, ``"skip"`` or ``"stop"``."""
+        return self.event_budget.decide_for(self, event, remaining, self.fit_plan.total_steps if self.fit_plan else 0)
 
     def budget_spent_reason(self, event: str) -> str:
-        """Why the events stopped when the budget ended, in words (the callback's closing line)."""
-        step = self.event_budget.step_seconds or 0.0
-        total = self.fit_plan.total_steps if self.fit_plan is not None else 0
-        steps = max(self.event_budget.steps, self.event_budget.fraction * total)
-        limit = self.event_budget.limit_seconds(total) or 0.0
-        floor = f", at least {self.event_budget.min_seconds:g} s" if self.event_budget.min_seconds > 0 else ""
-        return (
-            f"its events took {sum(self.event_seconds.values()):.1f} s of their {limit:.1f}-s budget ({steps:.0f} "
-            f"training steps at this fit's {step:.3f} s a step{floor}), and one more {event} would not fit"
-        )
+        """Why the events stopped when the budget ended, in words."""
+        return self.event_budget.spent_reason(self, event, self.fit_plan.total_steps if self.fit_plan else 0)
 
     # -- claims ----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -311,48 +277,13 @@ class CompressionCallback(Callback):
             steps = self.fit_plan.total_steps
             rank_zero_info(f"lightning_compress fit plan ({steps:,} optimizer steps):\n{self.fit_plan}")
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_step_hooks"] = None  # hooks on this process's optimizers; a copy registers its own
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._step_hooks = weakref.WeakKeyDictionary()
-
-    def _hook_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Put the holds back right after every optimizer step, from a hook on each of the fit's optimizers.
-
-        Right after ``step()`` the weights are still in the cache (on a fast CPU loop, half the time of doing it in
-        ``on_train_batch_end``); a step skipped (gradient accumulation, an AMP overflow) costs nothing. Optimizers
-        rebuilt mid-fit (a shrink) are new objects: each batch checks that every optimizer has its hook.
-        """
-        for optimizer in trainer.optimizers:
-            if optimizer not in self._step_hooks:
-                self._step_hooks[optimizer] = optimizer.register_step_post_hook(
-                    lambda *_: self._apply_all_holds(trainer, pl_module)
-                )
-
-    def _apply_all_holds(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        started = time.perf_counter()
-        for cb in self._in_order(trainer):
-            cb.apply_holds(pl_module)
-        # per-step work outside Lightning's callback hooks, so timed here (bench.overhead adds it to the hooks')
-        self.step_hook_seconds += time.perf_counter() - started
-        self.step_hook_calls += 1
-
-    def _unhook_optimizers(self) -> None:
-        for handle in list(self._step_hooks.values()):
-            handle.remove()
-        self._step_hooks = weakref.WeakKeyDictionary()
-
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self.event_budget.step_started()
         if self._leads(trainer):
-            self._hook_optimizers(trainer, pl_module)
+            self.step_hooks.ensure(trainer.optimizers, lambda: self._put_holds_back(trainer, pl_module))
             if not self.should_skip(trainer):
                 for cb in self._in_order(trainer):
                     cb.before_step(trainer, pl_module)
@@ -365,7 +296,7 @@ class CompressionCallback(Callback):
             # the leader's hook runs before any other compression callback's: every added term is masked after
             for cb in self._in_order(trainer):
                 cb.add_gradients(trainer, pl_module)
-        if self.holds and held_gradients_matter(optimizer, _clips_gradients(trainer, pl_module)):
+        if self.holds and held_gradients_matter(optimizer, clips_gradients(trainer, pl_module)):
             self.holds.mask_gradients(self.target_module(pl_module))
 
     @override
@@ -375,9 +306,8 @@ class CompressionCallback(Callback):
         self.event_budget.step_ended()
         if self._leads(trainer):
             callbacks = self._in_order(trainer)
-            if not self._step_hooks:  # no optimizer hook (a step outside Lightning's loop): put the holds back here
-                for cb in callbacks:
-                    cb.apply_holds(pl_module)
+            if not self.step_hooks:  # no optimizer hook (a step outside Lightning's loop): put the holds back here
+                self._put_holds_back(trainer, pl_module)
             if not self.should_skip(trainer):
                 for cb in callbacks:
                     cb.act(trainer, pl_module)
@@ -398,7 +328,7 @@ class CompressionCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._unhook_optimizers()
+            self.step_hooks.remove()
             self.release_fit_state()
 
     def release_fit_state(self) -> None:
@@ -431,6 +361,10 @@ class CompressionCallback(Callback):
         return False
 
     # -- shared pieces, bound to this callback ------------------------------------------------------------------
+    def _put_holds_back(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for cb in self._in_order(trainer):
+            cb.apply_holds(pl_module)
+
     def apply_holds(self, pl_module: nn.Module) -> None:
         """Re-apply this callback's masks and frozen values to the compressed module."""
         self.holds.apply(self.target_module(pl_module))
@@ -464,15 +398,9 @@ class CompressionCallback(Callback):
         return calibration.check_forward(trainer, self.target_module(pl_module), self.forward_inputs_fn(pl_module), who)
 
     def rebuild_optimizers(self, trainer: pl.Trainer, change: Callable[[], KeptIndices] | None = None) -> None:
-        """Run ``change`` (it replaces parameters, returns what it kept of each), then rebuild the optimizers.
-
-        The LR, the schedulers' progress, each group's hyperparameters, ``requires_grad`` and every parameter's
-        optimizer state (sliced to the kept entries) carry on as in an uninterrupted fit; under DDP the model is
-        wrapped again first (see :mod:`~lightning_compress.callbacks.optimizer_surgery`).
-        """
-        root = trainer.lightning_module
-        target = self.target_module(root)
-        prefix = next((name for name, sub in root.named_modules() if sub is target), "")
+        """Run ``change`` (replacing parameters), then rebuild the optimizers (``reshape_parameters``)."""
+        target = self.target_module(trainer.lightning_module)
+        prefix = next((name for name, sub in trainer.lightning_module.named_modules() if sub is target), "")
         reshape_parameters(trainer, change or dict, prefix)
 
     @staticmethod

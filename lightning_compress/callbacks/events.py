@@ -44,6 +44,7 @@ class TimedEvents(Protocol):
 
     event_seconds: dict[str, float]
     event_counts: dict[str, int]
+    event_log: deque[tuple[str, float, float]]
 
 
 def compression_event(name: str) -> Callable[[_Method], _Method]:
@@ -172,3 +173,24 @@ class EventBudget:
         # the affordable ones spread over what is left, counted back from the last of the schedule, which always runs
         stride = -(-remaining // affordable)
         return "run" if (remaining - 1) % stride == 0 else "skip"
+
+    def decide_for(self, events: TimedEvents, event: str, remaining: int, total_steps: int) -> str:
+        """:meth:`decide` for a callback's next optional ``event``, priced at the dearest of its kind so far.
+
+        The dearest, not the mean: later events are larger (they back off more, their size goal grows), and the mean
+        of the early cheap ones would let one too many start.
+        """
+        spans = [end - start for name, start, end in events.event_log if name == event]
+        each = max(spans) if spans else None
+        return self.decide(sum(events.event_seconds.values()), each, remaining, total_steps)
+
+    def spent_reason(self, events: TimedEvents, event: str, total_steps: int) -> str:
+        """Why the events stopped when the budget ended, in words (the callback's closing line)."""
+        step = self.step_seconds or 0.0
+        steps = max(self.steps, self.fraction * total_steps)
+        limit = self.limit_seconds(total_steps) or 0.0
+        floor = f", at least {self.min_seconds:g} s" if self.min_seconds > 0 else ""
+        return (
+            f"its events took {sum(events.event_seconds.values()):.1f} s of their {limit:.1f}-s budget ({steps:.0f} "
+            f"training steps at this fit's {step:.3f} s a step{floor}), and one more {event} would not fit"
+        )

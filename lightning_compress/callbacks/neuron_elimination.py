@@ -481,7 +481,7 @@ class NeuronElimination(CompressionCallback):
                 self._round = due[-1]
                 # where one more guarded round would take the events past their budget, a later round takes this
                 # one's place (its tolerance and size goal are larger: skip), or the neurons are held (stop)
-                decision = self.broadcast(trainer, self.event_decision(trainer, "round", self.rounds - self._round))
+                decision = self.broadcast(trainer, self.event_decision("round", self.rounds - self._round))
                 if decision == "stop":
                     self._stopped = True
                     self._stop_reason = self.budget_spent_reason("round")

@@ -30,6 +30,7 @@ __all__ = [
     "default_windows",
     "plan",
     "should_skip",
+    "spread_steps",
 ]
 
 
@@ -51,6 +52,19 @@ class Planned(Protocol):
 
     def guard_summary(self) -> str:
         """What guards its accuracy, in a few words."""
+
+
+def spread_steps(first: int, last: int, count: int, final_fraction: float) -> list[int]:
+    """``count`` evenly spaced steps over the first ``1 - final_fraction`` of ``[first, last]`` (the last at its end).
+
+    Never past ``last``: a window shorter than ``count`` steps acts several times at one step.
+
+    Examples:
+        >>> spread_steps(0, 100, 4, 0.2)
+        [20, 40, 60, 80]
+    """
+    span = max(round((last - first) * (1.0 - final_fraction)), min(count, last - first))
+    return [min(last, first + max(1, round(span * (i + 1) / count))) for i in range(count)]
 
 
 def should_skip(trainer: pl.Trainer) -> bool:

@@ -292,9 +292,7 @@ class SuccessivePruning(CompressionCallback):
             if self.event_guard is not None:
                 # a guarded stage costs passes over the guard's samples: where they would take the events past their
                 # budget, a later stage takes this one's sparsity (skip), or the sparsity is held (stop)
-                decision = self.broadcast(
-                    trainer, self.event_decision(trainer, "stage", len(self.stages) - self._stage)
-                )
+                decision = self.broadcast(trainer, self.event_decision("stage", len(self.stages) - self._stage))
                 if decision == "stop":
                     self._stopped = True
                     self._stop_reason = self.budget_spent_reason("stage")
