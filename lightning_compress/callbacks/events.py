@@ -146,10 +146,14 @@ class EventBudget:
         """The median training step of this fit so far (``None`` before one was timed)."""
         return statistics.median(self._times) if self._times else None
 
+    def budget_steps(self, total_steps: int) -> float:
+        """The budget in training steps of a fit of ``total_steps``."""
+        return max(self.steps, self.fraction * total_steps)
+
     def limit_seconds(self, total_steps: int) -> float | None:
         """The budget in seconds (``None`` while no step has been timed)."""
         step = self.step_seconds
-        return None if step is None else max(self.min_seconds, step * max(self.steps, self.fraction * total_steps))
+        return None if step is None else max(self.min_seconds, step * self.budget_steps(total_steps))
 
     def decide(self, spent: float, each: float | None, remaining: int, total_steps: int) -> str:
         """``"run"`` the next optional event, ``"skip"`` it (a later one takes its place) or ``"stop"`` (none fits).
@@ -187,10 +191,10 @@ class EventBudget:
     def spent_reason(self, events: TimedEvents, event: str, total_steps: int) -> str:
         """Why the events stopped when the budget ended, in words (the callback's closing line)."""
         step = self.step_seconds or 0.0
-        steps = max(self.steps, self.fraction * total_steps)
         limit = self.limit_seconds(total_steps) or 0.0
         floor = f", at least {self.min_seconds:g} s" if self.min_seconds > 0 else ""
         return (
-            f"its events took {sum(events.event_seconds.values()):.1f} s of their {limit:.1f}-s budget ({steps:.0f} "
+            f"its events took {sum(events.event_seconds.values()):.1f} s of their {limit:.1f}-s budget "
+            f"({self.budget_steps(total_steps):.0f} "
             f"training steps at this fit's {step:.3f} s a step{floor}), and one more {event} would not fit"
         )

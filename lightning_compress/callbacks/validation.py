@@ -61,7 +61,6 @@ class ValidationScorer:
 
     Attributes:
         scored_samples: samples run through the model since the last :meth:`reset`.
-        total_scored: samples counted before the last :meth:`reset` (:attr:`samples_scored` adds the rest).
         cache_complete: whether the last cache holds the whole validation loader.
 
     Examples:
@@ -73,18 +72,11 @@ class ValidationScorer:
     def __init__(self, owner: str, metric: str, max_samples: int | str | None) -> None:
         self.owner, self.metric, self.max_samples = owner, metric, max_samples
         self.scored_samples = 0
-        self.total_scored = 0
         self.cache_complete = True
 
     def reset(self) -> None:
-        """Start counting again (:attr:`scored_samples`; :attr:`total_scored` goes on)."""
-        self.total_scored += self.scored_samples
+        """Start counting again."""
         self.scored_samples = 0
-
-    @property
-    def samples_scored(self) -> int:
-        """Every sample run through the model since this scorer was made."""
-        return self.total_scored + self.scored_samples
 
     def batches(
         self, trainer: pl.Trainer, model: nn.Module, to_inputs: ForwardInputs, device: torch.device, probe: bool = False
