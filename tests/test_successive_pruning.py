@@ -580,7 +580,7 @@ def test_guard_backs_off_to_the_largest_step_within_budget_and_keeps_the_trainin
 
 def test_the_guard_scores_without_labels_when_the_batches_have_none(tmp_path: Path) -> None:
     """Validation batches that are not (inputs, targets) of a classifier: top-1 agreement with the model's own."""
-    from lightning_compress.callbacks.guard import EventGuard
+    from lightning_compress.callbacks.event_guard import EventGuard
 
     guard = EventGuard("Demo", budget=0.01, samples=64)
     net = torch.nn.Sequential(torch.nn.Linear(16, 4))
@@ -735,7 +735,7 @@ def test_an_undo_rewinds_the_optimizers_moments_with_the_weights(tmp_path: Path)
 
 
 def test_event_guard_state_round_trips_what_the_next_event_is_judged_with() -> None:
-    from lightning_compress.callbacks.guard import EventGuard
+    from lightning_compress.callbacks.event_guard import EventGuard
 
     guard = EventGuard("Demo", budget=0.01)
     guard.begin(torch.tensor([True] * 90 + [False] * 10))

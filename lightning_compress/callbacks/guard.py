@@ -1,4 +1,4 @@
-"""The accuracy guard a default compression callback keeps: a validation metric against its best, with a budget.
+"""The validation guard: a validation metric against its best, with a budget, and the undo it asks for.
 
 A callback added with no arguments promises to cost at most about a point. It cannot know beforehand how far a
 network takes its method, so it watches a validation metric: the first one logged whose name says what it is
@@ -10,20 +10,14 @@ runs it for a callback that acts in counted steps (stages, cuts), with the snaps
 :func:`require_validation` refuses a guard in a fit without validation, before the first step. RateAware judges
 with :class:`MetricGuard`; SuccessivePruning and NeuronElimination with it when asked (``guard="validation"``).
 
-:class:`EventGuard` judges a compression event itself: the model right before it against right after it, on the
-same cached validation samples. It is the default guard of SuccessivePruning (stages) and NeuronElimination
-(rounds), and RateAware's cuts with ``guard="event"``; :func:`back_off` is the bisection they share.
-
-Over 450 lines: the two guards share this room, with the back-off the event guard's callbacks share, while RateAware
-keeps the validation guard (its rate term's cost is not an event's) and the others offer it as an option.
+The event guard, which judges a compression event itself on cached validation samples and is the default of
+SuccessivePruning and NeuronElimination, is in :mod:`~lightning_compress.callbacks.event_guard`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
@@ -31,23 +25,15 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from lightning_compress.callbacks.calibration import as_the_fit_sees, has_validation, own_loader
+from lightning_compress.callbacks.calibration import has_validation
 from lightning_compress.callbacks.holds import Holds
 from lightning_compress.callbacks.plan import should_skip
-from lightning_compress.callbacks.validation import ValidationScorer, validation_loader
-from lightning_compress.functional.forward import ForwardInputs, call_forward, to_device
 
 __all__ = [
     "DEFAULT_ACCURACY_BUDGET",
     "DEFAULT_LOSS_BUDGET",
-    "EVENT_SAMPLES",
-    "RECOVERY_CREDIT",
-    "BackOff",
-    "EventCost",
-    "EventGuard",
     "Guarded",
     "MetricGuard",
-    "back_off",
     "find_monitor",
     "guard_validation",
     "mode_of",
@@ -308,266 +294,3 @@ def _restore_optimizer_state(trainer: pl.Trainer, module: nn.Module, copies: lis
                 k: (v.clone() if k == "step" else v.to(device, copy=True)) if torch.is_tensor(v) else v
                 for k, v in state.items()
             }
-
-
-#: The share of what the model wins back between two events credited against their cost (see ``EventGuard.begin``).
-RECOVERY_CREDIT = 0.5
-#: Validation samples the event guard caches: the paired comparison's standard error is about
-#: ``sqrt(flips) / samples``, a few tenths of a point at 2,048 (see :class:`EventGuard`).
-EVENT_SAMPLES = 2048
-
-
-@dataclass(frozen=True)
-class EventCost:
-    """What one compression event cost on the guard's samples.
-
-    Attributes:
-        drop: the share of samples right before the event and wrong after it, less the reverse (a paired difference
-            of the measure, in [-1, 1]).
-        se: its standard error (the paired differences' standard deviation over the square root of their count).
-        within: whether ``drop + z * se`` is within the budget.
-    """
-
-    drop: float
-    se: float
-    within: bool
-
-    def __str__(self) -> str:
-        return f"{100 * self.drop:.2f} ± {100 * self.se:.2f} pt"
-
-
-class EventGuard:
-    """Judges a compression event itself: the model right before it against the model right after it.
-
-    Both are scored on the same cached validation samples (read from the validation data given to ``fit``, whatever
-    the fit's validation schedule), so the comparison is paired: the fit's drift and the noise of two different
-    validations do not enter it, and what noise is left (samples that flip) is its standard error. An event is
-    within budget when its drop plus ``z`` standard errors is at most what is left of ``budget`` (the budget less
-    the accepted events' costs: all events together may cost what one may alone; the training between them can only
-    give some back).
-
-    The measure is top-1 accuracy when the validation batches are ``(inputs, targets)`` and the model returns one row
-    of class scores per target; otherwise it is label-free: agreement of the top-1 class with the model's own before
-    the first event.
-
-    Args:
-        owner: the callback's name (in messages).
-        budget: the largest drop an event may cost (1 point: 0.01).
-        samples: validation samples cached (at most).
-        z: standard errors added to the drop before it is compared with the budget.
-        credit: the share of what the model wins back between two events that is credited against what they
-            spent (0: every event's cost counts for good).
-        charge_drift: count what the model loses between two events as spent, in full (for a method that changes
-            the weights between its events too: RateAware's rate term).
-
-    Examples:
-        >>> guard = EventGuard("Demo", budget=0.01)
-        >>> before = torch.tensor([True] * 95 + [False] * 5)
-        >>> after = before.clone(); after[:3] = False
-        >>> cost = guard.judge(before, after)
-        >>> round(cost.drop, 3), cost.within
-        (0.03, False)
-    """
-
-    def __init__(
-        self,
-        owner: str,
-        budget: float = DEFAULT_ACCURACY_BUDGET,
-        samples: int = EVENT_SAMPLES,
-        z: float = 1.0,
-        credit: float = RECOVERY_CREDIT,
-        charge_drift: bool = False,
-    ) -> None:
-        self.owner, self.budget, self.z = owner, float(budget), float(z)
-        self.scorer = ValidationScorer(owner, "accuracy", samples)
-        self.measure: str | None = None
-        #: what the accepted events of this fit cost together, less the credited recovery between them
-        self.spent = 0.0
-        self.credit = float(credit)
-        self.charge_drift = bool(charge_drift)
-        self._before_measure = 0.0
-        self._after_measure: float | None = None
-        self._batches: list[tuple[Any, torch.Tensor]] = []
-        self._reference: list[torch.Tensor] | None = None
-
-    @property
-    def ready(self) -> bool:
-        """Whether the samples are cached."""
-        return self.measure is not None
-
-    def prepare(self, trainer: pl.Trainer, model: nn.Module, to_inputs: ForwardInputs) -> None:
-        """Cache the validation samples (once per fit) and choose the measure; label-free needs ``model`` as it is.
-
-        Raises:
-            RuntimeError: the fit has no validation data to cache.
-        """
-        if self.ready:
-            return
-        device = next(model.parameters()).device
-        try:
-            self._batches = self.scorer.batches(trainer, model, to_inputs, device)
-            if self._batches:
-                self.scorer.probe(model, *self._batches[0])
-            self.measure = "accuracy"
-        except TypeError:  # no (inputs, targets) of a classifier: judge agreement with the model's own predictions
-            self._batches, self._reference = self._inputs_only(trainer, model, to_inputs, device)
-            self.measure = "agreement"
-        if not self._batches:
-            raise RuntimeError(f"{self.owner}: the validation data given to `fit` holds no samples to judge with.")
-        rank_zero_info(f"{self.owner}: {self.describe()}.")
-
-    @torch.no_grad()
-    def _inputs_only(
-        self, trainer: pl.Trainer, model: nn.Module, to_inputs: ForwardInputs, device: torch.device
-    ) -> tuple[list[tuple[Any, torch.Tensor]], list[torch.Tensor]]:
-        """Validation inputs without labels, up to the sample cap, and the model's top-1 class on each row.
-
-        The batches' targets are placeholders (one per row), for the scorer's batch format.
-        """
-        cap = self.scorer.max_samples if isinstance(self.scorer.max_samples, int) else None
-        batches: list[tuple[Any, torch.Tensor]] = []
-        reference: list[torch.Tensor] = []
-        seen = 0
-        was_training = model.training
-        model.eval()
-        try:
-            for batch in map(partial(as_the_fit_sees, trainer), own_loader(validation_loader(trainer) or [])):
-                x = to_device(to_inputs(batch), device)
-                rows = call_forward(model, x)
-                rows = rows.reshape(-1, rows.shape[-1]) if rows.dim() >= 2 else rows.reshape(-1, 1)
-                batches.append((x, torch.zeros(len(rows))))
-                reference.append(rows.argmax(dim=1))
-                seen += len(rows)
-                if cap is not None and seen >= cap:
-                    break
-        finally:
-            model.train(was_training)
-        return batches, reference
-
-    def describe(self) -> str:
-        """One line: what the guard measures, on how many samples, with which budget."""
-        what = (
-            "top-1 accuracy"
-            if self.measure == "accuracy"
-            else "top-1 agreement with the model before its first event (no labels to score with)"
-        )
-        samples = sum(len(y) for _, y in self._batches)
-        return (
-            f"each compression event is judged by its own cost in {what} on {samples:,} cached validation samples, "
-            f"the model right before it against right after it: all events together within {100 * self.budget:g} pt, "
-            "each with one standard error included"
-        )
-
-    def outcomes(self, model: nn.Module) -> torch.Tensor:
-        """Per cached sample: whether ``model`` as it is now gets it right (or agrees with the reference)."""
-        outputs = self.scorer.outputs(model, self._batches)
-        if self.measure == "accuracy":
-            truth = [y.reshape(-1) for _, y in self._batches]
-        else:
-            assert self._reference is not None  # noqa: S101 - set with the label-free measure
-            truth = self._reference
-        return torch.cat([(o.argmax(dim=1) == t.to(o.device)).cpu() for o, t in zip(outputs, truth, strict=True)])
-
-    @property
-    def allowance(self) -> float:
-        """What the next event may cost: the budget less what the accepted events cost together."""
-        return self.budget - self.spent
-
-    def judge(self, before: torch.Tensor, after: torch.Tensor) -> EventCost:
-        """The cost of an event from the outcomes before and after it (paired), against :attr:`allowance`."""
-        diff = before.to(torch.float64) - after.to(torch.float64)
-        n = diff.numel()
-        drop = float(diff.mean()) if n else 0.0
-        se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
-        return EventCost(drop, se, drop + self.z * se <= self.allowance)
-
-    def begin(self, before: torch.Tensor) -> None:
-        """Start judging an event from the model's outcomes right before it.
-
-        What the model won back since the last event (its measure now against right after that event, on the same
-        samples) is credited against what the events spent, at :attr:`credit` of its size: the training between
-        two events repairs part of the damage, and part of what it wins is progress the uncompressed model would
-        have made as well (our design; see ``docs/defaults.md``).
-        """
-        self._before_measure = float(before.to(torch.float64).mean())
-        if self._after_measure is not None:
-            moved = self._before_measure - self._after_measure
-            if moved < 0 and self.charge_drift:  # lost between the events: the method's own doing, all of it
-                self.spent -= moved
-            self.spent = max(self.spent - self.credit * max(moved, 0.0), 0.0)
-
-    def baseline(self, outcomes: torch.Tensor) -> None:
-        """Take the model's outcomes before its method changes anything as the last event's.
-
-        With ``charge_drift`` what it loses from here on counts, before the first event too.
-        """
-        self._after_measure = float(outcomes.to(torch.float64).mean())
-
-    def accept(self, cost: EventCost) -> None:
-        """Count an accepted event's cost against the budget (the estimate itself: a negative one gives some back)."""
-        self.spent += cost.drop
-        self._after_measure = self._before_measure - cost.drop
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a resumed fit needs to judge as this one would: what was spent, the measure after the last event."""
-        return {"spent": self.spent, "after": self._after_measure}
-
-    def load_state_dict(self, state: Mapping[str, Any] | float | None) -> None:
-        """Resume from :meth:`state_dict` (a bare number: ``spent`` alone, as checkpoints stored it before)."""
-        if state is None or isinstance(state, (int, float)):
-            self.spent = float(state or 0.0)
-            return
-        self.spent = float(state.get("spent") or 0.0)
-        after = state.get("after")
-        self._after_measure = None if after is None else float(after)
-
-    def release(self) -> None:
-        """Drop the cached samples (end of fit)."""
-        self._batches, self._reference, self.measure = [], None, None
-
-
-@dataclass(frozen=True)
-class BackOff:
-    """What :func:`back_off` found.
-
-    Attributes:
-        position: the step's end chosen: the full step, the largest part within budget, or the start (none fits).
-        cost: its cost (with none that fits: the cost of the smallest part tried).
-        smallest: the smallest part tried (the full step when it fit).
-    """
-
-    position: float
-    cost: EventCost
-    smallest: float
-
-    @property
-    def held(self) -> bool:
-        """Whether no part of the step fits (``position`` is the start)."""
-        return not self.cost.within
-
-
-def back_off(attempt: Callable[[float], EventCost], start: float, full: float, steps: int) -> BackOff:
-    """The largest step from ``start`` towards ``full`` whose cost is within budget, bisected ``steps`` times.
-
-    ``attempt(position)`` puts the model at ``position`` (from the same weights each time) and returns the cost;
-    positions are any monotone scale of the step (sparsity, a share of a round, log-bytes).
-
-    Examples:
-        >>> def cost(position: float) -> EventCost:
-        ...     return EventCost(position / 100, 0.0, position / 100 <= 0.01)
-        >>> found = back_off(cost, 0.0, 4.0, steps=4)
-        >>> found.position, found.held
-        (1.0, False)
-    """
-    first = attempt(full)
-    if first.within:
-        return BackOff(full, first, full)
-    lo, hi, chosen, smallest = start, full, None, first
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        cost = attempt(mid)
-        if cost.within:
-            lo, chosen = mid, BackOff(mid, cost, mid)
-        else:
-            hi, smallest = mid, cost
-    return chosen if chosen is not None else BackOff(start, smallest, hi)

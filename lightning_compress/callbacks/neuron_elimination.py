@@ -26,19 +26,12 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_bool, check_choice, check_names, check_number
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.callbacks.calibration import event_norm_inputs, has_validation
+from lightning_compress.callbacks.calibration import has_validation
+from lightning_compress.callbacks.event_guard import EventCost, EventGuard, judge_event, over_budget
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import (
-    DEFAULT_ACCURACY_BUDGET,
-    BackOff,
-    EventCost,
-    EventGuard,
-    MetricGuard,
-    back_off,
-)
+from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import fp32_nbytes
-from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     LayerPair,
@@ -91,8 +84,8 @@ class NeuronElimination(CompressionCallback):
 
     **Accuracy guard.** On by default (1 point) unless ``tolerance`` or ``target_params`` is given. The default
     ``guard="event"`` judges every round by its own cost
-    (:class:`~lightning_compress.callbacks.guard.EventGuard`): the model right before the round against right after
-    it, on the same cached validation samples (BatchNorm statistics re-estimated for both), whatever the fit's
+    (:class:`~lightning_compress.callbacks.event_guard.EventGuard`): the model right before the round against right
+    after it, on the same cached validation samples (BatchNorm statistics re-estimated for both), whatever the fit's
     validation schedule. A round over budget keeps only the same leading share of every layer's eliminations (in
     the order they were chosen), bisected to the largest share within budget, from the current weights: training is
     never thrown away. Later rounds eliminate at most what fit (twice that after a whole round fits), and annealing
@@ -684,17 +677,6 @@ class NeuronElimination(CompressionCallback):
             counts[max(range(len(records)), key=lambda i: len(records[i].eliminations))] = 1
         return [RoundRecord(r.pair, r.eliminations[:n]) for r, n in zip(records, counts, strict=True)]
 
-    def _outcomes(self, pl_module: pl.LightningModule, norm_inputs: list[Any]) -> torch.Tensor:
-        """The event guard's per-sample outcomes of the model as it is.
-
-        Its BatchNorm statistics are re-estimated first, on ``norm_inputs`` (the same batches for every trial of an
-        event: :func:`~lightning_compress.callbacks.calibration.event_norm_inputs`).
-        """
-        if norm_inputs:
-            recalibrate_batch_norms_(self.target_module(pl_module), norm_inputs)
-        assert self.event_guard is not None  # noqa: S101 - only under the event guard
-        return self.event_guard.outcomes(pl_module)
-
     @compression_event("round")
     def _guarded_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A round as large as the event guard allows: the whole round, or the largest leading share within budget.
@@ -714,44 +696,28 @@ class NeuronElimination(CompressionCallback):
         written = self._written_layers()
         saved = {k: v.detach().clone() for k, v in module.state_dict().items() if k.rpartition(".")[0] in written}
         saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+        rounds_before = len(self.history)
 
         @torch.no_grad()
         def restore() -> None:
+            del self.history[rounds_before:]  # a trial's round leaves no trace
             module.load_state_dict(saved, strict=False)
             buffers = dict(module.named_buffers())
             for name, value in saved_buffers.items():
                 buffers[name].copy_(value)
             self._refresh_masks(pl_module)
 
+        def put(share: float) -> None:
+            self._redistribute(trainer, pl_module, self._leading(records, share), alive_before)
+
         largest = 1.0 if self._elimination_cap is None else min(1.0, self._elimination_cap / total)
-        chosen: BackOff | None = None
-        if trainer.is_global_zero:
-            guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
-            norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
-            before = self._outcomes(pl_module, norm_inputs)
-            guard.begin(before)
-
-            def attempt(share: float) -> EventCost:
-                restore()
-                self._redistribute(trainer, pl_module, self._leading(records, share), alive_before)
-                try:
-                    return guard.judge(before, self._outcomes(pl_module, norm_inputs))
-                finally:
-                    self.history.pop()
-
-            chosen = back_off(attempt, 0.0, largest, self.backoff_steps)
-            restore()
-        chosen = self.broadcast(trainer, chosen)
-        assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+        chosen = judge_event(self, trainer, guard, put, restore, (0.0, largest), self.backoff_steps)
         share, cost = chosen.position, chosen.cost
         kept = self._leading(records, share)
         count = sum(len(r.eliminations) for r in kept)
         if count == 0:
             self._stopped = True
-            self._stop_reason = (
-                f"round {self._round + 1}'s smallest share tried cost {cost} on the guard's samples: with one standard "
-                f"error more than the {100 * guard.allowance:.2f} pt left of its {100 * guard.budget:g}-pt budget"
-            )
+            self._stop_reason = over_budget(f"round {self._round + 1}'s smallest share tried", guard, cost)
             rank_zero_info(f"NeuronElimination holds its neurons: {self._stop_reason}.")
             return
         if count < total:  # backed off: later rounds eliminate no more than what fit

@@ -15,7 +15,7 @@ Without ``target_bytes`` the path goes towards the bytes of 5% non-zeros in ever
 default) under an accuracy guard (``accuracy_budget``): cuts since a validation that fell further than the budget
 are undone, and the support is held where it was validated. ``guard="event"`` judges each cut by its own cost on
 cached validation samples instead, and counts what the model loses between two cuts
-(:class:`~lightning_compress.callbacks.guard.EventGuard`); a cut over budget is bisected to the largest cut within
+(:class:`~lightning_compress.callbacks.event_guard.EventGuard`); a cut over budget is bisected to the largest cut within
 budget (in bytes, between the support now and the path's point). It is not the default: a cut removes weights the
 rate term has already pushed to zero, so it costs nothing at once, and what the term costs shows in what the network
 fails to learn, which neither the cut's cost nor a fall between cuts measures (2-epoch fits: 4.6 and 7.5 pt on the
@@ -45,20 +45,11 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.callbacks.calibration import event_norm_inputs
+from lightning_compress.callbacks.event_guard import EventCost, EventGuard, judge_event, measure_now, over_budget
 from lightning_compress.callbacks.events import compression_event
-from lightning_compress.callbacks.guard import (
-    BackOff,
-    EventCost,
-    EventGuard,
-    MetricGuard,
-    back_off,
-    guard_validation,
-    require_validation,
-)
+from lightning_compress.callbacks.guard import MetricGuard, guard_validation, require_validation
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.reader import read_artifact
-from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 from lightning_compress.functional.rate import add_rate_gradients, hard_bits, threshold_for_bits
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.representation import CompositionError
@@ -306,9 +297,7 @@ class RateAware(CompressionCallback):
         assert self.event_guard is not None  # noqa: S101 - only under the event guard
         module = self.target_module(pl_module)
         saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
-        self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
-        norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
-        self.event_guard.baseline(self._outcomes(pl_module, norm_inputs))
+        self.event_guard.baseline(measure_now(self, trainer, self.event_guard)[0])
         with torch.no_grad():  # the measure re-estimated the statistics: the fit's own go back
             buffers = dict(module.named_buffers())
             for name, value in saved_buffers.items():
@@ -444,13 +433,6 @@ class RateAware(CompressionCallback):
             f"for its tensors (weight {self.current_weight:.3g}/KB){judged}."
         )
 
-    def _outcomes(self, pl_module: nn.Module, norm_inputs: list[Any]) -> torch.Tensor:
-        """The event guard's per-sample outcomes of the model as it is (BatchNorm re-estimated on ``norm_inputs``)."""
-        if norm_inputs:
-            recalibrate_batch_norms_(self.target_module(pl_module), norm_inputs)
-        assert self.event_guard is not None  # noqa: S101 - only under the event guard
-        return self.event_guard.outcomes(pl_module)
-
     @compression_event("cut")
     def _guarded_cut(self, trainer: pl.Trainer, pl_module: pl.LightningModule, bits: float) -> None:
         """The cut to ``bits``, or the largest cut within the event guard's budget (bisected in log-bytes).
@@ -477,31 +459,15 @@ class RateAware(CompressionCallback):
                 buffers[name].copy_(value)
             self.holds.hold_support(module, saved_support) if saved_support else self.holds.release()
 
-        chosen: BackOff | None = None
-        if trainer.is_global_zero:
-            guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
-            norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
-            before = self._outcomes(pl_module, norm_inputs)
-            guard.begin(before)
+        def put(log_bits: float) -> None:
+            self.holds.hold_support(module, {**self.holds.support, **self._support_at(pl_module, math.exp(log_bits))})
 
-            def attempt(target: float) -> EventCost:
-                restore()
-                self.holds.hold_support(module, {**self.holds.support, **self._support_at(pl_module, target)})
-                return guard.judge(before, self._outcomes(pl_module, norm_inputs))
-
-            # in log-bytes between the support now (no cut) and the path's point
-            chosen = back_off(
-                lambda at: attempt(math.exp(at)), math.log(now), math.log(max(bits, 1.0)), self.backoff_steps
-            )
-            restore()
-        chosen = self.broadcast(trainer, chosen)
-        assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+        # in log-bytes between the support now (no cut) and the path's point
+        span = (math.log(now), math.log(max(bits, 1.0)))
+        chosen = judge_event(self, trainer, guard, put, restore, span, self.backoff_steps)
         target, cost = math.exp(chosen.position), chosen.cost
         if chosen.held:
-            self._stop(
-                f"cut {self._event}'s smallest cut tried cost {cost} on the guard's samples: with one standard error "
-                f"more than the {100 * guard.allowance:.2f} pt left of its {100 * guard.budget:g}-pt budget"
-            )
+            self._stop(over_budget(f"cut {self._event}'s smallest cut tried", guard, cost))
             return
         guard.accept(cost)
         self._apply_cut(trainer, pl_module, target, cost)

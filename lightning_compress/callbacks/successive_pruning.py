@@ -22,22 +22,17 @@ from typing_extensions import override
 
 from lightning_compress.arguments import check_choice, check_number, check_parameters, is_number
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.callbacks.calibration import event_norm_inputs
+from lightning_compress.callbacks.event_guard import EventGuard, judge_event, over_budget
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.guard import (
     DEFAULT_ACCURACY_BUDGET,
-    BackOff,
-    EventCost,
-    EventGuard,
     MetricGuard,
-    back_off,
     guard_validation,
     require_validation,
 )
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
-from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 from lightning_compress.functional.selection import select_parameters
 from lightning_compress.functional.successive_pruning import (
     SurpResult,
@@ -82,7 +77,7 @@ class SuccessivePruning(CompressionCallback):
 
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
     towards 95% while every stage's own cost fits a 1-point budget
-    (:class:`~lightning_compress.callbacks.guard.EventGuard`, ``guard="event"``): the model right before the stage
+    (:class:`~lightning_compress.callbacks.event_guard.EventGuard`, ``guard="event"``): the model right before the stage
     against right after it, on the same cached validation samples, whatever the fit's validation schedule. A stage
     over budget is bisected between the sparsity before it and its target from the same weights (the training
     since the last stage is kept), later stages take steps no larger (twice as large after a whole step fits),
@@ -339,17 +334,6 @@ class SuccessivePruning(CompressionCallback):
         params = self._params(pl_module, self._names if names is None else names)
         return 1.0 - sum(int(p.count_nonzero()) for p in params) / max(sum(p.numel() for p in params), 1)
 
-    def _outcomes(self, pl_module: pl.LightningModule, norm_inputs: list[Any]) -> torch.Tensor:
-        """The event guard's per-sample outcomes of the model as it is.
-
-        Its BatchNorm statistics are re-estimated first, on ``norm_inputs`` (the same batches for every trial of an
-        event: :func:`~lightning_compress.callbacks.calibration.event_norm_inputs`).
-        """
-        if norm_inputs:
-            recalibrate_batch_norms_(self.target_module(pl_module), norm_inputs)
-        assert self.event_guard is not None  # noqa: S101 - only under the event guard
-        return self.event_guard.outcomes(pl_module)
-
     @compression_event("stage")
     def _guarded_stage(self, trainer: pl.Trainer, scheduled: float) -> None:
         """Prune towards ``scheduled`` as far as the guard allows: the step, or the largest part of it within budget.
@@ -387,31 +371,18 @@ class SuccessivePruning(CompressionCallback):
                 buffers[name].copy_(value)
             self.holds.hold_support(module, saved_masks) if saved_masks else self.holds.release()
 
-        chosen: BackOff | None = None
-        if trainer.is_global_zero:
-            self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
-            norm_inputs = event_norm_inputs(trainer, module, self.forward_inputs_fn(pl_module), self.owner)
-            before = self._outcomes(pl_module, norm_inputs)
-            self.event_guard.begin(before)
+        guard = self.event_guard
 
-            def attempt(sparsity: float) -> EventCost:
-                restore()
-                self._prune_to(pl_module, self._names, sparsity, values=False)
-                return self.event_guard.judge(before, self._outcomes(pl_module, norm_inputs))  # type: ignore[union-attr]
+        def put(sparsity: float) -> None:
+            self._prune_to(pl_module, self._names, sparsity, values=False)
 
-            chosen = back_off(attempt, current, target, self.backoff_steps)
-            restore()
-        chosen = self.broadcast(trainer, chosen)
-        assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+        chosen = judge_event(self, trainer, guard, put, restore, (current, target), self.backoff_steps)
         sparsity, cost = chosen.position, chosen.cost
         if chosen.held:
             restore()  # the other ranks hold the same weights
             self._stopped = True
-            self._stop_reason = (
-                f"stage {self._stage + 1}'s smallest step tried (to {chosen.smallest:.4f}) cost {cost} on the guard's "
-                "samples: "
-                f"with one standard error more than the {100 * self.event_guard.allowance:.2f} pt left of its "
-                f"{100 * self.event_guard.budget:g}-pt budget"
+            self._stop_reason = over_budget(
+                f"stage {self._stage + 1}'s smallest step tried (to {chosen.smallest:.4f})", guard, cost
             )
             rank_zero_info(f"SuccessivePruning holds sparsity {current:.4f}: {self._stop_reason}.")
             return
@@ -419,8 +390,8 @@ class SuccessivePruning(CompressionCallback):
             self._step_cap = sparsity - current
         elif self._step_cap is not None:  # a whole step fit: the next may be twice as large
             self._step_cap *= 2
-        self.event_guard.accept(cost)
-        self._prune_to(pl_module, self._names, sparsity, values=False)
+        guard.accept(cost)
+        put(sparsity)
         self.changed_weights = True
         figures = {
             "stage": float(self._stage + 1),
