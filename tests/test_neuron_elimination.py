@@ -28,6 +28,7 @@ from lightning_compress.functional.neuron_elimination import (
     eliminate_dependent,
     find_layer_pairs,
     greedy_round,
+    leading_share,
     param_count,
     param_table,
     replay_,
@@ -470,11 +471,11 @@ def test_leading_share_keeps_each_pairs_first_eliminations() -> None:
         return RoundRecord(pair, [replace(e, neuron=i) for i in range(n)])
 
     records = [record(0, 8), record(1, 2)]
-    half = lc.NeuronElimination._leading(records, 0.5)
+    half = leading_share(records, 0.5)
     assert [[e.neuron for e in r.eliminations] for r in half] == [[0, 1, 2, 3], [0]]
-    tiny = lc.NeuronElimination._leading(records, 0.01)
+    tiny = leading_share(records, 0.01)
     assert [len(r.eliminations) for r in tiny] == [1, 0]  # a share above 0 keeps at least one
-    assert [len(r.eliminations) for r in lc.NeuronElimination._leading(records, 0.0)] == [0, 0]
+    assert [len(r.eliminations) for r in leading_share(records, 0.0)] == [0, 0]
 
 
 def test_immediate_removal_rebuilds_optimizer(tmp_path: Path) -> None:

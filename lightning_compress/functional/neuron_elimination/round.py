@@ -29,6 +29,7 @@ __all__ = [
     "current_pairs",
     "decide_round",
     "layer_floor",
+    "leading_share",
     "params_goal",
     "redistribute_round_",
     "remap",
@@ -222,3 +223,16 @@ def compact_record(record: RoundRecord | Mapping[str, Any]) -> dict[str, Any]:
         "neurons": torch.tensor(neurons, dtype=torch.int32),
         "scores": torch.tensor(scores, dtype=torch.float64),
     }
+
+
+def leading_share(records: Sequence[RoundRecord], share: float) -> list[RoundRecord]:
+    """The same leading ``share`` of every pair's eliminations, in the order they were chosen.
+
+    A leading part of a greedy round is itself a valid round: each elimination's survivors are the neurons alive
+    when it was chosen, and the ones chosen after it only add to the redistributed columns. A share above 0 keeps
+    at least one elimination (the largest record's first).
+    """
+    counts = [math.floor(share * len(r.eliminations) + 1e-9) for r in records]
+    if share > 0 and records and not any(counts):
+        counts[max(range(len(records)), key=lambda i: len(records[i].eliminations))] = 1
+    return [RoundRecord(r.pair, r.eliminations[:n]) for r, n in zip(records, counts, strict=True)]
