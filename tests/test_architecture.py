@@ -31,6 +31,7 @@ FLOORS = {
     "callbacks.holds": 6,
     "callbacks.calibration": 6,
     "callbacks.plan": 6,
+    "callbacks.state": 6,
     "callbacks.events": 7,
     "callbacks.guard": 7,
     "callbacks.event_guard": 8,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
@@ -21,23 +21,34 @@ from lightning_compress.callbacks.calibration import has_validation
 from lightning_compress.callbacks.event_guard import EventGuard
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET, MetricGuard
 from lightning_compress.callbacks.neuron_elimination.rounds import EliminationRounds
+from lightning_compress.callbacks.state import load_plain_state, plain_state
 from lightning_compress.callbacks.validation import validation_loader
-from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     LayerPair,
     anneal_tolerance,
     compact_record,
-    param_count,
-    param_table,
-    skipped_summary,
-    trainable_pairs,
 )
 
 __all__ = ["DEFAULT_ACCURACY_BUDGET", "DEFAULT_TOLERANCE", "NeuronElimination"]
 
 #: The last round's tolerance when none is given.
 DEFAULT_TOLERANCE = 0.05
+#: The fields a checkpoint holds as they are (key ``"round"``: ``self._round``).
+_PLAIN_STATE = (
+    "round",
+    "round_steps",
+    "stopped",
+    "finished",
+    "shrunk_at",
+    "capped",
+    "validated",
+    "stop_reason",
+    "elimination_cap",
+    "dense_params",
+    "dense_fp32_bytes",
+    "original_shapes",
+)
 
 
 class NeuronElimination(EliminationRounds):
@@ -268,7 +279,6 @@ class NeuronElimination(EliminationRounds):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        module = self.target_module(pl_module)
         rep = self.representation(pl_module)
         for name, shape in self._original_shapes.items():  # resumed: the shapes before any shrink
             rep.original_shapes.setdefault(name, tuple(shape))
@@ -296,44 +306,10 @@ class NeuronElimination(EliminationRounds):
                 )
             self._unguarded("the fit has no validation data")
         if not self.pairs:
-            example = self.check_forward(trainer, pl_module, "NeuronElimination")
-            self.pairs, self.skipped = trainable_pairs(module, example, self.layers)
-            if not self.pairs:
-                raise ValueError(
-                    f"NeuronElimination found no layer pair it can eliminate neurons from: "
-                    f"{skipped_summary(self.skipped)}. A pair is a Linear/Conv2d whose outputs reach exactly one "
-                    "Linear/Conv2d through channel-wise operations; pass `layers=` to name producers, or leave "
-                    "NeuronElimination out of this fit."
-                )
-            self._dense_params = sum(p.numel() for p in module.parameters())
-            self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
-            # the file's ratio is against these shapes, whichever module holding them is saved
-            self._original_shapes = {n: list(t.shape) for n, t in module.state_dict().items()}
-            for name, shape in self._original_shapes.items():
-                rep.original_shapes.setdefault(name, tuple(shape))
-            self._table = param_table(module, self.pairs)
-            self._check_floors()
-            self._claim_written(trainer, pl_module, module)
-            rank_zero_info(
-                f"NeuronElimination: {len(self.pairs)} layer pairs "
-                f"({', '.join(f'{p.producer}->{p.consumer}' for p in self.pairs)}); skipped: {self.skipped}"
-            )
+            self._find_pairs(trainer, pl_module)
         if not self._round_steps:
             self._round_steps = self.steps_in_window(self.rounds, self.final_fraction)
         self._refresh_masks(pl_module)
-
-    def _check_floors(self) -> None:
-        """Say before the first step when the per-layer floors keep the model above ``target_params``."""
-        if self.target_params is None or not self.pairs:
-            return
-        floor = param_count(self._table, self.pairs, [self._floor(p) for p in self.pairs])
-        if floor > self.target_params * self._dense_params:
-            rank_zero_warn(
-                f"NeuronElimination: target_params={self.target_params} is out of reach above the per-layer floors "
-                f"(min_layer_fraction={self.min_layer_fraction}, min_neurons={self.min_neurons}): at the floors the "
-                f"model keeps {floor / max(self._dense_params, 1):.1%} of its parameters, and annealing will stop "
-                "there. Lower `min_layer_fraction` to go further."
-            )
 
     # -- training steps --------------------------------------------------------------------------------------------
     @override
@@ -393,52 +369,30 @@ class NeuronElimination(EliminationRounds):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
+            **plain_state(self, _PLAIN_STATE),
             "pairs": [p.to_dict() for p in self.pairs],
             "skipped": dict(self.skipped),
             "history": copy.deepcopy(self.history),
-            "round": self._round,
-            "round_steps": list(self._round_steps),
-            "stopped": self._stopped,
-            "finished": self._finished,
-            "shrunk_at": self._shrunk_at,
             "best": self.guard.best,
-            "capped": self._capped,
-            "validated": self._validated,
             "monitor": self.guard.monitor,
             "mode": self.guard.mode,
-            "stop_reason": self._stop_reason,
             "spent": None if self.event_guard is None else self.event_guard.state_dict(),
-            "elimination_cap": self._elimination_cap,
-            "dense_params": self._dense_params,
-            "dense_fp32_bytes": self._dense_fp32_bytes,
-            "original_shapes": dict(self._original_shapes),
             "param_table": [list(row) for row in self._table],
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        load_plain_state(self, state_dict, _PLAIN_STATE)
         self.pairs = [LayerPair.from_dict(p) for p in state_dict.get("pairs", [])]
         self.skipped = dict(state_dict.get("skipped", {}))
         self.history = [
             {**entry, "records": [compact_record(record) for record in entry.get("records", [])]}
             for entry in copy.deepcopy(list(state_dict.get("history", [])))
         ]
-        self._round = int(state_dict.get("round", 0))
-        self._round_steps = list(state_dict.get("round_steps", []))
-        self._stopped = bool(state_dict.get("stopped", False))
-        self._finished = bool(state_dict.get("finished", False))
-        self._shrunk_at = state_dict.get("shrunk_at")
-        self._capped = bool(state_dict.get("capped", False))
-        self._validated = bool(state_dict.get("validated", False))
         if self._capped:
             self.accuracy_budget = None
             self._cap_tolerances()
         self.guard.load_state_dict({k: state_dict[k] for k in ("monitor", "mode", "best") if k in state_dict})
-        self._stop_reason = str(state_dict.get("stop_reason", ""))
         if self.event_guard is not None:
             self.event_guard.load_state_dict(state_dict.get("spent"))
-        self._elimination_cap = state_dict.get("elimination_cap")
-        self._dense_params = int(state_dict.get("dense_params", 0))
-        self._dense_fp32_bytes = int(state_dict.get("dense_fp32_bytes", 0))
-        self._original_shapes = {n: list(v) for n, v in state_dict.get("original_shapes", {}).items()}
         self._table = [(int(n), r, c) for n, r, c in state_dict.get("param_table", [])]

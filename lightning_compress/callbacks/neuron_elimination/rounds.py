@@ -27,7 +27,6 @@ from lightning_compress.functional.neuron_elimination import (
     collect_moments,
     compact_record,
     decide_round,
-    layer_floor,
     leading_share,
     param_count,
     params_goal,
@@ -118,20 +117,6 @@ class EliminationRounds(EliminationStructure):
         decided = self.broadcast(trainer, decided)
         assert decided is not None  # noqa: S101 - broadcast returns rank 0's value
         return [RoundRecord.from_dict(d) for d in decided]
-
-    def _written_layers(self) -> set[str]:
-        """Every module a round rewrites: producers, their norms, consumers."""
-        return {name for pair in self.pairs for name in (pair.producer, pair.consumer, *pair.norms)}
-
-    def _claim_written(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: nn.Module) -> None:
-        """Claim the structure of everything the pairs rewrite, then check the windows again (before any step)."""
-        written = self._written_layers()
-        names = [n for n, _ in module.named_parameters() if n.rpartition(".")[0] in written]
-        self.claim(pl_module, "structure", names, kind="eliminate")
-        self.check_composition(trainer, pl_module)
-
-    def _floor(self, pair: LayerPair) -> int:
-        return layer_floor(pair, self.min_neurons, self.min_layer_fraction)
 
     def _warn_rows(self, pair: LayerPair, shortfall: str) -> None:
         if pair.producer not in self._warned_rows:

@@ -1,8 +1,8 @@
 """NeuronElimination's structure: the layer pairs and the history of rounds, the neurons alive, their masks, the shrink.
 
-:class:`EliminationStructure` is the lowest of NeuronElimination's three parts: it keeps the method's state (plain
-data: the pairs, the history of every round, the fit's bookkeeping), says which neurons are alive, holds the removed
-ones at zero, shrinks the layers (after every round with ``removal="immediate"``, at the window's end otherwise) and
+:class:`EliminationStructure` is the lowest of NeuronElimination's three parts: it finds the layer pairs, keeps the
+method's state (plain data: the pairs, the history of every round, the fit's bookkeeping), says which neurons are
+alive, holds the removed ones at zero, shrinks the layers (after every round with ``removal="immediate"``, at the window's end otherwise) and
 gives a resumed fit's model the checkpoint's shapes. The rounds are in :mod:`.rounds`, the callback in
 :mod:`.callback`.
 """
@@ -13,12 +13,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks.base import CompressionCallback
+from lightning_compress.codec.base import fp32_nbytes
 from lightning_compress.functional.forward import ForwardInputs
 from lightning_compress.functional.neuron_elimination import (
     LayerPair,
@@ -26,7 +27,12 @@ from lightning_compress.functional.neuron_elimination import (
     current_pairs,
     elimination_masks,
     kept_indices,
+    layer_floor,
+    param_count,
+    param_table,
     shrink_,
+    skipped_summary,
+    trainable_pairs,
 )
 from lightning_compress.report import elimination_table
 from lightning_compress.surgery import resize_to_state
@@ -43,6 +49,10 @@ class EliminationStructure(CompressionCallback):
 
     removal: str
     verbose: bool
+    layers: list[str] | None
+    target_params: float | None
+    min_neurons: int
+    min_layer_fraction: float
 
     def __init__(
         self, forward_inputs: ForwardInputs | None = None, start: float | None = None, end: float | None = None
@@ -71,6 +81,60 @@ class EliminationStructure(CompressionCallback):
         self._resize_hook: Any = None
         #: after a back-off: the most eliminations a round may make (doubled after a whole round fits)
         self._elimination_cap: int | None = None
+
+    def _find_pairs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Trace the pairs (refused when there are none), take the dense model's measures, claim what rounds write."""
+        module = self.target_module(pl_module)
+        rep = self.representation(pl_module)
+        example = self.check_forward(trainer, pl_module, "NeuronElimination")
+        self.pairs, self.skipped = trainable_pairs(module, example, self.layers)
+        if not self.pairs:
+            raise ValueError(
+                f"NeuronElimination found no layer pair it can eliminate neurons from: "
+                f"{skipped_summary(self.skipped)}. A pair is a Linear/Conv2d whose outputs reach exactly one "
+                "Linear/Conv2d through channel-wise operations; pass `layers=` to name producers, or leave "
+                "NeuronElimination out of this fit."
+            )
+        self._dense_params = sum(p.numel() for p in module.parameters())
+        self._dense_fp32_bytes = sum(fp32_nbytes(t.numel(), t.dtype) for t in module.state_dict().values())
+        # the file's ratio is against these shapes, whichever module holding them is saved
+        self._original_shapes = {n: list(t.shape) for n, t in module.state_dict().items()}
+        for name, shape in self._original_shapes.items():
+            rep.original_shapes.setdefault(name, tuple(shape))
+        self._table = param_table(module, self.pairs)
+        self._check_floors()
+        self._claim_written(trainer, pl_module, module)
+        rank_zero_info(
+            f"NeuronElimination: {len(self.pairs)} layer pairs "
+            f"({', '.join(f'{p.producer}->{p.consumer}' for p in self.pairs)}); skipped: {self.skipped}"
+        )
+
+    def _check_floors(self) -> None:
+        """Say before the first step when the per-layer floors keep the model above ``target_params``."""
+        if self.target_params is None or not self.pairs:
+            return
+        floor = param_count(self._table, self.pairs, [self._floor(p) for p in self.pairs])
+        if floor > self.target_params * self._dense_params:
+            rank_zero_warn(
+                f"NeuronElimination: target_params={self.target_params} is out of reach above the per-layer floors "
+                f"(min_layer_fraction={self.min_layer_fraction}, min_neurons={self.min_neurons}): at the floors the "
+                f"model keeps {floor / max(self._dense_params, 1):.1%} of its parameters, and annealing will stop "
+                "there. Lower `min_layer_fraction` to go further."
+            )
+
+    def _written_layers(self) -> set[str]:
+        """Every module a round rewrites: producers, their norms, consumers."""
+        return {name for pair in self.pairs for name in (pair.producer, pair.consumer, *pair.norms)}
+
+    def _claim_written(self, trainer: pl.Trainer, pl_module: pl.LightningModule, module: nn.Module) -> None:
+        """Claim the structure of everything the pairs rewrite, then check the windows again (before any step)."""
+        written = self._written_layers()
+        names = [n for n, _ in module.named_parameters() if n.rpartition(".")[0] in written]
+        self.claim(pl_module, "structure", names, kind="eliminate")
+        self.check_composition(trainer, pl_module)
+
+    def _floor(self, pair: LayerPair) -> int:
+        return layer_floor(pair, self.min_neurons, self.min_layer_fraction)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def removed(self) -> list[list[int]]:
