@@ -2,9 +2,9 @@
 
 :class:`EliminationStructure` is the lowest of NeuronElimination's three parts: it finds the layer pairs, keeps the
 method's state (plain data: the pairs, the history of every round, the fit's bookkeeping), says which neurons are
-alive, holds the removed ones at zero, shrinks the layers (after every round with ``removal="immediate"``, at the window's end otherwise) and
-gives a resumed fit's model the checkpoint's shapes. The rounds are in :mod:`.rounds`, the callback in
-:mod:`.callback`.
+alive, holds the removed ones at zero, shrinks the layers (after every round with ``removal="immediate"``, at the
+window's end otherwise) and gives a resumed fit's model the checkpoint's shapes. The rounds are in :mod:`.rounds`,
+the callback in :mod:`.callback`.
 """
 
 from __future__ import annotations
