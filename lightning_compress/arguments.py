@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "check_bool",
     "check_choice",
+    "check_int_range",
     "check_metadata",
     "check_names",
     "check_number",
@@ -143,3 +144,25 @@ def check_parameters(name: str, value: Any) -> None:
         raise ValueError(
             f"`{name}` must be 'all', 'weights' or a non-empty list of parameter/module names, got {value!r}."
         )
+
+
+def check_int_range(name: str, value: Any, low: int, parts: tuple[str, str] = ("lo", "hi")) -> tuple[int, int]:
+    """Check two ints ``(lo, hi)`` with ``low <= lo < hi`` (``parts``: their names in the message); return the tuple.
+
+    Examples:
+        >>> check_int_range("k_bounds", [2, 64], low=2)
+        (2, 64)
+        >>> check_int_range("k_bounds", (64, 2), low=2, parts=("k_min", "k_max"))
+        Traceback (most recent call last):
+        ValueError: `k_bounds` must be two ints (k_min, k_max) with 2 <= k_min < k_max, got (64, 2).
+    """
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not low <= value[0] < value[1]
+    ):
+        lo, hi = parts
+        raise ValueError(f"`{name}` must be two ints ({lo}, {hi}) with {low} <= {lo} < {hi}, got {value!r}.")
+    return int(value[0]), int(value[1])

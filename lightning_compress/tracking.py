@@ -14,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finish_wandb", "go_offline_without_key", "log_artifact_to_wandb", "log_sweep_to_wandb"]
+__all__ = [
+    "finish_wandb",
+    "go_offline_without_key",
+    "log_artifact_to_wandb",
+    "log_front_to_wandb",
+    "log_sweep_to_wandb",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +128,21 @@ def _cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return value if isinstance(value, (bool, int, float)) else str(value)
+
+
+def log_front_to_wandb(
+    loggers: Sequence[Any], rows: Sequence[Mapping[str, Any]], prefix: str, axes: tuple[str, str], title: str
+) -> None:
+    """A Pareto front's rows as a W&B table and a scatter (``axes``: x and y columns), to each W&B logger given.
+
+    Logged as ``<prefix>/pareto`` and ``<prefix>/pareto_plot``.
+    """
+    for logger in loggers:
+        if type(logger).__name__ != "WandbLogger" or not rows:
+            continue
+        import wandb
+
+        columns: list[str | int] = list(rows[0])
+        table = wandb.Table(columns=columns, data=[[r[str(c)] for c in columns] for r in rows])
+        plot = wandb.plot.scatter(table, *axes, title=title)
+        logger.experiment.log({f"{prefix}/pareto": table, f"{prefix}/pareto_plot": plot})

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lightning_compress as lc
+from lightning_compress.callbacks.events import spending
 from lightning_compress.functional.weight_sharing import (
     SearchPoint,
     WeightSharingProblem,
@@ -477,14 +478,14 @@ def test_progress_bar_shows_the_budget_spent_and_the_cost_of_a_pass() -> None:
     from lightning_compress.functional.weight_sharing import SearchBudget
 
     budget = SearchBudget(20.0, screen_cost=0.2)
-    status = lc.WeightSharing._spending(budget, time.perf_counter() - 2.0)
+    status = spending(budget, time.perf_counter() - 2.0)
     assert status() == ""  # nothing spent yet
     budget.charge(full=True)
     budget.charge(full=False)
     text = status()
     assert "1.2 of 20 passes" in text
     assert float(text.split(", ")[1].split(" s")[0]) == pytest.approx(2.0 / 1.2, rel=0.05)
-    assert lc.WeightSharing._spending(None, 0.0)() == ""
+    assert spending(None, 0.0)() == ""
 
 
 def test_smallest_budget_without_a_screen_still_scores_a_candidate() -> None:

@@ -14,13 +14,15 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from lightning_compress.callbacks.memory import release_freed_memory
+from lightning_compress.functional.weight_sharing import SearchBudget
 
-__all__ = ["EventBudget", "TimedEvents", "compression_event", "events_run"]
+__all__ = ["EventBudget", "TimedEvents", "compression_event", "events_run", "progress_bar", "spending"]
 
 #: Compression events run in this process so far (every callback's): a training step during which the count moved
 #: held an event, and is not a training step's time.
@@ -198,3 +200,35 @@ class EventBudget:
             f"({self.budget_steps(total_steps):.0f} "
             f"training steps at this fit's {step:.3f} s a step{floor}), and one more {event} would not fit"
         )
+
+
+def progress_bar(description: str, total: int, enabled: bool, status: Callable[[], str] = lambda: "") -> Any:
+    """A rich progress bar over a long event's ``total`` steps: a context giving ``advance(done)`` (``None`` if off).
+
+    ``status()`` is appended to the description at every update (e.g. what a budget has spent).
+    """
+
+    @contextmanager
+    def bar() -> Any:
+        if not enabled:
+            yield None
+            return
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda done: progress.update(task, completed=done, description=f"{description}{status()}")
+
+    return bar()
+
+
+def spending(budget: SearchBudget | None, started: float) -> Callable[[], str]:
+    """What a search has spent, for its progress bar: passes of the budget and the seconds one pass takes."""
+
+    def status() -> str:
+        if budget is None or budget.spent <= 0:
+            return ""
+        per_pass = (time.perf_counter() - started) / budget.spent
+        return f" ({budget.spent:.1f} of {budget.total:g} passes, {per_pass:.2f} s a pass)"
+
+    return status

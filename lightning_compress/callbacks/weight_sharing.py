@@ -1,16 +1,13 @@
-"""WeightSharing callback.
+"""The WeightSharing callback: its arguments, when it shares, the search's bookkeeping and the codebook's hold.
 
 One uniform-bin codebook for the whole network (Khosrowshahli, Rahnamayan, Ombuki-Berman 2025): NSGA-II over the
-number of bins, then merging of neighbouring bins, no retraining of the shared values.
-
-Over 450 lines, just: the class docstring (the method's user documentation, about 70 lines) and the search's
-bookkeeping; the search is in ``functional.weight_sharing``, the scoring in ``callbacks.validation``, the front's
-CSV and picture in ``report``.
+number of bins, then merging of neighbouring bins, no retraining of the shared values. The search is in
+``functional.weight_sharing``, the scoring in ``callbacks.validation``, the front's CSV and picture in ``report``,
+its W&B table in ``tracking``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +20,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_compress.arguments import check_bool, check_choice, check_number, check_parameters
+from lightning_compress.arguments import check_bool, check_choice, check_int_range, check_number, check_parameters
 from lightning_compress.callbacks.base import CompressionCallback
-from lightning_compress.callbacks.events import compression_event
+from lightning_compress.callbacks.events import compression_event, progress_bar, spending
 from lightning_compress.callbacks.validation import METRICS, ValidationScorer, validation_loader
 from lightning_compress.functional.weight_sharing import (
     Binning,
@@ -40,10 +37,13 @@ from lightning_compress.functional.weight_sharing import (
     write_binning,
 )
 from lightning_compress.report import write_sharing_front
+from lightning_compress.tracking import log_front_to_wandb
 
 __all__ = ["WeightSharing"]
 
-log = logging.getLogger(__name__)
+#: The search's figures logged (the rest of its decision is in the checkpoint's state and the closing line).
+_LOGGED: tuple[str, ...] = ("k", "num_shared", "baseline_metric", "metric", "search_s", "evaluations")
+_LOGGED += ("full_evaluations", "validation_set_equivalents", "entropy_bits", "huffman_bits", "merged")
 
 
 class WeightSharing(CompressionCallback):
@@ -144,15 +144,7 @@ class WeightSharing(CompressionCallback):
         end: float | None = None,
     ) -> None:
         super().__init__(start=start, end=end)
-        if (
-            isinstance(k_bounds, str)
-            or not isinstance(k_bounds, Sequence)
-            or len(k_bounds) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in k_bounds)
-            or not 2 <= k_bounds[0] < k_bounds[1]
-        ):
-            raise ValueError(f"`k_bounds` must be two ints (k_min, k_max) with 2 <= k_min < k_max, got {k_bounds!r}.")
-        bounds = (int(k_bounds[0]), int(k_bounds[1]))
+        self.k_bounds = check_int_range("k_bounds", k_bounds, low=2, parts=("k_min", "k_max"))
         check_number("pop_size", pop_size, low=2, integer=True)
         check_number("n_gen", n_gen, low=1, integer=True)
         check_number("merge_candidates", merge_candidates, low=0, integer=True)
@@ -172,7 +164,6 @@ class WeightSharing(CompressionCallback):
         if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
             raise ValueError(f"`output_dir` must be None or a directory path, got {output_dir!r}.")
         check_bool("progress", progress)
-        self.k_bounds = (bounds[0], bounds[1])
         self.pop_size = pop_size
         self.n_gen = n_gen
         self.metric = metric
@@ -314,22 +305,7 @@ class WeightSharing(CompressionCallback):
             **{k: v for k, v in decision.items() if k != "indices"},
         }
         self._attach(pl_module)
-        figures = {
-            k: float(decision[k])
-            for k in (
-                "k",
-                "num_shared",
-                "baseline_metric",
-                "metric",
-                "search_s",
-                "evaluations",
-                "full_evaluations",
-                "validation_set_equivalents",
-                "entropy_bits",
-                "huffman_bits",
-                "merged",
-            )
-        }
+        figures = {k: float(decision[k]) for k in _LOGGED}
         self.log_figures(trainer, figures)
         rank_zero_info(
             f"WeightSharing: {decision['num_shared']} shared values (k={decision['k']}, merged={decision['merged']}"
@@ -387,7 +363,9 @@ class WeightSharing(CompressionCallback):
             screen_fn=self.scorer.error_fn(pl_module, screen) if screen else None,
             budget=budget,
         )
-        with self._progress_bar(self.n_gen, self._spending(budget, started)) as advance:
+        with progress_bar(
+            "WeightSharing NSGA-II generations", self.n_gen, self.progress, spending(budget, started)
+        ) as advance:
             k_min, k_max = self.k_bounds
 
             def explore(evaluate: Callable[[int], SearchPoint], k_focus: int | None) -> None:
@@ -459,51 +437,9 @@ class WeightSharing(CompressionCallback):
             **(on_all or {}),
         }
 
-    def _progress_bar(self, total: int, status: Callable[[], str] = lambda: "") -> Any:
-        from contextlib import contextmanager
-
-        @contextmanager
-        def bar() -> Any:
-            if not self.progress:
-                yield None
-                return
-            from rich.progress import Progress
-
-            with Progress(transient=True) as progress:
-                task = progress.add_task("WeightSharing NSGA-II generations", total=total)
-                yield lambda gen: progress.update(
-                    task, completed=gen, description=f"WeightSharing NSGA-II generations{status()}"
-                )
-
-        return bar()
-
-    @staticmethod
-    def _spending(budget: SearchBudget | None, started: float) -> Callable[[], str]:
-        """What the search has spent, for the progress bar: passes of the budget and the seconds one pass takes."""
-
-        def status() -> str:
-            if budget is None or budget.spent <= 0:
-                return ""
-            per_pass = (time.perf_counter() - started) / budget.spent
-            return f" ({budget.spent:.1f} of {budget.total:g} passes, {per_pass:.2f} s a pass)"
-
-        return status
-
     def _write_outputs(self, trainer: pl.Trainer, out: Path, baseline_error: float, chosen: SearchPoint) -> None:
         rows = write_sharing_front(
             out, self.screened, self.points, self.screen_used, self.metric, baseline_error, chosen
         )
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                import wandb
-
-                columns: list[str | int] = list(rows[0])
-                table = wandb.Table(columns=columns, data=[[r[str(c)] for c in columns] for r in rows])
-                logger.experiment.log(  # type: ignore[attr-defined]
-                    {
-                        "weight_sharing/pareto": table,
-                        "weight_sharing/pareto_plot": wandb.plot.scatter(
-                            table, "num_shared", f"val_{self.metric}", title="WeightSharing Pareto front"
-                        ),
-                    }
-                )
+        axes = ("num_shared", f"val_{self.metric}")
+        log_front_to_wandb(trainer.loggers, rows, self.LOG_PREFIX, axes, "WeightSharing Pareto front")
