@@ -33,6 +33,7 @@ from lightning_compress.functional.neuron_elimination import (
     param_table,
     replay_,
 )
+from tests.helpers.guards import RefuseFirstEvents
 from tests.helpers.models import CrashAtEpoch, blobs, mlp, run_ddp_check, trainer_kwargs
 
 
@@ -431,6 +432,18 @@ def test_default_event_guard_judges_every_round_and_eliminates(tmp_path: Path) -
     assert sum(p.numel() for p in model.backbone.parameters()) < 0.9 * callback._dense_params  # it compressed
 
 
+def test_a_refused_round_is_skipped_and_a_later_one_eliminates(tmp_path: Path) -> None:
+    """No share of the first round fits: it is skipped, not the end of annealing; later rounds eliminate (#35)."""
+    callback = lc.NeuronElimination(rounds=4, verbose=False)
+    assert callback.event_guard is not None
+    RefuseFirstEvents(callback.event_guard, count=1).install()
+    model = _fit(tmp_path, callback, hidden=48)
+    assert _val_accuracy(model) > 0.8  # the judged measure is well above chance (0.25)
+    assert callback.event_guard.refusals == 1
+    assert not callback._stopped
+    assert sum(p.numel() for p in model.backbone.parameters()) < 0.9 * callback._dense_params  # it compressed
+
+
 def test_guarded_rounds_stay_within_the_event_budget(tmp_path: Path) -> None:
     """Rounds that would take the events past their budget are merged into later ones, or the neurons held."""
     from lightning_compress.callbacks.events import EventBudget
@@ -460,7 +473,7 @@ def test_event_guard_backs_off_a_round_and_never_rewinds_training(tmp_path: Path
     assert steps == sorted(steps)
     assert sum(entry["figures"]["round_cost"] for entry in callback.history) <= 0.02
     assert callback.removed() != [[] for _ in callback.pairs]  # something was eliminated
-    assert callback._elimination_cap is not None or callback._stopped  # a round was backed off or refused
+    assert callback._elimination_cap is not None or callback.event_guard.refusals  # a round backed off or refused
     path = lc.save(model, tmp_path / "held.lcz")
     assert lc.load(path, mlp(hidden=48)) is not None
 

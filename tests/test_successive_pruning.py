@@ -22,6 +22,7 @@ from lightning_compress.functional.successive_pruning import (
     refine_reference,
     sparsity_schedule,
 )
+from tests.helpers.guards import RefuseFirstEvents
 from tests.helpers.models import CrashAtEpoch, loaders, mlp, ordered_loaders, run_ddp_check, trainer_kwargs
 from tests.helpers.surp_reference import refine_full_scan
 
@@ -505,6 +506,18 @@ def _val_accuracy(model: lc.ImageClassifier, val: torch.utils.data.DataLoader) -
 def _zeros(model: lc.ImageClassifier) -> float:
     params = list(model.backbone.parameters())
     return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
+
+
+def test_a_refused_stage_is_skipped_and_a_later_one_prunes(tmp_path: Path) -> None:
+    """No part of the first stages fits: they are skipped, not the end of pruning; a later stage prunes (#35)."""
+    callback = lc.SuccessivePruning()
+    assert callback.event_guard is not None
+    RefuseFirstEvents(callback.event_guard, count=2).install()
+    model = _guarded_fit(tmp_path, callback)
+    assert _val_accuracy(model, loaders()[1]) > 0.8  # the judged measure is well above chance (0.25)
+    assert callback.event_guard.refusals == 2
+    assert not callback._stopped
+    assert _zeros(model) >= 0.5  # the stages after the refused ones pruned
 
 
 def test_default_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:

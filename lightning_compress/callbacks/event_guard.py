@@ -119,6 +119,9 @@ class EventGuard:
         self._after_measure: float | None = None
         self._batches: list[tuple[Any, torch.Tensor]] = []
         self._reference: list[torch.Tensor] | None = None
+        #: events no part of which fitted (their callback skipped them), and why the latest did not (cleared on accept)
+        self.refusals = 0
+        self.last_refusal = ""
 
     @property
     def ready(self) -> bool:
@@ -241,12 +244,30 @@ class EventGuard:
 
     def accept(self, cost: EventCost) -> None:
         """Count an accepted event's cost against the budget (the estimate itself: a negative one gives some back)."""
+        self.last_refusal = ""
         self.spent += cost.drop
         self._after_measure = self._before_measure - cost.drop
 
+    def refuse(self, reason: str) -> None:
+        """Count an event no part of which fitted (its callback skips it; a later one tries again)."""
+        self.refusals += 1
+        self.last_refusal = reason
+
+    def refusal_summary(self, unit: str) -> str:
+        """One clause for a callback's closing line: how many ``unit``s were refused, and why the latest was."""
+        if not self.refusals:
+            return ""
+        last = f"; the last event was skipped too: {self.last_refusal}" if self.last_refusal else ""
+        return f"{self.refusals} {unit}(s) skipped over budget{last}"
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed fit needs to judge as this one would: what was spent, the measure after the last event."""
-        return {"spent": self.spent, "after": self._after_measure}
+        return {
+            "spent": self.spent,
+            "after": self._after_measure,
+            "refusals": self.refusals,
+            "last_refusal": self.last_refusal,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any] | float | None) -> None:
         """Resume from :meth:`state_dict` (a bare number: ``spent`` alone, as checkpoints stored it before)."""
@@ -254,6 +275,8 @@ class EventGuard:
             self.spent = float(state or 0.0)
             return
         self.spent = float(state.get("spent") or 0.0)
+        self.refusals = int(state.get("refusals") or 0)
+        self.last_refusal = str(state.get("last_refusal") or "")
         after = state.get("after")
         self._after_measure = None if after is None else float(after)
 

@@ -208,7 +208,7 @@ class EliminationRounds(EliminationStructure):
         """A round as large as the event guard allows: the whole round, or the largest leading share within budget.
 
         The share is bisected from the weights as they are now (the training since the last round is kept); with no
-        share that fits, nothing is eliminated and annealing stops.
+        share that fits, nothing is eliminated in this round and the next round tries again.
         """
         guard = self.event_guard
         assert guard is not None  # noqa: S101 - only under the event guard
@@ -241,10 +241,9 @@ class EliminationRounds(EliminationStructure):
         share, cost = chosen.position, chosen.cost
         kept = leading_share(records, share)
         count = sum(len(r.eliminations) for r in kept)
-        if count == 0:
-            self._stopped = True
-            self._stop_reason = over_budget(f"round {self._round + 1}'s smallest share tried", guard, cost)
-            rank_zero_info(f"NeuronElimination holds its neurons: {self._stop_reason}.")
+        if count == 0:  # skipped, not stopped: later rounds (larger tolerances, a model further on) try again
+            guard.refuse(over_budget(f"round {self._round + 1}'s smallest share tried", guard, cost))
+            rank_zero_info(f"NeuronElimination skips a round: {guard.last_refusal}; the next round tries again.")
             return
         if count < total:  # backed off: later rounds eliminate no more than what fit
             self._elimination_cap = count
@@ -350,6 +349,8 @@ class EliminationRounds(EliminationStructure):
                 if self._round >= self.rounds
                 else f"its window ended after {self._round} of {self.rounds} rounds"
             )
+            if self.event_guard is not None and self.event_guard.refusals:
+                self._stop_reason += f"; {self.event_guard.refusal_summary('round')}"
             at_floors = all(len(a) <= self._floor(p) for p, a in zip(self.pairs, self.alive(), strict=True))
             if self.target_params is not None and at_floors:
                 self._stop_reason += (

@@ -69,7 +69,7 @@ class SuccessivePruning(SurpStages):
     against right after it, on the same cached validation samples, whatever the fit's validation schedule. A stage
     over budget is bisected between the sparsity before it and its target from the same weights (the training
     since the last stage is kept), later stages take steps no larger (twice as large after a whole step fits),
-    and the stages stop only when no step fits; the final stream keeps the support reached. One line at the end
+    and a stage with no step that fits is skipped (the next one tries again); the final stream keeps the support reached. One line at the end
     says where it stopped and why. A fit without validation data is refused before the first step (pass
     validation data, or a ``target_sparsity`` to prune that far unguarded). Measured against the former default
     in ``docs/defaults.md``: in short fits it prunes where that one pruned nothing; in longer ones it stops
@@ -330,10 +330,13 @@ class SuccessivePruning(SurpStages):
     def _finish_guarded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Under the guard the final stream keeps the validated support: no unvalidated jump to the target."""
         if self._stage == 0 or not self.holds.support:  # nothing pruned: nothing to encode, tensors stay as they are
+            skipped = self.event_guard.refusal_summary("stage") if self.event_guard is not None else ""
             self._stop_reason = self._stop_reason or (
                 "no validation came before its stages were due to give the guard a baseline (validate more often, "
                 "e.g. `val_check_interval`, or give `target_sparsity=`)"
                 if self.guard is not None
+                else f"every stage was skipped: {skipped}"
+                if skipped
                 else "no stage was due in this fit (give `target_sparsity=`)"
             )
             rank_zero_info(f"SuccessivePruning pruned nothing: {self._stop_reason}.")
@@ -351,6 +354,8 @@ class SuccessivePruning(SurpStages):
                     f"its window ended before its target ({self.target_sparsity:g}): after a back-off its steps were "
                     "limited to what fit"
                 )
+                if self.event_guard.refusals:
+                    short += f"; {self.event_guard.refusal_summary('stage')}"
             self._stop_reason = f"it reached its target ({self.target_sparsity:g})" if reached else short
         if self.event_guard is not None:
             self.event_guard.release()

@@ -72,7 +72,7 @@ class SurpStages(CompressionCallback):
         The stage is judged on the guard's cached samples, the model right before it against right after it. Over
         budget, the step is bisected between the sparsity before it and its target (from the same weights: the
         training since the last stage is kept); later stages take steps no larger than the one that fit. With no
-        step that fits, the sparsity is held where it is and the stages stop.
+        step that fits, the sparsity is held where it is for this stage; the next stage tries again.
 
         A guarded stage writes the refinement's support only: the surviving weights keep their trained values, and
         the stream's values are written once, at the end (our design). Rewriting every survivor to its
@@ -109,13 +109,11 @@ class SurpStages(CompressionCallback):
 
         chosen = judge_event(self, trainer, guard, put, restore, (current, target), self.backoff_steps)
         sparsity, cost = chosen.position, chosen.cost
-        if chosen.held:
+        if chosen.held:  # skipped, not stopped: a later stage, on a model further on, tries again
             restore()  # the other ranks hold the same weights
-            self._stopped = True
-            self._stop_reason = over_budget(
-                f"stage {self._stage + 1}'s smallest step tried (to {chosen.smallest:.4f})", guard, cost
-            )
-            rank_zero_info(f"SuccessivePruning holds sparsity {current:.4f}: {self._stop_reason}.")
+            what = f"stage {self._stage + 1}'s smallest step tried (to {chosen.smallest:.4f})"
+            guard.refuse(over_budget(what, guard, cost))
+            rank_zero_info(f"SuccessivePruning skips a stage: {guard.last_refusal}; the next stage tries again.")
             return
         if sparsity < target:  # backed off: later steps no larger than the one that fit
             self._step_cap = sparsity - current
