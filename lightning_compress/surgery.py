@@ -39,7 +39,8 @@ def resize_to_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         device = current.device if tensor.is_meta else tensor.device
         fresh = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
         if attr in owner._parameters:
-            owner._parameters[attr] = nn.Parameter(fresh, requires_grad=current.requires_grad)
+            # registered, not written into the dict: holders of the old parameter learn of it (registration hooks)
+            owner.register_parameter(attr, nn.Parameter(fresh, requires_grad=current.requires_grad))
         else:
             owner._buffers[attr] = fresh
         _sync_shape_attributes(owner)

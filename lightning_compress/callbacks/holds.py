@@ -44,6 +44,18 @@ def clips_gradients(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
     return overridden or bool(getattr(trainer, "gradient_clip_val", None))
 
 
+#: Parameters registered on any module since import (a shrink, a resize, a layer swapped in); a change tells
+#: :meth:`Holds.apply` that the tensors it resolved may have been replaced.
+_registrations = [0]
+
+
+def _count_registration(*_: Any) -> None:
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
+
 class StepHooks:
     """Hooks on the fit's optimizers that put the holds back right after every ``step()``.
 
@@ -129,9 +141,18 @@ class Holds:
     def __init__(self) -> None:
         self.support: dict[str, torch.Tensor] = {}
         self.frozen: dict[str, torch.Tensor] = {}
+        #: what :meth:`apply` multiplies and copies, resolved once per set of holds (see :func:`_parameters_changed`)
+        self._resolved: tuple[Any, ...] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.support or self.frozen)
+
+    def __getstate__(self) -> dict[str, Any]:  # the resolved tensors are this process's parameters: not copied
+        return {"support": self.support, "frozen": self.frozen}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.support, self.frozen = state["support"], state["frozen"]
 
     def hold_support(self, module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         """Keep the zeros of ``masks`` (name -> 0/1 or bool tensor) for the rest of the fit, applied now.
@@ -140,27 +161,44 @@ class Holds:
         """
         params = dict(module.named_parameters())
         self.support = {n: m.to(params[n].device, torch.bool) for n, m in masks.items()}
+        self._resolved = None
         self.apply(module)
 
     def hold_values(self, module: nn.Module, names: Iterable[str]) -> None:
         """Keep the named tensors at their current values for the rest of the fit."""
         params = dict(module.named_parameters())
         self.frozen.update({n: params[n].detach().clone() for n in names})
+        self._resolved = None
 
     def release(self) -> None:
         """Stop holding masks and values (e.g. after the layers they refer to changed shape)."""
         self.support, self.frozen = {}, {}
+        self._resolved = None
 
     @torch.no_grad()
     def apply(self, module: nn.Module) -> None:
-        """Re-apply the masks and frozen values (momentum and weight decay move entries whose gradient is zero)."""
+        """Re-apply the masks and frozen values (momentum and weight decay move entries whose gradient is zero).
+
+        Runs after every optimizer step: the tensors and factors are resolved once per set of holds and module, and
+        again only when a parameter was registered anywhere since (a shrink, a resize, a swap of layers).
+        """
         if not (self.support or self.frozen):
             return
-        params = dict(module.named_parameters())
-        if self.support:
-            torch._foreach_mul_([params[n] for n in self.support], _factors(self.support.values()))
-        if self.frozen:
-            torch._foreach_copy_([params[n] for n in self.frozen], list(self.frozen.values()))
+        key = (id(module), id(self.support), id(self.frozen), len(self.frozen), _registrations[0])
+        if self._resolved is None or self._resolved[0] != key:
+            params = dict(module.named_parameters())
+            self._resolved = (
+                key,
+                [params[n] for n in self.support],
+                _factors(self.support.values()),
+                [params[n] for n in self.frozen],
+                list(self.frozen.values()),
+            )
+        _, masked, factors, frozen, values = self._resolved
+        if masked:
+            torch._foreach_mul_(masked, factors)
+        if frozen:
+            torch._foreach_copy_(frozen, values)
 
     def mask_gradients(self, module: nn.Module) -> None:
         """Zero the gradients of pruned entries and frozen tensors, one fused call per kind."""
