@@ -65,14 +65,14 @@ class SuccessivePruning(SurpStages):
 
     **Guard** (the default). Added with no target (no ``target_sparsity``, ``bit_budget`` or ``stages``), it prunes
     towards 95% while every stage's own cost fits a 1-point budget
-    (:class:`~lightning_compress.callbacks.event_guard.EventGuard`, ``guard="event"``): the model right before the stage
-    against right after it, on the same cached validation samples, whatever the fit's validation schedule. A stage
-    over budget is bisected between the sparsity before it and its target from the same weights (the training
-    since the last stage is kept), later stages take steps no larger (twice as large after a whole step fits),
-    and a stage with no step that fits is skipped (the next one tries again); the final stream keeps the support
-    reached. One line at the end says where it stopped and why. A fit without validation data is refused before
-    the first step (pass validation data, or a ``target_sparsity`` to prune that far unguarded). Measured against the former default
-    in ``docs/defaults.md``: in short fits it prunes where that one pruned nothing; in longer ones it stops
+    (:class:`~lightning_compress.callbacks.event_guard.EventGuard`, ``guard="event"``): the model right before the
+    stage against right after it, on the same cached validation samples, whatever the fit's validation schedule. A
+    stage over budget is bisected between the sparsity before it and its target from the same weights (the training
+    since the last stage is kept), later stages take steps no larger (twice as large after a whole step fits), and a
+    stage with no step that fits is skipped (the next one tries again); the final stream keeps the support reached.
+    One line at the end says where it stopped and why. A fit without validation data is refused before the first
+    step (pass validation data, or a ``target_sparsity`` to prune that far unguarded). Measured against the former
+    default in ``docs/defaults.md``: in short fits it prunes where that one pruned nothing; in longer ones it stops
     earlier (the immediate cost of a stage is judged, not what the retraining after it wins back).
 
     ``guard="validation"`` (the former default) compares a validation metric with its best instead (within 1 point;
