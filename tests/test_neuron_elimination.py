@@ -444,6 +444,24 @@ def test_a_refused_round_is_skipped_and_a_later_one_eliminates(tmp_path: Path) -
     assert sum(p.numel() for p in model.backbone.parameters()) < 0.9 * callback._dense_params  # it compressed
 
 
+def test_rounds_due_while_the_model_is_at_chance_are_deferred_not_judged(tmp_path: Path) -> None:
+    """A model that answers one class for everything cannot be judged (no change moves its top-1): its rounds wait
+    for a model that learned; this one never learns (learning rate 0), so nothing is judged or eliminated (#35)."""
+    torch.manual_seed(0)
+    model = lc.ImageClassifier(mlp(hidden=48), num_classes=4, optimizer=partial(torch.optim.SGD, lr=0.0))
+    with torch.no_grad():  # the head answers class 0 for every input: the commonest class's share at best
+        model.backbone[-1].weight.zero_()
+        model.backbone[-1].bias.zero_()
+    # a tolerance (with its budget given, the event guard still judges) that eliminates in the very first round
+    callback = lc.NeuronElimination(rounds=4, start_tolerance=0.3, tolerance=0.5, accuracy_budget=0.01, verbose=False)
+    assert callback.event_guard is not None
+    train, val = _big_loaders()
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model, train, val)
+    assert callback.removed() == [[] for _ in callback.pairs]  # nothing was judged, so nothing eliminated
+    assert callback.event_guard.deferrals >= 1
+    assert "deferred while the model was at chance" in callback._stop_reason
+
+
 def test_guarded_rounds_stay_within_the_event_budget(tmp_path: Path) -> None:
     """Rounds that would take the events past their budget are merged into later ones, or the neurons held."""
     from lightning_compress.callbacks.events import EventBudget

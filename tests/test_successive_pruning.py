@@ -591,6 +591,19 @@ def test_guard_backs_off_to_the_largest_step_within_budget_and_keeps_the_trainin
     assert lc.load(path, model=lc.ImageClassifier(mlp(hidden=256), num_classes=4)) is not None
 
 
+def test_the_guard_knows_a_model_at_chance() -> None:
+    """Chance is the commonest class's share of the cached labels; a score within two standard errors of it is at
+    chance (an event then is deferred); a label-free guard has no chance level."""
+    from lightning_compress.callbacks.event_guard import EventGuard
+
+    guard = EventGuard("Demo", budget=0.01)
+    assert not guard.at_chance(torch.zeros(2000, dtype=torch.bool))  # no labels seen: no chance level
+    guard.chance = 0.25
+    assert guard.at_chance(torch.arange(2000) % 4 == 0)  # 25%: exactly chance
+    assert guard.at_chance(torch.arange(2000) < 520)  # 26%: within two standard errors (about 1.9 pt)
+    assert not guard.at_chance(torch.arange(2000) < 600)  # 30%: above it
+
+
 def test_the_guard_scores_without_labels_when_the_batches_have_none(tmp_path: Path) -> None:
     """Validation batches that are not (inputs, targets) of a classifier: top-1 agreement with the model's own."""
     from lightning_compress.callbacks.event_guard import EventGuard

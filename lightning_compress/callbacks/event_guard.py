@@ -122,6 +122,10 @@ class EventGuard:
         #: events no part of which fitted (their callback skipped them), and why the latest did not (cleared on accept)
         self.refusals = 0
         self.last_refusal = ""
+        #: the accuracy of always answering the commonest class of the cached samples (None: label-free measure)
+        self.chance: float | None = None
+        #: events deferred because the model was at chance (nothing tried)
+        self.deferrals = 0
 
     @property
     def ready(self) -> bool:
@@ -147,7 +151,21 @@ class EventGuard:
             self.measure = "agreement"
         if not self._batches:
             raise RuntimeError(f"{self.owner}: the validation data given to `fit` holds no samples to judge with.")
+        if self.measure == "accuracy":  # what a model that always answers the commonest class scores
+            labels = torch.cat([y.reshape(-1) for _, y in self._batches]).long().cpu()
+            self.chance = float(torch.bincount(labels - labels.min()).max()) / max(labels.numel(), 1)
         rank_zero_info(f"{self.owner}: {self.describe()}.")
+
+    def at_chance(self, before: torch.Tensor) -> bool:
+        """Whether the model scores no better than :attr:`chance` (within two standard errors) on the samples.
+
+        Such a model cannot be judged (its top-1 flips on any change, our design): an event due then is deferred,
+        not refused. Label-free measures have no chance level and are always judged.
+        """
+        if self.chance is None or before.numel() == 0:
+            return False
+        n, p = before.numel(), self.chance
+        return float(before.to(torch.float64).mean()) <= p + 2.0 * math.sqrt(p * (1.0 - p) / n)
 
     @torch.no_grad()
     def _inputs_only(
@@ -254,11 +272,21 @@ class EventGuard:
         self.last_refusal = reason
 
     def refusal_summary(self, unit: str) -> str:
-        """One clause for a callback's closing line: how many ``unit``s were refused, and why the latest was."""
-        if not self.refusals:
-            return ""
-        last = f"; the last event was skipped too: {self.last_refusal}" if self.last_refusal else ""
-        return f"{self.refusals} {unit}(s) skipped over budget{last}"
+        """One clause for a callback's closing line: ``unit``s deferred and refused, and why the latest was refused."""
+        parts = []
+        if self.deferrals:
+            parts.append(f"{self.deferrals} {unit}(s) deferred while the model was at chance")
+        if self.refusals:
+            last = f" (the last event too: {self.last_refusal})" if self.last_refusal else ""
+            parts.append(f"{self.refusals} {unit}(s) skipped over budget{last}")
+        return "; ".join(parts)
+
+    def chance_line(self) -> str:
+        """Why an event is deferred (:meth:`at_chance`), in words."""
+        return (
+            f"the model scores no better than chance on the guard's samples (always answering the commonest class "
+            f"scores {100 * (self.chance or 0.0):.1f}%), so no change of it can be judged yet"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed fit needs to judge as this one would: what was spent, the measure after the last event."""
@@ -267,6 +295,7 @@ class EventGuard:
             "after": self._after_measure,
             "refusals": self.refusals,
             "last_refusal": self.last_refusal,
+            "deferrals": self.deferrals,
         }
 
     def load_state_dict(self, state: Mapping[str, Any] | float | None) -> None:
@@ -277,6 +306,7 @@ class EventGuard:
         self.spent = float(state.get("spent") or 0.0)
         self.refusals = int(state.get("refusals") or 0)
         self.last_refusal = str(state.get("last_refusal") or "")
+        self.deferrals = int(state.get("deferrals") or 0)
         after = state.get("after")
         self._after_measure = None if after is None else float(after)
 
@@ -293,11 +323,13 @@ class BackOff:
         position: the step's end chosen: the full step, the largest part within budget, or the start (none fits).
         cost: its cost (with none that fits: the cost of the smallest part tried).
         smallest: the smallest part tried (the full step when it fit).
+        deferred: nothing was tried: the model was at chance on the guard's samples (:meth:`EventGuard.at_chance`).
     """
 
     position: float
     cost: EventCost
     smallest: float
+    deferred: bool = False
 
     @property
     def held(self) -> bool:
@@ -373,24 +405,30 @@ def judge_event(
 
     ``put(position)`` applies the step up to ``position`` to the model as :func:`restore` left it; ``span`` is
     (no step, the whole step) on any monotone scale (:func:`back_off`). The model is restored before returning:
-    the caller applies the chosen step (every rank the same), or holds where it is when ``held``.
+    the caller applies the chosen step (every rank the same), or holds where it is when ``held`` (``deferred``:
+    the model was at chance, nothing was tried).
     """
     chosen: BackOff | None = None
     if trainer.is_global_zero:
         pl_module = trainer.lightning_module
         module = callback.target_module(pl_module)
         before, norm_inputs = measure_now(callback, trainer, guard)
-        guard.begin(before)
+        if guard.at_chance(before):
+            chosen = BackOff(span[0], EventCost(0.0, 0.0, False), span[0], deferred=True)
+        else:
+            guard.begin(before)
 
-        def attempt(position: float) -> EventCost:
-            restore()
-            put(position)
-            return guard.judge(before, guard.outcomes_after_norms(pl_module, module, norm_inputs))
+            def attempt(position: float) -> EventCost:
+                restore()
+                put(position)
+                return guard.judge(before, guard.outcomes_after_norms(pl_module, module, norm_inputs))
 
-        chosen = back_off(attempt, span[0], span[1], steps)
-        restore()
+            chosen = back_off(attempt, span[0], span[1], steps)
+        restore()  # the weights, masks and statistics as they were: the caller applies what was chosen
     chosen = trainer.strategy.broadcast(chosen, src=0)
     assert chosen is not None  # noqa: S101 - broadcast returns rank 0's decision
+    if chosen.deferred:
+        guard.deferrals += 1
     return chosen
 
 

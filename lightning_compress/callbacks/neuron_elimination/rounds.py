@@ -238,6 +238,9 @@ class EliminationRounds(EliminationStructure):
 
         largest = 1.0 if self._elimination_cap is None else min(1.0, self._elimination_cap / total)
         chosen = judge_event(self, trainer, guard, put, restore, (0.0, largest), self.backoff_steps)
+        if chosen.deferred:
+            rank_zero_info(f"NeuronElimination defers a round: {guard.chance_line()}; the next round tries again.")
+            return
         share, cost = chosen.position, chosen.cost
         kept = leading_share(records, share)
         count = sum(len(r.eliminations) for r in kept)
@@ -349,7 +352,7 @@ class EliminationRounds(EliminationStructure):
                 if self._round >= self.rounds
                 else f"its window ended after {self._round} of {self.rounds} rounds"
             )
-            if self.event_guard is not None and self.event_guard.refusals:
+            if self.event_guard is not None and (self.event_guard.refusals or self.event_guard.deferrals):
                 self._stop_reason += f"; {self.event_guard.refusal_summary('round')}"
             at_floors = all(len(a) <= self._floor(p) for p, a in zip(self.pairs, self.alive(), strict=True))
             if self.target_params is not None and at_floors:

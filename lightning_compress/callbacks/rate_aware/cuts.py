@@ -203,6 +203,9 @@ class SupportCuts(CompressionCallback):
         # in log-bytes between the support now (no cut) and the path's point
         span = (math.log(now), math.log(max(bits, 1.0)))
         chosen = judge_event(self, trainer, guard, put, restore, span, self.backoff_steps)
+        if chosen.deferred:
+            rank_zero_info(f"RateAware defers a cut: {guard.chance_line()}; the next cut tries again.")
+            return
         target, cost = math.exp(chosen.position), chosen.cost
         if chosen.held:
             self._stop(over_budget(f"cut {self._event}'s smallest cut tried", guard, cost))

@@ -335,7 +335,7 @@ class SuccessivePruning(SurpStages):
                 "no validation came before its stages were due to give the guard a baseline (validate more often, "
                 "e.g. `val_check_interval`, or give `target_sparsity=`)"
                 if self.guard is not None
-                else f"every stage was skipped: {skipped}"
+                else f"no stage was taken: {skipped}"
                 if skipped
                 else "no stage was due in this fit (give `target_sparsity=`)"
             )
@@ -354,7 +354,7 @@ class SuccessivePruning(SurpStages):
                     f"its window ended before its target ({self.target_sparsity:g}): after a back-off its steps were "
                     "limited to what fit"
                 )
-                if self.event_guard.refusals:
+                if self.event_guard.refusals or self.event_guard.deferrals:
                     short += f"; {self.event_guard.refusal_summary('stage')}"
             self._stop_reason = f"it reached its target ({self.target_sparsity:g})" if reached else short
         if self.event_guard is not None:

@@ -108,6 +108,9 @@ class SurpStages(CompressionCallback):
             self._prune_to(pl_module, self._names, sparsity, values=False)
 
         chosen = judge_event(self, trainer, guard, put, restore, (current, target), self.backoff_steps)
+        if chosen.deferred:
+            rank_zero_info(f"SuccessivePruning defers a stage: {guard.chance_line()}; the next stage tries again.")
+            return
         sparsity, cost = chosen.position, chosen.cost
         if chosen.held:  # skipped, not stopped: a later stage, on a model further on, tries again
             restore()  # the other ranks hold the same weights
