@@ -78,7 +78,8 @@ class EventGuard:
 
     The measure is top-1 accuracy when the validation batches are ``(inputs, targets)`` and the model returns one row
     of class scores per target; otherwise it is label-free: agreement of the top-1 class with the model's own before
-    the first event.
+    the first event. A model that scores no better than chance is not judged (:meth:`at_chance`): its events are
+    deferred. An event no part of which fits is refused (:meth:`refuse`): its callback skips it, a later one tries.
 
     Args:
         owner: the callback's name (in messages).
