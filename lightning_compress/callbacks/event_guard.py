@@ -162,6 +162,11 @@ class EventGuard:
 
         Such a model cannot be judged (its top-1 flips on any change, our design): an event due then is deferred,
         not refused. Label-free measures have no chance level and are always judged.
+
+        Examples:
+            >>> guard = EventGuard("Demo"); guard.chance = 0.1  # ten balanced classes
+            >>> guard.at_chance(torch.arange(1000) < 110), guard.at_chance(torch.arange(1000) < 200)
+            (True, False)
         """
         if self.chance is None or before.numel() == 0:
             return False
@@ -291,13 +296,8 @@ class EventGuard:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed fit needs to judge as this one would: what was spent, the measure after the last event."""
-        return {
-            "spent": self.spent,
-            "after": self._after_measure,
-            "refusals": self.refusals,
-            "last_refusal": self.last_refusal,
-            "deferrals": self.deferrals,
-        }
+        counts = {"refusals": self.refusals, "last_refusal": self.last_refusal, "deferrals": self.deferrals}
+        return {"spent": self.spent, "after": self._after_measure, **counts}
 
     def load_state_dict(self, state: Mapping[str, Any] | float | None) -> None:
         """Resume from :meth:`state_dict` (a bare number: ``spent`` alone, as checkpoints stored it before)."""
@@ -434,7 +434,13 @@ def judge_event(
 
 
 def over_budget(what: str, guard: EventGuard, cost: EventCost) -> str:
-    """Why a callback holds: ``what`` (its smallest step tried) cost ``cost``, over what is left of the budget."""
+    """Why a callback holds: ``what`` (its smallest step tried) cost ``cost``, over what is left of the budget.
+
+    Examples:
+        >>> why = over_budget("stage 3's smallest step", EventGuard("Demo"), EventCost(0.02, 0.005, False))
+        >>> why.split(": ")[0]
+        "stage 3's smallest step cost 2.00 ± 0.50 pt on the guard's samples"
+    """
     return (
         f"{what} cost {cost} on the guard's samples: with one standard error more than the "
         f"{100 * guard.allowance:.2f} pt left of its {100 * guard.budget:g}-pt budget"
