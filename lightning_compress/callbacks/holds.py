@@ -184,7 +184,7 @@ class Holds:
         """
         if not (self.support or self.frozen):
             return
-        key = (id(module), id(self.support), id(self.frozen), len(self.frozen), _registrations[0])
+        key = (id(module), _registrations[0])  # every change of the holds themselves drops the cache
         if self._resolved is None or self._resolved[0] != key:
             params = dict(module.named_parameters())
             self._resolved = (

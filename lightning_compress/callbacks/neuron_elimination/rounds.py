@@ -352,8 +352,9 @@ class EliminationRounds(EliminationStructure):
                 if self._round >= self.rounds
                 else f"its window ended after {self._round} of {self.rounds} rounds"
             )
-            if self.event_guard is not None and (self.event_guard.refusals or self.event_guard.deferrals):
-                self._stop_reason += f"; {self.event_guard.refusal_summary('round')}"
+            skipped = self.event_guard.refusal_summary("round") if self.event_guard is not None else ""
+            if skipped:
+                self._stop_reason += f"; {skipped}"
             at_floors = all(len(a) <= self._floor(p) for p, a in zip(self.pairs, self.alive(), strict=True))
             if self.target_params is not None and at_floors:
                 self._stop_reason += (

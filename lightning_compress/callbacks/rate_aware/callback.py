@@ -46,6 +46,7 @@ from lightning_compress.callbacks.event_guard import EventGuard
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.callbacks.guard import MetricGuard, guard_validation, require_validation
 from lightning_compress.callbacks.rate_aware.cuts import SupportCuts
+from lightning_compress.callbacks.state import load_plain_state, plain_state
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.functional.rate import add_rate_gradients
 from lightning_compress.functional.selection import select_parameters
@@ -61,6 +62,8 @@ VALUE_BITS = {"codebook": 3.6, "ternary": 1.0}
 MAX_PRICE_RATIO = 4.0
 #: How far the steered weight may move from ``weight`` (either way).
 STEER_RANGE = 30.0
+#: The fields a checkpoint holds as they are (key ``"event"``: ``self._event``).
+_PLAIN_STATE = ("event", "event_steps", "start_bits", "end_bits", "stopped", "stop_reason")
 
 
 class RateAware(SupportCuts):
@@ -345,31 +348,21 @@ class RateAware(SupportCuts):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "event": self._event,
-            "event_steps": list(self._event_steps),
+            **plain_state(self, _PLAIN_STATE),
             "current_weight": self.current_weight,
-            "start_bits": self._start_bits,
-            "end_bits": self._end_bits,
             **self.holds.state(),
             "history": list(self.history),
             "guard": None if self.guard is None else self.guard.state_dict(),
             "spent": None if self.event_guard is None else self.event_guard.state_dict(),
-            "stopped": self._stopped,
-            "stop_reason": self._stop_reason,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._event = int(state_dict.get("event", 0))
-        self._event_steps = list(state_dict.get("event_steps", []))
+        load_plain_state(self, state_dict, _PLAIN_STATE)
         self.current_weight = float(state_dict.get("current_weight", self.weight))
-        self._start_bits = state_dict.get("start_bits")
-        self._end_bits = state_dict.get("end_bits")
         self._saved_masks = self.holds.masks_from_state(state_dict)
         self.history = list(state_dict.get("history", []))
         if self.guard is not None and state_dict.get("guard") is not None:
             self.guard.load_state_dict(state_dict["guard"])
         if self.event_guard is not None:
             self.event_guard.load_state_dict(state_dict.get("spent"))
-        self._stopped = bool(state_dict.get("stopped", False))
-        self._stop_reason = str(state_dict.get("stop_reason", ""))

@@ -24,6 +24,7 @@ from lightning_compress.callbacks.guard import (
     guard_validation,
     require_validation,
 )
+from lightning_compress.callbacks.state import load_plain_state, plain_state
 from lightning_compress.callbacks.successive_pruning.stages import SurpStages
 from lightning_compress.callbacks.validation import validation_loader
 from lightning_compress.functional.selection import select_parameters
@@ -36,6 +37,8 @@ __all__ = ["SuccessivePruning"]
 
 #: The sparsity SuccessivePruning() prunes towards when no target is given (guarded).
 DEFAULT_TARGET_SPARSITY = 0.95
+#: The fields a checkpoint holds as they are (key ``"stage"``: ``self._stage``).
+_PLAIN_STATE = ("stage", "stage_steps", "step_cap", "stopped", "stop_reason")
 
 
 class SuccessivePruning(SurpStages):
@@ -354,8 +357,9 @@ class SuccessivePruning(SurpStages):
                     f"its window ended before its target ({self.target_sparsity:g}): after a back-off its steps were "
                     "limited to what fit"
                 )
-                if self.event_guard.refusals or self.event_guard.deferrals:
-                    short += f"; {self.event_guard.refusal_summary('stage')}"
+                skipped = self.event_guard.refusal_summary("stage")
+                if skipped:
+                    short += f"; {skipped}"
             self._stop_reason = f"it reached its target ({self.target_sparsity:g})" if reached else short
         if self.event_guard is not None:
             self.event_guard.release()
@@ -368,8 +372,7 @@ class SuccessivePruning(SurpStages):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "stage": self._stage,
-            "stage_steps": list(self._stage_steps),
+            **plain_state(self, _PLAIN_STATE),
             **self.holds.state(),
             "final_stream": None
             if self._final is None
@@ -378,16 +381,12 @@ class SuccessivePruning(SurpStages):
             "final_names": None if self._final is None else list(self._final["names"]),
             "history": list(self.history),
             "guard": None if self.guard is None else self.guard.state_dict(),
-            "step_cap": self._step_cap,
             "spent": None if self.event_guard is None else self.event_guard.state_dict(),
-            "stopped": self._stopped,
-            "stop_reason": self._stop_reason,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._stage = int(state_dict.get("stage", 0))
-        self._stage_steps = list(state_dict.get("stage_steps", []))
+        load_plain_state(self, state_dict, _PLAIN_STATE)
         self._saved_masks = self.holds.masks_from_state(state_dict)
         stream = state_dict.get("final_stream")
         self._final = (
@@ -402,8 +401,5 @@ class SuccessivePruning(SurpStages):
         self.history = list(state_dict.get("history", []))
         if self.guard is not None and state_dict.get("guard") is not None:
             self.guard.load_state_dict(state_dict["guard"])
-        self._step_cap = state_dict.get("step_cap")
         if self.event_guard is not None:
             self.event_guard.load_state_dict(state_dict.get("spent"))
-        self._stopped = bool(state_dict.get("stopped", False))
-        self._stop_reason = str(state_dict.get("stop_reason", ""))
