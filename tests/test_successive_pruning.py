@@ -774,3 +774,18 @@ def test_event_guard_state_round_trips_what_the_next_event_is_judged_with() -> N
     assert resumed.spent == guard.spent < 0.01  # the recovery credit needs the measure after the last event
     resumed.load_state_dict(0.004)  # checkpoints that stored the bare amount still load
     assert resumed.spent == 0.004
+
+
+def test_largest_support_is_the_refinements_support() -> None:
+    """A guarded stage holds the largest normalised magnitudes: exactly the support the refinement reaches."""
+    from lightning_compress.functional.successive_pruning import largest_support, magnitudes, refine
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(60, 40, generator=generator), 0.1 * torch.randn(300, generator=generator)]
+    tensors[0][:5] = 0.0  # zeros already held stay zeros
+    u, _ = magnitudes(tensors)
+    for target in (0.2, 0.5, 0.9, 0.99):
+        refined = torch.as_tensor(refine(u.clone(), target_sparsity=target).recon) != 0
+        reached = 1.0 - int(refined.sum()) / u.numel()
+        kept = torch.cat([k.reshape(-1) for k in largest_support(tensors, reached)])
+        assert torch.equal(kept, refined), target

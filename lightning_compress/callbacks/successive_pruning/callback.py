@@ -267,6 +267,8 @@ class SuccessivePruning(SurpStages):
             # stages due at one step are merged into the latest (each stage refines from scratch anyway)
             self._stage = due[-1]
             if self.event_guard is not None:
+                if not self.event_guard.ready:
+                    self._cache_guard_samples(trainer)
                 # a guarded stage costs passes over the guard's samples: where they would take the events past their
                 # budget, a later stage takes this one's sparsity (skip), or the sparsity is held (stop)
                 decision = self.broadcast(trainer, self.event_decision("stage", len(self.stages) - self._stage))
@@ -286,6 +288,13 @@ class SuccessivePruning(SurpStages):
         while self._stage < len(self.stages) and trainer.global_step >= self._stage_steps[self._stage]:
             self._run_stage(trainer, self.stages[self._stage])
             self._stage += 1
+
+    @compression_event("guard_samples")
+    def _cache_guard_samples(self, trainer: pl.Trainer) -> None:
+        """The event guard's samples, cached once per fit in an event of their own: the stages are priced without it."""
+        if self.event_guard is not None and trainer.is_global_zero:
+            pl_module = trainer.lightning_module
+            self.event_guard.prepare(trainer, pl_module, self.forward_inputs_fn(pl_module))
 
     # -- the accuracy guards ---------------------------------------------------------------------------------------
     @override

@@ -22,7 +22,13 @@ from lightning_compress.callbacks.event_guard import EventGuard, judge_event, ov
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
-from lightning_compress.functional.successive_pruning import SurpResult, magnitude, magnitudes, refine
+from lightning_compress.functional.successive_pruning import (
+    SurpResult,
+    largest_support,
+    magnitude,
+    magnitudes,
+    refine,
+)
 from lightning_compress.saving import trial_bytes
 
 __all__ = ["SurpStages"]
@@ -105,7 +111,7 @@ class SurpStages(CompressionCallback):
         guard = self.event_guard
 
         def put(sparsity: float) -> None:
-            self._prune_to(pl_module, self._names, sparsity, values=False)
+            self._support_to(pl_module, sparsity)
 
         chosen = judge_event(self, trainer, guard, put, restore, (current, target), self.backoff_steps)
         if chosen.deferred:
@@ -207,9 +213,7 @@ class SurpStages(CompressionCallback):
         return payload[0], payload[1], result
 
     @torch.no_grad()
-    def _write(
-        self, pl_module: nn.Module, names: list[str], result: SurpResult, norms: list[float], values: bool = True
-    ) -> None:
+    def _write(self, pl_module: nn.Module, names: list[str], result: SurpResult, norms: list[float]) -> None:
         """Put ``sign * recon * norm`` into the named tensors (as the ``surp`` codec decodes it); hold their zeros.
 
         ``recon`` is float64; the product is taken in float64 and rounded to the tensor's dtype once, so the
@@ -228,25 +232,34 @@ class SurpStages(CompressionCallback):
                 assert result.residual is not None  # noqa: S101 - recon or residual, one of the two
                 piece = magnitude(param, norm).sub_(result.residual[offset : offset + n].to(param.device))
             kept = piece.reshape(param.shape) != 0
-            if values:  # the reconstruction; otherwise (a guarded stage) the support only
-                param.copy_(param.detach().sign().to(torch.float64).mul_(piece.reshape(param.shape)).mul_(norm))
-            else:
-                param.mul_(kept)
+            param.copy_(param.detach().sign().to(torch.float64).mul_(piece.reshape(param.shape)).mul_(norm))
             masks[name] = kept
             offset += n
         self.holds.hold_support(self.target_module(pl_module), masks)
 
-    def _prune_to(
-        self, pl_module: nn.Module, names: list[str], sparsity: float | None, values: bool = True
-    ) -> SurpResult:
+    def _prune_to(self, pl_module: nn.Module, names: list[str], sparsity: float | None) -> SurpResult:
         """One pruning stage's refinement written into the weights, its zeros held.
 
         A pruning stage writes no stream: every rank refines the same weights (DDP keeps them identical) with
         device-independent decisions, so no bytes are coded, decoded or sent.
         """
         result, norms = self._refine(self._params(pl_module, names), sparsity, stream=False)
-        self._write(pl_module, names, result, norms, values)
+        self._write(pl_module, names, result, norms)
         return result
+
+    @torch.no_grad()
+    def _support_to(self, pl_module: nn.Module, sparsity: float) -> None:
+        """The support a refinement to ``sparsity`` would reach, held; the surviving weights keep their values.
+
+        Found as the largest normalised magnitudes (:func:`largest_support`: the refinement's support, without its
+        rounds).
+        """
+        params = self._params(pl_module, self._names)
+        masks = dict(self.holds.support)
+        for name, param, kept in zip(self._names, params, largest_support(params, sparsity), strict=True):
+            param.mul_(kept)
+            masks[name] = kept
+        self.holds.hold_support(self.target_module(pl_module), masks)
 
     @compression_event("stage")
     def _run_stage(self, trainer: pl.Trainer, sparsity: float | None, final: bool = False) -> None:
