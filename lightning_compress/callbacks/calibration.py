@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_compress.callbacks.randomness import kept_random_state, loader_generators
 from lightning_compress.functional.batchnorm import batch_norms, recalibrate_batch_norms_
 from lightning_compress.functional.forward import (
     ForwardInputs,
@@ -37,6 +38,7 @@ __all__ = [
     "event_norm_inputs",
     "has_validation",
     "own_loader",
+    "read_batches",
     "recalibrate_norms",
     "resolve_forward_inputs",
     "training_inputs",
@@ -99,6 +101,39 @@ def own_loader(loader: Any) -> Any:
     return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
+def read_batches(loader: Any) -> Iterator[Any]:
+    """``loader``'s batches through an iterator of its own (:func:`own_loader`), moving no random state of the fit.
+
+    The shuffle's seed, the workers' base seed and any generator the loader or its sampler holds are drawn as an
+    ``iter()`` would draw them, then put back (:func:`~.randomness.kept_random_state`): the fit's next epoch is
+    shuffled as it would be without this read.
+
+    Examples:
+        >>> loader = DataLoader(list(range(6)), batch_size=4, shuffle=True)
+        >>> _ = torch.manual_seed(0)
+        >>> next_draw = torch.rand(1)
+        >>> _ = torch.manual_seed(0)
+        >>> sorted(int(i) for b in read_batches(loader) for i in b)
+        [0, 1, 2, 3, 4, 5]
+        >>> torch.equal(torch.rand(1), next_draw)  # the read moved no random state
+        True
+    """
+    own = own_loader(loader)
+    generators = loader_generators(own)
+    with kept_random_state(generators):
+        iterator = iter(own)
+    while True:
+        with kept_random_state(generators):
+            batch = next(iterator, _END)
+        if batch is _END:
+            return
+        yield batch
+
+
+#: The end of :func:`read_batches`' iterator.
+_END = object()
+
+
 def as_the_fit_sees(trainer: pl.Trainer, batch: Any) -> Any:
     """``batch`` as the fit's steps receive it: the precision plugin's conversion, then the transfer hooks.
 
@@ -130,7 +165,7 @@ def training_inputs(
     if loader is None:
         raise RuntimeError(f"{who} calibrates on training data: pass `train_dataloaders` or a datamodule to `fit`.")
     world, rank = (trainer.world_size, trainer.global_rank) if shard else (1, 0)
-    for i, batch in enumerate(own_loader(loader)):
+    for i, batch in enumerate(read_batches(loader)):
         if i >= batches:
             return
         if i % world == rank:

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from lightning_compress.callbacks.calibration import as_the_fit_sees, event_norm_inputs, own_loader
+from lightning_compress.callbacks.calibration import as_the_fit_sees, event_norm_inputs, read_batches
 from lightning_compress.callbacks.guard import DEFAULT_ACCURACY_BUDGET
 from lightning_compress.callbacks.validation import ValidationScorer, validation_loader
 from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
@@ -188,7 +188,7 @@ class EventGuard:
         was_training = model.training
         model.eval()
         try:
-            for batch in map(partial(as_the_fit_sees, trainer), own_loader(validation_loader(trainer) or [])):
+            for batch in map(partial(as_the_fit_sees, trainer), read_batches(validation_loader(trainer) or [])):
                 x = to_device(to_inputs(batch), device)
                 rows = call_forward(model, x)
                 rows = rows.reshape(-1, rows.shape[-1]) if rows.dim() >= 2 else rows.reshape(-1, 1)

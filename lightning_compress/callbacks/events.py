@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from lightning_compress.callbacks.memory import release_freed_memory
+from lightning_compress.callbacks.randomness import kept_random_state
 from lightning_compress.functional.weight_sharing import SearchBudget
 
 __all__ = ["EventBudget", "TimedEvents", "compression_event", "events_run", "progress_bar", "spending"]
@@ -53,7 +54,8 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
     """Mark a callback method as a compression event (a stage, an elimination round, the search, ...).
 
     Its wall time is added to ``callback.event_seconds[name]`` and it shows in ``torch.profiler`` traces as
-    ``lc/<Callback>/<name>``, so a fit's overhead splits into per-step work and events (``bench.overhead``).
+    ``lc/<Callback>/<name>``, so a fit's overhead splits into per-step work and events (``bench.overhead``). The
+    random states it draws from are put back afterwards (:func:`~.randomness.kept_random_state`).
 
     Examples:
         >>> from lightning_compress.callbacks.base import CompressionCallback
@@ -75,7 +77,8 @@ def compression_event(name: str) -> Callable[[_Method], _Method]:
                 # the last step's activations, freed but still resident, must not lie under the event's buffers
                 release_freed_memory()
                 try:
-                    return method(self, *args, **kwargs)
+                    with kept_random_state():  # the fit draws its shuffles and dropout masks as it would without it
+                        return method(self, *args, **kwargs)
                 finally:
                     release_freed_memory()  # the event's working buffers must not stay resident under the next step
                     ended = time.perf_counter()

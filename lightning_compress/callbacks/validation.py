@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_compress.callbacks.calibration import as_the_fit_sees, own_loader
+from lightning_compress.callbacks.calibration import as_the_fit_sees, read_batches
 from lightning_compress.functional.forward import ForwardInputs, call_forward, leading, to_device
 
 __all__ = ["METRICS", "VAL_CACHE_BYTES", "ValidationScorer", "validation_loader"]
@@ -94,7 +94,7 @@ class ValidationScorer:
         seen = 0
         cap = self.max_samples if isinstance(self.max_samples, int) else None
         self.cache_complete = True
-        for batch in map(partial(as_the_fit_sees, trainer), own_loader(loaders)):
+        for batch in map(partial(as_the_fit_sees, trainer), read_batches(loaders)):
             if cap is not None and seen >= cap:
                 self.cache_complete = False
                 break
@@ -127,7 +127,7 @@ class ValidationScorer:
         model.eval()
         preds, targets, num_classes = [], [], 0
         try:
-            for batch in map(partial(as_the_fit_sees, trainer), own_loader(loaders)):
+            for batch in map(partial(as_the_fit_sees, trainer), read_batches(loaders)):
                 logits = call_forward(model, to_device(to_inputs(batch), device))
                 num_classes = logits.shape[-1]
                 preds.append(logits.reshape(-1, num_classes).argmax(dim=1).cpu())
