@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +38,8 @@ class BatchesSeen(pl.Callback):
 def _fit(tmp_path: Path, callback: pl.Callback | None) -> BatchesSeen:
     torch.manual_seed(0)
     # dropout: the BatchNorm re-estimation and the guards run the model in training mode (dropout draws)
-    net = nn.Sequential(
-        nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4)
-    )
+    layers = [nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 64), nn.ReLU()]
+    net = nn.Sequential(*layers, nn.Linear(64, 4))
     model = lc.ImageClassifier(net, num_classes=4)
     seen = BatchesSeen()
     callbacks = [seen] if callback is None else [callback, seen]
@@ -76,8 +76,6 @@ def test_read_batches_moves_no_generator_a_loader_holds() -> None:
 
 
 def test_kept_random_state_puts_back_numpy_and_python_too() -> None:
-    import random
-
     np.random.seed(1)
     random.seed(1)
     expected = (np.random.rand(), random.random())
