@@ -26,6 +26,7 @@ FLOORS = {
     "report": 4,
     "module": 4,
     "models": 5,
+    "callbacks.randomness": 5,
     "callbacks.memory": 6,
     "callbacks.optimizer_surgery": 6,
     "callbacks.holds": 6,

@@ -567,9 +567,9 @@ def largest_support(tensors: Sequence[torch.Tensor], sparsity: float) -> list[to
     ResNet-18's 11.7 M weights). Zeros are never kept. Float32 magnitudes: one copy the model's size.
 
     Examples:
-        >>> kept = largest_support([torch.tensor([3.0, -4.0, 0.5]), torch.tensor([1.0, -1.0])], sparsity=0.6)
-        >>> [k.tolist() for k in kept]
-        [[False, True, False], [False, False]]
+        >>> kept = largest_support([torch.tensor([3.0, -4.0, 0.5]), torch.tensor([1.0, -0.5])], sparsity=0.6)
+        >>> [k.tolist() for k in kept]  # magnitudes [0.60, 0.80, 0.10] and [0.89, 0.45]: the two largest
+        [[False, True, False], [True, False]]
     """
     sizes = [t.numel() for t in tensors]
     device = tensors[0].device if tensors else torch.device("cpu")
