@@ -474,6 +474,21 @@ def test_guarded_rounds_stay_within_the_event_budget(tmp_path: Path) -> None:
         assert "budget" in callback._stop_reason or "target" in callback._stop_reason
 
 
+def test_a_budget_for_few_rounds_keeps_the_last_ones() -> None:
+    """Where the budget takes 4 of 8 rounds, the last 4 run (a later round does what an earlier one would, and more);
+    spread, they would run every other one, the first of them at a tolerance that removes almost nothing."""
+    from lightning_compress.callbacks.events import EventBudget
+
+    budget = EventBudget(steps=100, min_seconds=0.0)
+    for _ in range(3):
+        budget.step_started()
+        budget.step_ended(seconds=2.0)  # 200 s of budget; 100 spent, 25 s a round with its margin: 4 affordable
+    last = [budget.decide(100.0, 20.0, left, total_steps=16, latest=True) for left in range(8, 0, -1)]
+    spread = [budget.decide(100.0, 20.0, left, total_steps=16) for left in range(8, 0, -1)]
+    assert last == ["skip"] * 4 + ["run"] * 4
+    assert spread[:4] == ["skip", "run"] * 2  # spread: rounds run early (spent held here, so every late one fits)
+
+
 def test_event_guard_backs_off_a_round_and_never_rewinds_training(tmp_path: Path) -> None:
     """A round over budget keeps its largest leading share within budget; global steps only ever advance."""
     steps: list[int] = []

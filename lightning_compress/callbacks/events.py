@@ -122,6 +122,8 @@ class EventBudget:
         'run'
         >>> budget.decide(spent=190.0, each=20.0, remaining=1, total_steps=16)  # 10 s left
         'stop'
+        >>> budget.decide(spent=150.0, each=20.0, remaining=3, total_steps=16, latest=True)  # the last 2 of 3 run
+        'skip'
     """
 
     def __init__(
@@ -160,7 +162,7 @@ class EventBudget:
         step = self.step_seconds
         return None if step is None else max(self.min_seconds, step * self.budget_steps(total_steps))
 
-    def decide(self, spent: float, each: float | None, remaining: int, total_steps: int) -> str:
+    def decide(self, spent: float, each: float | None, remaining: int, total_steps: int, latest: bool = False) -> str:
         """``"run"`` the next optional event, ``"skip"`` it (a later one takes its place) or ``"stop"`` (none fits).
 
         Args:
@@ -169,6 +171,8 @@ class EventBudget:
                 it runs).
             remaining: optional events left in the schedule, this one included.
             total_steps: the fit's training steps.
+            latest: the affordable events are the schedule's last ones, not spread over it (a schedule whose later
+                event does what the earlier ones do and more: NeuronElimination's rising tolerances).
         """
         limit = self.limit_seconds(total_steps)
         if each is None or limit is None or remaining <= 0:
@@ -179,11 +183,15 @@ class EventBudget:
             return "run"
         if affordable <= 0:
             return "stop"
+        if latest:
+            return "skip"
         # the affordable ones spread over what is left, counted back from the last of the schedule, which always runs
         stride = -(-remaining // affordable)
         return "run" if (remaining - 1) % stride == 0 else "skip"
 
-    def decide_for(self, events: TimedEvents, event: str, remaining: int, total_steps: int) -> str:
+    def decide_for(
+        self, events: TimedEvents, event: str, remaining: int, total_steps: int, latest: bool = False
+    ) -> str:
         """:meth:`decide` for a callback's next optional ``event``, priced at the dearest of its kind so far.
 
         The dearest, not the mean: later events are larger (they back off more, their size goal grows), and the mean
@@ -191,7 +199,7 @@ class EventBudget:
         """
         spans = [end - start for name, start, end in events.event_log if name == event]
         each = max(spans) if spans else None
-        return self.decide(sum(events.event_seconds.values()), each, remaining, total_steps)
+        return self.decide(sum(events.event_seconds.values()), each, remaining, total_steps, latest)
 
     def spent_reason(self, events: TimedEvents, event: str, total_steps: int) -> str:
         """Why the events stopped when the budget ended, in words (the callback's closing line)."""

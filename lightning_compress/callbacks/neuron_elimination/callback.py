@@ -324,9 +324,10 @@ class NeuronElimination(EliminationRounds):
             if due and not self._stopped:
                 # rounds due at one step are merged into the latest (its tolerance and size goal)
                 self._round = due[-1]
-                # where one more guarded round would take the events past their budget, a later round takes this
-                # one's place (its tolerance and size goal are larger: skip), or the neurons are held (stop)
-                decision = self.broadcast(trainer, self.event_decision("round", self.rounds - self._round))
+                # the budget's rounds are the last ones: a later round eliminates what a skipped one would, and more
+                left, total = self.rounds - self._round, self.fit_plan.total_steps if self.fit_plan else 0
+                choice = self.event_budget.decide_for(self, "round", left, total, latest=True)
+                decision = self.broadcast(trainer, choice)
                 if decision == "stop":
                     self._stopped = True
                     self._stop_reason = self.budget_spent_reason("round")
