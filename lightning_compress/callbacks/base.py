@@ -185,9 +185,9 @@ class CompressionCallback(Callback):
         """What guards its accuracy, in a few words (the fit plan's table)."""
         return "none"
 
-    def event_decision(self, event: str, remaining: int) -> str:
+    def event_decision(self, event: str, remaining: int, latest: bool = False) -> str:
         """Whether the next optional ``event`` fits the event budget: ``"run"``, ``"skip"`` or ``"stop"``."""
-        return self.event_budget.decide_for(self, event, remaining, self.fit_plan.total_steps if self.fit_plan else 0)
+        return self.event_budget.decide_for(self, event, remaining, getattr(self.fit_plan, "total_steps", 0), latest)
 
     def budget_spent_reason(self, event: str) -> str:
         """Why the events stopped when the budget ended, in words."""

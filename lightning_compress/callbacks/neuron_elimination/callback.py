@@ -325,9 +325,7 @@ class NeuronElimination(EliminationRounds):
                 # rounds due at one step are merged into the latest (its tolerance and size goal)
                 self._round = due[-1]
                 # the budget's rounds are the last ones: a later round eliminates what a skipped one would, and more
-                left, total = self.rounds - self._round, self.fit_plan.total_steps if self.fit_plan else 0
-                choice = self.event_budget.decide_for(self, "round", left, total, latest=True)
-                decision = self.broadcast(trainer, choice)
+                decision = self.broadcast(trainer, self.event_decision("round", self.rounds - self._round, latest=True))
                 if decision == "stop":
                     self._stopped = True
                     self._stop_reason = self.budget_spent_reason("round")
