@@ -11,6 +11,7 @@ once as it is and once per draw count ``k``: a callback that draws ``k`` numbers
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def main() -> None:
     rows = []
     for count in [0, *args.draws]:
         name = f"dense, {count} draw(s) at step 10"
-        CALLBACKS[name] = lambda count=count: DrawAtStep(count)
+        CALLBACKS[name] = functools.partial(DrawAtStep, count)
         with tempfile.TemporaryDirectory() as tmp:
             result = run("resnet18", name, args.seed, data, 2, Path(tmp))
         rows.append({"draws": count, "test acc (%)": round(100 * result["test_acc"], 2)})
