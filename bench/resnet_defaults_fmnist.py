@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning_compress as lc
 from bench.common import mean_std, quiet_trainer, write_results
 from bench.defaults_fmnist import UserClassifier, accuracy, fmnist_tensors
+from bench.guard_cost import GuardClock
 from lightning_compress.functional.batchnorm import recalibrate_batch_norms_
 
 CALLBACKS: dict[str, Callable[[], pl.Callback] | None] = {
@@ -65,7 +66,9 @@ def run(net: str, name: str, seed: int, data: dict[str, TensorDataset], epochs: 
     callback = None if factory is None else factory()
     trainer = quiet_trainer(epochs, [] if callback is None else [callback], default_root_dir=out)
     started = time.perf_counter()
-    trainer.fit(model, DataLoader(data["train"], batch_size=128, shuffle=True), DataLoader(data["val"], batch_size=500))
+    with GuardClock() as guard:
+        train, val = DataLoader(data["train"], batch_size=128, shuffle=True), DataLoader(data["val"], batch_size=500)
+        trainer.fit(model, train, val)
     fit_s = time.perf_counter() - started
     if name.startswith("dense, BatchNorm"):
         batches = (x for i, (x, _) in enumerate(DataLoader(data["train"], batch_size=128, shuffle=True)) if i < 20)
@@ -87,6 +90,9 @@ def run(net: str, name: str, seed: int, data: dict[str, TensorDataset], epochs: 
         "sources": sorted(set(report.sources.values())),
         "fit_s": fit_s,
         "event_s": sum(events.values()),
+        # the event guard's own work (caching, BatchNorm re-estimations, scoring) and its passes over its samples
+        "guard_s": guard.seconds,
+        "guard_passes": guard.passes,
         # WeightSharing's search, in passes over its cached validation samples
         "search_passes": None
         if callback is None
@@ -152,6 +158,8 @@ def main() -> None:
                     "ratio": f"{mean_std([r['ratio'] for r in rows])[0]:.1f}x",
                     "fit (s)": f"{mean_std([r['fit_s'] for r in rows])[0]:.0f}",
                     "fit / dense": f"{mean_std([r['fit_s'] for r in rows])[0] / dense_fit:.2f}x" if dense_fit else "",
+                    "events (s)": f"{mean_std([r['event_s'] for r in rows])[0]:.1f}",
+                    "guard passes": ", ".join(str(r["guard_passes"]) for r in rows if r.get("guard_passes")),
                     "search passes": ", ".join(
                         f"{r['search_passes']:.1f}" for r in rows if r.get("search_passes") is not None
                     ),
