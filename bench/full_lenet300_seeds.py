@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,13 +27,19 @@ from bench.composed_fmnist import run_recipe
 RECIPE = "full_lenet300_fmnist"
 
 
-def dense_per_seed() -> dict[int, float]:
+def dense_per_seed(extra: Sequence[str] = ()) -> dict[int, float]:
+    """The best dense run of each seed: ``composed_fmnist``'s, and the runs of the results files named in ``extra``
+    (this script's own files of ``--recipe dense_lenet300_fmnist`` runs, for seeds ``composed_fmnist`` has not run)."""
     runs = json.loads((RESULTS / "composed_fmnist.json").read_text())["runs"]
-    return {
+    best = {
         int(run["seed"]): max(v["acc"] for k, v in run.items() if k.startswith("lenet300/dense@"))
         for run in runs
         if any(k.startswith("lenet300/dense@") for k in run)
     }
+    for name in extra:
+        for run in json.loads((RESULTS / f"{name}.json").read_text())["runs"]:
+            best[int(run["seed"])] = max(best.get(int(run["seed"]), 0.0), float(run["acc"]))
+    return best
 
 
 def main() -> None:
@@ -42,9 +49,12 @@ def main() -> None:
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--name", default="full_lenet300_seeds")
     parser.add_argument("--overrides", nargs="*", default=[])
+    parser.add_argument(
+        "--dense-name", nargs="*", default=[], help="results files of dense runs for seeds composed_fmnist lacks"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
-    dense = dense_per_seed()
+    dense = dense_per_seed(args.dense_name)
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         row = {"seed": seed, **run_recipe(args.recipe, [*quiet_run(seed, args.epochs), *args.overrides])}
