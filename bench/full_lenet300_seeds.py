@@ -80,9 +80,13 @@ def main() -> None:
         f"`{args.recipe}` {' '.join(args.overrides)} on real Fashion-MNIST, seeds {args.seeds}, {args.epochs} "
         "epochs; accuracy of the model "
         "reloaded from its artifact; drop against the best dense run of the same seed in "
-        "bench/results/composed_fmnist.json. "
-        f"Mean: {mean_std(ratios)[0]:.1f}x at {mean_std(drops)[0]:.2f} ± {mean_std(drops)[1]:.2f} pt; worst seed "
-        f"{max(drops) if drops else float('nan'):.2f} pt."
+        f"bench/results/composed_fmnist.json{''.join(f', {n}.json' for n in args.dense_name)}. "
+        + (
+            f"Mean: {mean_std(ratios)[0]:.1f}x at {mean_std(drops)[0]:.2f} ± {mean_std(drops)[1]:.2f} pt; worst seed "
+            f"{max(drops):.2f} pt."
+            if drops
+            else f"Mean: {mean_std(ratios)[0]:.1f}x; no dense reference for these seeds."
+        )
     )
     payload = {"recipe": args.recipe, "overrides": args.overrides, "seeds": args.seeds, "runs": runs}
     print(write_results(args.name, payload, table, notes).read_text())
