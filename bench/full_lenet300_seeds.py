@@ -45,7 +45,7 @@ def dense_per_seed(extra: Sequence[str] = ()) -> dict[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's own")
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--name", default="full_lenet300_seeds")
     parser.add_argument("--overrides", nargs="*", default=[])
@@ -77,8 +77,8 @@ def main() -> None:
     drops = [r["drop_pt"] for r in runs if r["drop_pt"] is not None]
     ratios = [r["ratio"] for r in runs]
     notes = (
-        f"`{args.recipe}` {' '.join(args.overrides)} on real Fashion-MNIST, seeds {args.seeds}, {args.epochs} "
-        "epochs; accuracy of the model "
+        f"`{args.recipe}` {' '.join(args.overrides)} on real Fashion-MNIST, seeds {args.seeds}, "
+        f"{args.epochs or 'the recipe' + chr(39) + 's'} epochs; accuracy of the model "
         "reloaded from its artifact; drop against the best dense run of the same seed in "
         f"bench/results/composed_fmnist.json{''.join(f', {n}.json' for n in args.dense_name)}. "
         + (
