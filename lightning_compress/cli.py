@@ -197,7 +197,8 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
         )
         return
     seed = cfg.get("seed")
-    found = dense_reference(file, str(net), seed if isinstance(seed, int) else None)
+    seed_files = [str(f) for f in reference.get("seed_files") or []]
+    found = dense_reference(file, str(net), seed if isinstance(seed, int) else None, seed_files)
     if found is None:
         log.warning(
             "Dense reference: %s is missing or holds no %r dense run; `python -m bench.composed_fmnist` measures it.",
@@ -216,7 +217,7 @@ def _compare_with_reference(cfg: DictConfig, metrics: dict[str, float]) -> None:
     log.info(
         "Dense reference (read from %s, not trained in this job: %s): test/acc %.4f. This run, reloaded from its "
         "artifact: %.4f, %.1fx smaller than fp32, a drop of %.2f pt.",
-        file,
+        " and ".join([str(file), *seed_files]) if same_seed and seed_files else file,
         which,
         dense,
         metrics["test/acc_artifact"],

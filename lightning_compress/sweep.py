@@ -57,13 +57,27 @@ def sweep_group(task_name: str, sweep_dir: str | Path) -> str:
     return f"{task_name}-{Path(str(sweep_dir)).name}"
 
 
-def dense_reference(file: str | Path, net: str, seed: int | None = None) -> tuple[float, int, bool] | None:
+def dense_reference(
+    file: str | Path, net: str, seed: int | None = None, seed_files: Sequence[str | Path] = ()
+) -> tuple[float, int, bool] | None:
     """The dense test accuracy a benchmark measured for ``net``, over how many seeds, and whether it is ``seed``'s.
 
     ``file`` is a benchmark result (``{"runs": [{"seed": ..., "<net>/dense@<lr>": {"acc": ...}, ...}, ...]}``, one
     entry per seed); the reference is the best dense run of ``seed`` when the file holds that seed (over 1 seed),
-    else the mean over seeds of each seed's best dense run. ``None`` when the file is missing or holds no dense run
-    of ``net``.
+    else the mean over seeds of each seed's best dense run. ``seed_files`` are results of dense runs of ``net`` per
+    seed (``{"runs": [{"seed": ..., "acc": ...}, ...]}``, e.g. ``bench.full_lenet300_seeds --recipe
+    dense_lenet300_fmnist``): their runs of ``seed`` count as that seed's dense runs too (the mean over seeds stays
+    ``file``'s). ``None`` when the file is missing or holds no dense run of ``net``.
+
+    Examples:
+        >>> import json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "b.json").write_text(json.dumps({"runs": [{"seed": 0, "mlp/dense@0.1": {"acc": 0.9}}]}))
+        >>> _ = (folder / "s.json").write_text(json.dumps({"runs": [{"seed": 42, "acc": 0.8}]}))
+        >>> dense_reference(folder / "b.json", "mlp", 42)  # no run of seed 42: the mean over the file's seeds
+        (0.9, 1, False)
+        >>> dense_reference(folder / "b.json", "mlp", 42, [folder / "s.json"])  # seed 42's own dense run
+        (0.8, 1, True)
     """
     path = Path(str(file))
     if not path.is_file():
@@ -72,6 +86,9 @@ def dense_reference(file: str | Path, net: str, seed: int | None = None) -> tupl
     if seed is not None:
         same = [run for run in runs if run.get("seed") == seed]
         accs = [v["acc"] for run in same for k, v in run.items() if k.startswith(f"{net}/dense@")]
+        for extra in map(Path, map(str, seed_files)):
+            if extra.is_file():
+                accs += [float(run["acc"]) for run in json.loads(extra.read_text())["runs"] if run.get("seed") == seed]
         if accs:
             return max(accs), 1, True
     per_seed = [[v["acc"] for k, v in run.items() if k.startswith(f"{net}/dense@")] for run in runs]

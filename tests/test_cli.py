@@ -310,6 +310,16 @@ def test_main_job_compares_with_the_committed_dense_reference(tmp_path: Path) ->
     bench.write_text(json.dumps({"runs": runs}))
     _compare_with_reference(OmegaConf.create({**cfg, "seed": 7, "model": {"name": "lenet_300_100"}}), seeded)
     assert seeded["reference/dense_acc"] == pytest.approx(0.88)
+    # a seed the benchmark lacks, with a dense run of it in a seed file (the main job's seed 42): that run, not the mean
+    seed_file = tmp_path / "dense_seed42.json"
+    seed_file.write_text(json.dumps({"runs": [{"seed": 42, "acc": 0.87}, {"seed": 3, "acc": 0.5}]}))
+    with_seeds = {**cfg, "reference": {**cfg["reference"], "seed_files": [str(seed_file)]}}
+    own = {"test/acc_artifact": 0.86}
+    _compare_with_reference(OmegaConf.create({**with_seeds, "seed": 42, "model": {"name": "lenet_300_100"}}), own)
+    assert own["reference/dense_acc"] == pytest.approx(0.87)
+    other = {"test/acc_artifact": 0.86}  # no run of seed 5 anywhere: the benchmark's mean over its seeds
+    _compare_with_reference(OmegaConf.create({**with_seeds, "seed": 5, "model": {"name": "lenet_300_100"}}), other)
+    assert other["reference/dense_acc"] == pytest.approx((0.90 + 0.88) / 2)
     missing = {"test/acc_artifact": 0.88}
     absent = {"file": str(tmp_path / "none.json"), "net": "x", **declared}
     _compare_with_reference(OmegaConf.create({**cfg, "reference": absent, "model": {"name": "lenet_300_100"}}), missing)
