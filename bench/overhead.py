@@ -254,8 +254,11 @@ def main() -> None:
                 print(f"{net:4s} {config:45s} repeat {repeat}: fit {row['fit_s']:.2f}s", flush=True)
     table = summarise(runs)
     notes = (
-        f"`python -m bench.overhead --epochs {args.epochs} --repeats {args.repeats} --cnn-repeats {args.cnn_repeats}`"
-        f": each fit in its own process, configurations interleaved; medians over repeats. Fast in-memory loop "
+        f"`python -m bench.overhead --epochs {args.epochs} --repeats {args.repeats} --cnn-repeats {args.cnn_repeats}"
+        f" --nets {' '.join(args.nets)}"
+        + (" --configs " + " ".join(f'"{c}"' for c in args.configs) if args.configs else "")
+        + "`"
+        ": each fit in its own process, configurations interleaved; medians over repeats. Fast in-memory loop "
         "(batches indexed from tensors). events = compression events; hooks = the rest of the callbacks' hook time "
         "(SimpleProfiler); in model = fit - dense - events - hooks (work inside forward/backward, and noise); step = "
         "the median training step (Lightning's `run_training_batch`, hooks included); hooks per step = the "
