@@ -15,10 +15,10 @@ The runs are ``bench.full_lenet300_seeds``'s (one results file per row below); t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from bench.common import RESULTS, mean_sd_text, mean_std, write_results
+from bench.common import mean_sd_text, mean_std, write_results
+from bench.full_lenet300_seeds import seed_runs
 
 NAME = "distill_fmnist"
 ROWS = (
@@ -35,10 +35,9 @@ ROWS = (
 
 
 def row(recipe: str, teacher: str, source: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{source}.json"
-    if not path.is_file():
+    runs = seed_runs(source)
+    if runs is None:
         return None
-    runs = json.loads(path.read_text())["runs"]
     drops = [r["drop_pt"] for r in runs]
     return {
         "recipe": recipe,

@@ -14,12 +14,12 @@ of those seeds at the three learning rates of ``bench.composed_fmnist``, then th
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from typing import Any
 
-from bench.common import RESULTS, mean_std, write_results
+from bench.common import RESULTS, mean_sd_text, mean_std, write_results
+from bench.full_lenet300_seeds import seed_runs
 
 #: The settings are changes of the recipe as it was before the sweep (10 epochs, WeightSharing within 0.2 pt).
 FORMER_EPOCHS, FORMER_SHARING = "10", "compress.weight_sharing.accuracy_budget=0.002"
@@ -115,17 +115,16 @@ def run_missing(settings: dict[str, list[str]]) -> None:
 
 
 def row(name: str, what: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
-    if not path.is_file():
+    runs = seed_runs(name)
+    if runs is None:
         return None
-    runs = json.loads(path.read_text())["runs"]
     drops = [r["drop_pt"] for r in runs]
     return {
         "setting": what,
         "results": name,
         "seeds": len(runs),
         "ratio": f"{mean_std([r['ratio'] for r in runs])[0]:.1f}x",
-        "drop (pt)": f"{mean_std(drops)[0]:.2f} ± {mean_std(drops)[1]:.2f}",
+        "drop (pt)": mean_sd_text(drops),
         "worst seed (pt)": f"{max(drops):.2f}",
         # issue #36's target: 160x or more (the mean file) with every seed within 1.0 pt
         "every seed within 1 pt, 160x on the mean": "yes"

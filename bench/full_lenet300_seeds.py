@@ -27,6 +27,12 @@ from bench.composed_fmnist import run_recipe
 RECIPE = "full_lenet300_fmnist"
 
 
+def seed_runs(name: str) -> list[dict[str, Any]] | None:
+    """The per-seed runs of this script's results file ``name`` (``None`` when it has not been written)."""
+    path = RESULTS / f"{name}.json"
+    return list(json.loads(path.read_text())["runs"]) if path.is_file() else None
+
+
 def dense_per_seed(extra: Sequence[str] = ()) -> dict[int, float]:
     """The best dense run of each seed: ``composed_fmnist``'s, and the runs of the results files named in ``extra``
     (this script's own files of ``--recipe dense_lenet300_fmnist`` runs, for seeds ``composed_fmnist`` has not run)."""

@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 import torch
 
 import lightning_compress as lc
-from bench.common import composed, quiet_run, write_results
+from bench.common import composed, mean_std, quiet_run, write_results
 from lightning_compress.callbacks import event_guard
 from lightning_compress.cli import train
 
@@ -44,7 +44,6 @@ class GuardClock:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.passes = 0
-        self.samples = 0
         guard = event_guard.EventGuard
         self._originals = (guard.prepare, guard.outcomes_after_norms, event_guard.event_norm_inputs)
 
@@ -73,7 +72,7 @@ class GuardClock:
 
 
 def mean(rows: list[dict[str, Any]], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows)
+    return mean_std([r[key] for r in rows])[0]
 
 
 def run(config: str, seed: int, epochs: int) -> dict[str, Any]:

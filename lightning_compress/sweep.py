@@ -86,7 +86,7 @@ def dense_reference(
     if seed is not None:
         same = [run for run in runs if run.get("seed") == seed]
         accs = [v["acc"] for run in same for k, v in run.items() if k.startswith(f"{net}/dense@")]
-        for extra in map(Path, map(str, seed_files)):
+        for extra in (Path(str(f)) for f in seed_files):
             if extra.is_file():
                 accs += [float(run["acc"]) for run in json.loads(extra.read_text())["runs"] if run.get("seed") == seed]
         if accs:
