@@ -6,19 +6,30 @@ histogram (one byte per entry, log-quantized), the ``bucket`` low bits raw.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from lightning_compress.codec.entropy import AnsStackReader, AnsStackWriter, ans_decode, leb128
+
+#: Values converted at a time (bit packing, Exp-Golomb buckets, ANS coding): the temporaries of a chunk, not of a
+#: whole sequence, which for a refinement of a large network can hold tens of millions of values.
+CHUNK = 1 << 20
 
 #: The stream version a reader assumes (version 1 of the SuRP stream wrote exact histograms as varints).
 LATEST_VERSION = 2
 
 __all__ = [
+    "CHUNK",
     "LATEST_VERSION",
+    "BitPacker",
     "BitReader",
     "BitWriter",
+    "ExpGolombParts",
+    "counts_bits",
     "dequantized_counts",
     "exp_golomb_buckets",
+    "exp_golomb_entropy",
     "histogram_bits",
     "pack_variable_bits",
     "quantized_counts",
@@ -116,28 +127,77 @@ def read_histogram(r: BitReader) -> np.ndarray:
     return dequantized_counts(np.frombuffer(r.block(), dtype=np.uint8))
 
 
-def pack_variable_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
-    """``values[i]`` in ``widths[i]`` bits each, most significant first, packed into bytes."""
-    total = int(widths.sum())
-    bits = np.zeros(total, dtype=np.uint8)
+def _variable_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """``values[i]`` in ``widths[i]`` bits each, most significant first: one byte (0 or 1) per bit."""
+    bits = np.zeros(int(widths.sum()), dtype=np.uint8)
     starts = np.cumsum(widths) - widths
     for j in range(int(widths.max(initial=0))):
         has = widths > j
         bits[starts[has] + j] = (values[has] >> (widths[has] - 1 - j)) & 1
-    return np.packbits(bits).tobytes()
+    return bits
+
+
+class BitPacker:
+    """Raw bits packed into bytes as they come, chunk by chunk: memory of a chunk, not of the whole sequence.
+
+    Examples:
+        >>> packer = BitPacker()
+        >>> packer.add(np.array([1, 0, 1]), np.array([1, 1, 1]))
+        >>> packer.add(np.array([5]), np.array([3]))
+        >>> packer.finish() == pack_variable_bits(np.array([1, 0, 1, 5]), np.array([1, 1, 1, 3]))
+        True
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._carry = np.zeros(0, dtype=np.uint8)  # the bits after the last whole byte
+
+    def add(self, values: np.ndarray, widths: np.ndarray) -> None:
+        """Append ``values[i]`` in ``widths[i]`` bits each."""
+        for start in range(0, values.size, CHUNK):
+            bits = _variable_bits(values[start : start + CHUNK], widths[start : start + CHUNK])
+            if self._carry.size:
+                bits = np.concatenate([self._carry, bits])
+            whole = bits.size - bits.size % 8
+            self._parts.append(np.packbits(bits[:whole]).tobytes())
+            self._carry = bits[whole:]
+
+    def finish(self) -> bytes:
+        """Every bit added, zero-padded to a byte."""
+        return b"".join(self._parts) + np.packbits(self._carry).tobytes()
+
+
+def pack_variable_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
+    """``values[i]`` in ``widths[i]`` bits each, most significant first, packed into bytes."""
+    packer = BitPacker()
+    packer.add(values, widths)
+    return packer.finish()
+
+
+def _unpacked_chunks(data: bytes, widths: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """What :func:`pack_variable_bits` packed, a chunk of values at a time: (first index, values as int64)."""
+    if 8 * len(data) < int(widths.sum()):
+        raise ValueError("surp stream truncated (raw bits).")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    first_bit = 0
+    for start in range(0, widths.size, CHUNK):
+        chunk = widths[start : start + CHUNK].astype(np.int64)
+        end_bit = first_bit + int(chunk.sum())
+        bits = np.unpackbits(raw[first_bit // 8 : -(-end_bit // 8)])
+        starts = np.cumsum(chunk) - chunk + (first_bit % 8)
+        values = np.zeros(chunk.size, dtype=np.int64)
+        for j in range(int(chunk.max(initial=0))):
+            has = chunk > j
+            values[has] = (values[has] << 1) | bits[starts[has] + j]
+        yield start, values
+        first_bit = end_bit
 
 
 def unpack_variable_bits(data: bytes, widths: np.ndarray) -> np.ndarray:
     """Inverse of :func:`pack_variable_bits`."""
-    total = int(widths.sum())
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    if bits.size < total:
-        raise ValueError("surp stream truncated (raw bits).")
-    starts = np.cumsum(widths) - widths
     values = np.zeros(widths.size, dtype=np.int64)
-    for j in range(int(widths.max(initial=0))):
-        has = widths > j
-        values[has] = (values[has] << 1) | bits[starts[has] + j]
+    for start, chunk in _unpacked_chunks(data, widths):
+        values[start : start + chunk.size] = chunk
     return values
 
 
@@ -151,22 +211,92 @@ def exp_golomb_buckets(values: np.ndarray) -> np.ndarray:
 
 def histogram_bits(symbols: np.ndarray) -> float:
     """Empirical entropy of ``symbols`` times their number: the ideal size of coding them by their histogram."""
-    counts = np.bincount(symbols).astype(np.float64)
-    counts = counts[counts > 0]
-    return float(-(counts * np.log2(counts / counts.sum())).sum())
+    return counts_bits(np.bincount(symbols))
+
+
+def counts_bits(counts: np.ndarray) -> float:
+    """The ideal size of symbols coded by their histogram ``counts``: ``-sum(c * log2(c / N))``."""
+    nonzero = counts[counts > 0].astype(np.float64)
+    return float(-(nonzero * np.log2(nonzero / nonzero.sum())).sum())
+
+
+class ExpGolombParts:
+    """An Exp-Golomb sequence built chunk by chunk: one byte per value (its bucket) and its raw bits, packed.
+
+    Writing it (:meth:`write`) gives the bytes of :func:`write_exp_golomb` on the whole sequence; building it holds
+    a chunk's temporaries at a time, not eight bytes per value several times over.
+
+    Examples:
+        >>> parts = ExpGolombParts()
+        >>> parts.add(np.array([1, 5])); parts.add(np.array([2]))
+        >>> a, b = BitWriter(), BitWriter()
+        >>> parts.write(a); write_exp_golomb(b, np.array([1, 5, 2]))
+        >>> a.parts == b.parts, parts.count, parts.entropy_bits() == exp_golomb_entropy(np.array([1, 5, 2]))
+        (True, 3, True)
+    """
+
+    def __init__(self) -> None:
+        self._buckets: list[np.ndarray] = []
+        self._raw = BitPacker()
+        self._histogram = np.zeros(64, dtype=np.int64)
+        self.count = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Append integers ``>= 1``."""
+        for start in range(0, values.size, CHUNK):
+            chunk = values[start : start + CHUNK]
+            buckets = exp_golomb_buckets(chunk)
+            self._buckets.append(buckets.astype(np.uint8))
+            self._histogram += np.bincount(buckets, minlength=64)
+            self._raw.add(chunk - np.left_shift(1, buckets), buckets)
+            self.count += chunk.size
+
+    def histogram(self) -> np.ndarray:
+        """The buckets' counts (as ``np.bincount(buckets, minlength=1)``)."""
+        used = np.flatnonzero(self._histogram)
+        return self._histogram[: int(used[-1]) + 1 if used.size else 1]
+
+    def entropy_bits(self) -> float:
+        """The ideal size: the buckets by their histogram, their raw bits as they are."""
+        histogram = self.histogram()
+        return counts_bits(histogram) + float((histogram * np.arange(histogram.size)).sum())
+
+    def write(self, w: BitWriter) -> None:
+        """Write the sequence as :func:`write_exp_golomb` does."""
+        w.ans.add(self._buckets, write_histogram(w, self.histogram()))
+        w.block(self._raw.finish())
 
 
 def write_exp_golomb(w: BitWriter, values: np.ndarray) -> None:
     """Integers >= 1: bucket floor(log2 v) ANS-coded with its histogram, then the bucket's low bits raw."""
+    parts = ExpGolombParts()
+    parts.add(values)
+    parts.write(w)
+
+
+def exp_golomb_entropy(values: np.ndarray) -> float:
+    """The ideal size of :func:`write_exp_golomb`'s symbols: buckets by their histogram, raw bits as they are."""
+    if values.size == 0:
+        return 0.0
     buckets = exp_golomb_buckets(values)
-    w.ans.add(buckets, write_histogram(w, np.bincount(buckets, minlength=1)))
-    w.block(pack_variable_bits(values - np.left_shift(1, buckets), buckets))
+    return histogram_bits(buckets) + float(buckets.sum())
 
 
-def read_exp_golomb(r: BitReader, n: int) -> np.ndarray:
-    """``n`` values as :func:`write_exp_golomb` wrote them."""
+def read_exp_golomb(r: BitReader, n: int, dtype: type[np.signedinteger] = np.int64) -> np.ndarray:
+    """``n`` values as :func:`write_exp_golomb` wrote them, as ``dtype`` (decoded a chunk at a time).
+
+    Raises:
+        ValueError: when a value does not fit ``dtype`` or the stream is corrupt.
+    """
     counts = read_histogram(r)
-    buckets = r.symbols(counts, n).astype(np.int64)
-    if buckets.size and buckets.min() < 0:
-        raise ValueError("surp stream corrupt (negative bucket).")
-    return np.left_shift(1, buckets) + unpack_variable_bits(r.block(), buckets)
+    buckets = r.symbols(counts, n)
+    if buckets.size and (buckets.min() < 0 or buckets.max() > 62):
+        raise ValueError("surp stream corrupt (bucket out of range).")
+    values = np.empty(n, dtype=dtype)
+    limit = np.iinfo(dtype).max
+    for start, chunk in _unpacked_chunks(r.block(), buckets):
+        chunk += np.left_shift(np.int64(1), buckets[start : start + chunk.size])
+        if chunk.size and int(chunk.max()) > limit:
+            raise ValueError("surp stream corrupt (value out of range).")
+        values[start : start + chunk.size] = chunk
+    return values

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import constriction
 import numpy as np
+
+#: Symbols handed to the coder at a time (as int32, which it needs).
+_CHUNK = 1 << 20
 
 __all__ = ["AnsStackReader", "AnsStackWriter", "ans_decode", "ans_encode", "leb128", "pack_fixed", "unpack_fixed"]
 
@@ -73,19 +77,32 @@ class AnsStackWriter:
     """
 
     def __init__(self) -> None:
-        self._sequences: list[tuple[np.ndarray, np.ndarray]] = []
+        self._sequences: list[tuple[list[np.ndarray], np.ndarray]] = []
 
-    def add(self, symbols: np.ndarray, counts: np.ndarray) -> None:
-        """Queue ``symbols`` (ints in ``[0, len(counts))``), coded with the i.i.d. model ``counts``."""
-        if symbols.size:
-            self._sequences.append((np.ascontiguousarray(symbols, dtype=np.int32), np.asarray(counts)))
+    def add(self, symbols: np.ndarray | Sequence[np.ndarray], counts: np.ndarray) -> None:
+        """Queue ``symbols`` (ints in ``[0, len(counts))``, one array or its pieces in order), coded with ``counts``.
+
+        Kept in their own integer type (a byte each for Exp-Golomb buckets), converted for the coder a chunk at a
+        time.
+        """
+        pieces = [symbols] if isinstance(symbols, np.ndarray) else list(symbols)
+        pieces = [p if p.dtype.kind in "iu" and p.dtype.itemsize <= 4 else p.astype(np.int32) for p in pieces if p.size]
+        if pieces:
+            self._sequences.append((pieces, np.asarray(counts)))
 
     def finish(self) -> bytes:
-        """The compressed stream (ANS is last-in first-out: the last sequence is pushed first)."""
+        """The compressed stream (ANS is last-in first-out: the last sequence is pushed first).
+
+        A sequence is pushed a chunk at a time, the last chunk first: the same pushes as one call on the whole.
+        """
         coder = constriction.stream.stack.AnsCoder()
-        for symbols, counts in reversed(self._sequences):
-            coder.encode_reverse(symbols, _model(counts))
-        return coder.get_compressed().astype("<u4").tobytes()
+        for pieces, counts in reversed(self._sequences):
+            model = _model(counts)
+            for symbols in reversed(pieces):
+                for start in reversed(range(0, symbols.size, _CHUNK)):
+                    chunk = np.ascontiguousarray(symbols[start : start + _CHUNK], dtype=np.int32)
+                    coder.encode_reverse(chunk, model)
+        return np.asarray(coder.get_compressed(), dtype="<u4").tobytes()
 
 
 class AnsStackReader:
@@ -101,13 +118,17 @@ class AnsStackReader:
         self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
 
     def take(self, counts: np.ndarray, n: int) -> np.ndarray:
-        """The next ``n`` symbols, coded with the model ``counts``."""
+        """The next ``n`` symbols, coded with the model ``counts`` (bytes where the model has at most 256 symbols)."""
+        symbols = np.empty(n, dtype=np.uint8 if len(counts) <= 256 else np.int32)  # a byte each where one holds it
         if n == 0:
-            return np.zeros(0, dtype=np.int32)
+            return symbols
+        model = _model(counts)
         try:
-            return np.asarray(self._coder.decode(_model(counts), n), dtype=np.int32)
+            for start in range(0, n, _CHUNK):
+                symbols[start : start + _CHUNK] = self._coder.decode(model, min(_CHUNK, n - start))
         except Exception as err:  # constriction raises plain exceptions on exhausted/invalid streams
             raise ValueError(f"corrupt ANS stream ({err}).") from err
+        return symbols
 
     def finish(self) -> None:
         """Check that every symbol was read."""

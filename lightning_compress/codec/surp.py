@@ -40,7 +40,8 @@ import numpy as np
 from lightning_compress.codec.bits import (
     BitReader,
     BitWriter,
-    exp_golomb_buckets,
+    counts_bits,
+    exp_golomb_entropy,
     histogram_bits,
     read_exp_golomb,
     read_histogram,
@@ -48,6 +49,14 @@ from lightning_compress.codec.bits import (
     write_histogram,
 )
 from lightning_compress.codec.entropy import AnsStackReader, leb128
+from lightning_compress.codec.surp_symbols import (
+    OWN_CONTEXT_MIN,
+    StreamSymbols,
+    label_type,
+    read_support,
+    rounds_from_labels,
+    stream_symbols,
+)
 from lightning_compress.functional.successive_pruning import SurpResult, reconstruct
 
 __all__ = [
@@ -55,6 +64,7 @@ __all__ = [
     "StreamStatistics",
     "decode_stream",
     "encode_stream",
+    "encode_with_statistics",
     "head_bytes",
     "parse_stream",
     "stream_statistics",
@@ -63,9 +73,6 @@ __all__ = [
 _VERSION = 2
 _READABLE = (1, 2)
 _HEAD = struct.Struct("<BBdd")  # version, refresh (0 ladder, 1 mean), t0, ladder; then varints
-
-#: A tensor with at least this many non-zeros codes its support gaps with its own model (version 2).
-OWN_CONTEXT_MIN = 1000
 
 
 def _split_rounds(result: SurpResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -123,54 +130,6 @@ def _merge_rounds(
     return rounds
 
 
-def _first_picks(new_counts: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The support (ascending) and, per position in it, the round that first picked it (its label).
-
-    From :func:`_split_rounds`' new positions in round order: memory of the support's size, not a label per
-    position of the whole vector (8 bytes per weight, twice the model).
-    """
-    rounds = np.repeat(np.arange(new_counts.size, dtype=np.int64), new_counts)
-    sorter = np.argsort(order, kind="stable")
-    return order[sorter], rounds[sorter]
-
-
-def _segment_contexts(segment_counts: np.ndarray) -> np.ndarray:
-    """Gap-model id per segment: 0 shared by the small segments, 1, 2, ... one each for the large ones."""
-    own = segment_counts >= OWN_CONTEXT_MIN
-    return np.where(own, np.cumsum(own), 0)
-
-
-def _support_gaps(support: np.ndarray, segments: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Non-zeros per segment, and per gap model the gaps within each of its segments (segment order)."""
-    bounds = np.cumsum([0, *segments])
-    cuts = np.searchsorted(support, bounds)
-    segment_counts = np.diff(cuts)
-    contexts = _segment_contexts(segment_counts)
-    per_context: list[list[np.ndarray]] = [[] for _ in range(int(contexts.max(initial=0)) + 1)]
-    for i, context in enumerate(contexts.tolist()):
-        local = support[cuts[i] : cuts[i + 1]] - bounds[i]
-        per_context[context].append(np.diff(local, prepend=-1))
-    return segment_counts, [np.concatenate(g) if g else np.zeros(0, dtype=np.int64) for g in per_context]
-
-
-def _read_support(r: BitReader, segments: list[int], segment_counts: np.ndarray) -> np.ndarray:
-    contexts = _segment_contexts(segment_counts)
-    bounds = np.cumsum([0, *segments])
-    parts: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(segments)
-    for context in range(int(contexts.max(initial=0)) + 1):
-        members = np.flatnonzero(contexts == context)
-        total = int(segment_counts[members].sum())
-        if total == 0:
-            continue
-        gaps = read_exp_golomb(r, total)
-        for i, chunk in zip(members, np.split(gaps, np.cumsum(segment_counts[members])[:-1]), strict=True):
-            local = np.cumsum(chunk) - 1
-            if local.size and local[-1] >= segments[i]:
-                raise ValueError("surp stream corrupt (position outside its tensor).")
-            parts[i] = local + bounds[i]
-    return np.concatenate(parts)
-
-
 def _write_refresh(w: BitWriter, result: SurpResult) -> None:
     if result.refresh == "ladder":
         steps = np.array(result.refresh_steps, dtype=np.int64)
@@ -195,18 +154,11 @@ def _read_refresh(r: BitReader, result: SurpResult, n_rounds: int) -> None:
         result.refresh_values = [math.nan] * n_rounds
 
 
-def _rounds_from_labels(
-    support: np.ndarray, labels: np.ndarray, refine_counts: np.ndarray, refine_gaps: np.ndarray
-) -> list[np.ndarray]:
-    rounds, ri = [], 0
-    for r, rc in enumerate(refine_counts.tolist()):
-        earlier = support[labels < r]
-        old_rank = np.cumsum(refine_gaps[ri : ri + rc]) - 1
-        ri += rc
-        if old_rank.size and old_rank[-1] >= earlier.size:
-            raise ValueError("surp stream corrupt (refinement outside the support).")
-        rounds.append(np.sort(np.concatenate([earlier[old_rank], support[labels == r]])))
-    return rounds
+def _checked_segments(result: SurpResult, segments: list[int] | None) -> list[int]:
+    segments = [result.n] if segments is None else [int(x) for x in segments]
+    if sum(segments) != result.n or min(segments, default=0) < 1:
+        raise ValueError(f"`segments` must be positive sizes summing to n={result.n}, got {segments}.")
+    return segments
 
 
 def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | None = None) -> bytes:
@@ -218,30 +170,35 @@ def encode_stream(result: SurpResult, signs: np.ndarray, segments: list[int] | N
         segments: sizes of the tensors the ``n`` positions are made of, in order (default: one segment); each
             large tensor gets its own model of its positions' gaps.
     """
-    segments = [result.n] if segments is None else [int(x) for x in segments]
-    if sum(segments) != result.n or min(segments, default=0) < 1:
-        raise ValueError(f"`segments` must be positive sizes summing to n={result.n}, got {segments}.")
-    refine_counts, new_counts, refine_gaps, _, order = _split_rounds(result)
-    support, labels = _first_picks(new_counts, order)
-    segment_counts, context_gaps = _support_gaps(support, segments)
+    return encode_with_statistics(result, signs, segments)[0]
+
+
+def encode_with_statistics(
+    result: SurpResult, signs: np.ndarray, segments: list[int] | None = None
+) -> tuple[bytes, StreamStatistics]:
+    """:func:`encode_stream` and :func:`stream_statistics` of its stream, from one walk over the rounds."""
+    segments = _checked_segments(result, segments)
+    symbols = stream_symbols(result, segments, signs)
+    assert symbols.negative is not None  # noqa: S101 - signs given
     w = BitWriter()
     w.parts.append(_HEAD.pack(_VERSION, int(result.refresh == "mean"), result.t0, result.ladder))
-    for value in (result.n, len(result.rounds), support.size, len(segments), *segments, *segment_counts.tolist()):
+    support = int(symbols.segment_counts.sum())
+    for value in (result.n, len(result.rounds), support, len(segments), *segments, *symbols.segment_counts.tolist()):
         w.varint(value)
     ans_at = len(w.parts)  # the shared ANS stream goes here, once every sequence is in
-    write_exp_golomb(w, refine_counts + 1)
+    write_exp_golomb(w, symbols.refine_counts + 1)
     _write_refresh(w, result)
-    for gaps in context_gaps:
-        if gaps.size:
-            write_exp_golomb(w, gaps)
-    label_counts = np.bincount(labels, minlength=len(result.rounds)).astype(np.uint32)  # new positions per round
-    write_exp_golomb(w, label_counts.astype(np.int64) + 1)
-    w.ans.add(labels, label_counts)
-    write_exp_golomb(w, refine_gaps)
-    w.block(np.packbits((signs[support] < 0).astype(np.uint8)).tobytes())
+    for gaps in symbols.context_gaps:
+        if gaps.count:
+            gaps.write(w)
+    write_exp_golomb(w, symbols.label_counts + 1)
+    w.ans.add(symbols.labels, symbols.label_counts.astype(np.uint32))
+    symbols.refine_gaps.write(w)
+    w.block(np.packbits(symbols.negative).tobytes())
     ans = w.ans.finish()
     w.parts.insert(ans_at, leb128([len(ans)]) + ans)
-    return b"".join(w.parts)
+    stream = b"".join(w.parts)
+    return stream, _statistics(result, stream, symbols)
 
 
 def _decode_v1(r: BitReader, result: SurpResult) -> tuple[list[np.ndarray], np.ndarray, bytes]:
@@ -271,14 +228,17 @@ def _decode_v2(r: BitReader, result: SurpResult) -> tuple[list[np.ndarray], np.n
     r.ans = AnsStackReader(r.block())
     refine_counts = read_exp_golomb(r, n_rounds) - 1
     _read_refresh(r, result, n_rounds)
-    support = _read_support(r, segments, segment_counts)
+    support = read_support(r, segments, segment_counts)
     label_counts = (read_exp_golomb(r, n_rounds) - 1).astype(np.uint32)
     if int(label_counts.sum()) != n_support:
         raise ValueError("surp stream corrupt (new positions per round).")
-    labels = r.symbols(label_counts, n_support).astype(np.int64)
+    labels = r.symbols(label_counts, n_support)
+    if labels.size and int(labels.max()) >= n_rounds:
+        raise ValueError("surp stream corrupt (a first round past the last).")
+    labels = labels.astype(label_type(n_rounds))
     refine_gaps = read_exp_golomb(r, int(refine_counts.sum()))
     r.ans.finish()
-    return _rounds_from_labels(support, labels, refine_counts, refine_gaps), support, r.block()
+    return rounds_from_labels(support, labels, refine_counts, refine_gaps), support, r.block()
 
 
 def parse_stream(data: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
@@ -354,13 +314,6 @@ class StreamStatistics:
         return self.stream_bits / self.entropy_bits if self.entropy_bits else math.inf
 
 
-def _exp_golomb_entropy(values: np.ndarray) -> float:
-    if values.size == 0:
-        return 0.0
-    buckets = exp_golomb_buckets(values)
-    return histogram_bits(buckets) + float(buckets.sum())
-
-
 def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
     """The bound a stream is compared with.
 
@@ -370,14 +323,23 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
     for its rate estimate.
     """
     version, segments = _layout(stream)
-    refine_counts, new_counts, refine_gaps, new_gaps, order = _split_rounds(result)
-    entropy = _exp_golomb_entropy(refine_gaps) + _exp_golomb_entropy(refine_counts + 1) + result.nonzeros
     if version == 1:
-        entropy += _exp_golomb_entropy(new_gaps) + _exp_golomb_entropy(new_counts + 1)
-    else:
-        support, labels = _first_picks(new_counts, order)
-        entropy += sum(_exp_golomb_entropy(g) for g in _support_gaps(support, segments)[1])
-        entropy += _exp_golomb_entropy(new_counts + 1) + (histogram_bits(labels) if labels.size else 0.0)
+        return _statistics(result, stream, None)
+    return _statistics(result, stream, stream_symbols(result, segments, None))
+
+
+def _statistics(result: SurpResult, stream: bytes, symbols: StreamSymbols | None) -> StreamStatistics:
+    """:func:`stream_statistics` from a version-2 stream's symbols (``None``: a version-1 stream)."""
+    if symbols is None:
+        refine_counts, new_counts, refine_gaps, new_gaps, _ = _split_rounds(result)
+        entropy = exp_golomb_entropy(refine_gaps) + exp_golomb_entropy(new_gaps)
+        entropy += exp_golomb_entropy(new_counts + 1)
+    else:  # the support counted from the rounds: the refinement's reconstruction may be gone by now
+        refine_counts, new_counts = symbols.refine_counts, symbols.label_counts
+        entropy = symbols.refine_gaps.entropy_bits() + sum(g.entropy_bits() for g in symbols.context_gaps)
+        entropy += exp_golomb_entropy(new_counts + 1) + counts_bits(new_counts)
+    nonzeros = int(new_counts.sum())
+    entropy += exp_golomb_entropy(refine_counts + 1) + nonzeros
     if result.refresh == "ladder":
         entropy += histogram_bits(np.array(result.refresh_steps, dtype=np.int64))
     else:
@@ -387,4 +349,4 @@ def stream_statistics(result: SurpResult, stream: bytes) -> StreamStatistics:
         p_pick = len(positions) / result.n
         g = np.diff(positions, prepend=-1)
         geometric += float(-np.log2(p_pick) * g.size - ((g - 1) * np.log2(max(1.0 - p_pick, 1e-300))).sum())
-    return StreamStatistics(8 * len(stream), entropy, geometric, result.nonzeros, result.picks)
+    return StreamStatistics(8 * len(stream), entropy, geometric, nonzeros, result.picks)

@@ -31,6 +31,12 @@ def _parsed(blob: bytes) -> tuple[SurpResult, np.ndarray, np.ndarray]:
     return parse_stream(blob)
 
 
+@lru_cache(maxsize=1)
+def _key(blob: bytes) -> str:
+    """The stream's key among the artifact's shared blobs: hashed once, not once per tensor that reads it."""
+    return "surp-" + hashlib.sha256(blob).hexdigest()[:16]
+
+
 def _signed_slice(blob: bytes, start: int, count: int) -> np.ndarray:
     """``sign * û`` (float64) of positions ``[start, start + count)``: the same bits as the whole vector's slice."""
     result, signed, negative = _parsed(blob)
@@ -46,7 +52,8 @@ class SurpCodec(Codec):
 
     Options (set by the SuccessivePruning callback): ``stream`` (the bytes), ``offset`` and ``numel`` (the slice of
     the flattened vector), ``norm`` (the tensor's L2 norm). The stored values are ``sign * û * norm`` in float32;
-    the codec checks that the tensor equals them.
+    the codec checks that the tensor equals them (``check=False``: not, for a trial of the file's size whose
+    weights were just written from the same refinement).
     """
 
     name = "surp"
@@ -54,11 +61,12 @@ class SurpCodec(Codec):
     def encode(self, tensor: torch.Tensor, **options: Any) -> EncodedTensor:
         stream: bytes = options.pop("stream")
         offset, numel, norm = int(options.pop("offset")), int(options.pop("numel")), float(options.pop("norm"))
+        check = bool(options.pop("check", True))
         if options:
             raise TypeError(f"surp codec got unknown options {sorted(options)}.")
         if numel != tensor.numel():
             raise ValueError(f"surp codec: slice of {numel} values for a tensor of {tensor.numel()}.")
-        key = "surp-" + hashlib.sha256(stream).hexdigest()[:16]
+        key = _key(stream)
         encoded = EncodedTensor(
             codec=self.name,
             shape=tuple(tensor.shape),
@@ -67,7 +75,7 @@ class SurpCodec(Codec):
             payload=b"",
             shared={key: stream},
         )
-        if not torch.equal(self.decode(encoded), tensor.detach().cpu()):
+        if check and not torch.equal(self.decode(encoded), tensor.detach().cpu()):
             raise ValueError(
                 "surp codec: the tensor differs from the SuRP reconstruction in the stream; compress it with "
                 "SuccessivePruning (or write it with another codec)."
@@ -82,18 +90,19 @@ class SurpCodec(Codec):
         tensor with denser, cheaper positions is charged a little more than its exact entropy.
         """
         result = _parsed(blob)[0]
-        picks = np.concatenate(result.rounds) if result.rounds else np.zeros(0, dtype=np.int64)
+        names = list(tensors)
+        starts = np.array([int(tensors[name]["offset"]) for name in names], dtype=np.int64)
+        ends = starts + np.array([int(tensors[name]["numel"]) for name in names], dtype=np.int64)
+        counts = np.zeros(len(names), dtype=np.int64)
+        for positions in result.rounds:  # each round ascending: a tensor's picks in it are a range
+            counts += np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
         head = head_bytes(blob)
-        shares: dict[str, int] = {}
-        total = max(int(picks.size), 1)
-        for name, meta in tensors.items():
-            start, numel = int(meta["offset"]), int(meta["numel"])
-            count = int(((picks >= start) & (picks < start + numel)).sum())
-            shares[name] = (len(blob) - head) * count // total
-        return shares
+        total = max(result.picks, 1)
+        return {name: (len(blob) - head) * int(count) // total for name, count in zip(names, counts, strict=True)}
 
     def forget(self) -> None:
         _parsed.cache_clear()
+        _key.cache_clear()
 
     def decode(self, encoded: EncodedTensor) -> torch.Tensor:
         meta = encoded.meta

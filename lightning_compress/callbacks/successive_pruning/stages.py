@@ -20,8 +20,9 @@ from torch import nn
 from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.event_guard import EventGuard, judge_event, over_budget
 from lightning_compress.callbacks.events import compression_event
+from lightning_compress.callbacks.memory import release_freed_memory
 from lightning_compress.codec.base import CodecSpec
-from lightning_compress.codec.surp import decode_stream, encode_stream, stream_statistics
+from lightning_compress.codec.surp import StreamStatistics, decode_stream, encode_with_statistics
 from lightning_compress.functional.successive_pruning import (
     SurpResult,
     largest_support,
@@ -166,15 +167,18 @@ class SurpStages(CompressionCallback):
         return result, norms
 
     @staticmethod
-    def _encode(tensors: list[torch.Tensor], result: SurpResult) -> bytes:
+    def _encode(tensors: list[torch.Tensor], result: SurpResult) -> tuple[bytes, StreamStatistics]:
+        """The stream and its statistics (one walk over the rounds gives both)."""
         signs = torch.cat([t.detach().reshape(-1).sign().to(torch.int8) for t in tensors]).cpu().numpy()
-        return encode_stream(result, signs, segments=[t.numel() for t in tensors])
+        return encode_with_statistics(result, signs, segments=[t.numel() for t in tensors])
 
-    def _encode_within_budget(self, tensors: list[torch.Tensor]) -> tuple[SurpResult, bytes, list[float]]:
+    def _encode_within_budget(
+        self, tensors: list[torch.Tensor]
+    ) -> tuple[SurpResult, tuple[bytes, StreamStatistics], list[float]]:
         """Largest refinement whose stream fits ``bit_budget`` (binary search over the number of picks)."""
         assert self.bit_budget is not None  # noqa: S101 - only called with a budget
 
-        def attempt(picks: int) -> tuple[SurpResult, bytes, list[float]]:
+        def attempt(picks: int) -> tuple[SurpResult, tuple[bytes, StreamStatistics], list[float]]:
             result, norms = self._refine(tensors, None, max_picks=picks)
             return result, self._encode(tensors, result), norms
 
@@ -183,7 +187,7 @@ class SurpStages(CompressionCallback):
         while lo < hi:
             mid = (lo + hi + 1) // 2
             candidate = attempt(mid)
-            if 8 * len(candidate[1]) <= self.bit_budget:
+            if 8 * len(candidate[1][0]) <= self.bit_budget:
                 best, lo = candidate, mid
             else:
                 hi = mid - 1
@@ -191,26 +195,38 @@ class SurpStages(CompressionCallback):
 
     def _decide_stream(
         self, trainer: pl.Trainer, names: list[str], sparsity: float | None
-    ) -> tuple[bytes, list[float], SurpResult]:
-        """The final refinement on rank 0, broadcast as its stream and norms (small) to every rank.
+    ) -> tuple[bytes, list[float], SurpResult, StreamStatistics]:
+        """The final refinement, written into every rank's weights.
 
-        Returns the stream, the norms and the refinement: rank 0's own, the decoded stream on the other ranks.
+        Refined on rank 0, broadcast as its stream, norms and statistics (small), decoded on the other ranks. Rank 0
+        writes the reconstruction before it codes the stream, so that the reconstruction's float64 vector (two model
+        sizes) is gone by then: the signs the stream keeps are those of the written weights, the same on the
+        support. Returns the stream, the norms, the refinement (its rounds; rank 0's own, the decoded stream's on
+        the other ranks) and the stream's statistics.
         """
-        payload: tuple[bytes, list[float]] | None = None
+        pl_module = trainer.lightning_module
+        payload: tuple[bytes, list[float], StreamStatistics] | None = None
         result: SurpResult | None = None
         if trainer.is_global_zero:
-            tensors = self._params(trainer.lightning_module, names)
+            tensors = self._params(pl_module, names)
             if sparsity is None:
-                result, stream, norms = self._encode_within_budget(tensors)
+                result, (stream, stats), norms = self._encode_within_budget(tensors)
+                self._write(pl_module, names, result, norms)
             else:
                 result, norms = self._refine(tensors, sparsity)
-                stream = self._encode(tensors, result)
-            payload = (stream, norms)
+                self._write(pl_module, names, result, norms)
+                nonzeros = result.nonzeros
+                result.recon = result.picked = None  # the stream needs the rounds only
+                release_freed_memory()
+                stream, stats = self._encode(tensors, result)
+                assert stats.nonzeros == nonzeros  # noqa: S101 - the written signs cover the support
+            payload = (stream, norms, stats)
         payload = self.broadcast(trainer, payload)
         assert payload is not None  # noqa: S101 - broadcast returns rank 0's payload
         if result is None:  # another rank: the decoded stream (its signs are those of the same weights)
             result = decode_stream(payload[0])[0]
-        return payload[0], payload[1], result
+            self._write(pl_module, names, result, payload[1])
+        return payload[0], payload[1], result, payload[2]
 
     @torch.no_grad()
     def _write(self, pl_module: nn.Module, names: list[str], result: SurpResult, norms: list[float]) -> None:
@@ -277,12 +293,9 @@ class SurpStages(CompressionCallback):
                 f"SuccessivePruning stage {self._stage + 1}/{len(self.stages)}: sparsity {result.sparsity:.4f}."
             )
             return
-        stream, norms, result = self._decide_stream(trainer, names, sparsity)
-        self._write(pl_module, names, result, norms)
-        if result.picked is not None:  # the weights hold the reconstruction now; the figures need the rounds only
-            result.recon = None
+        stream, norms, result, stats = self._decide_stream(trainer, names, sparsity)
         self.changed_weights = True
-        nonzeros, n = result.nonzeros, result.n
+        nonzeros, n = stats.nonzeros, result.n
         figures = {
             "stage": float(self._stage),
             "sparsity": 1.0 - nonzeros / max(n, 1),
@@ -290,8 +303,6 @@ class SurpStages(CompressionCallback):
             "bits_per_param": 8 * len(stream) / n,
             "bits_per_nonzero": 8 * len(stream) / max(nonzeros, 1),
         }
-        # the entropy bound and a trial artifact cost about as much as the stage itself: only for the stream kept
-        stats = stream_statistics(result, stream)
         figures.update(
             entropy_bits_per_param=stats.entropy_bits / n,
             stream_over_entropy=stats.overhead,
@@ -317,7 +328,10 @@ class SurpStages(CompressionCallback):
         return plan
 
     def _artifact_bytes(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> int:
-        codecs = {n: CodecSpec("surp", o) for n, o in self._plan(pl_module, names, stream, norms).items()}
+        # the weights were written from this refinement just now: the trial skips the codec's decoding check (the
+        # stream's whole decode, about a model size; the artifact saved later checks every tensor)
+        plan = self._plan(pl_module, names, stream, norms)
+        codecs = {n: CodecSpec("surp", {**o, "check": False}) for n, o in plan.items()}
         return trial_bytes(self.target_module(pl_module), codecs)
 
     def _attach(self, pl_module: nn.Module) -> None:
