@@ -140,14 +140,9 @@ def _positions_above(
                 k += found.size
             return torch.from_numpy(out)
         positions = index.numpy()
-        out = np.empty(positions.size, dtype=positions.dtype)
-        k = 0
-        for i in range(0, positions.size, _CHUNK):
-            piece = positions[i : i + _CHUNK]
-            found = piece[v[piece] > threshold]
-            out[k : k + found.size] = found
-            k += found.size
-        return torch.from_numpy(out[:k].copy() if 2 * k < out.size else out[:k])
+        # the matches a chunk at a time, joined once: the candidates' memory, not a buffer of the pool's size
+        pieces = [piece[v[piece] > threshold] for piece in np.split(positions, range(_CHUNK, positions.size, _CHUNK))]
+        return torch.from_numpy(np.concatenate(pieces) if pieces else positions[:0].copy())
     if index is None:
         pieces = [
             torch.nonzero(chunk > threshold).reshape(-1).to(torch.int64 if wide else torch.int32) + i * _CHUNK
