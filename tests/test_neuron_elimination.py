@@ -78,6 +78,29 @@ def test_downdated_inverse_equals_fresh_inverse() -> None:
 
 
 @pytest.mark.parametrize("intercept", [True, False])
+def test_dead_neurons_are_downdated_without_re_inverting(intercept: bool) -> None:
+    """A dead neuron's elimination is a plain downdate (no re-inversion), and the inverse still equals a fresh one."""
+    g = torch.Generator().manual_seed(4)
+    live = torch.randn(3000, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
+    dead = torch.full((3000, 5), 0.0 if not intercept else 1.5, dtype=torch.float64)  # constant (or zero) outputs
+    acts = torch.cat([live[:, :6], dead, live[:, 6:]], dim=1)
+    moments = ActivationMoments(17)
+    moments.update(acts)
+    solver = DependenceSolver(moments.mean(), moments.second_moment(), intercept=intercept, ridge=1e-10)
+    inversions = []
+    invert = solver._invert
+    solver._invert = lambda gram=None: (inversions.append(1), invert(gram))[1]  # type: ignore[method-assign]
+    for _ in range(5):
+        score, position = solver.best()
+        assert score == 0.0 and 6 <= solver.alive[position] < 11  # the dead ones go first
+        solver.eliminate(position)
+    assert not inversions
+    downdated = solver.inverse
+    invert()  # what a re-inversion after each of them gave: the survivors' ridged Gram matrix, inverted
+    assert torch.allclose(downdated, solver.inverse, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
 def test_solver_in_the_moments_memory_decides_bit_for_bit_as_on_a_copy(intercept: bool) -> None:
     """``take_second_moment`` + ``overwrite=True`` (the Gram matrix built in the moments' memory, kept packed)
     eliminates the same neurons with the same coefficients, to the bit, as a solver on a copy; near-exact
