@@ -81,7 +81,8 @@ def test_downdated_inverse_equals_fresh_inverse() -> None:
 def test_dead_neurons_are_downdated_without_re_inverting(intercept: bool) -> None:
     """A dead neuron's elimination is a plain downdate (no re-inversion), and the inverse still equals a fresh one."""
     g = torch.Generator().manual_seed(4)
-    live = torch.randn(3000, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
+    mixing = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    live = torch.randn(3000, 12, generator=g, dtype=torch.float64) @ mixing
     dead = torch.full((3000, 5), 0.0 if not intercept else 1.5, dtype=torch.float64)  # constant (or zero) outputs
     acts = torch.cat([live[:, :6], dead, live[:, 6:]], dim=1)
     moments = ActivationMoments(17)
@@ -92,7 +93,8 @@ def test_dead_neurons_are_downdated_without_re_inverting(intercept: bool) -> Non
     solver._invert = lambda gram=None: (inversions.append(1), invert(gram))[1]  # type: ignore[method-assign]
     for _ in range(5):
         score, position = solver.best()
-        assert score == 0.0 and 6 <= solver.alive[position] < 11  # the dead ones go first
+        assert score == 0.0  # the dead ones go first
+        assert 6 <= solver.alive[position] < 11
         solver.eliminate(position)
     assert not inversions
     downdated = solver.inverse
