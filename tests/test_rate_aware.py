@@ -113,27 +113,6 @@ def test_alone_prices_values_as_float32_and_says_so(tmp_path: Path, caplog: pyte
     assert rate._value_bits == [32.0] * 6
 
 
-def test_activation_cut_scores_cut_the_weights_of_a_silent_input_first(tmp_path: Path) -> None:
-    """``cut_score="activation"``: a large weight on an input that is always zero goes before a small useful one."""
-    x, y = blobs(256).tensors
-    x[:, :4] = 0.0  # four silent inputs
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
-    model = _model()
-    with torch.no_grad():
-        model.backbone[0].weight[:, :4] = 5.0  # the largest magnitudes of the layer, on the silent inputs
-
-    def silent_kept(cut_score: str) -> int:
-        trained = _model()
-        trained.load_state_dict(model.state_dict())
-        rate = lc.RateAware(target_bytes=900, weight=0.0, events=2, final_fraction=0.3, cut_score=cut_score)
-        pl.Trainer(callbacks=[rate], **trainer_kwargs(tmp_path / cut_score, max_epochs=2)).fit(trained, train)
-        assert rate.history, "no cut was made"
-        return int(trained.backbone[0].weight[:, :4].count_nonzero())
-
-    assert silent_kept("magnitude") == 4 * 32  # by magnitude they are the last to go
-    assert silent_kept("activation") == 0  # weighted by their inputs they are the first
-
-
 def test_refused_next_to_successive_pruning() -> None:
     train, val = loaders()
     callbacks = [lc.RateAware(target_bytes=800), lc.SuccessivePruning(target_sparsity=0.8)]
@@ -250,7 +229,6 @@ def test_resume_between_cuts_gives_identical_artifact(tmp_path: Path) -> None:
         ({"events": 0}, "`events`"),
         ({"final_fraction": 1.0}, "`final_fraction`"),
         ({"parameters": "some"}, "`parameters`"),
-        ({"target_bytes": 500, "cut_score": "taylor"}, "`cut_score`"),
         ({}, "needs a target"),
     ],
 )

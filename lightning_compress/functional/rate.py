@@ -25,7 +25,6 @@ __all__ = [
     "add_rate_gradients",
     "binary_entropy_bits",
     "hard_bits",
-    "input_weighted_magnitudes",
     "relaxed_bits",
     "soft_nonzeros",
     "threshold_for_bits",
@@ -190,26 +189,3 @@ def threshold_for_bits(
         else:
             hi = mid
     return float(sorted_mags[lo]) if lo < flat.numel() else -1.0
-
-
-def input_weighted_magnitudes(weight: torch.Tensor, input_rms: torch.Tensor | None) -> torch.Tensor:
-    """``|w|`` times the root mean square of the input feature each entry multiplies, relative to its mean.
-
-    An entry's share of its layer's output: a large weight on an input that is almost always zero contributes
-    little (our design for RateAware's cut, after activation-aware pruning). Divided by the mean over the tensor's
-    inputs, the scores keep the magnitudes' scale, so that a global threshold still weighs tensors as magnitudes do
-    (and a tensor ranked by magnitude alone, a bias, against them). ``input_rms`` has one value per input feature
-    (a ``Linear``'s columns, a ``Conv2d``'s input channels); ``None``: the magnitudes alone.
-
-    Examples:
-        >>> w = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
-        >>> input_weighted_magnitudes(w, torch.tensor([1.5, 0.5])).tolist()
-        [[1.5, 1.0], [0.75, 1.5]]
-    """
-    magnitudes = weight.detach().abs()
-    if input_rms is None:
-        return magnitudes
-    if weight.dim() < 2 or input_rms.numel() != weight.shape[1]:
-        raise ValueError(f"input_rms of {input_rms.numel()} features for a weight of shape {tuple(weight.shape)}.")
-    relative = input_rms.to(magnitudes) / input_rms.mean().clamp_min(1e-12)
-    return magnitudes * relative.reshape(1, -1, *([1] * (weight.dim() - 2)))

@@ -91,10 +91,6 @@ class RateAware(SupportCuts):
             ``"event"`` (each cut judged by its own cost, the losses between cuts counted too; it does not see
             what the rate term costs in what the network learns, see the docs).
         backoff_steps: with ``guard="event"``, bisection steps of a cut over budget.
-        cut_score: what a cut ranks the entries by: ``"magnitude"`` (``|w|``) or ``"activation"`` (``|w|`` times
-            the root mean square of the input feature it multiplies, over a few training batches: its share of the
-            layer's output, so a large weight on an input that is almost always zero goes first; our design,
-            measured in ``docs/methods/rate-aware.md``).
         start: window start, a fraction of the fit's optimizer steps.
         end: window end.
 
@@ -124,7 +120,6 @@ class RateAware(SupportCuts):
         mode: str | None = None,
         guard: str | None = None,
         backoff_steps: int = 4,
-        cut_score: str = "magnitude",
         start: float | None = None,
         end: float | None = None,
     ) -> None:
@@ -141,7 +136,6 @@ class RateAware(SupportCuts):
         check_parameters("parameters", parameters)
         check_choice("guard", guard, ("validation", "event"), allow_none=True)
         check_number("backoff_steps", backoff_steps, low=0, integer=True)
-        check_choice("cut_score", cut_score, ("magnitude", "activation"))
         # the validation guard by default: the rate term's cost accrues in training, between the cuts, where the
         # event guard does not see it (measured: docs/methods/rate-aware.md)
         guard = guard or "validation"
@@ -172,7 +166,6 @@ class RateAware(SupportCuts):
             else EventGuard(self.owner, float(accuracy_budget), charge_drift=True)
         )
         self.backoff_steps = int(backoff_steps)
-        self.cut_score = cut_score
         self._names: list[str] = []
         self._event_steps: list[int] = []
         self._event = 0

@@ -10,8 +10,6 @@ cut bisected in log-bytes to the largest one within budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -22,8 +20,7 @@ from lightning_compress.callbacks.base import CompressionCallback
 from lightning_compress.callbacks.event_guard import EventCost, EventGuard, judge_event, measure_now, over_budget
 from lightning_compress.callbacks.events import compression_event
 from lightning_compress.codec.reader import read_artifact
-from lightning_compress.functional.forward import call_forward
-from lightning_compress.functional.rate import hard_bits, input_weighted_magnitudes, threshold_for_bits
+from lightning_compress.functional.rate import hard_bits, threshold_for_bits
 from lightning_compress.saving import trial_artifact
 
 __all__ = ["CODEBOOK_TABLE_BYTES", "GUARDED_DENSITY", "SupportCuts"]
@@ -46,7 +43,6 @@ class SupportCuts(CompressionCallback):
     target_bytes: int | None
     events: int
     backoff_steps: int
-    cut_score: str
     current_weight: float
     event_guard: EventGuard | None
     history: list[dict[str, float]]
@@ -133,62 +129,13 @@ class SupportCuts(CompressionCallback):
         start, end = max(self._start_bits, 1.0), max(self._end_bits, 1.0)
         return start * (end / start) ** progress
 
-    def _support_at(self, pl_module: nn.Module, bits: float, scores: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The held support less every entry below the global score at which the hard count fits ``bits``."""
+    def _support_at(self, pl_module: nn.Module, bits: float) -> dict[str, torch.Tensor]:
+        """The held support less every entry below the global magnitude at which the hard count fits ``bits``."""
         params = self._params(pl_module)
         masks = [self.holds.support.get(n, p.detach() != 0) for n, p in zip(self._names, params, strict=True)]
-        kept = [s[m] for s, m in zip(scores, masks, strict=True)]
-        threshold = threshold_for_bits(kept, [p.numel() for p in params], self._value_bits, bits)
-        return {n: m & (s > threshold) for n, s, m in zip(self._names, scores, masks, strict=True)}
-
-    #: training batches a cut reads for its inputs' root mean squares (``cut_score="activation"``)
-    CUT_BATCHES = 8
-
-    def _cut_scores(self, trainer: pl.Trainer, pl_module: nn.Module) -> list[torch.Tensor]:
-        """What a cut ranks each tensor's entries by (:attr:`cut_score`), for this cut."""
-        params = self._params(pl_module)
-        rms = self._input_rms(trainer, pl_module) if self.cut_score == "activation" else [None] * len(params)
-        return [input_weighted_magnitudes(p, r) for p, r in zip(params, rms, strict=True)]
-
-    @torch.no_grad()
-    def _input_rms(self, trainer: pl.Trainer, pl_module: nn.Module) -> list[torch.Tensor | None]:
-        """Each tensor's input features' root mean square over :attr:`CUT_BATCHES` training batches.
-
-        For the weights of ``Linear`` and ungrouped ``Conv2d`` layers (per column, per input channel); ``None`` for
-        other tensors (biases, norms, embeddings), whose entries are ranked by magnitude.
-        """
-        module = self.target_module(pl_module)
-        owners: dict[str, nn.Module] = {}
-        for name in self._names:
-            owner, _, leaf = name.rpartition(".")
-            sub = module.get_submodule(owner)
-            if leaf == "weight" and (isinstance(sub, nn.Linear) or (isinstance(sub, nn.Conv2d) and sub.groups == 1)):
-                owners[name] = sub
-        sums: dict[str, torch.Tensor] = {}
-        counts = dict.fromkeys(owners, 0)
-
-        def recorder(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-            def record(layer: nn.Module, args: tuple[Any, ...]) -> None:
-                x = args[0].detach().float()
-                rows = x.transpose(0, 1).reshape(x.shape[1], -1).T if isinstance(layer, nn.Conv2d) else x
-                rows = rows.reshape(-1, rows.shape[-1])
-                squares = rows.square().sum(0)
-                sums[name] = squares if name not in sums else sums[name] + squares
-                counts[name] += rows.shape[0]
-
-            return record
-
-        handles = [sub.register_forward_pre_hook(recorder(name)) for name, sub in owners.items()]
-        was_training = module.training
-        module.eval()
-        try:
-            for inputs in self.training_inputs(trainer, pl_module, self.CUT_BATCHES, self.owner):
-                call_forward(module, inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-            module.train(was_training)
-        return [(sums[n] / max(counts[n], 1)).sqrt() if n in sums else None for n in self._names]
+        magnitudes = [p.detach()[m].abs() for p, m in zip(params, masks, strict=True)]
+        threshold = threshold_for_bits(magnitudes, [p.numel() for p in params], self._value_bits, bits)
+        return {n: m & (p.detach().abs() > threshold) for n, p, m in zip(self._names, params, masks, strict=True)}
 
     def _current_bits(self, pl_module: nn.Module) -> float:
         params = self._params(pl_module)
@@ -201,7 +148,7 @@ class SupportCuts(CompressionCallback):
 
     def _apply_cut(self, trainer: pl.Trainer, pl_module: nn.Module, bits: float, cost: EventCost | None = None) -> None:
         params = self._params(pl_module)
-        new = self._support_at(pl_module, bits, self._cut_scores(trainer, pl_module))
+        new = self._support_at(pl_module, bits)
         self.holds.hold_support(self.target_module(pl_module), {**self.holds.support, **new})
         self.changed_weights = True
         nonzeros = [int(m.sum()) for m in new.values()]
@@ -250,11 +197,8 @@ class SupportCuts(CompressionCallback):
                 buffers[name].copy_(value)
             self.holds.hold_support(module, saved_support) if saved_support else self.holds.release()
 
-        scores = self._cut_scores(trainer, pl_module)  # the weights as they are now: the same for every trial
-
         def put(log_bits: float) -> None:
-            support = self._support_at(pl_module, math.exp(log_bits), scores)
-            self.holds.hold_support(module, {**self.holds.support, **support})
+            self.holds.hold_support(module, {**self.holds.support, **self._support_at(pl_module, math.exp(log_bits))})
 
         # in log-bytes between the support now (no cut) and the path's point
         span = (math.log(now), math.log(max(bits, 1.0)))
