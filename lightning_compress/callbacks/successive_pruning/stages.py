@@ -215,11 +215,9 @@ class SurpStages(CompressionCallback):
             else:
                 result, norms = self._refine(tensors, sparsity)
                 self._write(pl_module, names, result, norms)
-                nonzeros = result.nonzeros
                 result.recon = result.picked = None  # the stream needs the rounds only
                 release_freed_memory()
                 stream, stats = self._encode(tensors, result)
-                assert stats.nonzeros == nonzeros  # noqa: S101 - the written signs cover the support
             payload = (stream, norms, stats)
         payload = self.broadcast(trainer, payload)
         assert payload is not None  # noqa: S101 - broadcast returns rank 0's payload
@@ -329,7 +327,7 @@ class SurpStages(CompressionCallback):
 
     def _artifact_bytes(self, pl_module: nn.Module, names: list[str], stream: bytes, norms: list[float]) -> int:
         # the weights were written from this refinement just now: the trial skips the codec's decoding check (the
-        # stream's whole decode, about a model size; the artifact saved later checks every tensor)
+        # stream parsed again, 3.6 s and two model sizes on ResNet-50; the artifact saved later checks every tensor)
         plan = self._plan(pl_module, names, stream, norms)
         codecs = {n: CodecSpec("surp", {**o, "check": False}) for n, o in plan.items()}
         return trial_bytes(self.target_module(pl_module), codecs)
