@@ -392,7 +392,8 @@ def test_codec_refuses_tensors_that_are_not_the_reconstruction() -> None:
         get_codec("surp").encode(torch.randn(100), stream=stream, offset=0, numel=100, norm=norms[0])
     # a trial of the file's size (the final stage's, whose weights were just written from the stream) skips the check:
     # the same record, without the stream's decode
-    unchecked = get_codec("surp").encode(torch.randn(100), stream=stream, offset=0, numel=100, norm=norms[0], check=False)
+    options = {"stream": stream, "offset": 0, "numel": 100, "norm": norms[0]}
+    unchecked = get_codec("surp").encode(torch.randn(100), **options, check=False)
     assert unchecked.meta == {"key": unchecked.meta["key"], "offset": 0, "norm": norms[0]}
 
 
