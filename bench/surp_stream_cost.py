@@ -4,7 +4,8 @@ ResNet-50's weight tensors (torchvision's initialisation, 23.7M values, seed 0) 
 the final stream of a fit whose guard stopped at 20%, the largest stream and the worst case for the stage), then
 each phase of the final stage and of saving alone, in this process: the refinement (``refine``), the stream
 (``encode_stream``), its statistics (``stream_statistics``), parsing it (``parse_stream``, what a save's check and
-``lc.load`` run) and a trial of the file's size (``trial_bytes`` with the ``surp`` codecs). For each phase: its
+``lc.load`` run) and a trial of the file's size (``trial_bytes`` with the ``surp`` codecs); first, a guarded
+stage's support at that sparsity (``largest_support``, on the weights before refining). For each phase: its
 seconds, the process's peak resident set during it above the set before it, and the most the C library's
 allocator held (``mallinfo2``: the bytes in use, without the freed pages a resident set keeps), in fp32 model
 sizes. Uses only public functions, so the same script runs on an earlier commit for a before/after.
@@ -29,7 +30,7 @@ from bench.common import PeakRss, write_results
 from lightning_compress.callbacks.memory import release_freed_memory
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import encode_stream, parse_stream, stream_statistics
-from lightning_compress.functional.successive_pruning import magnitudes, refine
+from lightning_compress.functional.successive_pruning import largest_support, magnitudes, refine
 from lightning_compress.saving import trial_bytes
 
 NAME = "surp_stream_cost"
@@ -107,6 +108,8 @@ def main() -> None:
     model_bytes = 4 * n
     rows: list[dict[str, Any]] = []
     with torch.no_grad():
+        # a guarded stage's support (before any refinement): the largest magnitudes, as masks
+        phase("largest_support", lambda: largest_support(params, args.sparsity), model_bytes, rows)
         u, norms = magnitudes(params)
         held = {"u": u}  # the refinement takes the only reference: it overwrites the magnitudes with its residual
         del u

@@ -7,6 +7,7 @@ and the memory to a few bytes per position (NumPy's allocations, traced).
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -16,7 +17,13 @@ import torch
 from lightning_compress.codec import bits, entropy, surp, surp_symbols
 from lightning_compress.codec.bits import BitReader, BitWriter, read_exp_golomb, write_exp_golomb
 from lightning_compress.codec.surp import decode_stream, encode_stream, encode_with_statistics, stream_statistics
-from lightning_compress.functional.successive_pruning import kth_largest, largest_support, normalise, refine
+from lightning_compress.functional.successive_pruning import (
+    kth_largest,
+    largest_support,
+    magnitudes,
+    normalise,
+    refine,
+)
 
 
 def _refinement(sizes: list[int], sparsity: float, ladder: float = 0.9) -> tuple[surp.SurpResult, np.ndarray]:
@@ -88,6 +95,22 @@ def test_writing_and_reading_a_stream_take_a_few_bytes_per_position(monkeypatch:
     assert read_peak < 4 * n + 4 * picks + 2 * len(stream)
 
 
+def test_largest_support_tensor_by_tensor_is_the_concatenated_selection() -> None:
+    """The magnitudes computed per tensor on demand select what the concatenated ones and ``kthvalue`` selected."""
+    g = torch.Generator().manual_seed(5)
+    for trial in range(12):
+        tensors = [torch.randn(int(k), generator=g) * (1 + trial) for k in torch.randint(1, 2000, (3,), generator=g)]
+        tensors[0] = tensors[0].round(decimals=1)  # ties
+        tensors[1][::3] = 0.0
+        u, _ = magnitudes(tensors, dtype=torch.float32)
+        for sparsity in (0.0, 0.3, 0.9, 0.999):
+            keep = min(math.ceil(round((1 - sparsity) * u.numel(), 6)), int(torch.count_nonzero(u)))
+            threshold = torch.kthvalue(u, u.numel() - keep + 1).values
+            expected = ((u >= threshold) & (u > 0)).split([t.numel() for t in tensors])
+            got = largest_support(tensors, sparsity)
+            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
 def test_kth_largest_is_kthvalue() -> None:
     values = torch.randn(10_000, generator=torch.Generator().manual_seed(1)).abs().round(decimals=2)  # ties
     values[::5] = 0.0
@@ -95,5 +118,8 @@ def test_kth_largest_is_kthvalue() -> None:
         assert kth_largest(values, k).item() == torch.kthvalue(values, values.numel() - k + 1).values.item()
     kept = largest_support([values[:4_000].reshape(40, 100), values[4_000:]], sparsity=0.5)
     assert sum(int(k.sum()) for k in kept) >= 5_000
+    assert kth_largest(lambda: [values[:3000], values[3000:]], 17).item() == kth_largest(values, 17).item()
     with pytest.raises(ValueError, match="kth_largest"):
         kth_largest(values.double(), 1)
+    with pytest.raises(ValueError, match="kth_largest"):
+        kth_largest(values, 0)

@@ -21,7 +21,7 @@ Refresh rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -552,28 +552,70 @@ def magnitudes(tensors: Sequence[torch.Tensor], dtype: torch.dtype = torch.float
     return u, norms
 
 
-def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th largest of non-negative float32 ``values`` (``1 <= k <= numel``), exactly, without a sorted copy.
+def kth_largest(values: torch.Tensor | Callable[[], Iterable[torch.Tensor]], k: int) -> torch.Tensor:
+    """The ``k``-th largest of non-negative float32 values, exactly, without a sorted copy.
 
-    Bisection on the values' bit patterns, whose order as int32 is the values' order for non-negative floats: 31
-    counts over a view of the values (a byte per value at a time), where ``torch.kthvalue`` copies the values and
-    their 8-byte indices (three model sizes on a network's weights).
+    ``values``: one tensor, or a function giving its pieces afresh (each call the same values: the pieces can be
+    computed on the fly, never held together). Two histogram passes over the values' bit patterns, whose order as
+    int32 is the values' order for non-negative floats: the high 16 bits first, then the low 16 bits of the values in
+    the high half's bin. ``torch.kthvalue`` copies the values with 8-byte indices (three model sizes on a network's
+    weights).
+
+    Raises:
+        ValueError: for values that are not float32, or ``k`` outside ``1..numel``.
 
     Examples:
         >>> float(kth_largest(torch.tensor([0.5, 3.0, 0.0, 2.0]), 2))
         2.0
+        >>> float(kth_largest(lambda: [torch.tensor([0.5, 3.0]), torch.tensor([0.0, 2.0])], 3))
+        0.5
     """
-    if values.dtype != torch.float32 or not 1 <= k <= values.numel():
-        raise ValueError(f"kth_largest needs float32 values and 1 <= k <= {values.numel()}, got {values.dtype}, {k}.")
-    bits = values.reshape(-1).view(torch.int32)
-    low, high = 0, int(bits.max())  # the answer's pattern: the largest p with at least k values at or above it
-    while low < high:
-        middle = (low + high + 1) // 2
-        if int(torch.count_nonzero(bits >= middle)) >= k:
-            low = middle
-        else:
-            high = middle - 1
-    return torch.tensor(low, dtype=torch.int32).view(torch.float32).to(values.device)
+    pieces = (lambda: [values]) if isinstance(values, torch.Tensor) else values
+    total = 0
+    high = None
+    for piece in pieces():
+        if piece.dtype != torch.float32:
+            raise ValueError(f"kth_largest needs float32 values, got {piece.dtype}.")
+        counts = torch.bincount(piece.reshape(-1).view(torch.int32) >> 16, minlength=1 << 16)
+        high = counts if high is None else high + counts
+        total += piece.numel()
+    if high is None or not 1 <= k <= total:
+        raise ValueError(f"kth_largest needs 1 <= k <= {total}, got {k}.")
+    bin_high, above = _bin_from_top(high, k)
+    low = None
+    for piece in pieces():
+        bits = piece.reshape(-1).view(torch.int32)
+        counts = torch.bincount(bits[(bits >> 16) == bin_high] & 0xFFFF, minlength=1 << 16)
+        low = counts if low is None else low + counts
+    assert low is not None  # noqa: S101 - the same pieces again
+    bin_low, _ = _bin_from_top(low, k - above)
+    pattern = torch.tensor((bin_high << 16) | bin_low, dtype=torch.int32)
+    return pattern.view(torch.float32).to(high.device)
+
+
+def _bin_from_top(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bin holding the ``k``-th value counted from the top bin down, and how many values lie above that bin."""
+    from_top = counts.flip(0).cumsum(0).flip(0)  # values in this bin or above: falls with the bin
+    index = int(torch.nonzero(from_top >= k).max())
+    return index, int(from_top[index + 1]) if index + 1 < counts.numel() else 0
+
+
+def _float32_norm(tensor: torch.Tensor) -> float:
+    """The norm :func:`magnitudes` divides ``tensor`` by: its float32 values squared, summed by :func:`stable_sum`."""
+    return math.sqrt(stable_sum(tensor.detach().reshape(-1).to(torch.float32).to(torch.float64).square()))
+
+
+def _magnitude_pieces(tensors: Sequence[torch.Tensor]) -> Callable[[], Iterator[torch.Tensor]]:
+    """:func:`magnitudes`' float32 values, tensor by tensor (the same operations, so the same bits), on demand."""
+    norms = [
+        math.sqrt(stable_sum(t.detach().reshape(-1).to(torch.float32).to(torch.float64).square())) for t in tensors
+    ]
+
+    def pieces() -> Iterator[torch.Tensor]:
+        for tensor, norm in zip(tensors, norms, strict=True):
+            yield _scaled_(tensor.detach().reshape(-1).to(torch.float32, copy=True), norm)
+
+    return pieces
 
 
 def largest_support(tensors: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
@@ -586,18 +628,21 @@ def largest_support(tensors: Sequence[torch.Tensor], sparsity: float) -> list[to
     first round that reaches the target); this keeps exactly ``ceil((1 - sparsity) * n)`` of them (ties kept
     together), in one selection instead of the rounds (a guarded stage's support: 0.2 s against 3.4 s at 20% on
     ResNet-18's 11.7 M weights). Zeros are never kept. The magnitudes are :func:`magnitudes`' (device-independent
-    norms), in float32: one copy the model's size; the threshold is :func:`kth_largest`'s (no sorted copy).
+    norms, float32), computed tensor by tensor whenever they are read: besides the masks it returns, one tensor's
+    temporaries (the concatenated magnitudes were a model size); the threshold is :func:`kth_largest`'s.
 
     Examples:
         >>> kept = largest_support([torch.tensor([3.0, -4.0, 0.5]), torch.tensor([1.0, -0.5])], sparsity=0.6)
         >>> [k.tolist() for k in kept]  # magnitudes [0.60, 0.80, 0.10] and [0.89, 0.45]: the two largest
         [[False, True, False], [True, False]]
     """
-    u, _ = magnitudes(tensors, dtype=torch.float32)
-    keep = min(math.ceil(round((1.0 - sparsity) * u.numel(), 6)), int(torch.count_nonzero(u)))
-    kept = torch.zeros_like(u, dtype=torch.bool) if keep <= 0 else (u >= kth_largest(u, keep)) & (u > 0)
-    pieces = kept.split([t.numel() for t in tensors])
-    return [piece.reshape(t.shape) for piece, t in zip(pieces, tensors, strict=True)]
+    pieces = _magnitude_pieces(tensors)
+    n = sum(t.numel() for t in tensors)
+    keep = min(math.ceil(round((1.0 - sparsity) * n, 6)), sum(int(torch.count_nonzero(p)) for p in pieces()))
+    if keep <= 0:
+        return [torch.zeros_like(t, dtype=torch.bool) for t in tensors]
+    threshold = kth_largest(pieces, keep)
+    return [((p >= threshold) & (p > 0)).reshape(t.shape) for p, t in zip(pieces(), tensors, strict=True)]
 
 
 def normalise(tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:

@@ -96,14 +96,18 @@ class SurpStages(CompressionCallback):
         if target <= current + 1e-6:
             return
         params = self._params(pl_module, self._names)
-        saved = [p.detach().clone() for p in params]
+        # what a trial may zero: a trial keeps the largest magnitudes of these same weights, at least as many as the
+        # full step keeps, so the entries it zeroes are among those the full step zeroes (not a copy of every weight)
+        with torch.no_grad():
+            lost = [(p != 0) & ~kept for p, kept in zip(params, largest_support(params, target), strict=True)]
+            saved = [p.detach()[gone] for p, gone in zip(params, lost, strict=True)]
         saved_masks = {n: m.clone() for n, m in self.holds.support.items()}
         saved_buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
 
         @torch.no_grad()
         def restore() -> None:
-            for param, value in zip(params, saved, strict=True):
-                param.copy_(value)
+            for param, gone, value in zip(params, lost, saved, strict=True):
+                param.masked_scatter_(gone, value)
             buffers = dict(module.named_buffers())
             for name, value in saved_buffers.items():
                 buffers[name].copy_(value)
