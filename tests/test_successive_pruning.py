@@ -525,6 +525,26 @@ def test_a_refused_stage_is_skipped_and_a_later_one_prunes(tmp_path: Path) -> No
     assert _zeros(model) >= 0.5  # the stages after the refused ones pruned
 
 
+def test_refused_stages_put_back_every_weight_they_tried(tmp_path: Path) -> None:
+    """Every trial of every stage refused: the fit ends with its dense twin's weights, bit for bit.
+
+    A guarded stage keeps only the values its full step would zero (not a copy of every weight) to put back after a
+    trial; nothing else of the weights, and none of the fit's random streams, may move.
+    """
+    callback = lc.SuccessivePruning()
+    assert callback.event_guard is not None
+    refusing = RefuseFirstEvents(callback.event_guard, count=10_000)
+    refusing.install()
+    pruned = _guarded_fit(tmp_path / "pruned", callback, epochs=3)
+    torch.manual_seed(0)
+    dense = lc.ImageClassifier(mlp(hidden=256), num_classes=4)
+    pl.Trainer(**trainer_kwargs(tmp_path / "dense", max_epochs=3)).fit(dense, *loaders())
+    assert refusing.events >= 2
+    assert callback.event_guard.refusals == refusing.events
+    for (name, a), b in zip(pruned.state_dict().items(), dense.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_default_event_guard_reaches_the_target_when_accuracy_holds(tmp_path: Path) -> None:
     callback = lc.SuccessivePruning()
     assert callback.event_guard is not None
