@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import platform
@@ -146,11 +148,34 @@ def quiet_trainer(max_epochs: int, callbacks: Sequence[pl.Callback] = (), **over
     return pl.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**settings, **overrides})
 
 
+class _MallInfo2(ctypes.Structure):
+    _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    _fields_ = [(name, ctypes.c_size_t) for name in (*_FIELDS, "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2
+
+
+def allocated_bytes() -> int:
+    """The bytes the C allocator has handed out and not taken back (``mallinfo2``; Linux with glibc only).
+
+    Tensors, NumPy arrays, library buffers; not the pages it keeps free: a lower and steadier figure than the
+    resident set.
+    """
+    info = _mallinfo2()()
+    return int(info.uordblks + info.hblkhd)
+
+
 class PeakRss:
     """Largest resident set (bytes) of this process while running, from /proc every 20 ms (it shares the GIL)."""
 
-    def __init__(self, series: bool = False) -> None:
+    def __init__(self, series: bool = False, interval: float = 0.02) -> None:
         self.peak = 0
+        self.interval = interval
         #: with ``series``: (``time.perf_counter()``, bytes) of every sample, for peaks within a span of the fit
         self.samples: list[tuple[float, int]] | None = [] if series else None
         self._stop = threading.Event()
@@ -176,7 +201,7 @@ class PeakRss:
             self.peak = max(self.peak, rss)
             if self.samples is not None:
                 self.samples.append((time.perf_counter(), rss))
-            time.sleep(0.02)
+            time.sleep(self.interval)
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -185,6 +210,17 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakAllocated(PeakRss):
+    """The most the C allocator held (:func:`allocated_bytes`) while running, sampled every 2 ms."""
+
+    def __init__(self, series: bool = False) -> None:
+        super().__init__(series, interval=0.002)
+
+    @staticmethod
+    def now() -> int:
+        return allocated_bytes()
 
 
 def kept_by_model(module: torch.nn.Module) -> set[int]:

@@ -15,8 +15,6 @@ Linux with glibc only (``mallinfo2``). Nothing is written to ``bench/results``: 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import threading
 import time
 from typing import Any
@@ -25,12 +23,8 @@ import lightning.pytorch as pl
 import torch
 
 import bench.scale as scale
+from bench.common import PeakRss, allocated_bytes
 from lightning_compress.callbacks.memory import release_freed_memory
-
-
-class _MallInfo2(ctypes.Structure):
-    _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    _fields_ = [(name, ctypes.c_size_t) for name in (*_FIELDS, "keepcost")]
 
 
 class Timeline:
@@ -41,16 +35,9 @@ class Timeline:
         self.label = "step"
         self.samples: list[tuple[float, str, int]] = []
         self.marks: list[tuple[float, str, int]] = []
-        self._libc = ctypes.CDLL("libc.so.6")
-        self._libc.mallinfo2.restype = _MallInfo2
-        self._page = os.sysconf("SC_PAGE_SIZE")
 
     def now(self) -> int:
-        if self.rss:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * self._page
-        info = self._libc.mallinfo2()
-        return int(info.uordblks + info.hblkhd)
+        return PeakRss.now() if self.rss else allocated_bytes()
 
     def mark(self, what: str) -> None:
         self.marks.append((time.perf_counter(), what, self.now()))

@@ -16,9 +16,7 @@ Run: ``python -m bench.surp_stream_cost [--sparsity 0.2] [--name surp_stream_cos
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 import torchvision
 
-from bench.common import PeakRss, write_results
+from bench.common import PeakAllocated, PeakRss, write_results
 from lightning_compress.callbacks.memory import release_freed_memory
 from lightning_compress.codec.base import CodecSpec
 from lightning_compress.codec.surp import encode_stream, parse_stream, stream_statistics
@@ -36,49 +34,11 @@ from lightning_compress.saving import trial_bytes
 NAME = "surp_stream_cost"
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
-
-
-class MallocPeak:
-    """The most the allocator held (in-use heap plus mapped blocks) while running, sampled every 2 ms."""
-
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL("libc.so.6")
-        self._libc.mallinfo2.restype = _MallInfo2
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def now(self) -> int:
-        info = self._libc.mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.002)
-
-    def __enter__(self) -> MallocPeak:
-        self.peak = self.now()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
-
-
 def phase(label: str, run: Callable[[], Any], model_bytes: int, rows: list[dict[str, Any]]) -> Any:
     """Run one phase; record its seconds and peaks above what was held before it."""
     release_freed_memory()
-    rss_before = PeakRss.now()
-    with MallocPeak() as heap, PeakRss() as rss:
-        held_before = heap.peak
+    rss_before, held_before = PeakRss.now(), PeakAllocated.now()
+    with PeakAllocated() as heap, PeakRss() as rss:
         started = time.perf_counter()
         out = run()
         seconds = time.perf_counter() - started
