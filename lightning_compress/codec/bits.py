@@ -258,8 +258,7 @@ class ExpGolombParts:
 
     def entropy_bits(self) -> float:
         """The ideal size: the buckets by their histogram, their raw bits as they are."""
-        histogram = self.histogram()
-        return counts_bits(histogram) + float((histogram * np.arange(histogram.size)).sum())
+        return _exp_golomb_bits(self.histogram())
 
     def write(self, w: BitWriter) -> None:
         """Write the sequence as :func:`write_exp_golomb` does."""
@@ -278,8 +277,12 @@ def exp_golomb_entropy(values: np.ndarray) -> float:
     """The ideal size of :func:`write_exp_golomb`'s symbols: buckets by their histogram, raw bits as they are."""
     if values.size == 0:
         return 0.0
-    buckets = exp_golomb_buckets(values)
-    return histogram_bits(buckets) + float(buckets.sum())
+    return _exp_golomb_bits(np.bincount(exp_golomb_buckets(values)))
+
+
+def _exp_golomb_bits(histogram: np.ndarray) -> float:
+    """Exp-Golomb symbols' ideal size from their buckets' histogram: buckets by it, ``b`` raw bits in bucket ``b``."""
+    return counts_bits(histogram) + float((histogram * np.arange(histogram.size)).sum())
 
 
 def read_exp_golomb(r: BitReader, n: int, dtype: type[np.signedinteger] = np.int64) -> np.ndarray:
