@@ -53,7 +53,7 @@ from lightning_compress.codec.surp_symbols import (
     OWN_CONTEXT_MIN,
     StreamSymbols,
     label_type,
-    read_support,
+    read_segmented_support,
     rounds_from_labels,
     stream_symbols,
 )
@@ -228,7 +228,7 @@ def _decode_v2(r: BitReader, result: SurpResult) -> tuple[list[np.ndarray], np.n
     r.ans = AnsStackReader(r.block())
     refine_counts = read_exp_golomb(r, n_rounds) - 1
     _read_refresh(r, result, n_rounds)
-    support = read_support(r, segments, segment_counts)
+    support = read_segmented_support(r, segments, segment_counts)
     label_counts = (read_exp_golomb(r, n_rounds) - 1).astype(np.uint32)
     if int(label_counts.sum()) != n_support:
         raise ValueError("surp stream corrupt (new positions per round).")

@@ -22,10 +22,8 @@ __all__ = [
     "OWN_CONTEXT_MIN",
     "StreamSymbols",
     "label_type",
-    "position_type",
-    "read_support",
+    "read_segmented_support",
     "rounds_from_labels",
-    "segment_contexts",
     "stream_symbols",
 ]
 
@@ -36,23 +34,23 @@ OWN_CONTEXT_MIN = 1000
 _PIECE = 1 << 18
 
 
-def segment_contexts(segment_counts: np.ndarray) -> np.ndarray:
+def _segment_contexts(segment_counts: np.ndarray) -> np.ndarray:
     """Gap-model id per segment: 0 shared by the small segments, 1, 2, ... one each for the large ones."""
     own = segment_counts >= OWN_CONTEXT_MIN
     return np.where(own, np.cumsum(own), 0)
 
 
-def position_type(n: int) -> type[np.signedinteger]:
+def _position_type(n: int) -> type[np.signedinteger]:
     """Positions of a vector of ``n`` as 4-byte integers where they fit (half the memory of NumPy's default)."""
     return np.int32 if n < 2**31 else np.int64
 
 
-def read_support(r: BitReader, segments: list[int], segment_counts: np.ndarray) -> np.ndarray:
+def read_segmented_support(r: BitReader, segments: list[int], segment_counts: np.ndarray) -> np.ndarray:
     """Every non-zero position, ascending: each gap model's gaps, read into its segments' places in the support."""
-    contexts = segment_contexts(segment_counts)
+    contexts = _segment_contexts(segment_counts)
     bounds = np.cumsum([0, *segments])
     slots = np.cumsum([0, *segment_counts.tolist()])
-    support = np.empty(int(slots[-1]), dtype=position_type(int(bounds[-1])))
+    support = np.empty(int(slots[-1]), dtype=_position_type(int(bounds[-1])))
     for context in range(int(contexts.max(initial=0)) + 1):
         members = np.flatnonzero(contexts == context)
         total = int(segment_counts[members].sum())
@@ -179,7 +177,7 @@ def stream_symbols(result: SurpResult, segments: list[int], signs: np.ndarray | 
         [int(np.count_nonzero(label[lo:hi] != off)) for lo, hi in itertools.pairwise(bounds.tolist())],
         dtype=np.int64,
     )
-    contexts = segment_contexts(segment_counts)
+    contexts = _segment_contexts(segment_counts)
     context_gaps = [ExpGolombParts() for _ in range(int(contexts.max(initial=0)) + 1)]
     labels = np.empty(int(segment_counts.sum()), dtype=labels_of)  # filled in position order, no second copy
     negative = None if signs is None else np.empty(labels.size, dtype=bool)
